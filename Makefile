@@ -44,8 +44,14 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The HTTP service (marketguard serve on 127.0.0.1:8000) lands with the serving
+# issue; until then this runs what exists: the extractors over the bundled demo
+# catalogue, printing each record's signals as JSON lines.
 serve: $(STAMP)
-	$(VENV)/bin/marketguard serve --data-dir $(DATA_DIR)
+	@echo "== signals of the demo listings (serving/demo/listings.jsonl)" >&2
+	$(VENV)/bin/marketguard extract listing serving/demo/listings.jsonl --data-dir $(DATA_DIR)
+	@echo "== signals of the demo reviews (serving/demo/reviews.jsonl)" >&2
+	$(VENV)/bin/marketguard extract review serving/demo/reviews.jsonl --data-dir $(DATA_DIR)
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: $(STAMP) system-deps

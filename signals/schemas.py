@@ -32,8 +32,28 @@ SIGNAL_NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 SOURCE_PATTERN = r"^[a-z][a-z0-9_]*@[0-9]+$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 
-EntityId = Annotated[str, Field(pattern=ID_PATTERN, description="1-128 chars: letters, digits, . _ : @ -")]
-Tenant = Annotated[str, Field(pattern=TENANT_PATTERN, description="lower-case tenant name")]
+_ID_RE = re.compile(ID_PATTERN)
+_TENANT_RE = re.compile(TENANT_PATTERN)
+
+
+def _check_id(v: str) -> str:
+    if not _ID_RE.match(v):
+        raise InvalidInput(None, "must be 1-128 characters of letters, digits and . _ : @ -, "
+                                 "starting with a letter or digit")
+    return v
+
+
+def _check_tenant(v: str) -> str:
+    if not _TENANT_RE.match(v):
+        raise InvalidInput(None, "must be 1-63 characters of lower-case letters, digits, _ and -, "
+                                 "starting with a letter or digit")
+    return v
+
+
+EntityId = Annotated[str, pydantic.AfterValidator(_check_id),
+                     Field(description="1-128 chars: letters, digits, . _ : @ -")]
+Tenant = Annotated[str, pydantic.AfterValidator(_check_tenant),
+                   Field(description="lower-case tenant name")]
 
 
 @dataclass(frozen=True)
@@ -141,10 +161,11 @@ class Listing(_Record):
             raise InvalidInput(None, f"must be a finite number <= {_limits(info).max_price:g}")
         return v
 
-    @pydantic.field_validator("images")
+    @pydantic.field_validator("images", mode="before")
     @classmethod
-    def _image_count(cls, v: list[ImageRef], info: ValidationInfo) -> list[ImageRef]:
-        if len(v) > _limits(info).max_images:
+    def _image_count(cls, v: Any, info: ValidationInfo) -> Any:
+        # Counted before the items are validated, so 1,000 images are not all decoded first.
+        if isinstance(v, list) and len(v) > _limits(info).max_images:
             raise InvalidInput(None, f"at most {_limits(info).max_images} images", "too_large")
         return v
 

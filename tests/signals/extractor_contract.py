@@ -36,8 +36,10 @@ class ExtractorContract:
         return []
 
     @pytest.fixture(scope="class")
-    def extractor(self) -> Extractor:
-        return self.make_extractor()
+    @classmethod
+    def extractor(cls) -> Extractor:
+        # Built once per test class: real extractors load models.
+        return cls().make_extractor()
 
     def test_declares_itself(self, extractor: Extractor) -> None:
         assert extractor.name and extractor.name.replace("_", "").isalnum()

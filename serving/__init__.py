@@ -1,0 +1,1 @@
+"""Serving: Ray Serve deployments, the HTTP API, batch Ray jobs, signal sinks and the CLI."""

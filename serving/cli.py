@@ -1,0 +1,159 @@
+"""The ``marketguard`` command line.
+
+Today: ``marketguard extract listing|review FILE`` prints the signals of one record
+(or of each record of a JSON array or a JSONL file) as JSON lines, in process, with
+the same extractor objects the HTTP service and the batch jobs use. Bad input exits
+non-zero with a message naming the field, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from serving.config import MarketGuardConfig, load_config
+from signals.errors import InvalidInput
+from signals.registry import build_registry
+from signals.schemas import Listing, Review, parse_record
+
+EXIT_OK = 0
+EXIT_ITEM_ERRORS = 1  # the input was read, but some record or extractor failed
+EXIT_USAGE = 2  # the input could not be read at all (missing file, bad JSON, bad config)
+
+_MAX_INPUT_BYTES = 256 * 1024 * 1024
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``marketguard`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, data_dir=args.data_dir)
+        return int(args.handler(args, config, sys.stdout, sys.stderr))
+    except InvalidInput as exc:
+        print(f"marketguard: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marketguard", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=None,
+                        help="YAML or JSON config file (default: $MARKETGUARD_CONFIG, else built-in)")
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="state directory: models cache, indexes, signal store (default ./var)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    extract = sub.add_parser(
+        "extract", parents=[common],
+        help="signals of one record, in process, printed as JSON lines",
+        description="Print the signals of a listing or review record as JSON lines. FILE holds "
+                    "one JSON object, a JSON array of objects, or JSON lines (one object a line). "
+                    "Image paths are read relative to FILE's folder.")
+    extract.add_argument("kind", choices=["listing", "review"])
+    extract.add_argument("file", type=Path, metavar="FILE.json")
+    extract.set_defaults(handler=_cmd_extract)
+    return parser
+
+
+def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,
+                 out: TextIO, err: TextIO) -> int:
+    model: type[Listing] | type[Review] = Listing if args.kind == "listing" else Review
+    records: list[Listing | Review] = []
+    failed = False
+    for where, raw in _read_records(args.file):
+        if isinstance(raw, dict) and args.kind == "listing":
+            _resolve_image_paths(raw, args.file.parent)
+        try:
+            records.append(parse_record(model, raw))
+        except InvalidInput as exc:
+            print(f"marketguard: invalid {args.kind} in {args.file}{where}: {exc}", file=err)
+            failed = True
+    if not records:
+        return EXIT_ITEM_ERRORS if failed else EXIT_OK
+
+    registry = build_registry(config.signals, config.data_dir)
+    for rec in registry.extract_batch(args.kind, records, signals_only=True):
+        for signal in rec.signals:
+            out.write(json.dumps(signal.to_json_dict(), ensure_ascii=False) + "\n")
+        for e in rec.errors:
+            print(json.dumps({"entity_id": rec.entity_id, "error": e.to_dict()}), file=err)
+            failed = True
+    out.flush()
+    return EXIT_ITEM_ERRORS if failed else EXIT_OK
+
+
+def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, raw_record)`` from a JSON object, a JSON array or a JSONL file."""
+    try:
+        size = path.stat().st_size
+        if size > _MAX_INPUT_BYTES:
+            raise InvalidInput("FILE", f"{path} is over {_MAX_INPUT_BYTES} bytes", "too_large")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput("FILE", f"{path}: no such file", "not_found") from None
+    except IsADirectoryError:
+        raise InvalidInput("FILE", f"{path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise InvalidInput("FILE", f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput("FILE", f"cannot read {path}: {exc.strerror}") from None
+    if path.suffix == ".jsonl":
+        yield from _read_jsonl(path, text)
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as whole_err:
+        if not _looks_like_jsonl(text):
+            raise InvalidInput("FILE", f"{path} is not valid JSON: {whole_err}") from None
+        yield from _read_jsonl(path, text)
+        return
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            yield f" (item {i})", item
+    else:
+        yield "", data
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    """Several lines, the first of which is a whole JSON value on its own."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        json.loads(lines[0])
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f" (line {n})", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput("FILE", f"{path} line {n} is not valid JSON: {exc}") from None
+
+
+def _resolve_image_paths(raw: dict[str, Any], base: Path) -> None:
+    images = raw.get("images")
+    if not isinstance(images, list):
+        return
+    for img in images:
+        if isinstance(img, dict) and isinstance(img.get("path"), str) and img["path"]:
+            p = Path(img["path"])
+            if not p.is_absolute():
+                img["path"] = str(base / p)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Config loading: file, environment, flags, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import load_config
+from signals.errors import InvalidInput
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config(env={})
+    assert cfg.data_dir == Path("./var")
+    assert cfg.signals.text_embedding.backend == "onnx"
+
+
+def test_file_then_env_then_flag(tmp_path: Path) -> None:
+    f = tmp_path / "mg.yaml"
+    f.write_text("data_dir: /from/file\nsignals:\n  text_embedding:\n    backend: torch\n")
+    assert load_config(f, env={}).data_dir == Path("/from/file")
+    env = {"MARKETGUARD_CONFIG": str(f), "MARKETGUARD_DATA_DIR": "/from/env"}
+    cfg = load_config(env=env)
+    assert cfg.data_dir == Path("/from/env") and cfg.signals.text_embedding.backend == "torch"
+    assert load_config(env=env, data_dir=Path("/from/flag")).data_dir == Path("/from/flag")
+
+
+def test_json_config(tmp_path: Path) -> None:
+    f = tmp_path / "mg.json"
+    f.write_text('{"signals": {"content_rules": {"prohibited_terms": {"*": ["replica"]}}}}')
+    assert load_config(f, env={}).signals.content_rules.prohibited_terms == {"*": ["replica"]}
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("signals:\n  text_embedding:\n    backend: tensorflow\n", "config.signals.text_embedding.backend"),
+    ("signals:\n  text_embeding: {}\n", "config.signals.text_embeding"),
+    ("- a\n- list\n", "config"),
+    ("a: [unclosed\n", "config"),
+])
+def test_bad_settings_are_named(tmp_path: Path, text: str, field: str) -> None:
+    f = tmp_path / "mg.yaml"
+    f.write_text(text)
+    with pytest.raises(InvalidInput) as info:
+        load_config(f, env={})
+    assert info.value.field == field
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="does not exist"):
+        load_config(tmp_path / "nope.yaml", env={})
