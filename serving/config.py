@@ -73,7 +73,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidInput("config", f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+        fmt = "JSON" if path.suffix == ".json" else "YAML"
+        raise InvalidInput("config", f"{path} is not valid {fmt}: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

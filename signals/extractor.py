@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class Extractor(ABC, Generic[ItemT]):
     accepts: ClassVar[tuple[RecordKind, ...]]
     emits: ClassVar[tuple[str, ...]] = ()
     features: ClassVar[tuple[str, ...]] = ()
+    # "deep": slow (OCR, NSFW); serving may run it asynchronously, after the fast answer.
+    tier: ClassVar[Literal["fast", "deep"]] = "fast"
 
     @property
     def source(self) -> str:

@@ -104,9 +104,10 @@ class ImageRef(_Record):
         elif self.path is not None:
             if not self.path or len(self.path) > limits.max_path_chars or "\x00" in self.path:
                 raise InvalidInput("path", "must be a non-empty file path without NUL bytes")
-        elif self.url is not None:
-            if len(self.url) > limits.max_url_chars or not re.match(r"^https?://[^\s/]+", self.url):
-                raise InvalidInput("url", "must be an http(s) URL with a host")
+        elif self.url is not None and (
+            len(self.url) > limits.max_url_chars or not re.match(r"^https?://[^\s/]+", self.url)
+        ):
+            raise InvalidInput("url", "must be an http(s) URL with a host")
         return self
 
     @property
