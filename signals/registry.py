@@ -86,4 +86,40 @@ def build_registry(config: SignalsConfig, data_dir: Path) -> ExtractorRegistry:
 
         extractors.append(TextEmbeddingExtractor(
             build_text_embedder(config.text_embedding, data_dir / "models")))
+    extractors.extend(build_image_extractors(config))
     return ExtractorRegistry(extractors)
+
+
+def build_image_extractors(config: SignalsConfig) -> list[Extractor]:
+    """The image extractors the config enables, sharing one decoder (one decode per image).
+
+    Fast tier first (PDQ, SSCD), then the deep tier (OCR, NSFW: ``tier == "deep"``),
+    which serving may run asynchronously after answering with the fast signals.
+    """
+    images = config.images
+    wanted = [images.pdq.enabled, images.sscd.enabled, images.ocr.enabled, images.nsfw.enabled]
+    if not any(wanted):
+        return []
+    from signals.image_decode import ImageDecoder
+
+    decoder = ImageDecoder(images.decode)
+    out: list[Extractor] = []
+    if images.pdq.enabled:
+        from signals.image_pdq import PdqExtractor
+
+        out.append(PdqExtractor(decoder))
+    if images.sscd.enabled:
+        from signals.image_sscd import build_sscd_extractor
+
+        out.append(build_sscd_extractor(images.sscd, decoder))
+    if images.ocr.enabled:
+        from signals.image_ocr import OcrExtractor, build_ocr_engine, content_rules_finder
+
+        out.append(OcrExtractor(decoder, build_ocr_engine(images.ocr),
+                                content_rules_finder(config.content_rules)))
+    if images.nsfw.enabled:
+        from signals.image_nsfw import NsfwExtractor, build_nsfw_detector
+
+        out.append(NsfwExtractor(decoder, build_nsfw_detector(images.nsfw),
+                                 images.nsfw.min_score))
+    return out

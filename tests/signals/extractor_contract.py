@@ -23,6 +23,12 @@ class ExtractorContract:
 
     # Feature vectors this extractor returns L2-normalised (checked to 1e-3).
     unit_features: ClassVar[tuple[str, ...]] = ()
+    # Features holding one row per listing image (first axis: the image, in
+    # ``listing.images`` order): (n_images, d) matrices or (n_images,) per-image scalars.
+    # Every other feature is one 1-D vector per item.
+    per_image_features: ClassVar[tuple[str, ...]] = ()
+    # Features that are packed binary hashes (uint8, e.g. PDQ) rather than float32 vectors.
+    hash_features: ClassVar[tuple[str, ...]] = ()
 
     def make_extractor(self) -> Extractor:
         raise NotImplementedError
@@ -57,9 +63,9 @@ class ExtractorContract:
         assert len(items) >= 3
         results = extractor.extract_batch(items)
         assert [r.entity_id for r in results] == [i.entity_id for i in items]
-        for r in results:
+        for item, r in zip(items, results, strict=True):
             assert r.ok, r.error
-            self._check_result(extractor, r)
+            self._check_result(extractor, r, item)
 
     def test_signals_are_declared_and_attributed(self, extractor: Extractor) -> None:
         items = list(self.good_items())
@@ -106,12 +112,25 @@ class ExtractorContract:
         assert [r.ok for r in results] == [i.entity_id != victim for i in items]
         assert results[1].error is not None and "boom" in results[1].error.reason
 
-    def _check_result(self, extractor: Extractor, r: ItemResult) -> None:
+    def _check_result(self, extractor: Extractor, r: ItemResult,
+                      item: Listing | Review | None = None) -> None:
         assert set(r.features) <= set(extractor.features)
         for name, vec in r.features.items():
-            assert vec.dtype == np.float32 and vec.ndim == 1 and np.isfinite(vec).all()
+            if name in self.hash_features:
+                assert vec.dtype == np.uint8, (name, vec.dtype)
+            else:
+                assert vec.dtype == np.float32 and np.isfinite(vec).all(), name
+            if name in self.per_image_features:
+                assert vec.ndim in (1, 2) and vec.shape[0] >= 1, (name, vec.shape)
+                if isinstance(item, Listing):
+                    assert vec.shape[0] == len(item.images), (name, vec.shape)
+                rows = vec.reshape(vec.shape[0], -1)
+            else:
+                assert vec.ndim == 1, (name, vec.shape)
+                rows = vec.reshape(1, -1)
             if name in self.unit_features:
-                assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-3
+                norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+                assert np.all(np.abs(norms - 1.0) < 1e-3), (name, norms)
 
 
 def _signal_view(r: ItemResult) -> list[tuple]:

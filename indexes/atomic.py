@@ -1,0 +1,40 @@
+"""Crash-safe file writes: write ``name.tmp``, fsync, ``os.replace``, fsync the folder.
+
+A crash at any point leaves either the old file or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Replace ``path`` with the JSON of ``obj`` atomically and durably."""
+    write_bytes_atomic(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def read_json(path: Path) -> object:
+    """Read a JSON file written by :func:`write_json_atomic`."""
+    return json.loads(path.read_bytes())

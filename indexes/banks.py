@@ -1,0 +1,391 @@
+"""Banks: named, durable collections of labelled items matched against new content.
+
+A bank holds one modality (``listing_text``, ``review_text``, ``image_sscd`` vectors
+or ``image_pdq`` hashes), a ``kind`` (``fraud``: known bad, the default; ``benign``:
+known good, so a match can be weighed against both) and an ``enabled`` flag. Items
+carry precomputed vectors or hashes plus metadata (source, reason, added_at,
+added_by, tags): a bank does not know how vectors were produced, so extractors can
+change without touching it.
+
+On disk, ``<root>/<bank>/bank.json`` (settings, written atomically) and
+``<root>/<bank>/index/`` (a :class:`~indexes.persistence.DurableIndex`: every add or
+remove is fsynced before it returns). Import/export: JSONL (one item a line) and,
+for PDQ banks, ThreatExchange/HMA's CSV (no header; ``hash_hex, id, timestamp,
+space-separated tags``) so banks move between HMA and MarketGuard.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexes.atomic import read_json, write_json_atomic
+from indexes.config import BanksConfig, Modality, PdqIndexConfig, ThresholdsConfig, VectorIndexConfig
+from indexes.pdq import PdqIndex, pdq_from_hex, pdq_to_hex
+from indexes.persistence import DurableIndex
+from indexes.vector import VectorIndex
+from signals.errors import InvalidInput, from_pydantic
+
+BankKind = Literal["fraud", "benign"]
+BANK_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+_HMA_TIME = "%Y-%m-%dT%H:%M:%S+0000"
+
+
+class BankItem(BaseModel):
+    """One labelled item: an id, its vector or PDQ hash, and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    vector: list[float] | None = None
+    pdq: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    source: str = Field(default="", max_length=200)
+    reason: str = Field(default="", max_length=2000)
+    added_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    added_by: str = Field(default="", max_length=200)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON-able metadata stored next to the vector or hash."""
+        return {
+            "source": self.source,
+            "reason": self.reason,
+            "added_at": self.added_at.isoformat(),
+            "added_by": self.added_by,
+            "tags": self.tags,
+        }
+
+
+class BankInfo(BaseModel):
+    """A bank's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    modality: Modality
+    kind: BankKind = "fraud"
+    enabled: bool = True
+    dim: int | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class BankMatch:
+    """A query matched a bank item: which bank, which item, how far.
+
+    ``distance`` is ``1 - cosine`` for vectors and Hamming bits for PDQ;
+    ``similarity`` is the cosine, or ``1 - bits / 256`` for PDQ.
+    """
+
+    bank: str
+    kind: BankKind
+    item_id: str
+    distance: float
+    similarity: float
+
+
+class Bank:
+    """One open bank: its settings and its durable index of items."""
+
+    def __init__(self, directory: Path, info: BankInfo, config: BanksConfig) -> None:
+        self.directory = directory
+        self.info = info
+        if info.modality == "image_pdq":
+            pcfg = PdqIndexConfig()
+            self.store: DurableIndex[Any] = DurableIndex(
+                directory / "index", lambda: PdqIndex(pcfg), lambda p: PdqIndex.load(p, pcfg)
+            )
+        else:
+            assert info.dim is not None
+            # Banks are small and exported: keep exact, unquantised vectors.
+            vcfg = VectorIndexConfig(dim=info.dim, quantization="none", exact_max=50_000)
+            self.store = DurableIndex(
+                directory / "index", lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg)
+            )
+
+    def __len__(self) -> int:
+        return len(self.store.index)
+
+    @property
+    def is_pdq(self) -> bool:
+        """Whether the bank holds PDQ hashes (else vectors)."""
+        return self.info.modality == "image_pdq"
+
+    def add(self, items: list[BankItem]) -> int:
+        """Add or replace items (durable on return); returns how many."""
+        if not items:
+            return 0
+        if self.is_pdq:
+            data: Any = []
+            for k, it in enumerate(items):
+                if it.pdq is None:
+                    raise InvalidInput(f"items[{k}].pdq", "a PDQ bank item needs a pdq hash")
+                data.append(it.pdq.lower())
+        else:
+            rows = []
+            for k, it in enumerate(items):
+                if it.vector is None:
+                    raise InvalidInput(f"items[{k}].vector", "a vector bank item needs a vector")
+                rows.append(it.vector)
+            try:
+                data = np.asarray(rows, dtype=np.float32)
+            except ValueError:
+                raise InvalidInput("items.vector", "vectors of different lengths") from None
+        self.store.add([it.id for it in items], data, [it.metadata() for it in items])
+        return len(items)
+
+    def remove(self, ids: list[str]) -> int:
+        """Remove items by id; returns how many were present."""
+        return self.store.remove(ids)
+
+    def items(self) -> list[BankItem]:
+        """Every item with its vector or hash (for export)."""
+        ids = [i for i, _ in self.store.iter_items() if i in self.store.index]
+        if not ids:
+            return []
+        out = []
+        if self.is_pdq:
+            hashes = self.store.index.get_hashes(ids)
+            for i, h in zip(ids, hashes, strict=True):
+                out.append(BankItem(id=i, pdq=pdq_to_hex(h), **self.store.meta[i]))
+        else:
+            vecs = self.store.index.get_vectors(ids)
+            for i, v in zip(ids, vecs, strict=True):
+                out.append(BankItem(id=i, vector=v.tolist(), **self.store.meta[i]))
+        return out
+
+    def close(self) -> None:
+        """Release the bank's files."""
+        self.store.close()
+
+
+class BankStore:
+    """All banks under one folder: create, enable/disable, add/remove, match, import/export."""
+
+    def __init__(
+        self,
+        root: Path,
+        config: BanksConfig | None = None,
+        thresholds: ThresholdsConfig | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.config = config or BanksConfig()
+        self.thresholds = thresholds or ThresholdsConfig()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._banks: dict[str, Bank] = {}
+        for p in sorted(self.root.iterdir()):
+            if (p / "bank.json").exists():
+                info = BankInfo.model_validate(read_json(p / "bank.json"))
+                self._banks[info.name] = Bank(p, info, self.config)
+
+    def names(self) -> list[str]:
+        """Names of all banks."""
+        return sorted(self._banks)
+
+    def get(self, name: str) -> Bank:
+        """An open bank, or InvalidInput(not_found)."""
+        bank = self._banks.get(name)
+        if bank is None:
+            raise InvalidInput("bank", f"no bank named {name!r}", "not_found")
+        return bank
+
+    def create(self, name: str, modality: Modality, kind: BankKind = "fraud") -> Bank:
+        """Create a bank (idempotent when the settings match)."""
+        if not BANK_NAME.match(name):
+            raise InvalidInput("bank", f"{name!r} is not a bank name (a-z, 0-9, _ -; 1-64)")
+        if name in self._banks:
+            b = self._banks[name]
+            if (b.info.modality, b.info.kind) != (modality, kind):
+                raise InvalidInput(
+                    "bank", f"{name!r} exists as {b.info.modality}/{b.info.kind}, not {modality}/{kind}"
+                )
+            return b
+        dim = {
+            "listing_text": self.config.text_dim,
+            "review_text": self.config.text_dim,
+            "image_sscd": self.config.sscd_dim,
+            "image_pdq": None,
+        }[modality]
+        try:
+            info = BankInfo(name=name, modality=modality, kind=kind, dim=dim)
+        except pydantic.ValidationError as e:
+            raise from_pydantic(e) from None
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(d / "bank.json", info.model_dump(mode="json"))
+        self._banks[name] = Bank(d, info, self.config)
+        return self._banks[name]
+
+    def drop(self, name: str) -> None:
+        """Delete a bank and its files."""
+        bank = self.get(name)
+        bank.close()
+        del self._banks[name]
+        shutil.rmtree(bank.directory)
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Enable or disable a bank: a disabled bank keeps its items but never matches."""
+        bank = self.get(name)
+        bank.info = bank.info.model_copy(update={"enabled": enabled})
+        write_json_atomic(bank.directory / "bank.json", bank.info.model_dump(mode="json"))
+
+    def add_items(self, name: str, items: list[BankItem] | list[dict[str, Any]]) -> int:
+        """Validate and add items to a bank."""
+        parsed = []
+        for k, it in enumerate(items):
+            if isinstance(it, BankItem):
+                parsed.append(it)
+                continue
+            try:
+                parsed.append(BankItem.model_validate(it))
+            except pydantic.ValidationError as e:
+                err = from_pydantic(e)
+                raise InvalidInput(f"items[{k}].{err.field}", err.reason, err.code) from None
+        return self.get(name).add(parsed)
+
+    def remove_items(self, name: str, ids: list[str]) -> int:
+        """Remove items from a bank."""
+        return self.get(name).remove(ids)
+
+    def match(
+        self,
+        modality: Modality,
+        queries: np.ndarray | list[str],
+        threshold: float | None = None,
+    ) -> list[list[BankMatch]]:
+        """Match a batch against every enabled bank of a modality, closest first.
+
+        Vectors match at similarity >= threshold, PDQ at Hamming distance <= threshold
+        (default: the modality's threshold from config), at most ``top_k`` per bank.
+        """
+        thr = self.thresholds.for_modality(modality) if threshold is None else threshold
+        banks = [b for b in self._banks.values() if b.info.modality == modality and b.info.enabled]
+        n = len(queries)
+        out: list[list[BankMatch]] = [[] for _ in range(n)]
+        for b in banks:
+            if not len(b):
+                continue
+            if modality == "image_pdq":
+                res = b.store.index.range_search(queries, int(thr))
+                for qi, hits in enumerate(res):
+                    out[qi].extend(
+                        BankMatch(b.info.name, b.info.kind, h.id, float(h.distance), 1 - h.distance / 256)
+                        for h in hits[: self.config.top_k]
+                    )
+            else:
+                res = b.store.index.range_search(queries, float(thr))
+                for qi, hits in enumerate(res):
+                    out[qi].extend(
+                        BankMatch(b.info.name, b.info.kind, h.id, 1.0 - h.score, h.score)
+                        for h in hits[: self.config.top_k]
+                    )
+        for row in out:
+            row.sort(key=lambda m: (m.distance, m.bank, m.item_id))
+        return out
+
+    # ----------------------------------------------------------- import/export
+    def export_jsonl(self, name: str, path: Path) -> int:
+        """Write a bank's items as JSONL (with ``kind`` on each line); returns the count."""
+        bank = self.get(name)
+        items = bank.items()
+        with open(path, "w", encoding="utf-8") as f:
+            for it in items:
+                rec = it.model_dump(mode="json", exclude_none=True)
+                rec["kind"] = bank.info.kind
+                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        return len(items)
+
+    def import_jsonl(self, name: str, path: Path, batch: int = 1000) -> int:
+        """Add items from JSONL (a ``kind`` field, if present, must match the bank)."""
+        bank = self.get(name)
+        pending: list[BankItem] = []
+        total = 0
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InvalidInput(f"line {lineno}", f"not JSON: {e.msg}") from None
+                kind = rec.pop("kind", bank.info.kind)
+                if kind != bank.info.kind:
+                    raise InvalidInput(
+                        f"line {lineno}.kind", f"{kind!r} item in {bank.info.kind!r} bank {name!r}"
+                    )
+                try:
+                    pending.append(BankItem.model_validate(rec))
+                except pydantic.ValidationError as e:
+                    err = from_pydantic(e)
+                    raise InvalidInput(f"line {lineno}.{err.field}", err.reason, err.code) from None
+                if len(pending) >= batch:
+                    total += bank.add(pending)
+                    pending = []
+        return total + bank.add(pending)
+
+    def export_hma_csv(self, name: str, path: Path) -> int:
+        """Write a PDQ bank as HMA/ThreatExchange CSV: hash, id, timestamp, tags."""
+        bank = self.get(name)
+        if not bank.is_pdq:
+            raise InvalidInput("bank", f"{name!r} holds {bank.info.modality}, not PDQ hashes")
+        items = bank.items()
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            for it in items:
+                ts = it.added_at.astimezone(UTC).strftime(_HMA_TIME)
+                w.writerow([it.pdq, it.id, ts, " ".join(it.tags)])
+        return len(items)
+
+    def import_hma_csv(self, name: str, path: Path, added_by: str = "", batch: int = 1000) -> int:
+        """Add a PDQ bank's items from HMA/ThreatExchange CSV (hash first, then id, time, tags)."""
+        bank = self.get(name)
+        if not bank.is_pdq:
+            raise InvalidInput("bank", f"{name!r} holds {bank.info.modality}, not PDQ hashes")
+        pending: list[BankItem] = []
+        total = 0
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f), 1):
+                if not row or not row[0].strip():
+                    continue
+                h = row[0].strip().lower()
+                if lineno == 1 and not re.fullmatch(r"[0-9a-f]{64}", h):
+                    continue  # a header line
+                pdq_from_hex(h, f"line {lineno}.hash")
+                item_id = row[1].strip() if len(row) > 1 and row[1].strip() else f"pdq-{h[:16]}"
+                added_at = datetime.now(UTC)
+                if len(row) > 2 and row[2].strip():
+                    try:
+                        added_at = datetime.strptime(row[2].strip(), _HMA_TIME).replace(tzinfo=UTC)
+                    except ValueError:
+                        added_at = datetime.fromisoformat(row[2].strip())
+                tags = row[3].split() if len(row) > 3 else []
+                pending.append(
+                    BankItem(
+                        id=item_id,
+                        pdq=h,
+                        source=f"hma_csv:{Path(path).name}",
+                        added_at=added_at,
+                        added_by=added_by,
+                        tags=tags,
+                    )
+                )
+                if len(pending) >= batch:
+                    total += bank.add(pending)
+                    pending = []
+        return total + bank.add(pending)
+
+    def close(self) -> None:
+        """Close every bank."""
+        for b in self._banks.values():
+            b.close()
+        self._banks.clear()

@@ -1,0 +1,133 @@
+"""Typed configuration of the indexes: one pydantic model per component.
+
+The service's top-level config nests :class:`IndexesConfig`; nothing here reads
+environment variables or files. Thresholds are data: the per-modality defaults live
+in :class:`ThresholdsConfig` and can be re-derived from labelled pairs with
+:func:`indexes.thresholds.pick_threshold`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Modality = Literal["listing_text", "review_text", "image_sscd", "image_pdq"]
+MODALITIES: tuple[Modality, ...] = ("listing_text", "review_text", "image_sscd", "image_pdq")
+Quantization = Literal["none", "sq8", "fp16"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VectorIndexConfig(_Config):
+    """The unit-vector index (``indexes/vector.py``): inner product on L2-normalised vectors.
+
+    Exact (``IndexFlatIP``) up to ``exact_max`` vectors; past that it trains an IVF
+    partition (``nlist`` cells, ``nprobe`` searched) with optional scalar quantisation.
+    """
+
+    dim: int = Field(default=384, ge=2, le=4096)
+    exact_max: int = Field(default=20_000, ge=1, description="flat exact index up to this size")
+    quantization: Quantization = "sq8"
+    nlist: int | None = Field(default=None, ge=1, description="IVF cells; default ~4*sqrt(n) at training")
+    # 128 is what reached recall@10 >= 0.95 at 1M x 384 (benchmarks/results/index.json).
+    nprobe: int = Field(default=128, ge=1, le=65_536)
+    train_sample: int = Field(default=100_000, ge=1_000, description="vectors used to train the IVF")
+    retrain_growth: float = Field(
+        default=4.0, ge=1.5, description="compaction re-trains the IVF once n grew by this factor"
+    )
+    norm_tolerance: float = Field(default=1e-3, gt=0, lt=1, description="allowed | ||v|| - 1 |")
+    threads: int | None = Field(default=None, ge=1, le=256, description="faiss OpenMP threads")
+
+
+class PdqIndexConfig(_Config):
+    """The PDQ binary index (``indexes/pdq.py``): 256-bit hashes, Hamming distance.
+
+    Exact linear scan up to ``exact_max`` hashes; past that a multi-index hash (16
+    tables of 16-bit chunks) that is still exact for ``max_distance`` < 64. Adds land
+    in a tail scanned linearly until it is ``tail_fraction`` of the index.
+    """
+
+    threshold: int = Field(default=31, ge=0, le=256, description="HMA's default match distance")
+    exact_max: int = Field(default=50_000, ge=1)
+    tail_min: int = Field(default=20_000, ge=1, description="tail always allowed up to this many")
+    tail_fraction: float = Field(default=0.02, gt=0, le=1)
+    compact_dead_fraction: float = Field(
+        default=0.1, gt=0, le=1, description="rebuild once this share of rows are tombstones"
+    )
+
+
+class PersistenceConfig(_Config):
+    """Snapshot + mutation log (``indexes/persistence.py``)."""
+
+    fsync: bool = Field(default=True, description="fsync the log before a mutation returns")
+    compact_log_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="snapshot and truncate once the log is this big"
+    )
+
+
+class ClusteringConfig(_Config):
+    """Near-duplicate clustering (``indexes/clustering.py``)."""
+
+    threshold: float = Field(default=0.9, ge=-1, le=1, description="pair similarity threshold")
+    block_size: int = Field(default=4096, ge=1, description="queries per block of the all-pairs pass")
+    guard_size: int = Field(
+        default=50, ge=2, description="clusters at least this big merge only on a strong link"
+    )
+    guard_threshold: float = Field(
+        default=0.97, ge=-1, le=1, description="similarity needed to merge two guarded clusters"
+    )
+
+    @model_validator(mode="after")
+    def _guard_is_tighter(self) -> ClusteringConfig:
+        if self.guard_threshold < self.threshold:
+            raise ValueError(
+                f"guard_threshold {self.guard_threshold!r} must be >= threshold {self.threshold!r}"
+            )
+        return self
+
+
+class ShardingConfig(_Config):
+    """Sharding by a stable hash of the id (``indexes/sharding.py``)."""
+
+    shards: int = Field(default=1, ge=1, le=4096)
+
+
+class ThresholdsConfig(_Config):
+    """Per-modality match thresholds: similarity for vectors, Hamming distance for PDQ.
+
+    The vector defaults are starting points (MiniLM near-duplicate titles ~0.9, SSCD's
+    published copy-detection operating point ~0.75); re-derive them from labelled
+    pairs with :func:`indexes.thresholds.pick_threshold`.
+    """
+
+    listing_text: float = Field(default=0.90, ge=-1, le=1)
+    review_text: float = Field(default=0.92, ge=-1, le=1)
+    image_sscd: float = Field(default=0.75, ge=-1, le=1)
+    image_pdq: int = Field(default=31, ge=0, le=256)
+
+    def for_modality(self, modality: Modality) -> float:
+        """The threshold of one modality (a similarity, or a distance for ``image_pdq``)."""
+        return float(getattr(self, modality))
+
+
+class BanksConfig(_Config):
+    """Banks of labelled items (``indexes/banks.py``)."""
+
+    text_dim: int = Field(default=384, ge=2, le=4096)
+    sscd_dim: int = Field(default=512, ge=2, le=4096)
+    top_k: int = Field(default=10, ge=1, le=1000, description="matches per bank and query, at most")
+
+
+class IndexesConfig(_Config):
+    """All index settings, nested in the service config."""
+
+    vector: VectorIndexConfig = Field(default_factory=VectorIndexConfig)
+    pdq: PdqIndexConfig = Field(default_factory=PdqIndexConfig)
+    persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    banks: BanksConfig = Field(default_factory=BanksConfig)

@@ -1,0 +1,262 @@
+"""Crash-safe persistence: a snapshot plus an fsynced, checksummed mutation log.
+
+Layout of a directory (one writer at a time, held by an ``flock`` on ``LOCK``)::
+
+    CURRENT          {"generation": g}    written tmp + os.replace + fsync
+    snap-<g>/        the index's own save() (faiss.serialize_index / raw hashes) + items.json
+    log-<g>.bin      mutations since snap-<g>, one record each
+
+A record is ``b"MGL1" | u32 length | u32 crc32 | payload``, the payload a JSON header
+line (op, ids, dtype, shape, per-item metadata) followed by the raw array bytes:
+no pickle. ``add`` and ``remove`` validate, append one record, ``fsync`` and only
+then apply to memory and return, so an acknowledged mutation is on disk.
+
+Loading = snapshot ``g`` + replay of ``log-g`` up to the first torn or corrupt
+record (the write a crash interrupted, never acknowledged); the torn tail is cut off.
+Compaction writes ``snap-<g+1>`` and an empty ``log-<g+1>``, flips ``CURRENT``
+atomically, then deletes generation ``g``. A crash before the flip loads ``g``
+(still complete); after it, ``g+1``; leftovers of the other are removed on open.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+import numpy as np
+
+from indexes.atomic import fsync_dir, read_json, write_json_atomic
+from indexes.config import PersistenceConfig
+from signals.errors import InvalidInput
+
+MAGIC = b"MGL1"
+_HEAD = struct.Struct("<4sII")
+Meta = dict[str, Any]
+
+
+class MutableIndex(Protocol):
+    """What an index offers to be made durable (VectorIndex and PdqIndex both do)."""
+
+    def __len__(self) -> int: ...
+    def __contains__(self, item_id: object) -> bool: ...
+    def prepare(self, ids: list[str], data: Any) -> tuple[list[str], np.ndarray]: ...
+    def add(self, ids: list[str], data: Any) -> None: ...
+    def remove(self, ids: list[str]) -> int: ...
+    def save(self, directory: Path) -> None: ...
+
+
+IndexT = TypeVar("IndexT", bound=MutableIndex)
+
+
+def encode_record(header: dict[str, Any], array: np.ndarray | None = None) -> bytes:
+    """One framed, checksummed log record."""
+    if array is not None:
+        header = {**header, "dtype": str(array.dtype), "shape": list(array.shape)}
+    payload = json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n"
+    if array is not None:
+        payload += np.ascontiguousarray(array).tobytes()
+    return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(path: Path) -> tuple[list[tuple[dict[str, Any], np.ndarray | None]], int]:
+    """All valid records of a log and the byte length they span.
+
+    Stops at the first torn or corrupt record: everything after it is a write that
+    a crash interrupted before its fsync returned, so nobody was told it happened.
+    """
+    data = path.read_bytes() if path.exists() else b""
+    out: list[tuple[dict[str, Any], np.ndarray | None]] = []
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        magic, length, crc = _HEAD.unpack_from(data, pos)
+        start, end = pos + _HEAD.size, pos + _HEAD.size + length
+        if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
+            break
+        payload = data[start:end]
+        nl = payload.index(b"\n")
+        header = json.loads(payload[:nl])
+        array = None
+        if "dtype" in header:
+            array = np.frombuffer(payload[nl + 1 :], dtype=np.dtype(header["dtype"]))
+            array = array.reshape(header["shape"])
+        out.append((header, array))
+        pos = end
+    return out, pos
+
+
+class DurableIndex(Generic[IndexT]):
+    """An index plus per-item metadata that survives crashes: snapshot + replayed log."""
+
+    def __init__(
+        self,
+        directory: Path,
+        empty: Callable[[], IndexT],
+        load: Callable[[Path], IndexT],
+        config: PersistenceConfig | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.config = config or PersistenceConfig()
+        self._empty, self._load = empty, load
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise InvalidInput(
+                "directory", f"{str(self.directory)!r} is open by another writer", "invalid"
+            ) from None
+        self.meta: dict[str, Meta] = {}
+        self._log_fd: int | None = None
+        self._open()
+
+    # ------------------------------------------------------------------ opening
+    def _open(self) -> None:
+        current = self.directory / "CURRENT"
+        if current.exists():
+            gen = int(read_json(current)["generation"])  # type: ignore[index]
+        else:
+            gen = 0
+            (self.directory / "log-0.bin").touch()
+            write_json_atomic(current, {"generation": 0})
+        self.generation = gen
+        snap = self.directory / f"snap-{gen}"
+        if snap.exists():
+            self.index: IndexT = self._load(snap)
+            items = snap / "items.json"
+            self.meta = json.loads(items.read_bytes()) if items.exists() else {}
+        else:
+            self.index = self._empty()
+        log = self._log_path(gen)
+        records, valid = read_records(log)
+        for header, array in records:
+            self._apply(header, array)
+        self.replayed = len(records)
+        if log.exists() and log.stat().st_size != valid:
+            with open(log, "r+b") as f:  # cut the torn tail so new records follow good ones
+                f.truncate(valid)
+                os.fsync(f.fileno())
+        self._log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._log_bytes = valid
+        self._remove_stale()
+
+    def _log_path(self, gen: int) -> Path:
+        return self.directory / f"log-{gen}.bin"
+
+    def _remove_stale(self) -> None:
+        keep = {f"snap-{self.generation}", f"log-{self.generation}.bin", "CURRENT", "LOCK"}
+        for p in self.directory.iterdir():
+            if p.name in keep:
+                continue
+            if p.name.startswith(("snap-", "log-", "CURRENT.")):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    # ---------------------------------------------------------------- mutations
+    def _apply(self, header: dict[str, Any], array: np.ndarray | None) -> None:
+        ids = header["ids"]
+        if header["op"] == "add":
+            self.index.add(ids, array)
+            metas = header.get("meta")
+            for k, i in enumerate(ids):
+                if metas is not None:
+                    self.meta[i] = metas[k]
+                else:
+                    self.meta.pop(i, None)
+        elif header["op"] == "remove":
+            self.index.remove(ids)
+            for i in ids:
+                self.meta.pop(i, None)
+        else:
+            raise InvalidInput("log", f"unknown op {header['op']!r}")
+
+    def _append(self, record: bytes) -> None:
+        assert self._log_fd is not None, "closed"
+        view = memoryview(record)
+        while view:  # os.write may write less than asked
+            view = view[os.write(self._log_fd, view) :]
+        if self.config.fsync:
+            os.fsync(self._log_fd)
+        self._log_bytes += len(record)
+
+    def add(self, ids: list[str], data: Any, meta: list[Meta] | None = None) -> None:
+        """Add or replace items; durable (fsynced) and searchable when this returns."""
+        ids, arr = self.index.prepare(list(ids), data)
+        if meta is not None and len(meta) != len(ids):
+            raise InvalidInput("meta", f"{len(meta)} metadata records for {len(ids)} ids")
+        if not ids:
+            return
+        header: dict[str, Any] = {"op": "add", "ids": ids}
+        if meta is not None:
+            header["meta"] = meta
+        self._append(encode_record(header, arr))
+        self._apply(header, arr)
+        self._maybe_compact()
+
+    def remove(self, ids: list[str]) -> int:
+        """Remove items (unknown ids ignored); durable when this returns."""
+        present = [i for i in ids if i in self.index]
+        if not present:
+            return 0
+        header = {"op": "remove", "ids": present}
+        self._append(encode_record(header))
+        self._apply(header, None)
+        self._maybe_compact()
+        return len(present)
+
+    def _maybe_compact(self) -> None:
+        if self._log_bytes >= self.config.compact_log_bytes:
+            self.compact()
+
+    def compact(self) -> None:
+        """Snapshot the current state as the next generation and start an empty log."""
+        new = self.generation + 1
+        tmp = self.directory / f"snap-{new}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.index.save(tmp)
+        items = tmp / "items.json"
+        with open(items, "wb") as f:
+            f.write(json.dumps(self.meta, separators=(",", ":")).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        os.replace(tmp, self.directory / f"snap-{new}")
+        new_log = self._log_path(new)
+        fd = os.open(new_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.fsync(fd)
+        fsync_dir(self.directory)
+        write_json_atomic(self.directory / "CURRENT", {"generation": new})  # the commit point
+        old_fd, self._log_fd = self._log_fd, fd
+        if old_fd is not None:
+            os.close(old_fd)
+        self.generation, self._log_bytes = new, 0
+        self._remove_stale()
+
+    def iter_items(self) -> Iterator[tuple[str, Meta]]:
+        """(id, metadata) of every item."""
+        for i in list(self.meta):
+            yield i, self.meta[i]
+
+    # ----------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Close the log and release the writer lock (the data is already durable)."""
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,317 @@
+"""The unit-vector index: cosine similarity (inner product) over string ids.
+
+Structure, chosen by measurement (README, ``benchmarks/index.py``):
+
+* up to ``exact_max`` vectors an exact ``IndexFlatIP`` behind an ``IndexIDMap2``;
+* past that an IVF partition (``IndexIVFScalarQuantizer`` with SQ8/fp16, or
+  ``IndexIVFFlat``) trained on a sample, searched with ``nprobe`` cells.
+
+Both accept ``add_with_ids`` and both are searchable the moment ``add`` returns:
+an IVF add encodes the vector straight into its inverted list, so there is no
+rebuild between an add and the next query (HMA's 30 s reload is what we avoid).
+
+Removal is real, not a filter: the IVF carries a hashtable direct map, so
+``remove_ids`` finds and swaps out each code in O(1). ``update`` is remove + add
+under the same id. "Compaction" (:meth:`VectorIndex.compact`) is therefore only
+about balance: once the index has grown ``retrain_growth`` times past the size its
+cells were trained for, it is re-trained on a fresh sample and rebuilt (lossy
+with SQ8: the rebuild re-encodes decoded vectors; a snapshot of raw vectors is the
+caller's choice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from indexes.atomic import fsync_dir, write_bytes_atomic, write_json_atomic
+from indexes.config import VectorIndexConfig
+from indexes.ids import IdMap, check_ids
+from signals.errors import InvalidInput
+
+Structure = Literal["flat", "ivf"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One neighbour: the caller's id and its cosine similarity to the query."""
+
+    id: str
+    score: float
+
+
+def _sq_type(quantization: str) -> int | None:
+    if quantization == "sq8":
+        return faiss.ScalarQuantizer.QT_8bit
+    if quantization == "fp16":
+        return faiss.ScalarQuantizer.QT_fp16
+    if quantization == "none":
+        return None
+    raise ValueError(f"Unsupported quantization {quantization!r}")
+
+
+class VectorIndex:
+    """Top-k and threshold search over unit vectors, keyed by string ids."""
+
+    def __init__(self, config: VectorIndexConfig | None = None) -> None:
+        self.config = config or VectorIndexConfig()
+        if self.config.threads is not None:
+            faiss.omp_set_num_threads(self.config.threads)
+        self._ids = IdMap()
+        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.config.dim))
+        self._structure: Structure = "flat"
+        self._trained_for = 0  # the size the IVF cells were trained for
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self.config.dim
+
+    @property
+    def structure(self) -> Structure:
+        """``flat`` (exact) or ``ivf`` (approximate)."""
+        return self._structure
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._ids
+
+    def ids(self) -> list[str]:
+        """All ids currently in the index."""
+        return [i for i, _ in self._ids.items()]
+
+    # -------------------------------------------------------------- validation
+    def prepare(self, ids: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Validate an add batch and return it as (ids, C-contiguous float32 array).
+
+        Raises :class:`InvalidInput` naming the offending field; nothing is changed.
+        """
+        ids = check_ids(ids)
+        arr = self._check_vectors(vectors, "vectors")
+        if arr.shape[0] != len(ids):
+            raise InvalidInput("vectors", f"{arr.shape[0]} vectors for {len(ids)} ids")
+        return ids, arr
+
+    def _check_vectors(self, vectors: np.ndarray, field: str) -> np.ndarray:
+        arr = np.asarray(vectors)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise InvalidInput(field, f"expected shape (n, {self.dim}), got {tuple(arr.shape)}")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise InvalidInput(field, f"expected numbers, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            raise InvalidInput(f"{field}[{int(np.argmin(finite))}]", "NaN or infinite value")
+        norms = np.linalg.norm(arr, axis=1)
+        bad = np.abs(norms - 1.0) > self.config.norm_tolerance
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidInput(f"{field}[{i}]", f"not a unit vector (norm {norms[i]:.4f})")
+        return arr
+
+    # --------------------------------------------------------------- mutations
+    def add(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Add (or replace) a batch; every vector is searchable when this returns."""
+        ids, arr = self.prepare(ids, vectors)
+        if not ids:
+            return
+        self._remove_labels([lab for i in ids if (lab := self._ids.drop(i)) is not None])
+        migrate = self._structure == "flat" and len(self._ids) + len(ids) > self.config.exact_max
+        old_labels, old_vecs = self._all_vectors() if migrate else (None, None)
+        labels = np.fromiter((self._ids.assign(i) for i in ids), dtype=np.int64, count=len(ids))
+        if old_labels is not None and old_vecs is not None:
+            # Migrate: the flat index plus this batch train the IVF.
+            self._build_ivf(np.concatenate([old_labels, labels]), np.vstack([old_vecs, arr]))
+            return
+        self._index.add_with_ids(arr, labels)
+
+    def update(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Replace the vectors of existing ids (same as :meth:`add`, which also replaces)."""
+        self.add(ids, vectors)
+
+    def remove(self, ids: list[str]) -> int:
+        """Remove ids; unknown ids are ignored. Returns how many were removed."""
+        labels = [lab for i in list(ids) if (lab := self._ids.drop(i)) is not None]
+        self._remove_labels(labels)
+        return len(labels)
+
+    def _remove_labels(self, labels: list[int]) -> None:
+        if not labels:
+            return
+        arr = np.asarray(labels, dtype=np.int64)
+        if self._structure == "ivf":
+            # The hashtable direct map only takes an IDSelectorArray.
+            sel = faiss.IDSelectorArray(len(arr), faiss.swig_ptr(arr))
+        else:
+            sel = faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr))
+        removed = self._index.remove_ids(sel)
+        assert removed == len(arr), (removed, len(arr))
+
+    def build(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Bulk-load an empty index, training the IVF on the whole batch when it is large."""
+        if len(self):
+            raise InvalidInput("ids", f"build() needs an empty index, this one holds {len(self)}")
+        ids, arr = self.prepare(ids, vectors)
+        labels = np.fromiter((self._ids.assign(i) for i in ids), dtype=np.int64, count=len(ids))
+        if len(ids) > self.config.exact_max:
+            self._build_ivf(labels, arr)
+        else:
+            self._index.add_with_ids(arr, labels)
+
+    def compact(self, force: bool = False) -> bool:
+        """Re-train the IVF once it outgrew its training; returns whether it rebuilt."""
+        n = len(self)
+        if self._structure != "ivf" or not (force or n > self.config.retrain_growth * self._trained_for):
+            return False
+        labels, vecs = self._all_vectors()
+        self._build_ivf(labels, vecs)
+        return True
+
+    # ------------------------------------------------------------------ search
+    def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """The ``k`` most similar items of each query, best first."""
+        if k < 1:
+            raise InvalidInput("k", f"k must be >= 1, got {k!r}")
+        q = self._check_vectors(vectors, "queries")
+        if not len(self):
+            return [[] for _ in range(q.shape[0])]
+        sims, labels = self._index.search(q, min(k, len(self)))
+        id_of = self._ids.id_of
+        out: list[list[Hit]] = []
+        for row_s, row_l in zip(sims.tolist(), labels.tolist(), strict=True):
+            out.append([Hit(id_of(lab), s) for s, lab in zip(row_s, row_l, strict=True) if lab >= 0])  # type: ignore[arg-type]
+        return out
+
+    def range_search(self, vectors: np.ndarray, threshold: float) -> list[list[Hit]]:
+        """Every item with similarity >= ``threshold`` to each query, best first."""
+        if not -1.0 <= threshold <= 1.0:
+            raise InvalidInput("threshold", f"a cosine threshold is in [-1, 1], got {threshold!r}")
+        q = self._check_vectors(vectors, "queries")
+        if not len(self):
+            return [[] for _ in range(q.shape[0])]
+        # FAISS keeps similarities strictly above the radius; step just below to get >=.
+        radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))
+        lims, sims, labels = self._index.range_search(q, radius)
+        id_of = self._ids.id_of
+        out: list[list[Hit]] = []
+        sims_l, labels_l = sims.tolist(), labels.tolist()
+        for i in range(q.shape[0]):
+            a, b = int(lims[i]), int(lims[i + 1])
+            row = [Hit(id_of(lab), s) for s, lab in zip(sims_l[a:b], labels_l[a:b], strict=True)]  # type: ignore[arg-type]
+            row.sort(key=lambda h: (-h.score, h.id))
+            out.append(row)
+        return out
+
+    def get_vectors(self, ids: list[str]) -> np.ndarray:
+        """Stored vectors of ids (decoded, so approximate under SQ8/fp16)."""
+        labels = []
+        for i, item in enumerate(ids):
+            lab = self._ids.label(item)
+            if lab is None:
+                raise InvalidInput(f"ids[{i}]", f"unknown id {item!r}", "not_found")
+            labels.append(lab)
+        if not labels:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._index.reconstruct_batch(np.asarray(labels, dtype=np.int64))
+
+    # --------------------------------------------------------------- internals
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.fromiter((lab for _, lab in self._ids.items()), dtype=np.int64)
+        if not len(labels):
+            return labels, np.zeros((0, self.dim), dtype=np.float32)
+        return labels, self._index.reconstruct_batch(labels)
+
+    def _nlist_for(self, n: int) -> int:
+        if self.config.nlist is not None:
+            return self.config.nlist
+        # ~4 sqrt(n) cells, and at least ~39 training points per cell (FAISS's k-means floor).
+        by_size = 4 * int(math.sqrt(n))
+        return max(1, min(by_size, min(n, self.config.train_sample) // 39))
+
+    def _build_ivf(self, labels: np.ndarray, vecs: np.ndarray) -> None:
+        n = len(labels)
+        nlist = self._nlist_for(n)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        qtype = _sq_type(self.config.quantization)
+        if qtype is None:
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, self.dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT
+            )
+        rng = np.random.default_rng(0)
+        sample = vecs
+        if n > self.config.train_sample:
+            sample = vecs[np.sort(rng.choice(n, self.config.train_sample, replace=False))]
+        index.train(np.ascontiguousarray(sample))
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index.nprobe = min(self.config.nprobe, nlist)
+        index.add_with_ids(vecs, labels)
+        self._index = index
+        self._quantizer = quantizer  # keep the Python wrapper alive with its owner
+        self._structure = "ivf"
+        self._trained_for = n
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Cells searched per query (IVF only): the recall/speed knob."""
+        if nprobe < 1:
+            raise InvalidInput("nprobe", f"nprobe must be >= 1, got {nprobe!r}")
+        if self._structure == "ivf":
+            self._index.nprobe = nprobe
+
+    def memory_bytes(self) -> int:
+        """Bytes of the FAISS structure (its serialised size; the id map is extra)."""
+        return int(faiss.serialize_index(self._index).size)
+
+    # ------------------------------------------------------------- persistence
+    def save(self, directory: Path) -> None:
+        """Write ``index.faiss`` and ``meta.json`` into ``directory``, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(directory / "index.faiss", faiss.serialize_index(self._index).tobytes())
+        meta = {
+            "format": "marketguard.vector_index/1",
+            "config": self.config.model_dump(),
+            "structure": self._structure,
+            "trained_for": self._trained_for,
+            "idmap": self._ids.to_json(),
+        }
+        write_json_atomic(directory / "meta.json", meta)
+        fsync_dir(directory)
+
+    @classmethod
+    def load(cls, directory: Path, config: VectorIndexConfig | None = None) -> VectorIndex:
+        """Read what :meth:`save` wrote; ``config`` overrides run-time knobs (nprobe, threads)."""
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_bytes())
+        if meta.get("format") != "marketguard.vector_index/1":
+            raise InvalidInput("meta.json", f"unknown format {meta.get('format')!r}")
+        saved = VectorIndexConfig.model_validate(meta["config"])
+        if config is not None and config.dim != saved.dim:
+            raise InvalidInput("dim", f"config dim {config.dim!r} != saved dim {saved.dim!r}")
+        self = cls(config or saved)
+        raw = np.frombuffer((directory / "index.faiss").read_bytes(), dtype=np.uint8)
+        self._index = faiss.deserialize_index(raw)
+        self._structure = meta["structure"]
+        self._trained_for = int(meta["trained_for"])
+        self._ids = IdMap.from_json(meta["idmap"])
+        if self._structure == "ivf":
+            self._index.nprobe = self.config.nprobe
+            # The direct map is not serialised as a hashtable in every version; make sure.
+            self._index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if self._index.ntotal != len(self._ids):
+            raise InvalidInput(
+                "index.faiss", f"{self._index.ntotal} vectors but {len(self._ids)} ids in meta.json"
+            )
+        return self

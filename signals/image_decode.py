@@ -1,0 +1,292 @@
+"""Safe image decoding, done once per image and shared by every image extractor.
+
+Everything that turns listing image bytes into pixels goes through here, so the
+defences live in one place:
+
+- a byte cap (``data_b64`` is capped at validation; paths are read with a cap);
+- a pixel cap checked on the header before any pixel is decoded, and Pillow's
+  ``DecompressionBombWarning`` turned into an error: a bomb raises, never warns;
+- a format allow-list (JPEG, PNG, WebP, GIF first frame, BMP): anything else,
+  including non-images, is ``unsupported_media_type``;
+- truncated or corrupt files are an :class:`InvalidInput` naming the image
+  (``images[2]``), which extractors turn into a per-item error;
+- EXIF orientation applied, alpha flattened onto white, every mode (16-bit
+  grey, CMYK, palette, LA, 1-bit) converted to 8-bit RGB.
+
+Decode once: the registry runs the image extractors one after another over the
+same batch, so :class:`ImageDecoder` keeps a small LRU of decoded images keyed by
+the SHA-256 of the bytes. The first extractor decodes, the others hit the cache;
+an image reused across listings (common in scams) is decoded once too. A key by
+content, not by object identity, also survives Ray or HTTP re-serialising the
+records between extractors. Failures are cached as well, so a bad image costs one
+decode attempt and yields the same error from every extractor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from signals.config import ImageDecodeConfig
+from signals.errors import InvalidInput
+from signals.schemas import ImageRef, Listing
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
+# A URL fetcher the serving layer may plug in: (url, max_bytes) -> bytes. It must
+# refuse redirects to other hosts, time out, and stop reading past max_bytes.
+UrlFetcher = Callable[[str, int], bytes]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One listing image, decoded: 8-bit RGB pixels plus what is known about the file."""
+
+    index: int  # position in ``listing.images``
+    rgb: np.ndarray  # (h, w, 3) uint8, C-contiguous, read-only; at most working_max_side
+    width: int  # of the original, after EXIF orientation
+    height: int
+    format: str  # "JPEG", "PNG", ...
+    sha256: str  # of the file's bytes: exact-duplicate key
+    n_bytes: int
+    n_frames: int = 1  # > 1 for an animated GIF/WebP (only the first frame is used)
+
+    @property
+    def field(self) -> str:
+        return f"images[{self.index}]"
+
+
+def decode_image_bytes(data: bytes, config: ImageDecodeConfig, index: int = 0) -> DecodedImage:
+    """Decode one image's bytes under ``config``'s limits; raise InvalidInput naming it."""
+    field = f"images[{index}]"
+    if not data:
+        raise InvalidInput(field, "image is empty")
+    if len(data) > config.max_image_bytes:
+        raise InvalidInput(field, f"image is over {config.max_image_bytes} bytes", "too_large")
+    digest = hashlib.sha256(data).hexdigest()
+    return _decode(data, digest, config, index)
+
+
+def _decode(data: bytes, digest: str, config: ImageDecodeConfig, index: int) -> DecodedImage:
+    field = f"images[{index}]"
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we never accept a warning.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        except UnidentifiedImageError:
+            raise InvalidInput(
+                field, f"not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})",
+                "unsupported_media_type") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(field, "image has too many pixels", "too_large") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidInput(field, f"image is corrupt ({exc})") from None
+        with im:
+            fmt = str(im.format)
+            w, h = im.size
+            # The header is all that has been read: refuse a bomb before allocating it.
+            if w <= 0 or h <= 0:
+                raise InvalidInput(field, "image has no pixels")
+            if w * h > config.max_pixels:
+                raise InvalidInput(
+                    field, f"image is {w}x{h} pixels, over the limit of {config.max_pixels}",
+                    "too_large")
+            n_frames = int(getattr(im, "n_frames", 1) or 1)
+            try:
+                rgb, orientation = _to_rgb(im, config.working_max_side)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise InvalidInput(field, "image has too many pixels", "too_large") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                # Truncated files land here: Pillow reads pixels only now.
+                raise InvalidInput(field, f"image is corrupt or truncated ({exc})") from None
+    # Sizes reported are the original's (before draft() and downscaling), as oriented.
+    ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return DecodedImage(index=index, rgb=rgb, width=ow, height=oh, format=fmt, sha256=digest,
+                        n_bytes=len(data), n_frames=n_frames)
+
+
+def _to_rgb(im: Image.Image, max_side: int) -> tuple[np.ndarray, int]:
+    """8-bit RGB pixels of the first frame, oriented, flattened, at most ``max_side`` long.
+
+    Returns the pixels and the EXIF orientation that was applied (1: none).
+    """
+    if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is far larger than we
+        # keep: several times faster, and every model downsamples anyway. draft() keeps the
+        # result at least max_side on both axes it scales, so quality is not lost.
+        im.draft(im.mode, (max_side, max_side))
+    im.load()
+    orientation = _exif_orientation(im)
+    im = _to_8bit(im)
+    if orientation in _ORIENT:
+        # Applied by value, not with ImageOps.exif_transpose: _to_8bit may have made a new
+        # image without the EXIF block.
+        im = im.transpose(_ORIENT[orientation])
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    if max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+        im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    arr = np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+    arr.setflags(write=False)
+    return arr, orientation
+
+
+_T = Image.Transpose
+_ORIENT: dict[int, Image.Transpose] = {
+    2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+    6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90,
+}
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block must not cost us the image; orientation is cosmetic
+        return 1
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Modes whose plain ``convert("RGB")`` would clip or mis-scale, brought to 8 bits first."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit grey: convert() would clip everything above 255 to white; keep the top byte.
+        arr = np.asarray(im).astype(np.uint16) >> 8
+        return Image.fromarray(arr.astype(np.uint8), "L")
+    if im.mode == "I":
+        arr = np.asarray(im, dtype=np.int64)
+        top = int(arr.max()) if arr.size else 0
+        shift = 8 if top > 255 else 0
+        return Image.fromarray(np.clip(arr >> shift, 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float32))
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    return im
+
+
+class ImageDecoder:
+    """Loads and decodes listing images under one config, caching results by content hash.
+
+    One instance is shared by every image extractor of a registry (see
+    :func:`signals.registry.build_registry`). Thread-safe; the cache is bounded by
+    the bytes of decoded pixels it holds.
+    """
+
+    def __init__(self, config: ImageDecodeConfig, fetch_url: UrlFetcher | None = None) -> None:
+        self.config = config
+        self._fetch_url = fetch_url
+        self._cache: OrderedDict[str, DecodedImage | InvalidInput] = OrderedDict()
+        self._cache_bytes = 0
+        self._lock = threading.Lock()
+        self.decodes = 0  # decode attempts, cache misses (tests and metrics read it)
+        self._roots = ([Path(r).resolve() for r in config.path_roots]
+                       if config.path_roots is not None else None)
+        self._hosts = {h.lower() for h in config.url_allow_hosts}
+
+    def decode_listing(self, listing: Listing) -> list[DecodedImage]:
+        """Every image of the listing, decoded; the first bad one raises InvalidInput."""
+        return [self.decode_ref(ref, i) for i, ref in enumerate(listing.images)]
+
+    def decode_ref(self, ref: ImageRef, index: int) -> DecodedImage:
+        data = self.load_bytes(ref, index)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                self._cache.move_to_end(digest)
+        if hit is None:
+            try:
+                hit = _decode(data, digest, self.config, 0)
+            except InvalidInput as exc:
+                hit = exc
+            self._remember(digest, hit)
+        if isinstance(hit, InvalidInput):
+            raise InvalidInput(f"images[{index}]", hit.reason, hit.code)
+        return hit if hit.index == index else replace(hit, index=index)
+
+    def load_bytes(self, ref: ImageRef, index: int) -> bytes:
+        """The raw bytes of one image reference, under the byte cap and the source rules."""
+        cap = self.config.max_image_bytes
+        if ref.data_b64 is not None:
+            data = ref.data or b""
+            if not data:
+                raise InvalidInput(f"images[{index}].data_b64", "image is empty")
+            if len(data) > cap:
+                raise InvalidInput(f"images[{index}].data_b64", f"image is over {cap} bytes",
+                                   "too_large")
+            return data
+        if ref.path is not None:
+            return self._read_path(ref.path, index)
+        if ref.url is not None:
+            return self._read_url(ref.url, index)
+        raise InvalidInput(f"images[{index}]", "give exactly one of data_b64, path or url")
+
+    def _read_path(self, raw: str, index: int) -> bytes:
+        field = f"images[{index}].path"
+        cap = self.config.max_image_bytes
+        if not self.config.allow_paths:
+            raise InvalidInput(field, "image paths are not accepted here; send data_b64")
+        path = Path(raw)
+        if self._roots is not None:
+            real = path.resolve()
+            if not any(real.is_relative_to(root) for root in self._roots):
+                raise InvalidInput(field, "image path is outside the allowed folders")
+        try:
+            with open(path, "rb") as fh:
+                if not os.path.isfile(path):
+                    raise InvalidInput(field, "not a regular file")
+                data = fh.read(cap + 1)  # never read more than the cap, whatever the file's size
+        except FileNotFoundError:
+            raise InvalidInput(field, f"no such file: {raw}", "not_found") from None
+        except IsADirectoryError:
+            raise InvalidInput(field, "not a regular file") from None
+        except PermissionError:
+            raise InvalidInput(field, f"cannot read {raw}: permission denied") from None
+        if len(data) > cap:
+            raise InvalidInput(field, f"image is over {cap} bytes", "too_large")
+        if not data:
+            raise InvalidInput(field, "image is empty")
+        return data
+
+    def _read_url(self, url: str, index: int) -> bytes:
+        field = f"images[{index}].url"
+        host = (urlsplit(url).hostname or "").lower()
+        if host not in self._hosts:
+            raise InvalidInput(field, f"host {host!r} is not on the image URL allow-list")
+        if self._fetch_url is None:
+            raise InvalidInput(field, "fetching image URLs is not available here; send data_b64")
+        data = self._fetch_url(url, self.config.max_image_bytes)
+        if len(data) > self.config.max_image_bytes:
+            raise InvalidInput(field, f"image is over {self.config.max_image_bytes} bytes",
+                               "too_large")
+        return data
+
+    def _remember(self, digest: str, value: DecodedImage | InvalidInput) -> None:
+        limit = self.config.cache_mb * 1024 * 1024
+        # A cached failure is charged a nominal 1 KiB so that failures cannot grow it unbounded.
+        size = value.rgb.nbytes if isinstance(value, DecodedImage) else 1024
+        with self._lock:
+            self.decodes += 1
+            if limit <= 0 or size > limit or digest in self._cache:
+                return
+            self._cache[digest] = value
+            self._cache_bytes += size
+            while self._cache_bytes > limit and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.rgb.nbytes if isinstance(old, DecodedImage) else 1024

@@ -1,0 +1,119 @@
+"""PDQ perceptual hashes of listing images, in ThreatExchange/HMA's hex form.
+
+``pdqhash.compute`` returns the 256 bits most significant first: element 0 is
+bit 255 of ThreatExchange's ``Hash256`` (``w[15] >> 15``). ThreatExchange and
+HMA print a hash as 64 lower-case hex digits, ``w[15]`` first (``Hash256::format``
+in C++; ``"%0*X" % (64, int(bits, 2))`` in python-threatexchange). Packing the
+bits big-endian therefore gives the same bytes and the same hex, so banks
+exchanged as HMA CSV interoperate: :func:`pdq_hex` / :func:`pdq_from_hex`.
+
+Quality (0-100) below :data:`PDQ_WEAK_QUALITY` means a flat or featureless image
+whose hash matches too easily: kept, but matching must treat it as weak.
+
+Features (per image, first axis = ``listing.images`` order):
+- ``image_pdq``: ``(n, 32)`` uint8, the hash packed as above;
+- ``image_pdq_flip``: ``(n, 32)`` uint8, the hash of the left-right mirror image,
+  from the same pass (``compute_dihedral``), so a mirrored copy can be matched by
+  querying with it (PDQ alone does not survive a flip);
+- ``image_pdq_quality``: ``(n,)`` float32, the quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+import numpy as np
+
+from signals.extractor import ItemResult
+from signals.image_decode import DecodedImage
+from signals.image_extractor import ImageExtractor
+from signals.schemas import Listing
+
+PDQ_WEAK_QUALITY = 50
+"""ThreatExchange's advice: hashes of quality below 50 are too weak to match on alone."""
+
+# compute_dihedral's order: original, rot90, rot180, rot270, flip vertical, flip horizontal, ...
+_DIHEDRAL_MIRROR = 5
+
+
+@dataclass(frozen=True)
+class PdqHash:
+    """One image's PDQ: the packed 256 bits, its mirror image's, and the quality."""
+
+    bits: np.ndarray  # (32,) uint8
+    mirror: np.ndarray  # (32,) uint8
+    quality: int
+
+    @property
+    def hex(self) -> str:
+        return pdq_hex(self.bits)
+
+    @property
+    def weak(self) -> bool:
+        return self.quality < PDQ_WEAK_QUALITY
+
+
+def pack_bits(vector: np.ndarray) -> np.ndarray:
+    """pdqhash's 256 0/1 values (bit 255 first) as 32 bytes, most significant bit first."""
+    v = np.asarray(vector)
+    if v.shape != (256,):
+        raise ValueError(f"a PDQ bit vector has 256 elements, not {v.shape}")
+    return np.packbits(v.astype(np.uint8) & 1)
+
+
+def pdq_hex(packed: np.ndarray) -> str:
+    """The 64-hex-digit ThreatExchange/HMA form of a packed hash."""
+    p = np.asarray(packed, dtype=np.uint8)
+    if p.shape != (32,):
+        raise ValueError(f"a packed PDQ hash has 32 bytes, not {p.shape}")
+    return p.tobytes().hex()
+
+
+def pdq_from_hex(text: str) -> np.ndarray:
+    """Parse a ThreatExchange/HMA hex hash (64 hex digits, either case) into 32 bytes."""
+    s = text.strip().lower()
+    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+        raise ValueError(f"a PDQ hash is 64 hex digits, got {text!r}")
+    return np.frombuffer(bytes.fromhex(s), dtype=np.uint8).copy()
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> int:
+    """Hamming distance between two packed hashes (0-256)."""
+    return int(np.unpackbits(np.bitwise_xor(np.asarray(a, np.uint8), np.asarray(b, np.uint8))).sum())
+
+
+def pdq_of_rgb(rgb: np.ndarray) -> PdqHash:
+    """PDQ of an (h, w, 3) uint8 RGB array."""
+    import pdqhash
+
+    # pdqhash's Cython signature wants a C-contiguous writable char array.
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    vectors, quality = pdqhash.compute_dihedral(arr)
+    return PdqHash(pack_bits(vectors[0]), pack_bits(vectors[_DIHEDRAL_MIRROR]), int(quality))
+
+
+class PdqExtractor(ImageExtractor[PdqHash]):
+    """PDQ hashes of every image of a listing; features only (matching is the indexes' job)."""
+
+    name: ClassVar[str] = "image_pdq"
+    version: ClassVar[int] = 1
+    features: ClassVar[tuple[str, ...]] = ("image_pdq", "image_pdq_flip", "image_pdq_quality")
+    per_image_features: ClassVar[tuple[str, ...]] = features
+
+    def _run(self, images: Sequence[DecodedImage]) -> list[PdqHash]:
+        return [pdq_of_rgb(im.rgb) for im in images]
+
+    def _assemble(self, item: Listing, images: Sequence[DecodedImage],
+                  outputs: Sequence[PdqHash], observed_at: datetime) -> ItemResult:
+        if not images:
+            return ItemResult(item.entity_id)
+        return ItemResult(item.entity_id, features={
+            "image_pdq": np.stack([h.bits for h in outputs]),
+            "image_pdq_flip": np.stack([h.mirror for h in outputs]),
+            "image_pdq_quality": np.array([h.quality for h in outputs], dtype=np.float32),
+        })

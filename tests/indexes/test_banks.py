@@ -1,0 +1,133 @@
+"""Banks: labelled items, enable/disable, matching, durability, JSONL and HMA CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexes.banks import BankStore
+from indexes.config import BanksConfig
+from signals.errors import InvalidInput
+from tests.indexes.conftest import flip_bits, random_vectors
+
+CFG = BanksConfig(text_dim=16, sscd_dim=16)
+HMA_LINE = (
+    "acecf3355e3125c8e24e2f30e0d4ec4f8482b878b3c34cdbdf063278db275992,2880742865368386,"
+    "2020-07-31T18:47:52+0000,media_priority_pdq_samples disputed\n"
+)
+
+
+def test_vector_banks_match_by_modality_kind_and_enabled(tmp_path: Path) -> None:
+    store = BankStore(tmp_path, CFG)
+    v = random_vectors(4, 16, seed=1)
+    store.create("scam-titles", "listing_text", "fraud")
+    store.create("good-titles", "listing_text", "benign")
+    store.create("fake-reviews", "review_text")
+    store.add_items("scam-titles", [{"id": "s1", "vector": v[0].tolist(), "reason": "advance fee"}])
+    store.add_items("good-titles", [{"id": "g1", "vector": v[0].tolist()}])
+    store.add_items("fake-reviews", [{"id": "r1", "vector": v[1].tolist()}])
+    res = store.match("listing_text", v[:2])
+    assert {(m.bank, m.kind, m.item_id) for m in res[0]} == {
+        ("scam-titles", "fraud", "s1"),
+        ("good-titles", "benign", "g1"),
+    }
+    assert res[1] == [] and res[0][0].distance == pytest.approx(0, abs=1e-5)
+    store.set_enabled("good-titles", False)
+    assert [m.bank for m in store.match("listing_text", v[:1])[0]] == ["scam-titles"]
+    store.remove_items("scam-titles", ["s1"])
+    assert store.match("listing_text", v[:1]) == [[]]
+    store.close()
+    again = BankStore(tmp_path, CFG)  # settings and items survive a restart
+    assert again.names() == ["fake-reviews", "good-titles", "scam-titles"]
+    assert not again.get("good-titles").info.enabled
+    assert [m.item_id for m in again.match("review_text", v[1:2])[0]] == ["r1"]
+    again.close()
+
+
+def test_pdq_bank_matches_within_threshold(tmp_path: Path) -> None:
+    store = BankStore(tmp_path, CFG)
+    store.create("csam-like", "image_pdq")
+    rng = np.random.default_rng(2)
+    h = rng.integers(0, 256, (3, 32), dtype=np.uint8)
+    store.add_items("csam-like", [{"id": f"p{i}", "pdq": bytes(h[i]).hex()} for i in range(3)])
+    near, far = flip_bits(h[0], 20, rng), flip_bits(h[1], 40, rng)
+    res = store.match("image_pdq", np.stack([near, far]))
+    assert [(m.item_id, m.distance) for m in res[0]] == [("p0", 20.0)]
+    assert res[1] == []
+    assert store.match("image_pdq", np.stack([far]), threshold=40)[0][0].item_id == "p1"
+    store.close()
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    store = BankStore(tmp_path / "a", CFG)
+    store.create("reviews", "review_text", "fraud")
+    v = random_vectors(3, 16, seed=3)
+    store.add_items(
+        "reviews",
+        [
+            {
+                "id": f"r{i}",
+                "vector": v[i].tolist(),
+                "source": "moderation",
+                "reason": "template",
+                "added_by": "analyst@x",
+                "tags": ["ring-7"],
+            }
+            for i in range(3)
+        ],
+    )
+    out = tmp_path / "reviews.jsonl"
+    assert store.export_jsonl("reviews", out) == 3
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {x["kind"] for x in lines} == {"fraud"} and lines[0]["added_by"] == "analyst@x"
+    other = BankStore(tmp_path / "b", CFG)
+    other.create("reviews", "review_text", "fraud")
+    assert other.import_jsonl("reviews", out) == 3
+    assert [m.item_id for m in other.match("review_text", v[2:3])[0]] == ["r2"]
+    other.create("good", "review_text", "benign")
+    with pytest.raises(InvalidInput) as e:
+        other.import_jsonl("good", out)  # fraud items into a benign bank
+    assert e.value.field == "line 1.kind"
+    store.close()
+    other.close()
+
+
+def test_hma_csv_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "hma.csv"
+    src.write_text(HMA_LINE)
+    store = BankStore(tmp_path / "banks", CFG)
+    store.create("te-pdq", "image_pdq")
+    assert store.import_hma_csv("te-pdq", src, added_by="import") == 1
+    item = store.get("te-pdq").items()[0]
+    assert item.id == "2880742865368386" and item.tags == ["media_priority_pdq_samples", "disputed"]
+    out = tmp_path / "out.csv"
+    store.export_hma_csv("te-pdq", out)
+    assert out.read_text().strip() == HMA_LINE.strip()
+    store.create("titles", "listing_text")
+    with pytest.raises(InvalidInput):
+        store.export_hma_csv("titles", out)
+    store.close()
+
+
+def test_bad_items_and_names_are_rejected(tmp_path: Path) -> None:
+    store = BankStore(tmp_path, CFG)
+    with pytest.raises(InvalidInput):
+        store.create("Bad Name", "listing_text")
+    store.create("p", "image_pdq")
+    with pytest.raises(InvalidInput) as e:
+        store.add_items("p", [{"id": "x", "pdq": "zz"}])
+    assert e.value.field == "items[0].pdq"
+    with pytest.raises(InvalidInput) as e:
+        store.add_items("p", [{"id": "x"}])
+    assert e.value.field == "items[0].pdq"
+    with pytest.raises(InvalidInput) as e:
+        store.get("missing")
+    assert e.value.code == "not_found"
+    with pytest.raises(InvalidInput):
+        store.create("p", "listing_text")  # exists with another modality
+    store.drop("p")
+    assert store.names() == []
+    store.close()
