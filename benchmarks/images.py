@@ -16,7 +16,10 @@ of the same scene, so pairs between their families are left out of both. The
 threshold of each method is the loosest one at which precision over all pairs is
 still >= 0.99; recall is reported at that single threshold, per transform and
 overall. PDQ scores ``256 - hamming``; "pdq+mirror" also compares the mirror hash
-(from the same PDQ pass); SSCD scores cosine similarity.
+(from the same PDQ pass); "pdq_trimmed+mirror" compares the hashes of the images
+with their frames trimmed (``image_pdq_trimmed``), and the mirror hash; SSCD scores
+cosine similarity, on frame-trimmed images as the extractors do by default; the
+"(no trim)" rows are the same models without trimming, for comparison.
 
 Timings are medians per image on this machine (2 shared cores; noisy), with
 batch 16 for SSCD. OCR is timed as the text gate alone (images without text) and
@@ -37,7 +40,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from benchmarks.common import SHARED_DATA, finish, median, parse_args
 from signals.config import ContentRulesConfig, ImageDecodeConfig, NsfwConfig, OcrConfig, SscdConfig
-from signals.image_decode import decode_image_bytes
+from signals.image_decode import content_box, decode_image_bytes
 from signals.image_nsfw import build_nsfw_detector
 from signals.image_ocr import build_ocr_engine, content_rules_finder
 from signals.image_pdq import pdq_of_rgb
@@ -197,21 +200,37 @@ def main() -> None:
         t = time.perf_counter()
         pdqs.append(pdq_of_rgb(arr))
         pdq_ms.append((time.perf_counter() - t) * 1000)
-    timings["pdq_ms"] = median(pdq_ms)
+    timings["pdq_ms"] = median(pdq_ms)  # includes finding the frame, and hashing inside it
+    trim_ms: list[float] = []
+    for arr in images:
+        t = time.perf_counter()
+        content_box(arr)
+        trim_ms.append((time.perf_counter() - t) * 1000)
+    timings["trim_ms"] = median(trim_ms)
+    framed = [im for im, kk in zip(images, kinds, strict=True) if kk in ("pad_border", "screenshot")]
+    trim_framed_ms = []
+    for arr in framed:
+        t = time.perf_counter()
+        content_box(arr)
+        trim_framed_ms.append((time.perf_counter() - t) * 1000)
+    timings["trim_framed_ms"] = median(trim_framed_ms)
 
     vectors: dict[str, np.ndarray] = {}
     for model in ("sscd_distilled", "sscd"):
-        emb = build_sscd_embedder(SscdConfig(model=model))  # type: ignore[arg-type]
-        emb.embed(images[:2])  # warm-up
-        per_batch: list[float] = []
-        out = []
-        for s in range(0, len(images), emb.batch_size):
-            chunk = images[s:s + emb.batch_size]
-            t = time.perf_counter()
-            out.append(emb.embed(chunk))
-            per_batch.append((time.perf_counter() - t) * 1000 / len(chunk))
-        vectors[model] = np.concatenate(out)
-        timings[f"{model}_ms"] = median(per_batch)
+        for trim in (True, False):
+            emb = build_sscd_embedder(SscdConfig(model=model, trim_borders=trim))  # type: ignore[arg-type]
+            emb.embed(images[:2])  # warm-up
+            per_batch: list[float] = []
+            out = []
+            for s in range(0, len(images), emb.batch_size):
+                chunk = images[s:s + emb.batch_size]
+                t = time.perf_counter()
+                out.append(emb.embed(chunk))
+                per_batch.append((time.perf_counter() - t) * 1000 / len(chunk))
+            key = model if trim else f"{model} (no trim)"
+            vectors[key] = np.concatenate(out)
+            if trim:
+                timings[f"{model}_ms"] = median(per_batch)
 
     # Pairs.
     n = len(images)
@@ -227,22 +246,22 @@ def main() -> None:
     iu, ju, positive = iu[keep], ju[keep], positive[keep]
     copy_kind = np.where(k[iu] == "original", k[ju], k[iu])
 
-    bits = np.stack([h.bits for h in pdqs])
+    plain = np.stack([h.bits for h in pdqs])
+    trimmed = np.stack([h.trimmed for h in pdqs])
     mirror = np.stack([h.mirror for h in pdqs])
 
-    def pdq_scores(use_mirror: bool) -> np.ndarray:
+    def pdq_scores(bits: np.ndarray, use_mirror: bool) -> np.ndarray:
         d = np.unpackbits(bits[iu] ^ bits[ju], axis=1).sum(axis=1)
         if use_mirror:
-            d2 = np.unpackbits(mirror[iu] ^ bits[ju], axis=1).sum(axis=1)
+            d2 = np.unpackbits(mirror[iu] ^ plain[ju], axis=1).sum(axis=1)
             d = np.minimum(d, d2)
         return (256 - d).astype(np.float64)
 
     scores = {
-        "pdq": pdq_scores(False),
-        "pdq+mirror": pdq_scores(True),
-        "sscd": np.einsum("ij,ij->i", vectors["sscd"][iu], vectors["sscd"][ju]),
-        "sscd_distilled": np.einsum("ij,ij->i", vectors["sscd_distilled"][iu],
-                                    vectors["sscd_distilled"][ju]),
+        "pdq": pdq_scores(plain, False),
+        "pdq+mirror": pdq_scores(plain, True),
+        "pdq_trimmed+mirror": pdq_scores(trimmed, True),
+        **{key: np.einsum("ij,ij->i", v[iu], v[ju]) for key, v in vectors.items()},
     }
     results: dict[str, Any] = {}
     thresholds: dict[str, float] = {}
@@ -259,7 +278,7 @@ def main() -> None:
                                          else int(256 - thr)),
                            "per_transform": per}
     # Combining modalities: a pair matches if either matches at its own p99 threshold.
-    for combo in (("pdq+mirror", "sscd_distilled"), ("pdq+mirror", "sscd")):
+    for combo in (("pdq_trimmed+mirror", "sscd_distilled"), ("pdq_trimmed+mirror", "sscd")):
         either = hits[combo[0]] | hits[combo[1]]
         tp = int((either & positive).sum())
         fp = int((either & ~positive).sum())
@@ -310,6 +329,9 @@ def main() -> None:
         "sscd_distilled_recall_at_p99": results["sscd_distilled"]["recall_at_p99"],
         "pdq_recall_at_p99": results["pdq"]["recall_at_p99"],
         "pdq_mirror_recall_at_p99": results["pdq+mirror"]["recall_at_p99"],
+        "pdq_trimmed_mirror_recall_at_p99": results["pdq_trimmed+mirror"]["recall_at_p99"],
+        "sscd_no_trim_recall_at_p99": results["sscd (no trim)"]["recall_at_p99"],
+        "sscd_distilled_no_trim_recall_at_p99": results["sscd_distilled (no trim)"]["recall_at_p99"],
         "images": n, "positive_pairs": int(positive.sum()), "negative_pairs": int((~positive).sum()),
         **{k2: round(v, 2) for k2, v in timings.items()},
         "ocr_gate_miss_rate": round(gate_miss / max(1, len(with_text)), 3),

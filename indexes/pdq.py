@@ -196,6 +196,10 @@ class PdqIndex:
 
     def _build_tables(self) -> None:
         n = self._n
+        if len(self._hashes) > n + n // 8:
+            # Give back the doubling slack: at 10M rows it would be ~40% of the memory.
+            self._hashes = self._hashes[: n + n // 16].copy()
+            self._alive = self._alive[: n + n // 16].copy()
         keys = self._hashes[:n].view(np.uint16)  # [n, 16]
         order = np.empty((_TABLES, n), dtype=np.int32)
         starts = np.empty((_TABLES, _BUCKETS + 1), dtype=np.int64)
@@ -227,8 +231,10 @@ class PdqIndex:
             cand = np.arange(self._built, dtype=np.int64) if full else self._candidates(q, flips)
             d = hamming(self._hashes[cand], q)
             ok = (d <= t) & self._alive[cand]
-            parts_rows.append(cand[ok])
-            parts_dist.append(d[ok])
+            # A row can come from several tables; dedupe the few matches, not the candidates.
+            rows_ok, first = np.unique(cand[ok], return_index=True)
+            parts_rows.append(rows_ok)
+            parts_dist.append(d[ok][first])
         if self._n > self._built:
             tail = np.arange(self._built, self._n, dtype=np.int64)
             d = hamming(self._hashes[self._built : self._n], q)
@@ -263,7 +269,7 @@ class PdqIndex:
         ends = np.cumsum(lengths)
         pos = np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
         pos += np.repeat(base, lengths)
-        return np.unique(self._order.ravel()[pos]).astype(np.int64)
+        return self._order.ravel()[pos].astype(np.int64)
 
     def memory_bytes(self) -> int:
         """Bytes of hashes, tombstones and tables (allocated; the id map is extra)."""

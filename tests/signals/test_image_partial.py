@@ -1,0 +1,30 @@
+"""A listing with one unusable image still gets the signals of its other images."""
+
+from __future__ import annotations
+
+from signals.image_nsfw import NsfwExtractor
+from signals.image_pdq import PdqExtractor
+from tests.signals.image_helpers import decoder, encode, listing, nsfw_detector, photo
+
+
+def test_bad_image_is_named_and_the_good_ones_still_count() -> None:
+    good = encode(photo(1))
+    mixed = listing("L-mixed", images=[good, b"this is not an image", good])
+    clean = listing("L-clean", images=[good])
+    ex = NsfwExtractor(decoder(), nsfw_detector())
+    res_mixed, res_clean = ex.extract_batch([mixed, clean])
+    assert res_mixed.error is not None and res_mixed.error.field == "images[1]"
+    assert res_mixed.error.code == "unsupported_media_type"
+    [sig] = res_mixed.signals
+    assert sig.name == "image.nsfw"
+    assert {e["image"] for e in sig.evidence.get("images", [])} <= {0, 2}
+    assert res_clean.ok and res_clean.signals[0].name == "image.nsfw"
+
+
+def test_features_are_dropped_when_rows_would_not_line_up() -> None:
+    good = encode(photo(2))
+    ex = PdqExtractor(decoder())
+    mixed, clean = ex.extract_batch([listing("L1", images=[b"GIF89a-truncated", good]),
+                                     listing("L2", images=[good, good])])
+    assert not mixed.ok and mixed.features == {}
+    assert clean.ok and clean.features["image_pdq"].shape == (2, 32)
