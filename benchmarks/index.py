@@ -113,7 +113,7 @@ def embed_titles(texts: list[str]) -> tuple[np.ndarray, str]:
         from signals.text_embedding import TextEmbedder  # type: ignore[import-not-found]
 
         emb = TextEmbedder()
-        vecs = np.asarray(emb.encode(texts), dtype=np.float32)  # type: ignore[attr-defined]
+        vecs = np.asarray(emb.embed(texts), dtype=np.float32)
         return unit(vecs), "signals.text_embedding"
     except Exception:  # noqa: BLE001 - the embedder is being written in parallel; fall back
         pass
