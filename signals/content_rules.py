@@ -575,8 +575,10 @@ class ContentRules:
             if digits < 7 or digits > 32:
                 continue
             s, e = m.start(), m.end()
-            before = view[max(0, s - self._window):s]
-            after = view[e:e + 20]
+            # Context is read from the unmasked text: an app name claimed as a handle
+            # ("WhatsApp +44 ...") is still the cue that vouches for the number after it.
+            before = nt.text[max(0, s - self._window):s]
+            after = nt.text[e:e + 20]
             intl = run.startswith(("+", "00"))
             s_o, e_o = nt.span(s, e)
             disguised = bool(re.search(r"[a-z\u3000-\u9fff]", nt.original[s_o:e_o].lower()))
@@ -610,8 +612,11 @@ class ContentRules:
                 if e164 in seen:
                     continue
                 seen.add(e164)
+                # The number's own country, not the hint region it was parsed under
+                # ("+44 ..." parses under any hint but is British).
+                country = phonenumbers.region_code_for_number(num) or region
                 out.append(self._finding(nt, "phone", field_name, s + ms, s + me, e164, 0.9, (),
-                                         {"region": region}))
+                                         {"region": country}))
             if found:
                 self._claim(mask, s, e)
         for m in _SHORTCODE.finditer(view):

@@ -136,3 +136,14 @@ def test_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "serving.cli", "extract", "shop", str(f)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_USAGE and "invalid choice" in proc.stderr
+
+
+def test_demo_image_contact_found_by_ocr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines, err = run(capsys, "extract", "listing", str(DEMO / "listings.jsonl"),
+                           "--data-dir", str(tmp_path))
+    assert code == EXIT_OK, err
+    ocr = {s["entity_id"]: s for s in lines
+           if s["name"] == "content.offplatform_contact" and s["source"].startswith("image_ocr@")}
+    phones = [m["normalized"] for m in ocr["demo-L2"]["evidence"]["matches"] if m["kind"] == "phone"]
+    assert phones == ["+447700900461"]
+    assert ocr["demo-L1"]["value"] == 0  # the same photo without the banner

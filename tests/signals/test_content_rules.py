@@ -261,3 +261,16 @@ def test_twenty_thousand_characters_take_milliseconds() -> None:
     for _ in range(3):
         r.scan(text, "description", "default")
     assert (time.perf_counter() - t0) / 3 < 0.1  # measured ~20 ms on 2 cores
+
+
+def test_phone_region_is_the_numbers_own_country(rules: ContentRules) -> None:
+    found = rules.scan("whatsapp me +44 7400 123456 or +91 98765 43210", "t", "default").contacts
+    assert {(f.normalized, f.detail.get("region")) for f in found if f.kind == "phone"} == {
+        ("+447400123456", "GB"), ("+919876543210", "IN")}
+
+
+def test_app_name_right_before_a_number_vouches_for_it(rules: ContentRules) -> None:
+    # "WhatsApp" is claimed as a handle, and must still count as the number's contact cue
+    # (a reserved-range number is only a phone with a cue and a country code).
+    found = rules.scan("WhatsApp +44 7700 900461", "t", "default").contacts
+    assert sorted(f.kind for f in found) == ["handle", "phone"]
