@@ -4,27 +4,34 @@
 (FAISS is used directly only for the exact baseline and the structure comparison).
 Every ratio is measured side by side in the same run. The last printed line is one
 JSON object; a full run also writes ``benchmarks/results/index.json`` with the
-machine, library versions and date.
+machine, library versions and date (``benchmarks.common.finish``).
+
+Memory "total" figures are whole-process: the resident-set growth while the structure
+is built with real string ids (``L0000001``...), read after ``gc.collect()`` and glibc's
+``malloc_trim(0)`` so that freed build temporaries the allocator kept do not count; the
+caller's own list of ids exists before the first reading and is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import json
 import os
-import platform
 import re
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from benchmarks.common import finish
 from indexes.clustering import cluster
 from indexes.config import ClusteringConfig, PdqIndexConfig, VectorIndexConfig
+from indexes.ids import IdMap
 from indexes.pdq import PdqIndex, hamming
 from indexes.vector import VectorIndex
 
@@ -34,36 +41,56 @@ DIM = 384
 
 
 def rss_bytes() -> int:
-    """Resident memory of this process."""
+    """Resident memory of this process, after collecting garbage and trimming the heap."""
+    gc.collect()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
-def machine() -> dict[str, object]:
-    """CPU model, cores, RAM and library versions."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            ram = int(line.split()[1]) * 1024
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(ram / 2**30, 1),
-        "python": platform.python_version(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "note": "2 cores shared with other engineers' work; latencies are noisy",
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (other engineers share this machine)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def bench_id_map(n: int) -> dict[str, object]:
+    """The compact id map alone: resident and allocated bytes an id, and its speeds."""
+    ids = [f"L{i:07d}" for i in range(n)]
+    r0 = rss_bytes()
+    t0 = time.perf_counter()
+    m = IdMap()
+    for s in range(0, n, 1_000_000):
+        m.assign_batch(ids[s : s + 1_000_000])
+    assign = time.perf_counter() - t0
+    rss = rss_bytes() - r0
+    t0 = time.perf_counter()
+    labels = m.labels_of(ids[:100_000])
+    lookup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    back = m.ids_of(labels)
+    names = time.perf_counter() - t0
+    assert back == ids[:100_000]
+    out: dict[str, object] = {
+        "n": n,
+        "id_example": ids[-1],
+        "rss_bytes_per_id": round(rss / n, 1),
+        "allocated_bytes_per_id": round(m.memory_bytes() / n, 1),
+        "assign_per_s": round(n / assign),
+        "labels_of_per_s": round(100_000 / lookup),
+        "ids_of_per_s": round(100_000 / names),
     }
+    del m
+    # The same ids in the plain two-dict map used before (the strs are new objects, as
+    # they would be when ids arrive from requests).
+    r0 = rss_bytes()
+    by_id = {i[:-1] + i[-1]: k for k, i in enumerate(ids)}
+    by_label = {k: i for i, k in by_id.items()}
+    out["dict_pair_rss_bytes_per_id"] = round((rss_bytes() - r0) / n, 1)
+    del by_id, by_label
+    return out
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -144,7 +171,7 @@ def bench_vectors(quick: bool, rng: np.random.Generator) -> dict[str, object]:
     x = np.vstack([x, tv])
     n = len(x)
     res.update(n=n, titles=len(tv), embedder=embedder, gen_s=round(time.perf_counter() - t0, 1))
-    ids = [f"v{i}" for i in range(n)]
+    ids = [f"L{i:07d}" for i in range(n)]
     # Queries: perturbed copies of stored items (near duplicates) plus real titles.
     nq = 500 if quick else 1_000
     pick = rng.choice(n, nq, replace=False)
@@ -163,7 +190,8 @@ def bench_vectors(quick: bool, rng: np.random.Generator) -> dict[str, object]:
     res["build_s"] = round(time.perf_counter() - t0, 1)
     res["build_vectors_per_s"] = round(n / (time.perf_counter() - t0))
     res["index_bytes_per_vector"] = round(idx.memory_bytes() / n, 1)
-    res["rss_bytes_per_vector_incl_idmap_approx"] = round((rss_bytes() - rss0) / n, 1)
+    res["idmap_bytes_per_vector"] = round(idx.id_map_bytes() / n, 1)
+    res["bytes_per_vector_total"] = round((rss_bytes() - rss0) / n, 1)
     res["structure"] = f"{idx.structure} sq8 nlist={idx._index.nlist}"  # noqa: SLF001
 
     sweep = {}
@@ -328,11 +356,11 @@ def bench_pdq(quick: bool, rng: np.random.Generator) -> dict[str, object]:
             "p50_ms": pct(lat, 50),
         }
         del ix
-    gc.collect()
+    sub_ids = [f"P{i:07d}" for i in range(m)]
     r0 = rss_bytes()
     p = PdqIndex(PdqIndexConfig())
     t0 = time.perf_counter()
-    p.add([f"p{i}" for i in range(m)], sub)
+    p.add(sub_ids, sub)
     build = time.perf_counter() - t0
     lat = []
     for i in range(50):
@@ -342,24 +370,27 @@ def bench_pdq(quick: bool, rng: np.random.Generator) -> dict[str, object]:
     comp["mih_16x16_ours"] = {
         "build_s": round(build, 2),
         "bytes_per_hash": round(p.memory_bytes() / m, 1),
-        "rss_bytes_per_hash_incl_ids_approx": round((rss_bytes() - r0) / m, 1),
+        "bytes_per_hash_total": round((rss_bytes() - r0) / m, 1),
         "p50_ms": pct(lat, 50),
     }
-    del p
+    del p, sub_ids
     res["structure_comparison"] = comp
 
-    gc.collect()
+    all_ids = [f"P{i:07d}" for i in range(n)]  # the caller's ids: "P9999999" at most
     r0 = rss_bytes()
     t0 = time.perf_counter()
     idx = PdqIndex(PdqIndexConfig())
     step = 1_000_000
     for s in range(0, n, step):
         e = min(n, s + step)
-        idx.add([f"p{i}" for i in range(s, e)], hashes[s:e])
+        idx.add(all_ids[s:e], hashes[s:e])
     res["build_s"] = round(time.perf_counter() - t0, 1)
     res["pdq_bytes_per_hash"] = round(idx.memory_bytes() / n, 1)
-    res["rss_bytes_per_hash_incl_idmap_approx"] = round((rss_bytes() - r0) / n, 1)
+    res["idmap_bytes_per_hash"] = round(idx.id_map_bytes() / n, 1)
+    total = rss_bytes() - r0
+    res["pdq_bytes_per_hash_total"] = round(total / n, 1)
     res["index_gb"] = round(idx.memory_bytes() / 1e9, 3)
+    res["total_gb"] = round(total / 1e9, 3)
     lat = []
     found = 0
     out = []
@@ -368,7 +399,7 @@ def bench_pdq(quick: bool, rng: np.random.Generator) -> dict[str, object]:
         hits = idx.range_search(q[i : i + 1])[0]
         lat.append(time.perf_counter() - t0)
         out.append(hits)
-        found += int(any(h.id == f"p{src[i]}" for h in hits)) if i < nq // 2 else 0
+        found += int(any(h.id == all_ids[src[i]] for h in hits)) if i < nq // 2 else 0
     res["lookup_ms"] = {"p50": pct(lat, 50), "p99": pct(lat, 99)}
     res["near_dups_found"] = f"{found}/{nq // 2}"
     t0 = time.perf_counter()
@@ -378,7 +409,7 @@ def bench_pdq(quick: bool, rng: np.random.Generator) -> dict[str, object]:
     ok = True
     for i in (0, 1, 2, nq - 1):
         d = hamming(hashes, q[i])
-        want = sorted((int(d[j]), f"p{j}") for j in np.flatnonzero(d <= 31))
+        want = sorted((int(d[j]), all_ids[j]) for j in np.flatnonzero(d <= 31))
         ok &= want == [(h.distance, h.id) for h in out[i]]
     res["matches_brute_force"] = ok
     fresh = rng.integers(0, 256, (1, 32), dtype=np.uint8)
@@ -393,35 +424,39 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rng = np.random.default_rng(42)
     started = time.perf_counter()
+    load_before = load_average()
+    ids = bench_id_map(200_000 if args.quick else 10_000_000)
+    print(json.dumps({"id_map": ids}), file=sys.stderr)
     vec = bench_vectors(args.quick, rng)
     print(json.dumps({"vector": vec}), file=sys.stderr)
     pdq = bench_pdq(args.quick, rng)
-    summary = {
+    figures = {
         "benchmark": "index",
         "quick": args.quick,
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "recall_at_10": vec["recall_at_10"],
         "speedup_vs_exact": vec["speedup_vs_exact_single"],
         "speedup_vs_exact_batch100": vec["speedup_vs_exact_batch100"],
         "vector_bytes_per_vector": vec["index_bytes_per_vector"],
+        "bytes_per_vector_total": vec["bytes_per_vector_total"],
         "vector_build_s": vec["build_s"],
         "search_p50_ms": vec["search_single_ms"]["p50"],  # type: ignore[index]
         "search_p99_ms": vec["search_single_ms"]["p99"],  # type: ignore[index]
         "pdq_bytes_per_hash": pdq["pdq_bytes_per_hash"],
+        "pdq_bytes_per_hash_total": pdq["pdq_bytes_per_hash_total"],
         "pdq_lookup_p50_ms": pdq["lookup_ms"]["p50"],  # type: ignore[index]
         "pdq_lookup_p99_ms": pdq["lookup_ms"]["p99"],  # type: ignore[index]
+        "idmap_rss_bytes_per_id": ids["rss_bytes_per_id"],
         "fresh_item_found": bool(vec["fresh_item_found_next_query"] and pdq["fresh_hash_found_next_query"]),
         "seconds": round(time.perf_counter() - started, 1),
-        "machine": machine(),
+    }
+    details = {
+        "machine_note": "2 cores shared with other engineers' work; latencies are noisy",
+        "load_average_start_end": [load_before, load_average()],
+        "id_map": ids,
         "vector": vec,
         "pdq": pdq,
     }
-    if not args.quick:
-        out = ROOT / "benchmarks" / "results" / "index.json"
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out)
-    print(json.dumps(summary))
+    finish("index", figures, quick=args.quick, packages=("faiss-cpu", "numpy"), details=details)
     return 0
 
 

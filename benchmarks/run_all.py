@@ -24,7 +24,9 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "embedding": ("int8_speedup_vs_st", "int8_mean_cosine", "int8_p50_ms",
                   "int8_items_per_s"),
     "images": ("sscd_recall_at_p99",),
-    "index": ("recall_at_10", "speedup_vs_exact", "bytes_per_vector", "pdq_bytes_per_hash"),
+    "index": ("recall_at_10", "speedup_vs_exact", "bytes_per_vector_total", "pdq_bytes_per_hash_total",
+              "pdq_lookup_p99_ms"),
+    "er_pairs": ("er_f1", "er_f1_shipped", "er_f1_cosine_baseline", "er_candidate_recall_at_10"),
 }
 
 
@@ -52,7 +54,7 @@ def table() -> str:
         if not path.exists():
             continue
         rec = json.loads(path.read_text())
-        figs = rec.get("figures", {})
+        figs = rec.get("figures", rec)
         shown = ", ".join(f"`{k}` {_fmt(figs[k])}" for k in keys if k in figs)
         m = rec.get("machine", {})
         rows.append(f"| `{name}` | {shown} | {m.get('cpu', '?')}, {m.get('cores', '?')} cores "

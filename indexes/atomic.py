@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: Path) -> None:
@@ -38,3 +40,18 @@ def write_json_atomic(path: Path, obj: object) -> None:
 def read_json(path: Path) -> object:
     """Read a JSON file written by :func:`write_json_atomic`."""
     return json.loads(path.read_bytes())
+
+
+def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Like :func:`write_bytes_atomic`, but ``write`` streams into the open temporary file.
+
+    For large payloads (an id map of millions of ids) that should not be built as one
+    ``bytes`` object first.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -16,6 +16,9 @@ Structure (measured against FAISS's binary indexes in ``benchmarks/index.py``):
   ``max(tail_min, tail_fraction * n)`` rows.
 * removal sets a tombstone; a rebuild drops dead rows once they pass
   ``compact_dead_fraction``.
+* ids live in the compact :class:`~indexes.ids.IdMap` (~30-40 bytes an id, no Python
+  object per id); a row's number is its id-map label, and the map's alive flags are
+  the tombstones, so there is one source of truth. Compaction renumbers both together.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import numpy as np
 
 from indexes.atomic import fsync_dir, write_bytes_atomic, write_json_atomic
 from indexes.config import PdqIndexConfig
-from indexes.ids import check_ids
+from indexes.ids import IdMap, check_ids
 from signals.errors import InvalidInput
 
 PDQ_BYTES = 32
+_FORMAT = "marketguard.pdq_index/2"  # /2: ids in ids.npz (compact IdMap), rows incl. dead
 _TABLES = 16  # 16 chunks of 16 bits
 _BUCKETS = 1 << 16
 
@@ -77,24 +81,22 @@ class PdqIndex:
     def __init__(self, config: PdqIndexConfig | None = None) -> None:
         self.config = config or PdqIndexConfig()
         self._hashes = np.zeros((1024, PDQ_BYTES), dtype=np.uint8)
-        self._alive = np.zeros(1024, dtype=bool)
-        self._n = 0  # rows used (alive or dead)
-        self._row: dict[str, int] = {}
-        self._id: list[str | None] = []
+        self._n = 0  # rows used (alive or dead) == self._ids.next_label
+        self._ids = IdMap()  # label == row
         self._built = 0  # rows [0, _built) are in the tables
         self._order: np.ndarray | None = None  # int32[16, _built]
         self._starts: np.ndarray | None = None  # int64[16, 65537]
         self._masks: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self._row)
+        return len(self._ids)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._row
+        return item_id in self._ids
 
     def ids(self) -> list[str]:
         """All ids currently in the index."""
-        return list(self._row)
+        return self._ids.ids()
 
     # -------------------------------------------------------------- validation
     def prepare(self, ids: list[str], hashes: np.ndarray | list[str]) -> tuple[list[str], np.ndarray]:
@@ -129,17 +131,12 @@ class PdqIndex:
         need = self._n + len(ids)
         if need > len(self._hashes):
             cap = max(need, 2 * len(self._hashes))
-            grown = np.zeros((cap, PDQ_BYTES), dtype=np.uint8)
+            grown = np.empty((cap, PDQ_BYTES), dtype=np.uint8)
             grown[: self._n] = self._hashes[: self._n]
-            alive = np.zeros(cap, dtype=bool)
-            alive[: self._n] = self._alive[: self._n]
-            self._hashes, self._alive = grown, alive
-        rows = range(self._n, need)
+            self._hashes = grown
+        rows = self._ids.assign_batch(ids)
+        assert rows[0] == self._n and self._ids.next_label == need, "rows and labels diverged"
         self._hashes[self._n : need] = arr
-        self._alive[self._n : need] = True
-        for i, r in zip(ids, rows, strict=True):
-            self._row[i] = r
-            self._id.append(i)
         self._n = need
         self._maybe_rebuild()
 
@@ -149,29 +146,21 @@ class PdqIndex:
 
     def remove(self, ids: list[str]) -> int:
         """Tombstone ids; unknown ids are ignored. Returns how many were removed."""
-        count = 0
-        for i in ids:
-            r = self._row.pop(i, None)
-            if r is not None:
-                self._alive[r] = False
-                self._id[r] = None
-                count += 1
+        count = int((self._ids.drop_batch(list(ids)) >= 0).sum())
         if count:
             self._maybe_rebuild()
         return count
 
     def get_hashes(self, ids: list[str]) -> np.ndarray:
         """The stored hashes of ids, uint8[n, 32]."""
-        rows = []
-        for k, i in enumerate(ids):
-            r = self._row.get(i)
-            if r is None:
-                raise InvalidInput(f"ids[{k}]", f"unknown id {i!r}", "not_found")
-            rows.append(r)
-        return self._hashes[np.asarray(rows, dtype=np.int64)].copy()
+        rows = self._ids.labels_of(list(ids))
+        if (rows < 0).any():
+            k = int(np.argmax(rows < 0))
+            raise InvalidInput(f"ids[{k}]", f"unknown id {ids[k]!r}", "not_found")
+        return self._hashes[rows].copy()
 
     def _maybe_rebuild(self) -> None:
-        live = len(self._row)
+        live = len(self._ids)
         dead = self._n - live
         if self._n and dead > self.config.compact_dead_fraction * self._n:
             self.compact()
@@ -184,11 +173,9 @@ class PdqIndex:
 
     def compact(self) -> None:
         """Drop tombstoned rows and rebuild the tables (if the index is large)."""
-        keep = np.flatnonzero(self._alive[: self._n])
+        keep = self._ids.alive_labels()
         self._hashes = np.ascontiguousarray(self._hashes[keep])
-        self._alive = np.ones(len(keep), dtype=bool)
-        self._id = [self._id[r] for r in keep.tolist()]
-        self._row = {i: r for r, i in enumerate(self._id) if i is not None}
+        self._ids = self._ids.take(keep)
         self._n = len(keep)
         self._built, self._order, self._starts = 0, None, None
         if self._n > self.config.exact_max:
@@ -199,7 +186,6 @@ class PdqIndex:
         if len(self._hashes) > n + n // 8:
             # Give back the doubling slack: at 10M rows it would be ~40% of the memory.
             self._hashes = self._hashes[: n + n // 16].copy()
-            self._alive = self._alive[: n + n // 16].copy()
         keys = self._hashes[:n].view(np.uint16)  # [n, 16]
         order = np.empty((_TABLES, n), dtype=np.int32)
         starts = np.empty((_TABLES, _BUCKETS + 1), dtype=np.int64)
@@ -224,13 +210,14 @@ class PdqIndex:
     def _query(self, q: np.ndarray, t: int) -> list[PdqHit]:
         parts_rows: list[np.ndarray] = []
         parts_dist: list[np.ndarray] = []
+        alive = self._ids.alive_mask
         if self._built and self._order is not None and self._starts is not None:
             flips = t // _TABLES
             # Past 3 flips a table probes thousands of buckets: scanning is cheaper.
             full = flips >= 4
             cand = np.arange(self._built, dtype=np.int64) if full else self._candidates(q, flips)
             d = hamming(self._hashes[cand], q)
-            ok = (d <= t) & self._alive[cand]
+            ok = (d <= t) & alive[cand]
             # A row can come from several tables; dedupe the few matches, not the candidates.
             rows_ok, first = np.unique(cand[ok], return_index=True)
             parts_rows.append(rows_ok)
@@ -238,15 +225,15 @@ class PdqIndex:
         if self._n > self._built:
             tail = np.arange(self._built, self._n, dtype=np.int64)
             d = hamming(self._hashes[self._built : self._n], q)
-            ok = (d <= t) & self._alive[self._built : self._n]
+            ok = (d <= t) & alive[self._built : self._n]
             parts_rows.append(tail[ok])
             parts_dist.append(d[ok])
         if not parts_rows:
             return []
         rows = np.concatenate(parts_rows)
         dist = np.concatenate(parts_dist)
-        ids = self._id
-        hits = [PdqHit(ids[r], dd) for r, dd in zip(rows.tolist(), dist.tolist(), strict=True)]  # type: ignore[arg-type]
+        names = self._ids.ids_of(rows)
+        hits = [PdqHit(i, dd) for i, dd in zip(names, dist.tolist(), strict=True)]  # type: ignore[arg-type]
         hits.sort(key=lambda h: (h.distance, h.id))
         return hits
 
@@ -272,24 +259,28 @@ class PdqIndex:
         return self._order.ravel()[pos].astype(np.int64)
 
     def memory_bytes(self) -> int:
-        """Bytes of hashes, tombstones and tables (allocated; the id map is extra)."""
-        total = self._hashes.nbytes + self._alive.nbytes
+        """Bytes of hashes and tables (allocated; the id map is extra: :meth:`id_map_bytes`)."""
+        total = self._hashes.nbytes
         if self._order is not None and self._starts is not None:
             total += self._order.nbytes + self._starts.nbytes
         return int(total)
 
+    def id_map_bytes(self) -> int:
+        """Bytes allocated by the string-id map (including its alive flags, the tombstones)."""
+        return self._ids.memory_bytes()
+
     # ------------------------------------------------------------- persistence
     def save(self, directory: Path) -> None:
-        """Write ``hashes.bin`` (raw live rows) and ``meta.json`` (ids), each atomically."""
+        """Write ``hashes.bin`` (raw rows, removed ones included), ``ids.npz`` and ``meta.json``.
+
+        Each file is written atomically. Removed rows stay until :meth:`compact` (which
+        runs by itself past ``compact_dead_fraction``), so rows and id labels stay aligned.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        keep = np.flatnonzero(self._alive[: self._n])
-        write_bytes_atomic(directory / "hashes.bin", self._hashes[keep].tobytes())
-        meta = {
-            "format": "marketguard.pdq_index/1",
-            "config": self.config.model_dump(),
-            "ids": [self._id[r] for r in keep.tolist()],
-        }
+        write_bytes_atomic(directory / "hashes.bin", self._hashes[: self._n].tobytes())
+        self._ids.save(directory / "ids.npz")
+        meta = {"format": _FORMAT, "config": self.config.model_dump(), "rows": self._n}
         write_json_atomic(directory / "meta.json", meta)
         fsync_dir(directory)
 
@@ -298,20 +289,17 @@ class PdqIndex:
         """Read what :meth:`save` wrote and rebuild the tables."""
         directory = Path(directory)
         meta = json.loads((directory / "meta.json").read_bytes())
-        if meta.get("format") != "marketguard.pdq_index/1":
+        if meta.get("format") != _FORMAT:
             raise InvalidInput("meta.json", f"unknown format {meta.get('format')!r}")
         self = cls(config or PdqIndexConfig.model_validate(meta["config"]))
         raw = np.frombuffer((directory / "hashes.bin").read_bytes(), dtype=np.uint8)
-        ids = meta["ids"]
-        if raw.size != len(ids) * PDQ_BYTES:
-            raise InvalidInput("hashes.bin", f"{raw.size} bytes for {len(ids)} ids")
-        n = len(ids)
+        ids = IdMap.load(directory / "ids.npz")
+        n = ids.next_label
+        if raw.size != n * PDQ_BYTES or meta.get("rows") != n:
+            raise InvalidInput("hashes.bin", f"{raw.size} bytes for {n} rows of ids.npz")
         if n:
             self._hashes = raw.reshape(n, PDQ_BYTES).copy()
-            self._alive = np.ones(n, dtype=bool)
-        self._id = list(ids)
-        self._row = {i: r for r, i in enumerate(ids)}
-        self._n = n
-        if n > self.config.exact_max:
+        self._ids, self._n = ids, n
+        if len(ids) > self.config.exact_max:
             self._build_tables()
         return self

@@ -43,8 +43,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 OPSET = 17
+# How many FFN output projections, from layer 0 on, the int8 graph keeps in fp32 (see top).
+FP32_FFN_OUT_LAYERS = 2
 # Files whose bytes define the graph and its inputs. model.safetensors is the
 # weights; the rest decide tokenisation, architecture and pooling.
 _HASHED_FILES = ("model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.json",
@@ -215,27 +217,31 @@ def export_fp32(model_dir: Path, out: Path, digest: str, threads: int) -> None:
     _check_close(out, ids.numpy(), mask.numpy(), expected, 0.9999, threads)
 
 
-def quantize_int8(fp32: Path, out: Path, digest: str, intermediate: int, threads: int) -> None:
-    """Dynamic int8 quantisation, per channel, FFN output projections kept in fp32 (see top).
+def quantize_int8(fp32: Path, out: Path, digest: str, intermediate: int, threads: int,
+                  fp32_ffn_out_layers: int | None = None) -> None:
+    """Dynamic int8 quantisation, per channel; the first layers' FFN output projections stay fp32.
 
     ``intermediate`` is the FFN width (``intermediate_size`` in config.json): the FFN
     output MatMuls are found by their weight's shape, not by node names that
-    depend on the exporter.
+    depend on the exporter, and taken in graph order (layer 0 first).
+    ``fp32_ffn_out_layers`` (default :data:`FP32_FFN_OUT_LAYERS`) of them are left
+    in fp32; the rest are quantised like every other MatMul.
     """
     import numpy as np
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep = FP32_FFN_OUT_LAYERS if fp32_ffn_out_layers is None else fp32_ffn_out_layers
     model = onnx.load(str(fp32))
     weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    keep_fp32 = [n.name for n in model.graph.node
-                 if n.op_type == "MatMul" and len(weights.get(n.input[1], ())) == 2
-                 and weights[n.input[1]][0] == intermediate]
-    if not keep_fp32:
-        raise RuntimeError(f"no FFN output MatMul ({intermediate} x hidden) found in {fp32}; "
-                           "the quantisation recipe does not fit this graph")
+    ffn_out = [n.name for n in model.graph.node
+               if n.op_type == "MatMul" and len(weights.get(n.input[1], ())) == 2
+               and weights[n.input[1]][0] == intermediate]
+    if len(ffn_out) < keep:
+        raise RuntimeError(f"found {len(ffn_out)} FFN output MatMuls ({intermediate} x hidden) in "
+                           f"{fp32}, need {keep}; the quantisation recipe does not fit this graph")
     quantize_dynamic(fp32, out, op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=ffn_out[:keep],
                      extra_options={"MatMulConstBOnly": True})
     q = onnx.load(str(out))
     _stamp(q, digest, "int8")
@@ -243,7 +249,9 @@ def quantize_int8(fp32: Path, out: Path, digest: str, intermediate: int, threads
     ids = np.array([[101, 7592, 2088, 102, 0, 0], [101, 2307, 4957, 2005, 2017, 102]])
     mask = (ids != 0).astype(np.int64)
     reference = _run(fp32, ids, mask, threads)
-    _check_close(out, ids, mask, reference, 0.98, threads)
+    # A sanity check against a broken graph (which lands far below), not the accuracy
+    # figure: that is measured on real titles by benchmarks.embedding.
+    _check_close(out, ids, mask, reference, 0.95, threads)
 
 
 def _stamp(model: object, digest: str, precision: str) -> None:

@@ -157,3 +157,22 @@ def test_empty_index_answers_empty() -> None:
     q = np.eye(8, dtype=np.float32)[:2]
     assert idx.search(q, 3) == [[], []]
     assert idx.range_search(q, 0.5) == [[], []]
+
+
+def test_compact_renumbers_labels_and_keeps_results(tmp_path) -> None:
+    x = clustered_vectors(1500, 32, seed=11)
+    ids = [f"c{i}" for i in range(len(x))]
+    idx = make("ivf")
+    idx.add(ids, x)
+    idx.remove(ids[::3])
+    idx.update(ids[1:30:3], x[2:31:3])  # re-added: fresh labels, old ones dead
+    q = x[:40]
+    before = [[h.id for h in row] for row in idx.search(q, 5)]
+    assert idx.compact(force=True)
+    assert idx._ids.next_label == len(idx) == 1000  # noqa: SLF001 - dead labels are gone
+    assert [[h.id for h in row] for row in idx.search(q, 5)] == before
+    idx.save(tmp_path / "ix")
+    back = VectorIndex.load(tmp_path / "ix")
+    assert [[h.id for h in row] for row in back.search(q, 5)] == before
+    back.remove(["c1"])
+    assert "c1" not in back and all(h.id != "c1" for h in back.search(x[1:2], 5)[0])

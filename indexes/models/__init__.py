@@ -1,0 +1,1 @@
+"""Fitted model artifacts shipped with the package (JSON data, no code)."""
