@@ -1,6 +1,6 @@
 """Text-embedding backends side by side: latency, throughput and agreement with sentence-transformers.
 
-``python -m benchmarks.embedding [--quick]``
+``python -m benchmarks.embedding [--quick] [--spin]``
 
 Backends (all through the public :class:`signals.text_embedding.TextEmbedder`, 2
 threads each): sentence-transformers fp32 (``torch``, the reference), ONNX fp32,
@@ -88,11 +88,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run(quick: bool) -> dict[str, object]:
+def run(quick: bool, spin: bool = False) -> dict[str, object]:
     n_titles, rounds, n_single = (256, 3, 40) if quick else (2048, 7, 300)
     titles = load_titles(n_titles)
     embedders = {name: TextEmbedder(b, quantization=q, threads=THREADS,  # type: ignore[arg-type]
-                                    batch_size=BATCH, cache_dir=ROOT / "var" / "models")
+                                    batch_size=BATCH, cache_dir=ROOT / "var" / "models",
+                                    spin_wait=spin)
                  for name, (b, q) in BACKENDS.items()}
     load_s = {}
     for name, emb in embedders.items():
@@ -155,7 +156,7 @@ def run(quick: bool) -> dict[str, object]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": f"{len(titles)} distinct titles from listing_pairs/*test* (ER-Magellan, WDC; "
                 "megagonlabs/ditto, Apache-2.0)",
-        "threads": THREADS, "batch_size": BATCH, "rounds": rounds,
+        "threads": THREADS, "batch_size": BATCH, "rounds": rounds, "spin_wait": spin,
         "single_item_calls": len(lat["st_fp32"]),
         "machine": machine(), "versions": versions(),
         "backends": backends,
@@ -176,17 +177,19 @@ def run(quick: bool) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run (< 1 minute), no file")
+    parser.add_argument("--spin", action="store_true",
+                        help="spin_wait=True for every backend (dedicated cores); prints only, "
+                             "writes no file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: the models are local
-    # Passive OpenMP waiting for torch, as the onnx backend does for its pool (set before
-    # torch loads; the torch backend sets it too): a fair comparison on a shared box.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    result = run(args.quick)
+    # The torch backend sets OMP_WAIT_POLICY=PASSIVE itself unless spin_wait, matching
+    # the onnx backend's thread pool: both backends wait the same way.
+    result = run(args.quick, args.spin)
     for name, b in result["backends"].items():  # type: ignore[union-attr]
         print(f"{name:10s} {b['throughput_items_s']:8.1f} items/s  p50 {b['latency_p50_ms']:7.2f} ms"
               f"  p99 {b['latency_p99_ms']:7.2f} ms  cos {b.get('mean_cosine', '-')}"
               f" / min {b.get('min_cosine', '-')}")
-    if not args.quick:
+    if not args.quick and not args.spin:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         tmp = RESULTS.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -13,12 +13,14 @@ dynamic batch and sequence axes. Inputs ``input_ids`` and ``attention_mask``
 The int8 graph is dynamic quantisation (onnxruntime.quantization): weights int8,
 symmetric, **per output channel**; activations quantised per tensor on the fly.
 Every constant MatMul and the word-embedding Gather is quantised **except the FFN
-output projections** (the MatMuls whose weight is ``intermediate_size x hidden``):
-their input is the GELU output, whose long positive tail makes per-tensor uint8
-activation scales coarse. Measured on 1,500 real listing titles (README):
-per-tensor weights everywhere gave mean cosine 0.960 to fp32; per-channel
-everywhere 0.9927 (min 0.984); per-channel with those six MatMuls kept in fp32
-0.9959 (min 0.991).
+output projections of the first** :data:`FP32_FFN_OUT_LAYERS` **layers** (the MatMuls
+whose weight is ``intermediate_size x hidden``, in graph order): their input is the
+GELU output, whose long positive tail makes per-tensor uint8 activation scales
+coarse, and the early layers' error propagates furthest. Measured on 2,048 real
+listing titles (README, recipe r2): per-channel everywhere gave mean cosine 0.9927
+to fp32 (min 0.983); all six FFN output projections in fp32 (recipe r1) 0.9960
+(min 0.991) but those fp32 MatMuls were a third of the run time; layers 0-1 only
+(r2) 0.9947 (min 0.988) at about 1.3x the speed of r1.
 
 Cache files live in ``cache_dir`` and are named
 ``{family}-{sha256[:16]}-r{RECIPE_VERSION}.{fp32|int8}.onnx``: the hash covers the
