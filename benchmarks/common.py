@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 from datetime import UTC, datetime
@@ -20,6 +21,28 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+_TITLE = re.compile(r"COL (?:title|name) VAL (.*?)(?: COL |$)")
+
+
+def listing_titles(limit: int, pattern: str = "*test*") -> list[str]:
+    """Distinct real product titles from ``listing_pairs/`` (Ditto's ``COL x VAL`` format).
+
+    Files matching ``pattern`` are read in name order; lines are split on "\\n" only,
+    since some WDC titles hold Unicode line separators.
+    """
+    out: dict[str, None] = {}
+    for path in sorted((SHARED_DATA / "listing_pairs").rglob(pattern)):
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+            for side in line.split("\t")[:2]:
+                m = _TITLE.search(side)
+                title = m.group(1).strip() if m else ""
+                if title:
+                    out.setdefault(title, None)
+                    if len(out) >= limit:
+                        return list(out)
+    return list(out)
 
 
 def parse_args(description: str) -> argparse.Namespace:

