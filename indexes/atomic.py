@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from signals.errors import InvalidInput
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable."""
@@ -55,3 +57,12 @@ def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def read_snapshot_meta(directory: Path, fmt: str) -> dict[str, object]:
+    """A snapshot's ``meta.json``, refused unless it is of the format this code writes."""
+    meta = json.loads((directory / "meta.json").read_bytes())
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise InvalidInput("meta.json", f"unknown format {got!r}, expected {fmt!r}")
+    return meta

@@ -23,13 +23,13 @@ Structure (measured against FAISS's binary indexes in ``benchmarks/index.py``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from indexes.atomic import fsync_dir, write_bytes_atomic, write_json_atomic
+from indexes.atomic import fsync_dir, read_snapshot_meta, write_bytes_atomic, write_json_atomic
 from indexes.config import PdqIndexConfig
 from indexes.ids import IdMap, check_ids
 from signals.errors import InvalidInput
@@ -288,9 +288,7 @@ class PdqIndex:
     def load(cls, directory: Path, config: PdqIndexConfig | None = None) -> PdqIndex:
         """Read what :meth:`save` wrote and rebuild the tables."""
         directory = Path(directory)
-        meta = json.loads((directory / "meta.json").read_bytes())
-        if meta.get("format") != _FORMAT:
-            raise InvalidInput("meta.json", f"unknown format {meta.get('format')!r}")
+        meta: dict[str, Any] = read_snapshot_meta(directory, _FORMAT)
         self = cls(config or PdqIndexConfig.model_validate(meta["config"]))
         raw = np.frombuffer((directory / "hashes.bin").read_bytes(), dtype=np.uint8)
         ids = IdMap.load(directory / "ids.npz")

@@ -25,16 +25,15 @@ snapshot is ``index.faiss`` + ``ids.npz`` + ``meta.json``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-from indexes.atomic import fsync_dir, write_bytes_atomic, write_json_atomic
+from indexes.atomic import fsync_dir, read_snapshot_meta, write_bytes_atomic, write_json_atomic
 from indexes.config import VectorIndexConfig
 from indexes.ids import IdMap, check_ids
 from signals.errors import InvalidInput
@@ -311,9 +310,7 @@ class VectorIndex:
     def load(cls, directory: Path, config: VectorIndexConfig | None = None) -> VectorIndex:
         """Read what :meth:`save` wrote; ``config`` overrides run-time knobs (nprobe, threads)."""
         directory = Path(directory)
-        meta = json.loads((directory / "meta.json").read_bytes())
-        if meta.get("format") != _FORMAT:
-            raise InvalidInput("meta.json", f"unknown format {meta.get('format')!r}")
+        meta: dict[str, Any] = read_snapshot_meta(directory, _FORMAT)
         saved = VectorIndexConfig.model_validate(meta["config"])
         if config is not None and config.dim != saved.dim:
             raise InvalidInput("dim", f"config dim {config.dim!r} != saved dim {saved.dim!r}")
