@@ -78,7 +78,10 @@ def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,
     if not records:
         return EXIT_ITEM_ERRORS if failed else EXIT_OK
 
-    registry = build_registry(config.signals, config.data_dir)
+    # Local image paths are what the CLI is for; the service's HTTP path keeps them off.
+    signals_config = config.signals.model_copy(deep=True)
+    signals_config.images.decode.allow_paths = True
+    registry = build_registry(signals_config, config.data_dir)
     for rec in registry.extract_batch(args.kind, records, signals_only=True):
         for signal in rec.signals:
             out.write(json.dumps(signal.to_json_dict(), ensure_ascii=False) + "\n")

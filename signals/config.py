@@ -101,8 +101,11 @@ class ImageDecodeConfig(_Config):
     cache_mb: int = Field(default=256, ge=0, le=16_384,
                           description="decoded images kept (LRU by content hash) so that every "
                                       "image extractor reuses one decode; 0 disables")
-    allow_paths: bool = Field(default=True, description="accept images given as local paths "
-                                                        "(batch jobs, the CLI); off for HTTP")
+    allow_paths: bool = Field(
+        default=False,
+        description="accept images given as local paths: off by default (a path in an HTTP "
+                    "request must never read the server's files); the CLI and batch jobs turn "
+                    "it on, restricted to path_roots when set")
     path_roots: list[str] | None = Field(
         default=None, description="if set, image paths must resolve inside one of these folders")
     url_allow_hosts: list[str] = Field(

@@ -86,9 +86,9 @@ class Extractor(ABC, Generic[ItemT]):
         observed_at = datetime.now(UTC)
         try:
             results = self._extract_batch(items, observed_at)
-            if len(results) != len(items):
-                raise RuntimeError(
-                    f"{self.name} returned {len(results)} results for {len(items)} items")
+            if [r.entity_id for r in results] != [i.entity_id for i in items]:
+                raise RuntimeError(f"{self.name} returned {len(results)} results that do not "
+                                   f"match its {len(items)} items one for one")
             return results
         except Exception:
             if len(items) == 1:
@@ -98,7 +98,11 @@ class Extractor(ABC, Generic[ItemT]):
             out: list[ItemResult] = []
             for item in items:
                 try:
-                    out.extend(self._extract_batch([item], observed_at))
+                    single = self._extract_batch([item], observed_at)
+                    if len(single) != 1 or single[0].entity_id != item.entity_id:
+                        raise RuntimeError(f"{self.name} returned {len(single)} results for "
+                                           f"item {item.entity_id!r}")
+                    out.append(single[0])
                 except Exception:
                     out.append(self._failure(item))
             return out

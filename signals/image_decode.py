@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -246,21 +247,27 @@ class ImageDecoder:
         if not self.config.allow_paths:
             raise InvalidInput(field, "image paths are not accepted here; send data_b64")
         path = Path(raw)
-        if self._roots is not None:
-            real = path.resolve()
-            if not any(real.is_relative_to(root) for root in self._roots):
-                raise InvalidInput(field, "image path is outside the allowed folders")
+        real = path.resolve()
+        if self._roots is not None and not any(real.is_relative_to(r) for r in self._roots):
+            raise InvalidInput(field, "image path is outside the allowed folders")
         try:
-            with open(path, "rb") as fh:
-                if not os.path.isfile(path):
-                    raise InvalidInput(field, "not a regular file")
-                data = fh.read(cap + 1)  # never read more than the cap, whatever the file's size
+            # The resolved path is opened without following a link swapped in since, and
+            # without blocking (a FIFO would otherwise hang the worker); only a regular
+            # file is read, and never more than the cap.
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise InvalidInput(field, f"no such file: {raw}", "not_found") from None
-        except IsADirectoryError:
-            raise InvalidInput(field, "not a regular file") from None
         except PermissionError:
             raise InvalidInput(field, f"cannot read {raw}: permission denied") from None
+        except OSError:
+            raise InvalidInput(field, "not a regular file") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidInput(field, "not a regular file")
+            try:
+                data = fh.read(cap + 1)
+            except IsADirectoryError:
+                raise InvalidInput(field, "not a regular file") from None
         if len(data) > cap:
             raise InvalidInput(field, f"image is over {cap} bytes", "too_large")
         if not data:

@@ -283,9 +283,12 @@ _REPEATERS = {"double": 2, "triple": 3}
 _WORD_ALT = "|".join(sorted((re.escape(w) for w in (*_WORD_DIGITS, *_REPEATERS)),
                             key=len, reverse=True))
 # Atomic groups and possessive separators keep this linear on long digit strings.
-_NUM_TOKEN = rf"(?>[oil|]*\d[\doil|]*|(?:{_WORD_ALT})(?![a-z]))"
+# A run may only start where no letter, digit or "|" precedes it: "|" is a leet "1", and
+# without it in the look-behind every position of a long "||||..." would be a start,
+# each scanning to the end (quadratic: 2 s for 20,000 pipes).
+_NUM_TOKEN = rf"(?>[oil|]*+\d[\doil|]*+|(?:{_WORD_ALT})(?![a-z]))"
 _NUM_RUN = re.compile(
-    rf"(?<![a-z0-9])(?:(?:\+|plus)[\s\-]*+)?{_NUM_TOKEN}(?:[\s,\-./()]*+{_NUM_TOKEN})+(?![a-z0-9])")
+    rf"(?<![a-z0-9|])(?:(?:\+|plus)[\s\-]*+)?{_NUM_TOKEN}(?:[\s,\-./()]*+{_NUM_TOKEN})+(?![a-z0-9])")
 _NUM_TOKEN_RE = re.compile(_NUM_TOKEN)
 _HAS_LETTER = re.compile(r"[^\W\d_]|\|")
 _LEET_DIGIT = {"o": "0", "i": "1", "l": "1", "|": "1"}

@@ -113,3 +113,31 @@ def test_registry_rejects_duplicates_and_unknown_signals() -> None:
 
     with pytest.raises(ValueError, match="feature 'toy'"):
         ExtractorRegistry([UppercaseShare(), SameFeature()])
+
+
+def test_retry_never_loses_or_misattributes_an_item() -> None:
+    class DropsOne(UppercaseShare):
+        """Fails on batches, and silently returns nothing for the title 'skip'."""
+
+        def _extract_batch(self, items, observed_at):  # type: ignore[no-untyped-def]
+            if len(items) > 1:
+                raise RuntimeError("batch path broken")
+            if items[0].title == "skip":
+                return []
+            return super()._extract_batch(items, observed_at)
+
+    res = DropsOne().extract_batch([_listing(1, "a"), _listing(2, "skip"), _listing(3, "b")])
+    assert [r.entity_id for r in res] == ["L1", "L2", "L3"]
+    assert [r.ok for r in res] == [True, False, True]
+    assert res[1].error is not None and "0 results" in res[1].error.reason
+
+
+def test_results_out_of_order_are_not_trusted() -> None:
+    class Reversed(UppercaseShare):
+        def _extract_batch(self, items, observed_at):  # type: ignore[no-untyped-def]
+            return list(reversed(super()._extract_batch(items, observed_at)))
+
+    res = Reversed().extract_batch([_listing(1, "ab"), _listing(2, "CD")])
+    # The mismatch sends the batch item by item, where each result is its own item's.
+    assert [r.entity_id for r in res] == ["L1", "L2"]
+    assert [r.signals[0].value for r in res] == [0.0, 1.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from signals.image_decode import ImageDecoder, decode_image_bytes
 from signals.schemas import ImageRef
 from tests.signals.image_helpers import SHARED_IMAGES, encode, listing, photo
 
-CFG = ImageDecodeConfig()
+CFG = ImageDecodeConfig(allow_paths=True)  # path cases are decoded as a batch job would
 CORRUPT = SHARED_IMAGES / "imagededup_fixtures" / "mixed_images" / "ukbench09268_corrupt.jpg"
 
 
@@ -163,7 +164,7 @@ def test_large_photo_is_kept_at_working_size_with_original_dimensions() -> None:
 def test_byte_cap_on_paths(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     path.write_bytes(encode(photo(5, (512, 512))))
-    cfg = ImageDecodeConfig(max_image_bytes=1024)
+    cfg = ImageDecodeConfig(max_image_bytes=1024, allow_paths=True)
     with pytest.raises(InvalidInput) as info:
         ImageDecoder(cfg).decode_listing(listing("L1", paths=[str(path)]))
     assert info.value.code == "too_large"
@@ -176,9 +177,10 @@ def test_missing_path_and_path_rules(tmp_path: Path) -> None:
     inside = tmp_path / "ok.png"
     inside.write_bytes(encode(photo(6)))
     with pytest.raises(InvalidInput, match="not accepted"):
-        ImageDecoder(ImageDecodeConfig(allow_paths=False)).decode_listing(
+        ImageDecoder(ImageDecodeConfig()).decode_listing(  # the default: paths are off
             listing("L1", paths=[str(inside)]))
-    rooted = ImageDecoder(ImageDecodeConfig(path_roots=[str(tmp_path / "sub")]))
+    rooted = ImageDecoder(ImageDecodeConfig(allow_paths=True,
+                                            path_roots=[str(tmp_path / "sub")]))
     with pytest.raises(InvalidInput, match="outside"):
         rooted.decode_listing(listing("L1", paths=[str(inside)]))
 
@@ -209,3 +211,18 @@ def test_decoder_decodes_each_image_once_and_names_the_bad_one() -> None:
     with pytest.raises(InvalidInput) as info:
         dec.decode_listing(bad)
     assert info.value.field == "images[1]"
+
+
+def test_paths_follow_no_fifo_and_no_swapped_link(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening a FIFO for reading would block forever without O_NONBLOCK
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        ImageDecoder(CFG).decode_listing(listing("L1", paths=[str(fifo)]))
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(encode(photo(8)))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link.png").symlink_to(outside)
+    rooted = ImageDecoder(ImageDecodeConfig(allow_paths=True, path_roots=[str(root)]))
+    with pytest.raises(InvalidInput, match="outside"):
+        rooted.decode_listing(listing("L1", paths=[str(root / "link.png")]))
