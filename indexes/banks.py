@@ -12,6 +12,11 @@ On disk, ``<root>/<bank>/bank.json`` (settings, written atomically) and
 remove is fsynced before it returns). Import/export: JSONL (one item a line) and,
 for PDQ banks, ThreatExchange/HMA's CSV (no header; ``hash_hex, id, timestamp,
 space-separated tags``) so banks move between HMA and MarketGuard.
+
+Imported timestamps must carry a time zone: HMA/ThreatExchange write
+``2020-07-31T18:47:52+0000``, and a naive time is ambiguous (whose local time?),
+so a naive ``added_at`` / timestamp is refused as InvalidInput naming the line
+rather than guessed as UTC.
 """
 
 from __future__ import annotations
@@ -39,6 +44,21 @@ from signals.errors import InvalidInput, from_pydantic
 BankKind = Literal["fraud", "benign"]
 BANK_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 _HMA_TIME = "%Y-%m-%dT%H:%M:%S+0000"
+
+
+def _parse_hma_time(value: str, field: str) -> datetime:
+    """An HMA timestamp (``2020-07-31T18:47:52+0000``) or zoned ISO 8601; naive is refused."""
+    try:
+        return datetime.strptime(value, _HMA_TIME).replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(field, f"not an ISO 8601 timestamp: {value!r:.60}") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(field, f"no time zone in {value!r:.60} (HMA writes +0000)")
+    return parsed
 
 
 class BankItem(BaseModel):
@@ -318,16 +338,21 @@ class BankStore:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InvalidInput(f"line {lineno}", f"not JSON: {e.msg}") from None
+                if not isinstance(rec, dict):
+                    raise InvalidInput(f"line {lineno}", f"expected a JSON object, got {type(rec).__name__}")
                 kind = rec.pop("kind", bank.info.kind)
                 if kind != bank.info.kind:
                     raise InvalidInput(
                         f"line {lineno}.kind", f"{kind!r} item in {bank.info.kind!r} bank {name!r}"
                     )
                 try:
-                    pending.append(BankItem.model_validate(rec))
+                    item = BankItem.model_validate(rec)
                 except pydantic.ValidationError as e:
                     err = from_pydantic(e)
                     raise InvalidInput(f"line {lineno}.{err.field}", err.reason, err.code) from None
+                if "added_at" in rec and item.added_at.tzinfo is None:
+                    raise InvalidInput(f"line {lineno}.added_at", f"no time zone in {rec['added_at']!r:.60}")
+                pending.append(item)
                 if len(pending) >= batch:
                     total += bank.add(pending)
                     pending = []
@@ -364,13 +389,10 @@ class BankStore:
                 item_id = row[1].strip() if len(row) > 1 and row[1].strip() else f"pdq-{h[:16]}"
                 added_at = datetime.now(UTC)
                 if len(row) > 2 and row[2].strip():
-                    try:
-                        added_at = datetime.strptime(row[2].strip(), _HMA_TIME).replace(tzinfo=UTC)
-                    except ValueError:
-                        added_at = datetime.fromisoformat(row[2].strip())
+                    added_at = _parse_hma_time(row[2].strip(), f"line {lineno}.timestamp")
                 tags = row[3].split() if len(row) > 3 else []
-                pending.append(
-                    BankItem(
+                try:
+                    item = BankItem(
                         id=item_id,
                         pdq=h,
                         source=f"hma_csv:{Path(path).name}",
@@ -378,7 +400,10 @@ class BankStore:
                         added_by=added_by,
                         tags=tags,
                     )
-                )
+                except pydantic.ValidationError as e:
+                    err = from_pydantic(e)
+                    raise InvalidInput(f"line {lineno}.{err.field}", err.reason, err.code) from None
+                pending.append(item)
                 if len(pending) >= batch:
                     total += bank.add(pending)
                     pending = []

@@ -23,6 +23,7 @@ Structure (measured against FAISS's binary indexes in ``benchmarks/index.py``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,14 @@ class PdqHit:
 
 
 def pdq_from_hex(value: str, field: str = "pdq") -> np.ndarray:
-    """Parse a 64-hex-digit PDQ hash into 32 bytes."""
-    if not isinstance(value, str) or len(value) != 64:
-        raise InvalidInput(field, f"a PDQ hash is 64 hex digits, got {value!r:.80}")
-    try:
-        return np.frombuffer(bytes.fromhex(value), dtype=np.uint8).copy()
-    except ValueError:
-        raise InvalidInput(field, f"not hexadecimal: {value!r:.80}") from None
+    """Parse a 64-hex-digit PDQ hash into 32 bytes.
+
+    Exactly 64 hex digits, nothing else: ``bytes.fromhex`` alone would skip
+    whitespace and turn a spaced 64-character string into fewer than 32 bytes.
+    """
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise InvalidInput(field, f"a PDQ hash is exactly 64 hex digits, got {value!r:.80}")
+    return np.frombuffer(bytes.fromhex(value), dtype=np.uint8).copy()
 
 
 def pdq_to_hex(row: np.ndarray) -> str:
@@ -111,8 +113,9 @@ class PdqIndex:
         if isinstance(hashes, list | tuple) and (not hashes or isinstance(hashes[0], str)):
             if not hashes:
                 return np.zeros((0, PDQ_BYTES), dtype=np.uint8)
-            return np.stack([pdq_from_hex(h, f"{field}[{i}]") for i, h in enumerate(hashes)])
-        arr = np.asarray(hashes)
+            arr = np.stack([pdq_from_hex(h, f"{field}[{i}]") for i, h in enumerate(hashes)])
+        else:
+            arr = np.asarray(hashes)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != PDQ_BYTES:

@@ -9,10 +9,18 @@ Layout of a directory (one writer at a time, held by an ``flock`` on ``LOCK``)::
 A record is ``b"MGL1" | u32 length | u32 crc32 | payload``, the payload a JSON header
 line (op, ids, dtype, shape, per-item metadata) followed by the raw array bytes:
 no pickle. ``add`` and ``remove`` validate, append one record, ``fsync`` and only
-then apply to memory and return, so an acknowledged mutation is on disk.
+then apply to memory and return, so an acknowledged mutation is on disk. What is
+applied is decoded from the record's own bytes, exactly what a replay will see; if
+applying raises, the log is truncated back (``ftruncate`` + ``fsync``) and memory is
+reloaded from disk before the error propagates, so a failed mutation is never on
+disk and can never make a later open fail.
 
-Loading = snapshot ``g`` + replay of ``log-g`` up to the first torn or corrupt
-record (the write a crash interrupted, never acknowledged); the torn tail is cut off.
+Loading = snapshot ``g`` + replay of ``log-g``. A bad record (wrong magic, length
+past the end, checksum mismatch) with no valid record anywhere after it is a torn
+tail, the write a crash interrupted and never acknowledged: it is cut off. A bad
+record *followed by* valid records is corruption in the middle of acknowledged
+history: opening raises :class:`CorruptLog` naming the file and offset, and touches
+nothing, so an operator decides (restore, or cut the log at that offset knowingly).
 Compaction writes ``snap-<g+1>`` and an empty ``log-<g+1>``, flips ``CURRENT``
 atomically, then deletes generation ``g``. A crash before the flip loads ``g``
 (still complete); after it, ``g+1``; leftovers of the other are removed on open.
@@ -55,6 +63,21 @@ class MutableIndex(Protocol):
 IndexT = TypeVar("IndexT", bound=MutableIndex)
 
 
+class CorruptLog(RuntimeError):
+    """A log record in the middle of a log is damaged while valid records follow it.
+
+    Not a torn tail: cutting the log there would silently drop acknowledged
+    mutations, so loading stops and an operator decides.
+    """
+
+    def __init__(self, path: Path, offset: int, next_valid: int) -> None:
+        self.path, self.offset, self.next_valid = path, offset, next_valid
+        super().__init__(
+            f"{path}: corrupt record at byte offset {offset}, followed by valid records "
+            f"(the next at offset {next_valid}); not truncating acknowledged mutations"
+        )
+
+
 def encode_record(header: dict[str, Any], array: np.ndarray | None = None) -> bytes:
     """One framed, checksummed log record."""
     if array is not None:
@@ -65,28 +88,57 @@ def encode_record(header: dict[str, Any], array: np.ndarray | None = None) -> by
     return _HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def decode_payload(payload: bytes) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The header and array of one record's (checksummed) payload."""
+    nl = payload.index(b"\n")
+    header = json.loads(payload[:nl])
+    array = None
+    if "dtype" in header:
+        array = np.frombuffer(payload[nl + 1 :], dtype=np.dtype(header["dtype"]))
+        array = array.reshape(header["shape"])
+    return header, array
+
+
+def _valid_record_at(data: bytes, pos: int) -> int | None:
+    """The end offset of a complete, checksum-valid record starting at ``pos``, else None."""
+    if pos + _HEAD.size > len(data):
+        return None
+    magic, length, crc = _HEAD.unpack_from(data, pos)
+    start, end = pos + _HEAD.size, pos + _HEAD.size + length
+    if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
+        return None
+    return end
+
+
+def _next_valid_record(data: bytes, after: int) -> int | None:
+    """The offset of the first valid record starting after ``after``, if any."""
+    pos = data.find(MAGIC, after + 1)
+    while pos >= 0:
+        if _valid_record_at(data, pos) is not None:
+            return pos
+        pos = data.find(MAGIC, pos + 1)
+    return None
+
+
 def read_records(path: Path) -> tuple[list[tuple[dict[str, Any], np.ndarray | None]], int]:
     """All valid records of a log and the byte length they span.
 
-    Stops at the first torn or corrupt record: everything after it is a write that
-    a crash interrupted before its fsync returned, so nobody was told it happened.
+    A bad record with no valid record after it is a torn tail (a write a crash
+    interrupted before its fsync returned, so nobody was told it happened): reading
+    stops there and the returned length excludes it. A bad record followed by a
+    valid one raises :class:`CorruptLog`: acknowledged mutations follow it.
     """
     data = path.read_bytes() if path.exists() else b""
     out: list[tuple[dict[str, Any], np.ndarray | None]] = []
     pos = 0
-    while pos + _HEAD.size <= len(data):
-        magic, length, crc = _HEAD.unpack_from(data, pos)
-        start, end = pos + _HEAD.size, pos + _HEAD.size + length
-        if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
+    while pos < len(data):
+        end = _valid_record_at(data, pos)
+        if end is None:
+            later = _next_valid_record(data, pos)
+            if later is not None:
+                raise CorruptLog(path, pos, later)
             break
-        payload = data[start:end]
-        nl = payload.index(b"\n")
-        header = json.loads(payload[:nl])
-        array = None
-        if "dtype" in header:
-            array = np.frombuffer(payload[nl + 1 :], dtype=np.dtype(header["dtype"]))
-            array = array.reshape(header["shape"])
-        out.append((header, array))
+        out.append(decode_payload(data[pos + _HEAD.size : end]))
         pos = end
     return out, pos
 
@@ -115,7 +167,11 @@ class DurableIndex(Generic[IndexT]):
             ) from None
         self.meta: dict[str, Meta] = {}
         self._log_fd: int | None = None
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self.close()  # a directory that fails to load must not stay locked
+            raise
 
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
@@ -127,18 +183,8 @@ class DurableIndex(Generic[IndexT]):
             (self.directory / "log-0.bin").touch()
             write_json_atomic(current, {"generation": 0})
         self.generation = gen
-        snap = self.directory / f"snap-{gen}"
-        if snap.exists():
-            self.index: IndexT = self._load(snap)
-            items = snap / "items.json"
-            self.meta = json.loads(items.read_bytes()) if items.exists() else {}
-        else:
-            self.index = self._empty()
         log = self._log_path(gen)
-        records, valid = read_records(log)
-        for header, array in records:
-            self._apply(header, array)
-        self.replayed = len(records)
+        valid = self._load_state()
         if log.exists() and log.stat().st_size != valid:
             with open(log, "r+b") as f:  # cut the torn tail so new records follow good ones
                 f.truncate(valid)
@@ -146,6 +192,22 @@ class DurableIndex(Generic[IndexT]):
         self._log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._log_bytes = valid
         self._remove_stale()
+
+    def _load_state(self) -> int:
+        """Load snapshot + replay the log of this generation; the valid log length."""
+        snap = self.directory / f"snap-{self.generation}"
+        self.meta = {}
+        if snap.exists():
+            self.index: IndexT = self._load(snap)
+            items = snap / "items.json"
+            self.meta = json.loads(items.read_bytes()) if items.exists() else {}
+        else:
+            self.index = self._empty()
+        records, valid = read_records(self._log_path(self.generation))
+        for header, array in records:
+            self._apply(header, array)
+        self.replayed = len(records)
+        return valid
 
     def _log_path(self, gen: int) -> Path:
         return self.directory / f"log-{gen}.bin"
@@ -185,6 +247,29 @@ class DurableIndex(Generic[IndexT]):
             os.fsync(self._log_fd)
         self._log_bytes += len(record)
 
+    def _commit(self, record: bytes) -> None:
+        """Append + fsync ``record``, then apply what it decodes to (as a replay would).
+
+        If applying raises, the log is cut back to its previous length (and fsynced)
+        and memory is reloaded from disk, then the error propagates: a mutation that
+        failed is neither on disk nor half-applied in memory.
+        """
+        before = self._log_bytes
+        self._append(record)
+        try:
+            header, array = decode_payload(record[_HEAD.size :])
+            self._apply(header, array)
+        except BaseException:
+            self._rollback(before)
+            raise
+
+    def _rollback(self, length: int) -> None:
+        assert self._log_fd is not None, "closed"
+        os.ftruncate(self._log_fd, length)
+        os.fsync(self._log_fd)
+        self._log_bytes = length
+        self._load_state()  # the failed apply may have changed memory part-way
+
     def add(self, ids: list[str], data: Any, meta: list[Meta] | None = None) -> None:
         """Add or replace items; durable (fsynced) and searchable when this returns."""
         ids, arr = self.index.prepare(list(ids), data)
@@ -195,18 +280,15 @@ class DurableIndex(Generic[IndexT]):
         header: dict[str, Any] = {"op": "add", "ids": ids}
         if meta is not None:
             header["meta"] = meta
-        self._append(encode_record(header, arr))
-        self._apply(header, arr)
+        self._commit(encode_record(header, arr))
         self._maybe_compact()
 
     def remove(self, ids: list[str]) -> int:
-        """Remove items (unknown ids ignored); durable when this returns."""
-        present = [i for i in ids if i in self.index]
+        """Remove items (unknown and repeated ids ignored); returns how many were present."""
+        present = [i for i in dict.fromkeys(ids) if i in self.index]
         if not present:
             return 0
-        header = {"op": "remove", "ids": present}
-        self._append(encode_record(header))
-        self._apply(header, None)
+        self._commit(encode_record({"op": "remove", "ids": present}))
         self._maybe_compact()
         return len(present)
 

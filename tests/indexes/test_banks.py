@@ -131,3 +131,51 @@ def test_bad_items_and_names_are_rejected(tmp_path: Path) -> None:
     store.drop("p")
     assert store.names() == []
     store.close()
+
+
+def test_jsonl_import_rejects_non_objects_and_naive_times(tmp_path: Path) -> None:
+    store = BankStore(tmp_path / "banks", CFG)
+    store.create("p", "image_pdq")
+    h = "ab" * 32
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "a", "pdq": h}) + "\n" + "[1, 2]\n")
+    with pytest.raises(InvalidInput) as e:
+        store.import_jsonl("p", src)
+    assert e.value.field == "line 2" and "object" in e.value.reason
+    src.write_text(json.dumps({"id": "a", "pdq": h, "added_at": "2020-07-31T18:47:52"}) + "\n")
+    with pytest.raises(InvalidInput) as e:
+        store.import_jsonl("p", src)
+    assert e.value.field == "line 1.added_at" and "zone" in e.value.reason
+    src.write_text(json.dumps({"id": "a", "pdq": h, "added_at": "2020-07-31T18:47:52+02:00"}) + "\n")
+    assert store.import_jsonl("p", src) == 1
+    assert store.get("p").items()[0].added_at.utcoffset() is not None
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "reason"),
+    [("yesterday", "ISO 8601"), ("2020-13-45T00:00:00+0000", "ISO 8601"), ("2020-07-31T18:47:52", "zone")],
+)
+def test_hma_import_rejects_bad_and_naive_timestamps(tmp_path: Path, timestamp: str, reason: str) -> None:
+    src = tmp_path / "hma.csv"
+    src.write_text(HMA_LINE + f"{'cd' * 32},42,{timestamp},tag\n")
+    store = BankStore(tmp_path / "banks", CFG)
+    store.create("te-pdq", "image_pdq")
+    with pytest.raises(InvalidInput) as e:
+        store.import_hma_csv("te-pdq", src)
+    assert e.value.field == "line 2.timestamp" and reason in e.value.reason
+    store.close()
+
+
+def test_hma_import_accepts_zoned_iso_and_reports_bad_ids(tmp_path: Path) -> None:
+    src = tmp_path / "hma.csv"
+    src.write_text(f"{'cd' * 32},42,2020-07-31T20:47:52+02:00,tag\n")
+    store = BankStore(tmp_path / "banks", CFG)
+    store.create("te-pdq", "image_pdq")
+    assert store.import_hma_csv("te-pdq", src) == 1
+    assert store.get("te-pdq").items()[0].added_at.utcoffset() is not None
+    src.write_text(f"{'cd' * 32},{'x' * 200},2020-07-31T18:47:52+0000,tag\n")
+    with pytest.raises(InvalidInput) as e:
+        store.import_hma_csv("te-pdq", src)
+    assert e.value.field == "line 1.id"
+    store.close()

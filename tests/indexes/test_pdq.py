@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from indexes import pdq as pdq_mod
 from indexes.config import PdqIndexConfig
 from indexes.pdq import PdqIndex, hamming, pdq_from_hex, pdq_to_hex
 from signals.errors import InvalidInput
@@ -118,3 +119,19 @@ def test_hex_parsing_and_bad_input() -> None:
     with pytest.raises(InvalidInput) as e:
         idx.range_search([h], 300)
     assert e.value.field == "threshold"
+
+
+def test_hex_must_be_exactly_64_hex_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    spaced = "00" * 30 + "  " + "00"  # bytes.fromhex skips the spaces: 31 bytes
+    for bad in (spaced, " " + "0" * 63, "0" * 63 + "\n", "0x" + "0" * 62):
+        with pytest.raises(InvalidInput) as e:
+            pdq_from_hex(bad, "item.pdq")
+        assert e.value.field == "item.pdq"
+    with pytest.raises(InvalidInput) as e:
+        PdqIndex().prepare(["y"], [spaced])
+    assert e.value.field == "hashes[0]"
+    # Whatever the parser returns, the stacked batch's shape is checked too.
+    monkeypatch.setattr(pdq_mod, "pdq_from_hex", lambda v, f: np.zeros(31, dtype=np.uint8))
+    with pytest.raises(InvalidInput) as e:
+        PdqIndex().prepare(["y"], ["00" * 32])
+    assert e.value.field == "hashes"

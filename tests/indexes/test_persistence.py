@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.persistence import encode_record, read_records
+from indexes.persistence import CorruptLog, encode_record, read_records
 from signals.errors import InvalidInput
 from tests.indexes.crash_writer import hash_for, open_store, vector_for
 
@@ -150,3 +150,105 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, kind: str) -> None:
         finally:
             store.close()
     assert len(added) > 30  # the writers really ran
+
+
+# ------------------------------------------------ failed mutations never reach disk
+def _hashes(ids: list[str]) -> np.ndarray:
+    return np.stack([hash_for(i) for i in ids])
+
+
+def test_add_failing_inside_apply_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = open_store(tmp_path, "pdq")
+    s.add(["it-1", "it-2"], _hashes(["it-1", "it-2"]), [{"n": 1}, {"n": 2}])
+    log = tmp_path / "log-0.bin"
+    before = log.read_bytes()
+
+    def boom(ids: list[str], data: object) -> None:
+        raise RuntimeError("apply failed")
+
+    monkeypatch.setattr(s.index, "add", boom)
+    with pytest.raises(RuntimeError, match="apply failed"):
+        s.add(["it-3"], _hashes(["it-3"]), [{"n": 3}])
+    assert log.read_bytes() == before  # truncated back and fsynced
+    assert "it-3" not in s.index and "it-3" not in s.meta
+    s.add(["it-4"], _hashes(["it-4"]), [{"n": 4}])  # the store keeps working
+    s.close()
+    back = open_store(tmp_path, "pdq")
+    assert sorted(back.index.ids()) == ["it-1", "it-2", "it-4"]
+    assert sorted(back.meta) == ["it-1", "it-2", "it-4"]
+    back.close()
+
+
+def test_spaced_hex_is_refused_before_logging(tmp_path: Path) -> None:
+    s = open_store(tmp_path, "pdq")
+    s.add(["it-1"], _hashes(["it-1"]))
+    log = tmp_path / "log-0.bin"
+    size = log.stat().st_size
+    spaced = "00" * 30 + "  " + "00"  # 64 characters; bytes.fromhex would give 31 bytes
+    assert len(spaced) == 64
+    with pytest.raises(InvalidInput) as e:
+        s.add(["it-2"], [spaced])
+    assert e.value.field == "hashes[0]"
+    assert log.stat().st_size == size
+    s.close()
+    back = open_store(tmp_path, "pdq")
+    assert back.index.ids() == ["it-1"]
+    back.close()
+
+
+def test_remove_counts_repeated_ids_once(tmp_path: Path) -> None:
+    s = open_store(tmp_path, "vector")
+    s.add(["it-1", "it-2"], vecs(["it-1", "it-2"]))
+    assert s.remove(["it-1", "it-1"]) == 1
+    assert s.remove(["it-1", "it-1"]) == 0
+    records, _ = read_records(tmp_path / "log-0.bin")
+    assert records[-1][0] == {"op": "remove", "ids": ["it-1"]}
+    s.close()
+
+
+# ------------------------------------------- torn tail vs. corruption in the middle
+def _three_records(tmp_path: Path) -> tuple[Path, list[int]]:
+    """A vector log of three add records; returns it and the record start offsets."""
+    s = open_store(tmp_path, "vector")
+    log = tmp_path / "log-0.bin"
+    starts = []
+    for i in (1, 2, 3):
+        starts.append(log.stat().st_size)
+        s.add([f"it-{i}"], vecs([f"it-{i}"]))
+    s.close()
+    return log, starts
+
+
+def test_corrupt_middle_record_refuses_to_open(tmp_path: Path) -> None:
+    log, starts = _three_records(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[starts[2] - 3] ^= 0xFF  # a payload byte of the middle record
+    log.write_bytes(bytes(data))
+    with pytest.raises(CorruptLog) as e:
+        open_store(tmp_path, "vector")
+    assert e.value.offset == starts[1] and e.value.path == log
+    assert f"offset {starts[1]}" in str(e.value) and str(log) in str(e.value)
+    assert log.read_bytes() == bytes(data)  # nothing was cut
+    with pytest.raises(CorruptLog):  # and the failed open released the writer lock
+        open_store(tmp_path, "vector")
+
+
+def test_corrupt_middle_length_refuses_to_open(tmp_path: Path) -> None:
+    log, starts = _three_records(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[starts[1] + 4 : starts[1] + 8] = (10**6).to_bytes(4, "little")  # runs past EOF
+    log.write_bytes(bytes(data))
+    with pytest.raises(CorruptLog) as e:
+        open_store(tmp_path, "vector")
+    assert e.value.offset == starts[1] and e.value.next_valid == starts[2]
+
+
+def test_half_written_last_record_is_cut(tmp_path: Path) -> None:
+    log, starts = _three_records(tmp_path)
+    size = log.stat().st_size
+    with open(log, "r+b") as f:
+        f.truncate(starts[2] + (size - starts[2]) // 2)
+    back = open_store(tmp_path, "vector")
+    assert sorted(back.index.ids()) == ["it-1", "it-2"]
+    assert log.stat().st_size == starts[2]
+    back.close()
