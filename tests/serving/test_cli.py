@@ -147,3 +147,16 @@ def test_demo_image_contact_found_by_ocr(tmp_path: Path, capsys: pytest.CaptureF
     phones = [m["normalized"] for m in ocr["demo-L2"]["evidence"]["matches"] if m["kind"] == "phone"]
     assert phones == ["+447700900461"]
     assert ocr["demo-L1"]["value"] == 0  # the same photo without the banner
+
+
+def test_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    """``marketguard extract ... | head -1`` must not end in a BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "extract", "listing", str(DEMO / "listings.jsonl"),
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first signal is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == EXIT_OK
+    assert "Traceback" not in err and "BrokenPipe" not in err
