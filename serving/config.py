@@ -17,6 +17,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from indexes.config import IndexesConfig
 from signals.config import SignalsConfig
 from signals.errors import InvalidInput, field_path
 
@@ -34,6 +35,7 @@ class MarketGuardConfig(BaseModel):
         description="signal store, index snapshots, cached models and logs live here",
     )
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    indexes: IndexesConfig = Field(default_factory=IndexesConfig)
 
 
 def load_config(

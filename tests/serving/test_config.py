@@ -58,3 +58,13 @@ def test_readme_config_example_loads(tmp_path: Path) -> None:
     f.write_text(block)
     cfg = load_config(f, env={})
     assert cfg.signals.content_rules.prohibited_terms["acme-eu"] == ["ivory"]
+
+
+def test_index_settings_live_in_the_same_file(tmp_path: Path) -> None:
+    f = tmp_path / "mg.yaml"
+    f.write_text("indexes:\n  pdq:\n    threshold: 20\n")
+    assert load_config(f, env={}).indexes.pdq.threshold == 20
+    f.write_text("indexes:\n  pdq:\n    threshold: 999\n")
+    with pytest.raises(InvalidInput) as info:
+        load_config(f, env={})
+    assert info.value.field == "config.indexes.pdq.threshold"
