@@ -84,17 +84,6 @@ def versions(*packages: str) -> dict[str, str | None]:
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation; values need not be sorted."""
-    if not values:
-        raise ValueError("percentile of no values")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -33,6 +33,7 @@ import os
 import stat
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -199,6 +200,11 @@ class ImageDecoder:
         self._cache_bytes = 0
         self._lock = threading.Lock()
         self.decodes = 0  # decode attempts, cache misses (tests and metrics read it)
+        self.reads = 0  # image bytes loaded and hashed (tests read it)
+        # The digest of each live ImageRef object already hashed: the registry's four image
+        # extractors see the same ref objects, so each image is read and hashed once, not
+        # four times (sha256 of a 10 MiB image is ~20 ms; a path would be read again).
+        self._digests: dict[int, tuple[weakref.ref[ImageRef], str]] = {}
         self._roots = ([Path(r).resolve() for r in config.path_roots]
                        if config.path_roots is not None else None)
         self._hosts = {h.lower() for h in config.url_allow_hosts}
@@ -208,12 +214,16 @@ class ImageDecoder:
         return [self.decode_ref(ref, i) for i, ref in enumerate(listing.images)]
 
     def decode_ref(self, ref: ImageRef, index: int) -> DecodedImage:
-        data = self.load_bytes(ref, index)
-        digest = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            hit = self._cache.get(digest)
-            if hit is not None:
-                self._cache.move_to_end(digest)
+        hit = None
+        digest = self._known_digest(ref)
+        if digest is not None:
+            hit = self._cached(digest)
+        if hit is None:
+            data = self.load_bytes(ref, index)
+            self.reads += 1
+            digest = hashlib.sha256(data).hexdigest()
+            self._note_digest(ref, digest)
+            hit = self._cached(digest)
         if hit is None:
             try:
                 hit = _decode(data, digest, self.config, 0)
@@ -223,6 +233,30 @@ class ImageDecoder:
         if isinstance(hit, InvalidInput):
             raise InvalidInput(f"images[{index}]", hit.reason, hit.code)
         return hit if hit.index == index else replace(hit, index=index)
+
+    def _cached(self, digest: str) -> DecodedImage | InvalidInput | None:
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                self._cache.move_to_end(digest)
+            return hit
+
+    def _known_digest(self, ref: ImageRef) -> str | None:
+        with self._lock:
+            entry = self._digests.get(id(ref))
+        # An id is only trusted while the very object it was noted for is alive.
+        return entry[1] if entry is not None and entry[0]() is ref else None
+
+    def _note_digest(self, ref: ImageRef, digest: str) -> None:
+        key = id(ref)
+
+        def forget(_: object, key: int = key) -> None:
+            # No lock here: a weakref callback may run during garbage collection on a
+            # thread that already holds it; a single dict.pop is atomic under the GIL.
+            self._digests.pop(key, None)
+
+        with self._lock:
+            self._digests[key] = (weakref.ref(ref, forget), digest)
 
     def load_bytes(self, ref: ImageRef, index: int) -> bytes:
         """The raw bytes of one image reference, under the byte cap and the source rules."""

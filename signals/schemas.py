@@ -23,7 +23,6 @@ from signals.errors import InvalidInput, from_pydantic
 SIGNAL_SCHEMA = "marketguard.signal/v1"
 
 EntityType = Literal["listing", "seller", "review", "reviewer", "product"]
-ENTITY_TYPES: tuple[EntityType, ...] = ("listing", "seller", "review", "reviewer", "product")
 RecordKind = Literal["listing", "review"]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"
@@ -273,8 +272,6 @@ class Signal(BaseModel):
 
 
 RecordT = TypeVar("RecordT", Listing, Review, Label)
-
-RECORD_MODELS: dict[str, type[BaseModel]] = {"listing": Listing, "review": Review, "label": Label}
 
 
 def parse_record(model: type[RecordT], data: Any, limits: Limits = DEFAULT_LIMITS) -> RecordT:

@@ -28,3 +28,24 @@ def test_features_are_dropped_when_rows_would_not_line_up() -> None:
                                      listing("L2", images=[good, good])])
     assert not mixed.ok and mixed.features == {}
     assert clean.ok and clean.features["image_pdq"].shape == (2, 32)
+
+
+def test_each_image_is_read_and_hashed_once_across_extractors() -> None:
+    from signals.config import SignalsConfig
+    from signals.registry import build_image_extractors
+
+    config = SignalsConfig()
+    config.images.ocr.enabled = False  # the cheap extractors are enough to count reads
+    extractors = build_image_extractors(config)
+    assert len(extractors) >= 3
+    item = listing("L-reads", images=[encode(photo(3)), encode(photo(4))])
+    for ex in extractors:
+        assert ex.extract(item).ok
+    dec = extractors[0].decoder
+    assert all(ex.decoder is dec for ex in extractors)
+    assert dec.reads == 2 and dec.decodes == 2
+    # A new record object with the same bytes is hashed again, but not decoded again.
+    again = listing("L-again", images=[encode(photo(3))])
+    for ex in extractors:
+        ex.extract(again)
+    assert dec.reads == 3 and dec.decodes == 2
