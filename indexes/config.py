@@ -121,6 +121,34 @@ class BanksConfig(_Config):
     top_k: int = Field(default=10, ge=1, le=1000, description="matches per bank and query, at most")
 
 
+class NearDuplicateConfig(_Config):
+    """How near-duplicate listings and reviews are decided (``indexes/near_duplicates.py``).
+
+    Listing text: each listing's ``text_k`` nearest neighbours by embedding cosine (those
+    at or above ``text_candidate_floor``) are candidates; the pair scorer decides (model
+    numbers, sizes, prices), or, with ``pair_scorer: none``, the ``listing_text`` cosine
+    threshold. A pair at or above ``text_copy_cosine`` is a copy whatever the scorer says:
+    the scorer weighs price, and a scam repost copies the text but baits with the price.
+    Images: SSCD cosine and PDQ Hamming thresholds from ``thresholds``; PDQ hashes
+    below ``pdq_min_quality`` (flat, featureless images) never match.
+    """
+
+    text_k: int = Field(default=20, ge=1, le=1000, description="text neighbours scored per listing")
+    text_candidate_floor: float = Field(default=0.5, ge=-1, le=1,
+                                        description="cosine below which a neighbour is not scored")
+    pair_scorer: str = Field(
+        default="default",
+        description="'default' (the shipped indexes/models/pair_scorer.json), 'none' (cosine "
+                    "threshold only), or the path of a scorer JSON fitted on your own labels")
+    text_copy_cosine: float | None = Field(
+        default=0.985, ge=-1, le=1,
+        description="a pair this close is a copy whatever the scorer says (a bait-priced repost of a "
+                    "listing has the same text and a very different price); null: the scorer alone")
+    pdq_min_quality: int = Field(default=50, ge=0, le=100, description="PDQ quality needed to match")
+    pdq_variants: bool = Field(default=True,
+                               description="also match the mirrored and frame-trimmed PDQ hashes")
+
+
 class IndexesConfig(_Config):
     """All index settings, nested in the service config."""
 
@@ -131,3 +159,4 @@ class IndexesConfig(_Config):
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
     banks: BanksConfig = Field(default_factory=BanksConfig)
+    near_duplicates: NearDuplicateConfig = Field(default_factory=NearDuplicateConfig)

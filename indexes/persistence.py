@@ -173,6 +173,28 @@ class DurableIndex(Generic[IndexT]):
             self.close()  # a directory that fails to load must not stay locked
             raise
 
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        index: IndexT,
+        meta: dict[str, Meta],
+        load: Callable[[Path], IndexT],
+        config: PersistenceConfig | None = None,
+    ) -> DurableIndex[IndexT]:
+        """A new durable directory whose first snapshot is ``index``, built in bulk.
+
+        For bulk loads (the batch job builds millions of items at once): one snapshot
+        instead of a log record per batch. ``directory`` must not exist or be empty.
+        """
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()):
+            raise InvalidInput("directory", f"{str(directory)!r} is not empty")
+        durable = cls(directory, lambda: index, load, config)
+        durable.meta = dict(meta)
+        durable.compact()
+        return durable
+
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
         current = self.directory / "CURRENT"

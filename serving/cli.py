@@ -1,8 +1,10 @@
 """The ``marketguard`` command line.
 
-Today: ``marketguard extract listing|review FILE`` prints the signals of one record
-(or of each record of a JSON array or a JSONL file) as JSON lines, in process, with
-the same extractor objects the HTTP service and the batch jobs use. Bad input exits
+``marketguard extract listing|review FILE`` prints the signals of one record (or of
+each record of a JSON array or a JSONL file) as JSON lines, in process;
+``marketguard batch listings|reviews --input PATH --out DIR`` runs the Ray job over a
+whole catalogue (:mod:`serving.batch_job`). Both use the same extractor objects as
+the HTTP service. Bad input exits
 non-zero with a message naming the field, never a traceback.
 """
 
@@ -17,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from serving.batch_inputs import resolve_image_paths
 from serving.config import MarketGuardConfig, load_config
+from serving.image_fetch import url_fetcher_for
 from signals.errors import InvalidInput
 from signals.registry import build_registry
 from signals.schemas import Listing, Review, parse_record
@@ -65,6 +69,27 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("kind", choices=["listing", "review"])
     extract.add_argument("file", type=Path, metavar="FILE.json")
     extract.set_defaults(handler=_cmd_extract)
+
+    batch = sub.add_parser(
+        "batch", parents=[common],
+        help="a Ray job over a whole catalogue: signals, near-duplicate pairs, clusters, index snapshots",
+        description="Run the extractors and the all-pairs near-duplicate search over a catalogue (JSONL, "
+                    "CSV or Parquet; a file or a folder) on Ray. Writes DIR/signals.jsonl, "
+                    "DIR/pairs.parquet, DIR/clusters.parquet, DIR/rejected.jsonl, DIR/summary.json and "
+                    "the service's index snapshots in DIR/indexes/. Re-run with the same arguments, it "
+                    "resumes where it stopped.")
+    batch.add_argument("kind", choices=["listings", "reviews"])
+    batch.add_argument("--input", type=Path, required=True, metavar="PATH",
+                       help="a .jsonl/.csv/.parquet file, or a folder of them")
+    batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output and checkpoint folder")
+    batch.add_argument("--address", default=None, metavar="RAY_ADDRESS",
+                       help="an existing Ray cluster (ray://host:10001, host:6379 or auto); default: a "
+                            "local Ray started for this job")
+    batch.add_argument("--restart", action="store_true",
+                       help="discard a previous run in DIR instead of resuming it")
+    batch.add_argument("--progress", choices=["auto", "bar", "lines", "off"], default="auto",
+                       help="a bar on a terminal, plain lines in logs (default: auto)")
+    batch.set_defaults(handler=_cmd_batch)
     return parser
 
 
@@ -75,7 +100,7 @@ def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,
     failed = False
     for where, raw in _read_records(args.file):
         if isinstance(raw, dict) and args.kind == "listing":
-            _resolve_image_paths(raw, args.file.parent)
+            resolve_image_paths(raw, args.file.parent)
         try:
             records.append(parse_record(model, raw))
         except InvalidInput as exc:
@@ -87,7 +112,8 @@ def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,
     # Local image paths are what the CLI is for; the service's HTTP path keeps them off.
     signals_config = config.signals.model_copy(deep=True)
     signals_config.images.decode.allow_paths = True
-    registry = build_registry(signals_config, config.data_dir)
+    registry = build_registry(signals_config, config.data_dir,
+                              fetch_url=url_fetcher_for(signals_config.images.decode))
     for rec in registry.extract_batch(args.kind, records, signals_only=True):
         for signal in rec.signals:
             out.write(json.dumps(signal.to_json_dict(), ensure_ascii=False) + "\n")
@@ -96,6 +122,20 @@ def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,
             failed = True
     out.flush()
     return EXIT_ITEM_ERRORS if failed else EXIT_OK
+
+
+def _cmd_batch(args: argparse.Namespace, config: MarketGuardConfig,
+               out: TextIO, err: TextIO) -> int:
+    from serving.batch_job import BatchRequest, run_batch
+
+    logging.getLogger("serving").setLevel(logging.INFO)
+    summary = run_batch(BatchRequest(args.kind, args.input, args.out, args.address, args.restart,
+                                     args.progress), config)
+    out.write(json.dumps({"out": str(args.out), "rows": summary["rows"], "accepted": summary["accepted"],
+                          "rejected": summary["rejected"], "pairs": summary["pairs"],
+                          "clusters": summary["clusters"], "signals": summary["signals"]}) + "\n")
+    out.flush()
+    return EXIT_OK
 
 
 def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -151,17 +191,6 @@ def _read_jsonl(path: Path, text: str) -> Iterator[tuple[str, Any]]:
             yield f" (line {n})", json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidInput("FILE", f"{path} line {n} is not valid JSON: {exc}") from None
-
-
-def _resolve_image_paths(raw: dict[str, Any], base: Path) -> None:
-    images = raw.get("images")
-    if not isinstance(images, list):
-        return
-    for img in images:
-        if isinstance(img, dict) and isinstance(img.get("path"), str) and img["path"]:
-            p = Path(img["path"])
-            if not p.is_absolute():
-                img["path"] = str(base / p)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,22 @@ ENV_CONFIG = "MARKETGUARD_CONFIG"
 ENV_DATA_DIR = "MARKETGUARD_DATA_DIR"
 
 
+class BatchConfig(BaseModel):
+    """The batch Ray job over a catalogue (``marketguard batch``, ``serving/batch_job.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit_bytes: int = Field(default=4 << 20, ge=1024, description="JSONL/CSV bytes per checkpointed unit")
+    unit_rows: int = Field(default=5000, ge=1, description="Parquet rows per checkpointed unit")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="records per extractor call")
+    actors: int | None = Field(default=None, ge=1, le=10_000,
+                               description="extractor actors; default: the cluster's CPUs / actor_cpus, "
+                                           "less one CPU left for the read tasks")
+    actor_cpus: float = Field(default=1.0, gt=0, le=64, description="logical CPUs reserved per actor")
+    query_block: int = Field(default=4096, ge=1, description="queries per block of the all-pairs search")
+    top: int = Field(default=10, ge=1, le=1000, description="clusters and sellers listed in the summary")
+
+
 class MarketGuardConfig(BaseModel):
     """Everything a MarketGuard process needs to know, with embedded defaults."""
 
@@ -36,6 +52,7 @@ class MarketGuardConfig(BaseModel):
     )
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     indexes: IndexesConfig = Field(default_factory=IndexesConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
 
 def load_config(

@@ -110,6 +110,17 @@ class ImageDecodeConfig(_Config):
         default=None, description="if set, image paths must resolve inside one of these folders")
     url_allow_hosts: list[str] = Field(
         default_factory=list, description="hosts whose image URLs may be fetched; empty: none")
+    url_timeout_s: float = Field(
+        default=5.0, gt=0.0, le=60.0,
+        description="total deadline of one URL fetch: connect, redirects, headers and body")
+    url_allow_http: bool = Field(
+        default=False, description="also fetch plain http:// URLs (https only by default)")
+    url_max_redirects: int = Field(
+        default=2, ge=0, le=5,
+        description="redirects followed per fetch, each only to an allow-listed host")
+    url_user_agent: str = Field(
+        default="MarketGuard/0.1 image fetcher", min_length=1, max_length=200,
+        pattern=r"^[\x20-\x7e]+$", description="User-Agent header of URL fetches")
 
 
 class PdqConfig(_Config):

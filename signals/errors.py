@@ -16,6 +16,7 @@ ErrorCode = Literal[
     "too_large",  # 413: a body, a string or an image is over its limit
     "unsupported_media_type",  # 415: an image format or content type we do not take
     "not_found",  # 404: a referenced file, entity or bank does not exist
+    "fetch_failed",  # 422: an allow-listed image URL could not be fetched (timeout, status, TLS)
 ]
 
 

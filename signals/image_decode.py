@@ -315,7 +315,11 @@ class ImageDecoder:
             raise InvalidInput(field, f"host {host!r} is not on the image URL allow-list")
         if self._fetch_url is None:
             raise InvalidInput(field, "fetching image URLs is not available here; send data_b64")
-        data = self._fetch_url(url, self.config.max_image_bytes)
+        try:
+            data = self._fetch_url(url, self.config.max_image_bytes)
+        except InvalidInput as exc:
+            # The fetcher knows why, not which image: name the field here.
+            raise InvalidInput(field, exc.reason, exc.code) from None
         if len(data) > self.config.max_image_bytes:
             raise InvalidInput(field, f"image is over {self.config.max_image_bytes} bytes",
                                "too_large")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from signals.catalogue import CATALOGUE
 from signals.config import SignalsConfig
 from signals.extractor import Extractor, ItemError
 from signals.schemas import Listing, RecordKind, Review, Signal
+
+if TYPE_CHECKING:  # image modules (Pillow) load only when an image extractor is enabled
+    from signals.image_decode import UrlFetcher
 
 
 @dataclass
@@ -74,8 +78,13 @@ class ExtractorRegistry:
         return merged
 
 
-def build_registry(config: SignalsConfig, data_dir: Path) -> ExtractorRegistry:
-    """The extractors the config enables, in the order they run."""
+def build_registry(config: SignalsConfig, data_dir: Path, *,
+                   fetch_url: UrlFetcher | None = None) -> ExtractorRegistry:
+    """The extractors the config enables, in the order they run.
+
+    ``fetch_url`` fetches ``url`` images (serving builds one with
+    ``serving.image_fetch.url_fetcher_for``); without it URL images are refused.
+    """
     extractors: list[Extractor] = []
     if config.content_rules.enabled:
         from signals.content_rules import ContentRulesExtractor
@@ -86,11 +95,12 @@ def build_registry(config: SignalsConfig, data_dir: Path) -> ExtractorRegistry:
 
         extractors.append(TextEmbeddingExtractor(
             build_text_embedder(config.text_embedding, data_dir / "models")))
-    extractors.extend(build_image_extractors(config))
+    extractors.extend(build_image_extractors(config, fetch_url))
     return ExtractorRegistry(extractors)
 
 
-def build_image_extractors(config: SignalsConfig) -> list[Extractor]:
+def build_image_extractors(config: SignalsConfig,
+                           fetch_url: UrlFetcher | None = None) -> list[Extractor]:
     """The image extractors the config enables, sharing one decoder (one decode per image).
 
     Fast tier first (PDQ, SSCD), then the deep tier (OCR, NSFW: ``tier == "deep"``),
@@ -102,7 +112,7 @@ def build_image_extractors(config: SignalsConfig) -> list[Extractor]:
         return []
     from signals.image_decode import ImageDecoder
 
-    decoder = ImageDecoder(images.decode)
+    decoder = ImageDecoder(images.decode, fetch_url)
     out: list[Extractor] = []
     if images.pdq.enabled:
         from signals.image_pdq import PdqExtractor

@@ -1,0 +1,152 @@
+"""The near-duplicate decision, per modality: one rule for the batch job and the HTTP path.
+
+An index finds neighbours; this module decides which neighbours are near-duplicates,
+so that the catalogue-wide batch job and the per-request service call the very same
+rule and never disagree on what a "near-duplicate" is:
+
+* ``listing_text``: the ``text_k`` nearest listings by embedding cosine (at or above
+  ``text_candidate_floor``) are candidates, and the :class:`~indexes.pair_scorer.PairScorer`
+  decides from what tells products apart (model numbers, sizes, prices). The pair's
+  score is the scorer's probability. A pair at or above ``text_copy_cosine`` is a copy
+  whatever the scorer says (score: the larger of the two): the scorer weighs price, and
+  a scam repost keeps the text and baits with the price. With ``pair_scorer: none`` the decision is the
+  cosine against ``thresholds.listing_text`` and the score is the cosine.
+* ``review_text`` and ``image_sscd``: cosine at or above the modality's threshold;
+  the score is the cosine.
+* ``image_pdq``: Hamming distance within ``thresholds.image_pdq`` of the image's hash or,
+  with ``pdq_variants``, of its mirrored or frame-trimmed hash; hashes below
+  ``pdq_min_quality`` (flat, featureless images that collide with each other) neither
+  query nor get stored. The score is ``1 - distance / 256``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexes.clustering import Pairs
+from indexes.config import IndexesConfig, NearDuplicateConfig
+from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairRecord, PairScorer
+from indexes.pdq import PdqIndex
+from indexes.vector import Hit, VectorIndex
+from signals.errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """A decided near-duplicate: the other item's id and the pair's score in [0, 1]."""
+
+    id: str
+    score: float
+
+
+def load_pair_scorer(setting: str) -> PairScorer | None:
+    """The scorer a ``near_duplicates.pair_scorer`` setting names (None for ``none``)."""
+    if setting == "none":
+        return None
+    path = DEFAULT_MODEL_PATH if setting == "default" else Path(setting)
+    if not path.is_file():
+        raise InvalidInput("indexes.near_duplicates.pair_scorer", f"no pair scorer file at {str(path)!r}",
+                           "not_found")
+    return PairScorer.load(path)
+
+
+class TextNearDuplicates:
+    """Listing text near-duplicates: embedding candidates, pair-scorer decision."""
+
+    def __init__(self, config: NearDuplicateConfig, cosine_threshold: float,
+                 scorer: PairScorer | None) -> None:
+        self.config = config
+        self.cosine_threshold = float(cosine_threshold)
+        self.scorer = scorer
+
+    @classmethod
+    def from_config(cls, config: IndexesConfig) -> TextNearDuplicates:
+        nd = config.near_duplicates
+        return cls(nd, config.thresholds.listing_text, load_pair_scorer(nd.pair_scorer))
+
+    def candidates(self, index: VectorIndex, vectors: np.ndarray,
+                   exclude: Sequence[str | None]) -> list[list[Hit]]:
+        """Each query's neighbours worth deciding on (its own id excluded), best first."""
+        if len(exclude) != len(vectors):
+            raise InvalidInput("exclude", f"{len(exclude)} ids for {len(vectors)} queries")
+        floor = self.config.text_candidate_floor if self.scorer is not None else self.cosine_threshold
+        found = index.search(vectors, self.config.text_k + 1)
+        return [[h for h in hits if h.score >= floor and h.id != own][: self.config.text_k]
+                for hits, own in zip(found, exclude, strict=True)]
+
+    def decide(self, queries: Sequence[PairRecord], candidates: Sequence[Sequence[Hit]],
+               record_of: Callable[[list[str]], list[PairRecord]]) -> list[list[Neighbour]]:
+        """The candidates that are near-duplicates of each query, with the pair's score."""
+        if len(queries) != len(candidates):
+            raise InvalidInput("candidates", f"{len(candidates)} candidate lists for {len(queries)} queries")
+        flat = [(qi, h) for qi, hits in enumerate(candidates) for h in hits]
+        out: list[list[Neighbour]] = [[] for _ in queries]
+        if not flat:
+            return out
+        cosines = np.array([h.score for _, h in flat], dtype=np.float64)
+        if self.scorer is None:
+            scores, keep = cosines, cosines >= self.cosine_threshold
+        else:
+            others = record_of([h.id for _, h in flat])
+            pairs = [(queries[qi], rec) for (qi, _), rec in zip(flat, others, strict=True)]
+            scores = self.scorer.score(pairs, cosines)
+            keep = scores >= self.scorer.threshold
+            copy = self.config.text_copy_cosine
+            if copy is not None:
+                copies = cosines >= copy
+                keep = keep | copies
+                scores = np.where(copies, np.maximum(scores, cosines), scores)
+        for (qi, h), s, k in zip(flat, scores.tolist(), keep.tolist(), strict=True):
+            if k:
+                out[qi].append(Neighbour(h.id, float(s)))
+        return out
+
+
+def vector_near_duplicates(index: VectorIndex, vectors: np.ndarray, threshold: float,
+                           exclude: Sequence[str | None]) -> list[list[Neighbour]]:
+    """``review_text`` / ``image_sscd``: every stored vector with cosine >= threshold."""
+    found = index.range_search(vectors, threshold)
+    return [[Neighbour(h.id, float(min(1.0, h.score))) for h in hits if h.id != own]
+            for hits, own in zip(found, exclude, strict=True)]
+
+
+def pdq_near_duplicates(index: PdqIndex, variants: Sequence[np.ndarray], threshold: int,
+                        exclude: Sequence[str | None]) -> list[list[Neighbour]]:
+    """``image_pdq``: stored hashes within ``threshold`` bits of any variant of each query.
+
+    ``variants`` are ``(n, 32)`` packed-hash arrays of the same n images (the hash
+    itself first, then e.g. its mirror and frame-trimmed hashes); the closest wins.
+    """
+    best: list[dict[str, int]] = [{} for _ in exclude]
+    for hashes in variants:
+        if len(hashes) != len(exclude):
+            raise InvalidInput("variants", f"{len(hashes)} hashes for {len(exclude)} queries")
+        for qi, hits in enumerate(index.range_search(hashes, threshold)):
+            seen = best[qi]
+            for h in hits:
+                if h.id != exclude[qi] and h.distance < seen.get(h.id, 257):
+                    seen[h.id] = h.distance
+    return [sorted((Neighbour(i, 1.0 - d / 256.0) for i, d in seen.items()), key=lambda n: (-n.score, n.id))
+            for seen in best]
+
+
+def canonical_pairs(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> Pairs:
+    """Each unordered pair once (a < b, self pairs dropped), keeping its highest score, sorted."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    s = np.asarray(score, dtype=np.float32)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keep = lo != hi
+    lo, hi, s = lo[keep], hi[keep], s[keep]
+    if not len(lo):
+        z = np.zeros(0, dtype=np.int64)
+        return Pairs(z, z, np.zeros(0, dtype=np.float32))
+    order = np.lexsort((-s, hi, lo))  # by (lo, hi), best score first within a pair
+    lo, hi, s = lo[order], hi[order], s[order]
+    first = np.ones(len(lo), dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return Pairs(lo[first], hi[first], s[first])

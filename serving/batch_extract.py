@@ -1,0 +1,277 @@
+"""Stage 1 of the batch job: read, validate and run the extractors over every unit, on Ray Data.
+
+The pipeline is ``units -> read + validate (tasks) -> extractors (actor pool) -> driver``:
+
+* a read task reads one :class:`~serving.batch_inputs.Unit` and validates each row
+  with :func:`signals.schemas.parse_record`, the same boundary the HTTP path uses;
+  an invalid row travels on as a rejection (its reason named), it never fails the job;
+* an actor pool runs the very :class:`~signals.registry.ExtractorRegistry` the
+  service builds (:func:`signals.registry.build_registry`), in sub-batches of
+  ``batch.batch_size`` rows taken in row order within a unit, so a unit's batches
+  are the same whatever else runs and a resumed job extracts what an uninterrupted
+  one would;
+* the driver gathers each unit's rows and, once all of them are in, writes the
+  unit's part file atomically: ``work/units/<unit>.parquet``. That file is the
+  checkpoint; a re-run skips every unit whose part exists.
+
+A part holds, per row: where it came from, the validated record (images reduced to
+their count), the rejection or extractor errors, the extractor signals (JSON), and
+the features the catalogue-wide stages need (text vector, PDQ hashes, SSCD vectors)
+as raw little-endian bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from serving.batch_inputs import Unit, read_unit
+from serving.config import MarketGuardConfig
+from signals.errors import InvalidInput
+from signals.schemas import Listing, Review, parse_record
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["listing", "review"]
+
+# Features carried from the extractors to the catalogue-wide stages.
+PDQ_FEATURES = ("image_pdq", "image_pdq_flip", "image_pdq_trimmed")
+SSCD_FEATURES = ("image_sscd", "image_sscd_distilled")
+
+PART_SCHEMA = pa.schema([
+    ("unit", pa.int32()),
+    ("row", pa.int32()),
+    ("unit_rows", pa.int32()),
+    ("where", pa.string()),
+    ("entity_id", pa.string()),
+    ("record", pa.string()),      # validated record as JSON (images: only their number)
+    ("reject", pa.string()),      # {"field", "code", "message"} when the row is invalid
+    ("errors", pa.string()),      # JSON list of extractor errors (the row still counts)
+    ("signals", pa.string()),     # JSON list of the extractors' signals
+    ("text", pa.binary()),        # float32 unit vector
+    ("text_feature", pa.string()),
+    ("images", pa.int32()),       # images whose features are below (0 when any failed)
+    ("pdq", pa.binary()),         # images x 32 bytes, then the mirrored, then the trimmed hashes
+    ("pdq_quality", pa.binary()),  # float32 per image
+    ("sscd", pa.binary()),        # images x dim float32
+])
+
+
+def model_of(kind: Kind) -> type[Listing] | type[Review]:
+    return Listing if kind == "listing" else Review
+
+
+# --------------------------------------------------------------------------- read tasks
+def read_and_validate(batch: pa.Table, kind: Kind) -> pa.Table:
+    """Ray Data task: read each unit of the batch and validate its rows."""
+    model = model_of(kind)
+    cols: dict[str, list[Any]] = {k: [] for k in ("unit", "row", "unit_rows", "where", "entity_id",
+                                                   "record", "reject")}
+    for spec in batch.column("unit").to_pylist():
+        unit = Unit(**json.loads(spec))
+        rows = read_unit(unit)
+        if not rows:  # an empty unit still reports in, so the driver can mark it done
+            _append(cols, unit.index, -1, 0, "", None, None, None)
+        for r in rows:
+            entity_id = record = reject = None
+            if r.error is not None:
+                reject = json.dumps({"field": None, "code": "unreadable", "message": r.error})
+            else:
+                try:
+                    rec = parse_record(model, r.data)
+                    entity_id = rec.entity_id
+                    record = rec.model_dump_json(by_alias=True)
+                except InvalidInput as exc:
+                    entity_id = _raw_id(r.data, kind)
+                    reject = json.dumps({"field": exc.field, "code": exc.code, "message": exc.reason})
+            _append(cols, unit.index, r.row, len(rows), r.where, entity_id, record, reject)
+    return pa.table(cols)
+
+
+def _append(cols: dict[str, list[Any]], unit: int, row: int, unit_rows: int, where: str,
+            entity_id: str | None, record: str | None, reject: str | None) -> None:
+    for k, v in (("unit", unit), ("row", row), ("unit_rows", unit_rows), ("where", where),
+                 ("entity_id", entity_id), ("record", record), ("reject", reject)):
+        cols[k].append(v)
+
+
+def _raw_id(data: Any, kind: Kind) -> str | None:
+    key = "listing_id" if kind == "listing" else "review_id"
+    value = data.get(key) if isinstance(data, dict) else None
+    return value[:200] if isinstance(value, str) else None
+
+
+# --------------------------------------------------------------------------- actors
+class ExtractActor:
+    """Ray Data actor: the service's extractor registry over validated rows."""
+
+    def __init__(self, config_json: str, kind: Kind) -> None:
+        from serving.image_fetch import url_fetcher_for
+        from signals.registry import build_registry
+
+        config = MarketGuardConfig.model_validate_json(config_json)
+        signals_config = config.signals.model_copy(deep=True)
+        # Batch input names local or mounted image files; the HTTP path keeps this off.
+        signals_config.images.decode.allow_paths = True
+        self.kind: Kind = kind
+        self.batch_size = config.batch.batch_size
+        self.registry = build_registry(signals_config, config.data_dir,
+                                       fetch_url=url_fetcher_for(signals_config.images.decode))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out = [extract_row_stub(r) for r in rows]
+        model = model_of(self.kind)
+        todo = [i for i, r in enumerate(rows) if r["record"] is not None]
+        # Sub-batches follow (unit, row // batch_size): the same rows meet whatever Ray bundled.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in todo:
+            groups.setdefault((rows[i]["unit"], rows[i]["row"] // self.batch_size), []).append(i)
+        for key in sorted(groups):
+            idx = groups[key]
+            records = [parse_record(model, json.loads(rows[i]["record"])) for i in idx]
+            for i, rec, res in zip(idx, records,
+                                   self.registry.extract_batch(self.kind, records), strict=True):
+                fill_features(out[i], rec, res)
+                # The part keeps the record without its images' bytes (they are features now).
+                out[i]["record"] = rec.model_dump_json(by_alias=True, exclude={"images"})
+        return pa.Table.from_pylist(out, schema=PART_SCHEMA)
+
+
+def extract_row_stub(row: dict[str, Any]) -> dict[str, Any]:
+    """A part row with the read stage's columns and empty feature columns."""
+    out = {name: None for name in PART_SCHEMA.names}
+    for k in ("unit", "row", "unit_rows", "where", "entity_id", "record", "reject"):
+        out[k] = row[k]
+    out["images"] = 0
+    return out
+
+
+def fill_features(out: dict[str, Any], record: Listing | Review, result: Any) -> None:
+    """Copy one registry result into a part row (signals as JSON, features as bytes)."""
+    out["signals"] = json.dumps([s.to_json_dict() for s in result.signals], ensure_ascii=False)
+    if result.errors:
+        out["errors"] = json.dumps([e.to_dict() for e in result.errors], ensure_ascii=False)
+    feats: dict[str, np.ndarray] = result.features
+    for name, vec in feats.items():
+        if name.startswith("text_"):
+            out["text"] = np.asarray(vec, dtype="<f4").tobytes()
+            out["text_feature"] = name
+    if all(f in feats for f in PDQ_FEATURES):
+        n = len(feats["image_pdq"])
+        out["images"] = n
+        out["pdq"] = b"".join(np.asarray(feats[f], dtype=np.uint8).tobytes() for f in PDQ_FEATURES)
+        out["pdq_quality"] = np.asarray(feats["image_pdq_quality"], dtype="<f4").tobytes()
+    for f in SSCD_FEATURES:
+        if f in feats:
+            out["images"] = len(feats[f])
+            out["sscd"] = np.asarray(feats[f], dtype="<f4").tobytes()
+    if isinstance(record, Listing) and record.images and result.errors:
+        # A listing whose images did not all decode has no image features (partial results
+        # are not indexed): nothing of it is matched by image, and its error is reported.
+        out["images"] = 0
+        out["pdq"] = out["pdq_quality"] = out["sscd"] = None
+
+
+# --------------------------------------------------------------------------- driver
+class PartWriter:
+    """Gathers the rows of each unit on the driver; writes a unit's part once all are in."""
+
+    def __init__(self, directory: Path, on_unit: Callable[[int, int], None]) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._pending: dict[int, list[pa.Table]] = {}
+        self._seen: dict[int, int] = {}
+        self._on_unit = on_unit
+
+    def add(self, table: pa.Table) -> None:
+        units = table.column("unit").to_numpy()
+        for unit in np.unique(units).tolist():
+            part = table.filter(pc.equal(table.column("unit"), unit))
+            self._pending.setdefault(unit, []).append(part)
+            expected = int(part.column("unit_rows")[0].as_py())
+            self._seen[unit] = self._seen.get(unit, 0) + part.num_rows
+            if self._seen[unit] >= max(1, expected):
+                self._write(unit, expected)
+
+    def _write(self, unit: int, rows: int) -> None:
+        table = pa.concat_tables(self._pending.pop(unit)).cast(PART_SCHEMA)
+        del self._seen[unit]
+        table = table.filter(pc.greater_equal(table.column("row"), 0))
+        table = table.sort_by([("row", "ascending")])
+        if table.num_rows != rows:
+            raise RuntimeError(f"unit {unit}: {table.num_rows} rows gathered, {rows} expected")
+        final = part_path(self.directory, unit)
+        tmp = final.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(final)
+        self._on_unit(unit, rows)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def part_path(directory: Path, unit: int) -> Path:
+    return directory / f"{unit:06d}.parquet"
+
+
+def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_dir: Path,
+                on_unit: Callable[[int, int], None]) -> None:
+    """Run stage 1 over ``units`` (those without a part yet) on the connected Ray cluster."""
+    import ray
+    import ray.data
+
+    if not units:
+        return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are noise here
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job draws its own (serving/batch_progress.py)
+    ctx.enable_operator_progress_bars = False
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    cfg = config.batch
+    actors = cfg.actors or max(1, int((cpus - 1) // cfg.actor_cpus))
+    log.info("extract: %d units, %d extractor actors x %.1f CPU on a %.0f-CPU cluster",
+             len(units), actors, cfg.actor_cpus, cpus)
+    items = [{"unit": json.dumps(asdict(u))} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(read_and_validate, fn_kwargs={"kind": kind}, batch_size=1,
+                        batch_format="pyarrow", num_cpus=0.25)
+    ds = ds.map_batches(ExtractActor, fn_constructor_args=(config.model_dump_json(), kind),
+                        batch_size=None, batch_format="pyarrow", num_cpus=cfg.actor_cpus,
+                        compute=ray.data.ActorPoolStrategy(size=actors))
+    writer = PartWriter(parts_dir, on_unit)
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(block)
+    if writer.pending:
+        raise RuntimeError(f"{writer.pending} units were not complete when the pipeline ended")
+
+
+def iter_parts(parts_dir: Path, units: Iterable[Unit]) -> Iterable[tuple[Unit, pa.Table]]:
+    """Every unit's part, in plan order."""
+    for unit in units:
+        yield unit, pq.read_table(part_path(parts_dir, unit.index), schema=PART_SCHEMA)
+
+
+def rewrite_observed_at(signals_json: str | None, observed_at: datetime) -> list[dict[str, Any]]:
+    """A part's signals with the job's own observation time (the same on every re-run)."""
+    if not signals_json:
+        return []
+    stamp = observed_at.isoformat().replace("+00:00", "Z")
+    out = json.loads(signals_json)
+    for s in out:
+        s["observed_at"] = stamp
+    return out

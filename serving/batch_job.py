@@ -1,0 +1,332 @@
+"""``marketguard batch``: the Ray job over a whole catalogue, resumable, on a laptop or a cluster.
+
+Stages, each checkpointed in ``DIR`` so a killed job re-run with the same arguments
+finishes without redoing finished work and writes what an uninterrupted run writes:
+
+1. extract (Ray Data, :mod:`serving.batch_extract`): read + validate each input unit,
+   run the service's extractors in an actor pool -> ``work/units/<unit>.parquet``;
+2. catalogue (:mod:`serving.batch_catalogue`): fold the parts into memory-mapped
+   columns -> ``work/catalogue/``, ``rejected.jsonl``;
+3. indexes (:mod:`serving.batch_pairs`): the service's index snapshots ->
+   ``indexes/<tenant>/<modality>/``;
+4. pairs: the catalogue searched against itself, block by block ->
+   ``work/pairs/<tenant>/<modality>/<block>.parquet``;
+5. outputs (:mod:`serving.batch_signals`): ``pairs.parquet``, ``clusters.parquet``,
+   ``signals.jsonl``, then ``summary.json`` last: its presence means the run is complete.
+
+``manifest.json`` records the input's files (size, mtime), the settings that shape
+the outputs and the run's ``observed_at`` (every signal of the run carries it, so a
+resumed run writes byte-identical outputs). A re-run over changed input or settings
+is refused unless ``--restart`` is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from indexes.atomic import read_json, write_json_atomic
+from indexes.clustering import Pairs
+from indexes.config import Modality
+from indexes.near_duplicates import TextNearDuplicates
+from serving.batch_catalogue import Catalogue, build_catalogue
+from serving.batch_extract import Kind, part_path, run_extract
+from serving.batch_inputs import discover_inputs, fingerprint, plan_units
+from serving.batch_pairs import (
+    ModalityView,
+    block_path,
+    build_index,
+    index_dir,
+    modalities,
+    open_index,
+    read_pairs,
+    search_blocks,
+    tenants,
+    write_block,
+)
+from serving.batch_progress import Progress
+from serving.batch_signals import (
+    Adjacency,
+    SignalTally,
+    bank_hits,
+    iter_signals,
+    make_clusters,
+    write_jsonl,
+)
+from serving.config import MarketGuardConfig
+from signals.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+FORMAT = "marketguard.batch/1"
+KINDS: dict[str, Kind] = {"listings": "listing", "reviews": "review"}
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What ``marketguard batch`` was asked to do."""
+
+    kind: Literal["listings", "reviews"]
+    input: Path
+    out: Path
+    address: str | None = None
+    restart: bool = False
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
+
+
+def run_batch(request: BatchRequest, config: MarketGuardConfig) -> dict[str, Any]:
+    """Run (or resume) the job; returns the summary (also ``DIR/summary.json``)."""
+    kind = KINDS[request.kind]
+    out = request.out
+    progress = Progress(mode=request.progress)
+    files = discover_inputs(request.input)
+    units = plan_units(files, target_bytes=config.batch.unit_bytes, target_rows=config.batch.unit_rows)
+    manifest = _manifest(request, config, files, len(units))
+    observed_at = _claim(out, manifest, request.restart)
+    done_summary = out / "summary.json"
+    if done_summary.exists():
+        progress.note(f"{out} already holds a complete run; nothing to do")
+        return read_json(done_summary)  # type: ignore[return-value]
+
+    timings: dict[str, float] = {}
+    work = out / "work"
+    parts = work / "units"
+    parts.mkdir(parents=True, exist_ok=True)
+    todo = [u for u in units if not part_path(parts, u.index).exists()]
+
+    t0 = time.monotonic()
+    if todo:
+        stage = progress.stage("extract", len(units), "units", done=len(units) - len(todo))
+        with _ray(request.address):
+            run_extract(todo, config, kind, parts, lambda _unit, rows: stage.update(1, rows))
+        stage.close()
+    timings["extract_s"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    cat = build_catalogue(work, units, kind, out / "rejected.jsonl")
+    timings["catalogue_s"] = time.monotonic() - t0
+    progress.note(f"catalogue: {cat.n:,} records, {cat.rejected:,} rejected, {len(cat.image_rows):,} images")
+
+    t0 = time.monotonic()
+    pairs = _pairs(cat, config, out, progress)
+    timings["pairs_s"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    summary = _outputs(cat, config, out, pairs, observed_at)
+    timings["outputs_s"] = time.monotonic() - t0
+    summary.update(kind=request.kind, input=str(request.input), observed_at=_stamp(observed_at),
+                   units=len(units), timings={k: round(v, 2) for k, v in timings.items()})
+    write_json_atomic(done_summary, summary)  # the run's completion mark
+    progress.note(format_summary(summary))
+    return summary
+
+
+# ------------------------------------------------------------------------ manifest
+def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path],
+              units: int) -> dict[str, Any]:
+    # What shapes the outputs; not where state lives or how many actors run it.
+    shaping = config.model_dump(mode="json", exclude={"data_dir": True,
+                                                      "batch": {"actors", "actor_cpus", "top"}})
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+    return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units,
+            "settings_sha256": digest}
+
+
+def _claim(out: Path, manifest: dict[str, Any], restart: bool) -> datetime:
+    """Start a run in ``out`` or resume the one there; returns the run's observed_at."""
+    path = out / "manifest.json"
+    if path.exists() and restart:
+        for name in ("work", "indexes"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("manifest.json", "summary.json", "signals.jsonl", "pairs.parquet",
+                     "clusters.parquet", "rejected.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    if path.exists():
+        old = read_json(path)
+        assert isinstance(old, dict)
+        same = {k: old.get(k) for k in manifest} == manifest
+        if not same:
+            changed = sorted(k for k in manifest if old.get(k) != manifest[k])
+            raise InvalidInput("--out", f"{out} holds a run over other input or settings (changed: "
+                                        f"{', '.join(changed)}); use another --out, or --restart to "
+                                        "discard it")
+        return datetime.fromisoformat(str(old["observed_at"]).replace("Z", "+00:00"))
+    if out.exists() and any(p.name != ".gitkeep" for p in out.iterdir()):
+        raise InvalidInput("--out", f"{out} is not empty and holds no batch run; use an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    observed_at = datetime.now(UTC).replace(microsecond=0)
+    write_json_atomic(path, {**manifest, "observed_at": _stamp(observed_at)})
+    return observed_at
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class _ray:
+    """Connect to ``address`` (or start a local Ray) unless this process already is connected."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address, self.owned = address, False
+
+    def __enter__(self) -> _ray:
+        import ray
+
+        if not ray.is_initialized():
+            # "local" starts a fresh local instance; it never joins a stale cluster that a
+            # killed run left behind in Ray's ray_current_cluster file.
+            ray.init(address=self.address or "local", include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False)
+            self.owned = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------ pairs
+def _pairs(cat: Catalogue, config: MarketGuardConfig, out: Path, progress: Progress) -> dict[Modality, Pairs]:
+    """Stages 3 and 4: snapshots, then blockwise search; all pairs per modality."""
+    icfg = config.indexes
+    block = config.batch.query_block
+    mods = modalities(cat)
+    text_rule = TextNearDuplicates.from_config(icfg) if "listing_text" in mods else None
+    views = [(t, m, ModalityView(cat, m, rows, icfg)) for t, rows in tenants(cat).items() for m in mods]
+    stage = progress.stage("indexes", len(views), "indexes")
+    for tenant, m, view in views:
+        build_index(view, icfg, index_dir(out / "indexes", tenant, m))
+        stage.update(1)
+    stage.close()
+    blocks = [(t, m, v, b) for t, m, v in views for b in range(-(-len(v) // block))]
+    pairs_dir = out / "work" / "pairs"
+    done = sum(1 for t, m, _, b in blocks if block_path(pairs_dir, t, m, b).exists())
+    stage = progress.stage("pairs", len(blocks), "blocks", done=done)
+    for tenant, m, view in views:
+        if not len(view) or all(block_path(pairs_dir, tenant, m, b).exists()
+                                for b in range(-(-len(view) // block))):
+            continue
+        index = open_index(view, icfg, index_dir(out / "indexes", tenant, m))
+        for b, queries, found in search_blocks(
+                view, icfg, index, text_rule, block,
+                lambda b, t=tenant, m=m: not block_path(pairs_dir, t, m, b).exists()):
+            write_block(block_path(pairs_dir, tenant, m, b), found)
+            stage.update(1, queries)
+    stage.close()
+    result: dict[Modality, list[Pairs]] = {}
+    for tenant, m, _ in views:
+        result.setdefault(m, []).append(read_pairs(pairs_dir / tenant / m))
+    return {m: Pairs(np.concatenate([p.a for p in ps]), np.concatenate([p.b for p in ps]),
+                     np.concatenate([p.score for p in ps])) for m, ps in result.items()}
+
+
+# ------------------------------------------------------------------------ outputs
+def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[Modality, Pairs],
+             observed_at: datetime) -> dict[str, Any]:
+    ids = cat.meta.column("entity_id")
+    tenant_col = cat.meta.column("tenant")
+    _write_parquet(out / "pairs.parquet", pa.table({
+        "a": pa.concat_arrays([ids.take(pa.array(p.a)).combine_chunks() for p in pairs.values()])
+        if pairs else pa.array([], pa.string()),
+        "b": pa.concat_arrays([ids.take(pa.array(p.b)).combine_chunks() for p in pairs.values()])
+        if pairs else pa.array([], pa.string()),
+        "modality": pa.array([m for m, p in pairs.items() for _ in range(len(p.a))], pa.string()),
+        "score": pa.array(np.concatenate([p.score for p in pairs.values()]) if pairs else [], pa.float32()),
+        "tenant": pa.concat_arrays([tenant_col.take(pa.array(p.a)).combine_chunks() for p in pairs.values()])
+        if pairs else pa.array([], pa.string()),
+    }))
+    clusters = make_clusters(cat, pairs, config.indexes)
+    members = np.flatnonzero(clusters.size >= 2)
+    order = members[np.lexsort((members, clusters.root[members]))]
+    _write_parquet(out / "clusters.parquet", pa.table({
+        "entity_id": ids.take(pa.array(order, pa.int64())),
+        "cluster_id": ids.take(pa.array(clusters.root[order], pa.int64())),
+        "cluster_size": pa.array(clusters.size[order], pa.int64()),
+        "tenant": tenant_col.take(pa.array(order, pa.int64())),
+    }))
+    tally = SignalTally()
+    hits = bank_hits(cat, config.data_dir, config.indexes)
+    write_jsonl(out / "signals.jsonl",
+                iter_signals(cat, clusters, Adjacency(cat.n, pairs), hits, observed_at, tally), tally)
+    return _summary(cat, pairs, clusters, tally, len(hits), config.batch.top)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _summary(cat: Catalogue, pairs: dict[Modality, Pairs], clusters: Any, tally: SignalTally,
+             bank_rows: int, top: int) -> dict[str, Any]:
+    sizes = Counter(int(s) for r, s in zip(*np.unique(clusters.root, return_counts=True), strict=True)
+                    if s >= 2) if cat.n else Counter()
+    buckets = {"2": 0, "3-5": 0, "6-10": 0, "11-50": 0, "51+": 0}
+    for size, count in sizes.items():
+        key = ("2" if size == 2 else "3-5" if size <= 5 else "6-10" if size <= 10
+               else "11-50" if size <= 50 else "51+")
+        buckets[key] += count
+    roots, counts = np.unique(clusters.root, return_counts=True) if cat.n else (np.zeros(0), np.zeros(0))
+    biggest = sorted(((int(c), int(r)) for r, c in zip(roots, counts, strict=True) if c >= 2),
+                     key=lambda x: (-x[0], x[1]))[:top]
+    text = "text" if cat.kind == "review" else "title"
+    top_clusters = []
+    for size, root in biggest:
+        rows = np.flatnonzero(clusters.root == root)
+        top_clusters.append({"cluster_id": cat.value("entity_id", root), "size": size,
+                             "owners": len({cat.value("owner", r) for r in rows.tolist()}),
+                             "examples": [(cat.value(text, r) or "")[:80] for r in rows[:3].tolist()]})
+    sellers = sorted(tally.by_owner.values(), key=lambda s: (-s.duplicated_listings, s.seller_id))[:top]
+    return {
+        "rows": cat.n + cat.rejected, "accepted": cat.n, "rejected": cat.rejected,
+        "images": len(cat.image_rows),
+        "pairs": {m: len(p.a) for m, p in pairs.items()},
+        "clusters": sum(sizes.values()), "clusters_by_size": buckets,
+        "clustering_blocked_merges": int(clusters.result.blocked),
+        "records_with_bank_matches": bank_rows, "signals": tally.signals,
+        "top_clusters": top_clusters,
+        "top_sellers": [{"seller_id": s.seller_id, "tenant": s.tenant, "listings": s.listings,
+                         "duplicated_listings": s.duplicated_listings, "clusters": len(s.cluster_ids),
+                         "cross_seller_matches": tally.cross_seller[(s.tenant, s.seller_id)],
+                         "bank_matches": s.bank_matches}
+                        for s in sellers if s.duplicated_listings or s.bank_matches],
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The end-of-run summary for people: counts, clusters, the sellers most affected."""
+    lines = [f"done: {s['rows']:,} rows, {s['accepted']:,} accepted, {s['rejected']:,} rejected"
+             + (f", {s['images']:,} images" if s.get("images") else ""),
+             "pairs: " + (", ".join(f"{m} {n:,}" for m, n in s["pairs"].items()) or "none"),
+             f"clusters: {s['clusters']:,} (" + ", ".join(f"size {k}: {v:,}" for k, v in
+                                                       s["clusters_by_size"].items() if v) + ")"]
+    for c in s["top_clusters"]:
+        lines.append(f"  cluster {c['cluster_id']}: {c['size']} items, {c['owners']} owners: "
+                     + " | ".join(c["examples"]))
+    if s["top_sellers"]:
+        lines.append("sellers most affected:")
+        for x in s["top_sellers"]:
+            lines.append(f"  {x['seller_id']}: {x['duplicated_listings']}/{x['listings']} listings "
+                         "duplicated, "
+                         f"{x['clusters']} clusters, {x['cross_seller_matches']} cross-seller matches, "
+                         f"{x['bank_matches']} bank matches")
+    if "timings" in s:
+        lines.append("time: " + ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in s["timings"].items()))
+    return "\n".join(lines)

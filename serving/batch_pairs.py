@@ -1,0 +1,242 @@
+"""Stages 3 and 4 of the batch job: the service's index snapshots, then the all-pairs search.
+
+Stage 3 builds, per tenant and modality, the very index objects the service serves
+(:class:`~indexes.vector.VectorIndex` for text and SSCD, :class:`~indexes.pdq.PdqIndex`)
+and writes them as :class:`~indexes.persistence.DurableIndex` snapshots under
+``DIR/indexes/<tenant>/<modality>/``, each built in ``<modality>.tmp`` and renamed
+when complete, with per-item metadata (owner, price, ...) the service needs to
+compute cross-seller signals. ``marketguard serve --data-dir DIR`` opens them.
+
+Stage 4 queries each snapshot with the catalogue itself, ``batch.query_block``
+records at a time, and keeps what :mod:`indexes.near_duplicates` decides, the same
+rule the service applies to a new listing. Each block's pairs (record rows
+``a < b``, score) go to ``work/pairs/<tenant>/<modality>/<block>.parquet``
+atomically; a block whose file exists is not searched again. Memory: the index,
+one block of queries and its candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from indexes.clustering import Pairs
+from indexes.config import IndexesConfig, Modality
+from indexes.near_duplicates import (
+    TextNearDuplicates,
+    canonical_pairs,
+    pdq_near_duplicates,
+    vector_near_duplicates,
+)
+from indexes.pair_scorer import PairRecord
+from indexes.pdq import PdqIndex
+from indexes.persistence import DurableIndex
+from indexes.vector import VectorIndex
+from serving.batch_catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("score", pa.float32())])
+_BUILD_CHUNK = 50_000
+
+
+def modalities(cat: Catalogue) -> list[Modality]:
+    """The modalities this catalogue has features for."""
+    if cat.kind == "review":
+        return ["review_text"] if cat.text is not None else []
+    out: list[Modality] = []
+    if cat.text is not None:
+        out.append("listing_text")
+    if cat.pdq is not None and len(cat.image_rows):
+        out.append("image_pdq")
+    if cat.sscd is not None and len(cat.image_rows):
+        out.append("image_sscd")
+    return out
+
+
+def tenants(cat: Catalogue) -> dict[str, np.ndarray]:
+    """Record rows of each tenant, in row order."""
+    col = np.asarray(cat.meta.column("tenant").to_numpy(zero_copy_only=False))
+    return {t: np.flatnonzero(col == t) for t in sorted(set(col.tolist()))}
+
+
+class ModalityView:
+    """One tenant's items of one modality: index ids, their record rows, their data."""
+
+    def __init__(self, cat: Catalogue, modality: Modality, rows: np.ndarray, config: IndexesConfig) -> None:
+        self.cat, self.modality = cat, modality
+        if modality in ("listing_text", "review_text"):
+            assert cat.text is not None
+            has = np.zeros(len(rows), dtype=bool)
+            for start in range(0, len(rows), _BUILD_CHUNK):  # chunks: never all vectors at once
+                part = np.asarray(cat.text[rows[start:start + _BUILD_CHUNK]])
+                has[start:start + len(part)] = np.einsum("ij,ij->i", part, part) > 0.5
+            self.items = rows[has]  # rows with a text vector (the others are zeros)
+            self.record_rows = self.items
+            ids = cat.meta.column("entity_id")
+            self.ids = [ids[int(r)].as_py() for r in self.items]
+        else:
+            in_tenant = np.isin(cat.image_rows, rows)
+            items = np.flatnonzero(in_tenant)
+            if modality == "image_pdq":
+                assert cat.pdq_quality is not None
+                items = items[cat.pdq_quality[items] >= config.near_duplicates.pdq_min_quality]
+            self.items = items
+            self.record_rows = np.asarray(cat.image_rows[items], dtype=np.int64)
+            self.ids = [cat.image_id(int(i)) for i in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def data(self, pos: np.ndarray) -> np.ndarray:
+        """Vectors (or packed hashes) of the items at positions ``pos``."""
+        idx = self.items[pos]
+        if self.modality in ("listing_text", "review_text"):
+            assert self.cat.text is not None
+            return np.asarray(self.cat.text[idx])
+        if self.modality == "image_sscd":
+            assert self.cat.sscd is not None
+            return np.asarray(self.cat.sscd[idx])
+        assert self.cat.pdq is not None
+        return np.asarray(self.cat.pdq[0][idx])
+
+    def variants(self, pos: np.ndarray, with_variants: bool) -> list[np.ndarray]:
+        assert self.cat.pdq is not None
+        idx = self.items[pos]
+        return [np.asarray(v[idx]) for v in (self.cat.pdq if with_variants else self.cat.pdq[:1])]
+
+    def meta(self, pos: int) -> dict[str, Any]:
+        row = int(self.record_rows[pos])
+        m = self.cat.meta
+        out: dict[str, Any] = {"owner": m.column("owner")[row].as_py()}
+        if self.modality == "listing_text":
+            out.update(price=m.column("price")[row].as_py(), currency=m.column("currency")[row].as_py(),
+                       category=m.column("group")[row].as_py())
+        elif self.modality == "review_text":
+            out["product_id"] = m.column("group")[row].as_py()
+        else:
+            out["record_id"] = m.column("entity_id")[row].as_py()
+        return out
+
+
+def index_dir(indexes_dir: Path, tenant: str, modality: Modality) -> Path:
+    return indexes_dir / tenant / modality
+
+
+def _empty_index(view: ModalityView, config: IndexesConfig) -> VectorIndex | PdqIndex:
+    if view.modality == "image_pdq":
+        return PdqIndex(config.pdq)
+    dim = view.data(np.arange(1)).shape[1]
+    return VectorIndex(config.vector.model_copy(update={"dim": dim}))
+
+
+def _loader(view: ModalityView, config: IndexesConfig) -> Callable[[Path], VectorIndex | PdqIndex]:
+    if view.modality == "image_pdq":
+        return lambda p: PdqIndex.load(p, config.pdq)
+    return lambda p: VectorIndex.load(p)
+
+
+def build_index(view: ModalityView, config: IndexesConfig, final: Path) -> None:
+    """Write the snapshot of one tenant's modality index (skipped when already there)."""
+    if (final / "CURRENT").exists() or not len(view):
+        return
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    index = _empty_index(view, config)
+    n = len(view)
+    if isinstance(index, VectorIndex) and n > index.config.exact_max:
+        # Train the IVF on a seeded random sample (representative, and the same on a re-run),
+        # then add the rest in chunks so no copy of all the vectors is ever made.
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, index.config.train_sample), replace=False))
+        index.build([view.ids[i] for i in sample], view.data(sample))
+        rest = np.setdiff1d(np.arange(n), sample)
+    else:
+        rest = np.arange(n)
+    for start in range(0, len(rest), _BUILD_CHUNK):
+        pos = rest[start:start + _BUILD_CHUNK]
+        index.add([view.ids[i] for i in pos], view.data(pos))
+    meta = {view.ids[i]: view.meta(i) for i in range(n)}
+    DurableIndex.create(tmp, index, meta, _loader(view, config), config.persistence).close()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+
+
+def open_index(view: ModalityView, config: IndexesConfig, directory: Path) -> VectorIndex | PdqIndex:
+    """Load a snapshot the way the service does (DurableIndex), and hand back the index."""
+    durable = DurableIndex(directory, lambda: _empty_index(view, config), _loader(view, config),
+                           config.persistence)
+    try:
+        return durable.index
+    finally:
+        durable.close()
+
+
+def block_path(pairs_dir: Path, tenant: str, modality: Modality, block: int) -> Path:
+    return pairs_dir / tenant / modality / f"{block:06d}.parquet"
+
+
+def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex | PdqIndex,
+                  text_rule: TextNearDuplicates | None, block_size: int,
+                  todo: Callable[[int], bool]) -> Iterator[tuple[int, int, Pairs]]:
+    """(block, queries, pairs as record rows) for every block ``todo`` accepts."""
+    n = len(view)
+    id_pos = {item_id: i for i, item_id in enumerate(view.ids)}
+    for block, start in enumerate(range(0, n, block_size)):
+        if not todo(block):
+            continue
+        pos = np.arange(start, min(n, start + block_size))
+        own = [view.ids[i] for i in pos]
+        if view.modality == "listing_text":
+            assert text_rule is not None and isinstance(index, VectorIndex)
+            cands = text_rule.candidates(index, view.data(pos), own)
+            found = text_rule.decide(_records(view, pos), cands,
+                                     lambda ids: _records(view, np.array([id_pos[i] for i in ids])))
+        elif view.modality == "image_pdq":
+            assert isinstance(index, PdqIndex)
+            found = pdq_near_duplicates(index, view.variants(pos, config.near_duplicates.pdq_variants),
+                                        config.thresholds.image_pdq, own)
+        else:
+            assert isinstance(index, VectorIndex)
+            threshold = config.thresholds.for_modality(view.modality)
+            found = vector_near_duplicates(index, view.data(pos), threshold, own)
+        a = [int(view.record_rows[p]) for p, hits in zip(pos, found, strict=True) for _ in hits]
+        b = [int(view.record_rows[id_pos[h.id]]) for hits in found for h in hits]
+        s = [h.score for hits in found for h in hits]
+        yield block, len(pos), canonical_pairs(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64),
+                                               np.array(s, dtype=np.float32))
+
+
+def _records(view: ModalityView, pos: np.ndarray) -> list[PairRecord]:
+    rows = view.record_rows[pos]
+    part = view.cat.meta.select(["title", "text", "price"]).take(pa.array(rows, type=pa.int64()))
+    return [PairRecord(t or "", d or "", p) for t, d, p in zip(
+        part.column("title").to_pylist(), part.column("text").to_pylist(), part.column("price").to_pylist(),
+        strict=True)]
+
+
+def write_block(path: Path, pairs: Pairs) -> None:
+    """One block's pairs, written to ``path`` atomically (the block's checkpoint)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.table({"a": pairs.a, "b": pairs.b, "score": pairs.score}, schema=PAIR_SCHEMA), tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_pairs(directory: Path) -> Pairs:
+    """Every block of one tenant's modality, as each unordered pair once."""
+    files = sorted(directory.glob("*.parquet")) if directory.exists() else []
+    if not files:
+        z = np.zeros(0, dtype=np.int64)
+        return Pairs(z, z, np.zeros(0, dtype=np.float32))
+    t = pa.concat_tables([pq.read_table(f, schema=PAIR_SCHEMA) for f in files])
+    return canonical_pairs(t.column("a").to_numpy(), t.column("b").to_numpy(), t.column("score").to_numpy())

@@ -1,0 +1,229 @@
+"""Stage 5 of the batch job: clusters, then every record's signals, written in input order.
+
+The pairs of all modalities are clustered with the index issue's union-find and its
+giant-cluster guard (:func:`indexes.clustering.cluster_pairs`). Each record then gets
+its extractor signals (from stage 1) and the derived ones, built by the same
+builders the HTTP service uses (:mod:`signals.near_duplicate`, :mod:`signals.price_anomaly`,
+:mod:`signals.derived`, :mod:`signals.rollups`): near-duplicate counts, cross-seller
+and image reuse, cluster size, price anomaly against the cluster and the category,
+bank matches, and the per-seller (listings) or per-product (reviews) roll-ups.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexes.banks import BankStore
+from indexes.clustering import ClusterResult, Pairs, cluster_pairs
+from indexes.config import IndexesConfig, Modality
+from serving.batch_catalogue import Catalogue
+from serving.batch_extract import rewrite_observed_at
+from signals.derived import BankHit, Match, bank_match_signal, review_bank_similarity_signal
+from signals.near_duplicate import listing_near_duplicate_signals, review_near_duplicate_signal
+from signals.price_anomaly import PriceReference, price_anomaly_signal
+from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
+from signals.schemas import Listing, Review
+
+_CHUNK = 4096
+
+
+@dataclass
+class Clusters:
+    """Cluster of every record: the id of its earliest member, and its size."""
+
+    result: ClusterResult
+    root: np.ndarray   # (n,) the smallest row of each row's cluster
+    size: np.ndarray   # (n,) members of each row's cluster
+
+
+def make_clusters(cat: Catalogue, pairs: dict[Modality, Pairs], config: IndexesConfig) -> Clusters:
+    """Cluster the union of every modality's pairs (strongest links first, guarded)."""
+    if pairs:
+        allp = Pairs(np.concatenate([p.a for p in pairs.values()]),
+                     np.concatenate([p.b for p in pairs.values()]),
+                     np.concatenate([p.score for p in pairs.values()]))
+    else:
+        z = np.zeros(0, dtype=np.int64)
+        allp = Pairs(z, z, np.zeros(0, dtype=np.float32))
+    result = cluster_pairs(cat.n, allp, config.clustering, vectors=cat.text)
+    root = result.labels_as_min_row()
+    counts = np.bincount(root, minlength=cat.n) if cat.n else np.zeros(0, dtype=np.int64)
+    return Clusters(result, root, counts[root] if cat.n else counts)
+
+
+class Adjacency:
+    """Each record's near-duplicate partners over all modalities (CSR arrays, both directions)."""
+
+    def __init__(self, n: int, pairs: dict[Modality, Pairs]) -> None:
+        names = list(pairs)
+        src, dst, mod, score = [], [], [], []
+        for m, p in enumerate(pairs.values()):
+            for x, y in ((p.a, p.b), (p.b, p.a)):
+                src.append(x)
+                dst.append(y)
+                mod.append(np.full(len(x), m, dtype=np.int8))
+                score.append(p.score)
+        self.names = names
+        if src:
+            s = np.concatenate(src)
+            order = np.argsort(s, kind="stable")
+            self.dst = np.concatenate(dst)[order]
+            self.mod = np.concatenate(mod)[order]
+            self.score = np.concatenate(score)[order]
+            self.starts = np.searchsorted(s[order], np.arange(n + 1))
+        else:
+            self.dst = np.zeros(0, dtype=np.int64)
+            self.starts = np.zeros(n + 1, dtype=np.int64)
+
+    def of(self, row: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        lo, hi = int(self.starts[row]), int(self.starts[row + 1])
+        return self.dst[lo:hi], [self.names[m] for m in self.mod[lo:hi]], self.score[lo:hi]
+
+
+@dataclass
+class SignalTally:
+    """What the summary reports about the derived signals."""
+
+    signals: int = 0
+    by_owner: dict[tuple[str, str], SellerStats] = field(default_factory=dict)
+    cross_seller: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+
+def bank_hits(cat: Catalogue, data_dir: Path, config: IndexesConfig) -> dict[int, list[BankHit]]:
+    """Fraud and benign bank matches of each record (only rows with a match are keys)."""
+    root = data_dir / "banks"
+    if not root.is_dir():
+        return {}
+    store = BankStore(root, config.banks, config.thresholds)
+    try:
+        modalities = {store.get(b).info.modality for b in store.names()}
+        out: dict[int, list[BankHit]] = defaultdict(list)
+        text_modality: Modality = "listing_text" if cat.kind == "listing" else "review_text"
+        if text_modality in modalities and cat.text is not None:
+            _match(store, text_modality, cat.text, np.arange(cat.n), out)
+        if cat.kind == "listing" and len(cat.image_rows):
+            if "image_pdq" in modalities and cat.pdq is not None:
+                _match(store, "image_pdq", cat.pdq[0], np.asarray(cat.image_rows), out)
+            if "image_sscd" in modalities and cat.sscd is not None:
+                _match(store, "image_sscd", cat.sscd, np.asarray(cat.image_rows), out)
+        return dict(out)
+    finally:
+        store.close()
+
+
+def _match(store: BankStore, modality: Modality, data: np.ndarray, rows: np.ndarray,
+           out: dict[int, list[BankHit]]) -> None:
+    for start in range(0, len(data), _CHUNK):
+        chunk = np.asarray(data[start:start + _CHUNK])
+        if modality != "image_pdq":
+            keep = np.einsum("ij,ij->i", chunk, chunk) > 0.5  # rows without a vector are zeros
+        else:
+            keep = np.ones(len(chunk), dtype=bool)
+        idx = np.flatnonzero(keep)
+        if not len(idx):
+            continue
+        for i, matches in zip(idx.tolist(), store.match(modality, chunk[idx]), strict=True):
+            for mt in matches:
+                out[int(rows[start + i])].append(BankHit(mt.bank, mt.kind, mt.item_id, modality,
+                                                         float(mt.distance), float(mt.similarity)))
+
+
+def price_references(cat: Catalogue) -> dict[tuple[str, str | None, str], PriceReference]:
+    """Category references: robust price statistics per (tenant, category, currency)."""
+    groups: dict[tuple[str, str | None, str], list[float]] = defaultdict(list)
+    for t, g, p, c in cat.iter_rows(("tenant", "group", "price", "currency")):
+        if p is not None and c is not None and p > 0:
+            groups[(t, g, c)].append(float(p))
+    refs = {}
+    for key, prices in groups.items():
+        ref = PriceReference.of("category", key[2], prices)
+        if ref is not None:
+            refs[key] = ref
+    return refs
+
+
+def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict[int, list[BankHit]],
+                 observed_at: datetime, tally: SignalTally) -> Iterator[dict[str, Any]]:
+    """Every signal of the run as wire dicts: per record in input order, then the roll-ups."""
+    listing = cat.kind == "listing"
+    ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
+    prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
+    category_refs = price_references(cat) if listing else {}
+    cluster_members: dict[int, list[int]] = defaultdict(list)
+    if listing:
+        for row in np.flatnonzero(clusters.size >= 2).tolist():
+            cluster_members[int(clusters.root[row])].append(row)
+    products: dict[tuple[str, str], ProductStats] = {}
+    for start in range(0, cat.n, _CHUNK):
+        chunk = cat.meta.slice(start, _CHUNK)
+        for offset, (record, extracted) in enumerate(zip(chunk.column("record").to_pylist(),
+                                                         chunk.column("signals").to_pylist(), strict=True)):
+            row = start + offset
+            yield from rewrite_observed_at(extracted, observed_at)
+            dst, mods, scores = adj.of(row)
+            matches = [Match(ids[d].as_py(), m, float(s), owners[d].as_py())  # type: ignore[arg-type]
+                       for d, m, s in zip(dst.tolist(), mods, scores.tolist(), strict=True)]
+            hits = banks.get(row, [])
+            if listing:
+                item = Listing.model_validate_json(record)
+                size = int(clusters.size[row])
+                derived = listing_near_duplicate_signals(item, matches, size, observed_at)
+                refs = []
+                root = int(clusters.root[row])
+                if size >= 2:
+                    ref = PriceReference.of("cluster", item.currency or "", [
+                        float(prices[r].as_py()) for r in cluster_members[root]
+                        if r != row and prices[r].is_valid and currencies[r].as_py() == item.currency])
+                    if ref is not None:
+                        refs.append(ref)
+                cref = category_refs.get((item.tenant, item.category, item.currency or ""))
+                if cref is not None:
+                    refs.append(cref)
+                price = price_anomaly_signal(item, refs, observed_at)
+                if price is not None:
+                    derived.append(price)
+                derived.append(bank_match_signal(item, hits, observed_at))
+                dup = int(derived[0].value or 0)
+                fraud = sum(1 for h in hits if h.kind == "fraud")
+                key = (item.tenant, item.seller_id)
+                stats = tally.by_owner.setdefault(key, SellerStats(item.tenant, item.seller_id))
+                stats.add_listing(near_duplicates=dup, cluster_id=ids[root].as_py() if size >= 2 else None,
+                                  cluster_size=size, bank_matches=1 if fraud else 0)
+                tally.cross_seller[key] += int(derived[1].value or 0)
+            else:
+                review = Review.model_validate_json(record)
+                derived = [review_near_duplicate_signal(review, matches, observed_at),
+                           review_bank_similarity_signal(review, hits, observed_at)]
+                pkey = (review.tenant, review.product_id)
+                pstats = products.setdefault(pkey, ProductStats(review.tenant, review.product_id))
+                pstats.add_review(near_duplicates=int(derived[0].value or 0))
+            for s in derived:
+                yield s.to_json_dict()
+    for key in sorted(tally.by_owner):
+        for s in seller_rollup_signals(tally.by_owner[key], observed_at):
+            yield s.to_json_dict()
+    for pkey in sorted(products):
+        for s in product_rollup_signals(products[pkey], observed_at):
+            yield s.to_json_dict()
+
+
+def write_jsonl(path: Path, rows: Iterator[dict[str, Any]], tally: SignalTally) -> None:
+    """JSON lines to ``path`` atomically (tmp, fsync, rename)."""
+    import os
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            tally.signals += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,447 @@
+"""``marketguard batch``: formats, rejected rows, outputs, resumability, the service's objects, clusters.
+
+One local Ray serves the whole module (``ray_session``); the kill and two-node tests
+run the job in a subprocess driver, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from indexes.near_duplicates import TextNearDuplicates
+from indexes.persistence import DurableIndex
+from indexes.vector import VectorIndex
+from serving.batch_job import BatchRequest, run_batch
+from serving.config import MarketGuardConfig
+from signals.errors import InvalidInput
+from signals.registry import build_registry
+from signals.schemas import Listing, Review, parse_record
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "serving" / "demo"
+
+pytestmark = pytest.mark.slow
+
+
+def config(data_dir: Path, *, images: bool = True, **batch: Any) -> MarketGuardConfig:
+    """Fast settings: PDQ + distilled SSCD (OCR and NSFW off), small units."""
+    return MarketGuardConfig.model_validate({
+        "data_dir": str(data_dir),
+        "signals": {"images": {"pdq": {"enabled": images}, "sscd": {"enabled": images},
+                               "ocr": {"enabled": False}, "nsfw": {"enabled": False}}},
+        "batch": {"unit_bytes": 2048, "unit_rows": 7, "query_block": 16, **batch},
+    })
+
+
+def catalogue_rows() -> list[dict[str, Any]]:
+    """A scam campaign (one listing copied across sellers, a bait price, a reused photo),
+    honest listings, and two invalid rows."""
+    rows: list[dict[str, Any]] = []
+    campaign = "Sony WH-1000XM5 wireless noise cancelling headphones black, sealed box"
+    for i in range(6):
+        rows.append({"listing_id": f"SC{i}", "seller_id": f"burner{i}", "title": campaign,
+                     "description": "Brand new, message me on WhatsApp for a quick sale",
+                     "price": 45.0 if i == 0 else 260.0 + i, "currency": "GBP", "category": "audio",
+                     "images": [{"path": "phone.jpg"}] if i < 3 else []})
+    honest = ["Vintage oak dining table with four chairs", "Children's bicycle 16 inch red",
+              "Canon EOS R6 mirrorless camera body only", "Garden hose reel 30m with fittings",
+              "IKEA Billy bookcase white 80x28x202 cm", "Samsung 55 inch QLED TV QE55Q60B",
+              "Le Creuset cast iron casserole 24cm volcanic", "Trek Marlin 7 mountain bike 2022 large",
+              "Nintendo Switch OLED white with two games", "Dyson V11 cordless vacuum cleaner",
+              "Handmade ceramic mugs set of four", "Lego Star Wars Millennium Falcon 75257",
+              "Apple MacBook Air M2 13 inch 256GB midnight", "Brompton folding bike M6L racing green"]
+    for i, title in enumerate(honest):
+        rows.append({"listing_id": f"H{i}", "seller_id": f"shop{i % 4}", "title": title,
+                     "description": f"Good condition, collection only. Item {i}.", "price": 50.0 + 10 * i,
+                     "currency": "GBP", "category": "home",
+                     "images": [{"path": "table.png"}] if i == 0 else []})
+    rows.append({"listing_id": "bad id!", "seller_id": "S1", "title": "x"})
+    rows.append({"listing_id": "NOPRICE", "seller_id": "S1", "title": "Thing", "price": "cheap"})
+    return rows
+
+
+def _drawing(path: Path) -> None:
+    """An image of its own (shapes on a gradient), unlike the phone photo."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(7)
+    im = Image.fromarray(np.linspace(0, 255, 320 * 240 * 3).reshape(240, 320, 3).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(12):
+        x, y = rng.integers(0, 280), rng.integers(0, 200)
+        draw.rectangle((x, y, x + 40, y + 30), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    im.save(path)
+
+
+def write_catalogue(folder: Path, fmt: str = "jsonl", rows: list[dict[str, Any]] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEMO / "phone.jpg", folder / "phone.jpg")
+    _drawing(folder / "table.png")
+    rows = catalogue_rows() if rows is None else rows
+    path = folder / f"listings.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n", encoding="utf-8")
+    elif fmt == "csv":
+        flat = [{**{k: v for k, v in r.items() if k != "images"},
+                 "image_paths": "|".join(i["path"] for i in r.get("images", []))} for r in rows]
+        pd.DataFrame(flat).astype(str).replace({"nan": ""}).to_csv(path, index=False)
+    else:
+        # Parquet columns have one type: the CSV/JSONL row with price "cheap" gets an
+        # infinite price here, which validation rejects just the same.
+        flat = [{**r, "price": r["price"] if isinstance(r.get("price"), float) else float("inf")}
+                for r in rows]
+        pq.write_table(pa.Table.from_pylist(flat), path)
+    return path
+
+
+def run(tmp_path: Path, data_dir: Path, inp: Path, name: str = "out",
+        **kw: Any) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path / name
+    cfg = kw.pop("cfg", None) or config(data_dir)
+    summary = run_batch(BatchRequest("listings", inp, out, progress="off", **kw), cfg)
+    return out, summary
+
+
+def signals_of(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in (out / "signals.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def rounded(x: Any) -> Any:
+    """Floats to 3 decimals, all the way down."""
+    if isinstance(x, float):
+        return round(x, 3)
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    return x
+
+
+def without_time(sigs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in s.items() if k != "observed_at"} for s in sigs]
+
+
+@pytest.fixture(scope="module")
+def jsonl_run(tmp_path_factory: pytest.TempPathFactory,
+              ray_session: str) -> tuple[Path, dict[str, Any], Path]:
+    tmp = tmp_path_factory.mktemp("batch")
+    state = tmp / "state"
+    state.mkdir()
+    os.symlink(ROOT / "var" / "models", state / "models")
+    (ROOT / "var" / "models").mkdir(parents=True, exist_ok=True)
+    inp = write_catalogue(tmp / "in")
+    out, summary = run(tmp, state, inp)
+    return out, summary, state
+
+
+# --------------------------------------------------------------------------- outputs
+def test_outputs_are_readable_and_as_the_contract_says(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    out, summary, _ = jsonl_run
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert list(pairs.columns)[:4] == ["a", "b", "modality", "score"]
+    assert set(pairs["modality"]) <= {"listing_text", "image_pdq", "image_sscd"}
+    keys = [(m, *sorted((a, b))) for a, b, m in zip(pairs.a, pairs.b, pairs.modality, strict=True)]
+    assert len(keys) == len(set(keys)), "each unordered pair once per modality"
+    assert (pairs.a != pairs.b).all() and pairs.score.between(0, 1).all()
+    clusters = pq.read_table(out / "clusters.parquet").to_pandas()
+    assert list(clusters.columns)[:3] == ["entity_id", "cluster_id", "cluster_size"]
+    # The campaign: six copies of one listing across six burner sellers form one cluster.
+    campaign = clusters[clusters.entity_id.str.startswith("SC")]
+    assert len(campaign) == 6 and campaign.cluster_id.nunique() == 1 and (campaign.cluster_size == 6).all()
+    assert not clusters.entity_id.str.startswith("H").any() or clusters.cluster_size.max() <= 6
+    sigs = signals_of(out)
+    assert all(s["schema"] == "marketguard.signal/v1" for s in sigs)
+    by = {(s["entity_id"], s["name"], s["source"]): s for s in sigs}
+    assert by[("SC1", "near_duplicate.cross_seller_count", "listing_near_duplicate@1")]["value"] == 5
+    assert by[("SC1", "image.reused_across_sellers", "listing_near_duplicate@1")]["value"] == 2
+    assert by[("SC0", "price.anomaly", "price_anomaly@1")]["score"] > 0.9  # 45 vs ~263: bait price
+    assert by[("SC3", "price.anomaly", "price_anomaly@1")]["score"] < 0.1
+    assert by[("H3", "near_duplicate.count", "listing_near_duplicate@1")]["value"] == 0
+    assert by[("burner0", "seller.cluster_count", "seller_rollup@1")]["value"] == 1
+    assert by[("burner0", "seller.duplicate_listing_ratio", "seller_rollup@1")]["value"] == 1.0
+    assert summary["accepted"] == 20 and summary["rejected"] == 3 and summary["rows"] == 23
+    assert summary["top_clusters"][0]["size"] == 6 and summary["top_clusters"][0]["owners"] == 6
+    assert summary["pairs"]["listing_text"] >= 15
+
+
+def test_rejected_rows_name_the_reason(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    out, _, _ = jsonl_run
+    rejected = [json.loads(ln) for ln in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["where"] for r in rejected] == ["listings.jsonl line 21", "listings.jsonl line 22",
+                                              "listings.jsonl line 23"]
+    assert rejected[0]["error"]["field"] == "listing_id"
+    assert rejected[1]["error"]["field"] == "price"
+    assert rejected[2]["error"]["code"] == "unreadable"
+
+
+def test_extractor_signals_are_the_services(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    """The job runs the registry the service builds: same extractor signals, no second implementation."""
+    out, _, state = jsonl_run
+    cfg = config(state)
+    signals_cfg = cfg.signals.model_copy(deep=True)
+    signals_cfg.images.decode.allow_paths = True
+    registry = build_registry(signals_cfg, cfg.data_dir)
+    folder = out.parent / "in"
+    records = []
+    for r in catalogue_rows()[:20]:
+        r = json.loads(json.dumps(r))
+        for img in r.get("images", []):
+            img["path"] = str(folder / img["path"])
+        records.append(parse_record(Listing, r))
+    expected = [s.to_json_dict() for res in registry.extract_batch("listing", records, signals_only=True)
+                for s in res.signals]
+    extractor_sources = {s["source"] for s in expected}
+    got = [s for s in signals_of(out) if s["source"] in extractor_sources]
+    assert without_time(got) == without_time(expected)
+
+
+def test_pairs_are_what_the_service_would_decide(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    out, _, state = jsonl_run
+    cfg = config(state)
+    durable: DurableIndex[VectorIndex] = DurableIndex(
+        out / "indexes" / "default" / "listing_text", lambda: VectorIndex(), VectorIndex.load)
+    try:
+        index = durable.index
+        assert len(index) == 20 and durable.meta["SC1"]["owner"] == "burner1"
+        rule = TextNearDuplicates.from_config(cfg.indexes)
+        records = {r["listing_id"]: r for r in catalogue_rows()[:20]}
+
+        def rec(i: str) -> Any:
+            from indexes.pair_scorer import PairRecord
+
+            r = records[i]
+            return PairRecord(r["title"], r["description"], r["price"])
+
+        ids = sorted(records)
+        vecs = index.get_vectors(ids)
+        found = rule.decide([rec(i) for i in ids], rule.candidates(index, vecs, ids),
+                            lambda xs: [rec(x) for x in xs])
+        expected = {tuple(sorted((i, n.id))) for i, ns in zip(ids, found, strict=True) for n in ns}
+    finally:
+        durable.close()
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    text = pairs[pairs.modality == "listing_text"]
+    assert {tuple(sorted((a, b))) for a, b in zip(text.a, text.b, strict=True)} == expected
+
+
+def test_snapshots_load_in_the_service_layout(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    out, _, _ = jsonl_run
+    from indexes.pdq import PdqIndex
+
+    pdq: DurableIndex[PdqIndex] = DurableIndex(out / "indexes" / "default" / "image_pdq", PdqIndex,
+                                               PdqIndex.load)
+    try:
+        assert sorted(pdq.meta) == ["H0/0", "SC0/0", "SC1/0", "SC2/0"]
+        assert pdq.meta["SC2/0"] == {"owner": "burner2", "record_id": "SC2"}
+    finally:
+        pdq.close()
+
+
+def test_rerun_of_a_complete_run_does_nothing(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    out, summary, state = jsonl_run
+    before = (out / "signals.jsonl").stat().st_mtime_ns
+    again = run_batch(BatchRequest("listings", out.parent / "in" / "listings.jsonl", out, progress="off"),
+                      config(state))
+    assert again == json.loads((out / "summary.json").read_text())
+    assert (out / "signals.jsonl").stat().st_mtime_ns == before
+
+
+def test_changed_input_is_refused_then_restart(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    rows = catalogue_rows()[:8]
+    inp = write_catalogue(tmp_path / "in", rows=rows)
+    out, _ = run(tmp_path, data_dir, inp, cfg=config(data_dir, images=False))
+    write_catalogue(tmp_path / "in", rows=rows[:5])
+    with pytest.raises(InvalidInput) as err:
+        run(tmp_path, data_dir, inp, cfg=config(data_dir, images=False))
+    assert err.value.field == "--out" and "files" in err.value.reason
+    _, summary = run(tmp_path, data_dir, inp, cfg=config(data_dir, images=False), restart=True)
+    assert summary["accepted"] == 5
+
+
+# --------------------------------------------------------------------------- formats
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_formats_give_the_same_results(tmp_path: Path, data_dir: Path, fmt: str,
+                                       jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    ref_out, _, _ = jsonl_run
+    inp = write_catalogue(tmp_path / "in", fmt)
+    out, summary = run(tmp_path, data_dir, inp)
+    assert summary["accepted"] == 20
+    # Units differ by format (bytes vs rows), so batches differ, and int8 text vectors move
+    # in the 4th decimal with their batch-mates: scores are compared to 3 decimals.
+    got, ref = pd.read_parquet(out / "pairs.parquet"), pd.read_parquet(ref_out / "pairs.parquet")
+    assert got.drop(columns="score").equals(ref.drop(columns="score"))
+    assert np.allclose(got.score, ref.score, atol=1e-3)
+    assert pd.read_parquet(out / "clusters.parquet").equals(pd.read_parquet(ref_out / "clusters.parquet"))
+    # Evidence lists ties by similarity, and those ties move with the 4th decimal too.
+    def values(sigs: list[dict[str, Any]]) -> list[Any]:
+        return [rounded([s["entity_id"], s["name"], s["source"], s["value"], s["score"]]) for s in sigs]
+
+    assert values(signals_of(out)) == values(signals_of(ref_out))
+
+
+def test_a_folder_of_mixed_files(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    rows = catalogue_rows()[:20]
+    folder = tmp_path / "in"
+    write_catalogue(folder / "a", "jsonl", rows[:7])
+    write_catalogue(folder / "b", "csv", rows[7:14])
+    write_catalogue(folder / "b" / "c", "parquet", rows[14:])
+    (folder / "_SUCCESS").write_text("")
+    out, summary = run(tmp_path, data_dir, folder)
+    assert summary["accepted"] == 20 and summary["rejected"] == 1  # the JSONL's bad last line
+    ids = [s["entity_id"] for s in signals_of(out) if s["name"] == "near_duplicate.count"]
+    assert ids == [r["listing_id"] for r in rows[:7] + rows[14:] + rows[7:14]]  # a/, b/c/, b/ sorted paths
+
+
+def test_duplicate_ids_are_rejected_once_seen(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    rows = catalogue_rows()[:4] + [dict(catalogue_rows()[1], title="another")]
+    inp = write_catalogue(tmp_path / "in", rows=rows)
+    out, summary = run(tmp_path, data_dir, inp, cfg=config(data_dir, images=False))
+    rejected = [json.loads(ln) for ln in (out / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[0]["entity_id"] == "SC1" and rejected[0]["error"]["code"] == "duplicate"
+    assert "line 2" in rejected[0]["error"]["message"]
+
+
+def test_reviews(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    template = "Amazing product, fast delivery, five stars, would buy again from this seller!"
+    rows = [{"review_id": f"R{i}", "product_id": "P1", "seller_id": "S1", "reviewer_id": f"U{i}",
+             "rating": 5, "text": template, "created_at": "2026-11-20T10:00:00Z"} for i in range(4)]
+    rows.append({"review_id": "R9", "product_id": "P1", "seller_id": "S1", "reviewer_id": "U9", "rating": 2,
+                 "text": "The strap broke after two weeks and support never answered.",
+                 "created_at": "2026-11-21T10:00:00Z"})
+    inp = tmp_path / "reviews.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    summary = run_batch(BatchRequest("reviews", inp, out, progress="off"), config(data_dir))
+    assert summary["pairs"] == {"review_text": 6} and summary["clusters"] == 1
+    by = {(s["entity_id"], s["name"]): s for s in signals_of(out)}
+    assert by[("R0", "review.near_duplicate_count")]["value"] == 3
+    assert by[("R9", "review.near_duplicate_count")]["value"] == 0
+    assert by[("P1", "product.templated_review_share")]["value"] == pytest.approx(0.8)
+    assert Review.model_validate(rows[0])
+
+
+# --------------------------------------------------------------------------- resumability
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "serving.cli", "batch", "listings", *args]
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    for name in ("pairs.parquet", "clusters.parquet"):
+        assert pd.read_parquet(a / name).equals(pd.read_parquet(b / name)), name
+    assert (a / "rejected.jsonl").read_bytes() == (b / "rejected.jsonl").read_bytes()
+    assert without_time(signals_of(a)) == without_time(signals_of(b))
+
+
+def test_killed_job_resumes_without_redoing_units(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    rows = [dict(r, listing_id=f"{r['listing_id']}x{k}") for k in range(3) for r in catalogue_rows()[:20]]
+    inp = write_catalogue(tmp_path / "in", rows=rows)
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(config(data_dir, images=False, unit_bytes=1024).model_dump_json())
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(_cli("--input", str(inp), "--out", str(out), "--address", ray_session,
+                                 "--config", str(cfg_file), "--progress", "lines"),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    units = out / "work" / "units"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(units.glob("*.parquet"))) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in units.glob("*.parquet")}
+    assert done_before and not (out / "summary.json").exists()
+    total_units = len(json.loads((out / "manifest.json").read_text())["files"]) and \
+        json.loads((out / "manifest.json").read_text())["units"]
+    assert len(done_before) < total_units, "the kill came too late to test anything"
+
+    resumed = subprocess.run(_cli("--input", str(inp), "--out", str(out), "--address", ray_session,
+                                  "--config", str(cfg_file), "--progress", "lines"),
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done before (resumed)" in resumed.stderr
+    for name, mtime in done_before.items():  # finished units were not redone
+        assert (units / name).stat().st_mtime_ns == mtime
+    fresh = tmp_path / "fresh"
+    run_batch(BatchRequest("listings", inp, fresh, progress="off"), config(data_dir, images=False,
+                                                                            unit_bytes=1024))
+    _same_outputs(out, fresh)
+
+
+def test_each_later_stage_resumes_from_its_checkpoints(tmp_path: Path, data_dir: Path,
+                                                       jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    """As if killed after some pair blocks: catalogue, some blocks, the outputs gone."""
+    ref, _, _ = jsonl_run
+    out = tmp_path / "partial"
+    shutil.copytree(ref, out, symlinks=True)
+    for name in ("summary.json", "signals.jsonl", "pairs.parquet", "clusters.parquet"):
+        (out / name).unlink()
+    blocks = sorted((out / "work" / "pairs").rglob("*.parquet"))
+    for b in blocks[::2]:
+        b.unlink()
+    shutil.rmtree(out / "work" / "catalogue")
+    shutil.rmtree(out / "indexes" / "default" / "image_sscd")
+    inp = ref.parent / "in" / "listings.jsonl"
+    run_batch(BatchRequest("listings", inp, out, progress="off"), config(data_dir))
+    _same_outputs(out, ref)
+    assert (out / "signals.jsonl").read_bytes() == (ref / "signals.jsonl").read_bytes()  # same observed_at
+
+
+def test_two_node_cluster_gives_the_same_results(tmp_path: Path, data_dir: Path,
+                                                 jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    from ray.cluster_utils import Cluster
+
+    ref, _, _ = jsonl_run
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=2)
+    try:
+        cfg_file = tmp_path / "config.json"
+        cfg_file.write_text(config(data_dir).model_dump_json())
+        out = tmp_path / "cluster"
+        inp = ref.parent / "in" / "listings.jsonl"
+        res = subprocess.run(_cli("--input", str(inp), "--out", str(out), "--address", cluster.address,
+                                  "--config", str(cfg_file), "--progress", "off"),
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        _same_outputs(out, ref)
+    finally:
+        cluster.shutdown()
+
+
+def test_progress_lines_in_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from serving.batch_progress import Progress
+
+    buf = io.StringIO()
+    stage = Progress(buf, "auto", interval=0.0).stage("extract", 4, done=1)
+    stage.update(1, rows=100)
+    stage.close()
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("extract: 2/4 units (50%), 100 rows") and "ETA" in lines[0]
+    assert "1 done before (resumed)" in lines[0]
+
+
+def test_vectors_and_clusters_stay_memory_mapped(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    from serving.batch_catalogue import load_catalogue
+
+    out, _, _ = jsonl_run
+    cat = load_catalogue(out / "work" / "catalogue", "listing")
+    assert isinstance(cat.text, np.memmap) and cat.text.shape == (20, 384)
+    assert isinstance(cat.sscd, np.memmap) and cat.sscd.shape[0] == 4
