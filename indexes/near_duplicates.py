@@ -73,7 +73,7 @@ class TextNearDuplicates:
         """Each query's neighbours worth deciding on (its own id excluded), best first."""
         if len(exclude) != len(vectors):
             raise InvalidInput("exclude", f"{len(exclude)} ids for {len(vectors)} queries")
-        floor = self.config.text_candidate_floor if self.scorer is not None else self.cosine_threshold
+        floor = _f32(self.config.text_candidate_floor if self.scorer is not None else self.cosine_threshold)
         found = index.search(vectors, self.config.text_k + 1)
         return [[h for h in hits if h.score >= floor and h.id != own][: self.config.text_k]
                 for hits, own in zip(found, exclude, strict=True)]
@@ -89,7 +89,7 @@ class TextNearDuplicates:
             return out
         cosines = np.array([h.score for _, h in flat], dtype=np.float64)
         if self.scorer is None:
-            scores, keep = cosines, cosines >= self.cosine_threshold
+            scores, keep = cosines, cosines >= _f32(self.cosine_threshold)
         else:
             others = record_of([h.id for _, h in flat])
             pairs = [(queries[qi], rec) for (qi, _), rec in zip(flat, others, strict=True)]
@@ -97,13 +97,18 @@ class TextNearDuplicates:
             keep = scores >= self.scorer.threshold
             copy = self.config.text_copy_cosine
             if copy is not None:
-                copies = cosines >= copy
+                copies = cosines >= _f32(copy)
                 keep = keep | copies
                 scores = np.where(copies, np.maximum(scores, cosines), scores)
         for (qi, h), s, k in zip(flat, scores.tolist(), keep.tolist(), strict=True):
             if k:
-                out[qi].append(Neighbour(h.id, float(s)))
+                out[qi].append(Neighbour(h.id, min(1.0, float(s))))
         return out
+
+
+def _f32(threshold: float) -> float:
+    """A threshold as the float32 the index compares (``range_search`` is inclusive of it)."""
+    return float(np.float32(threshold))
 
 
 def vector_near_duplicates(index: VectorIndex, vectors: np.ndarray, threshold: float,

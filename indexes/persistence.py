@@ -143,6 +143,10 @@ def read_records(path: Path) -> tuple[list[tuple[dict[str, Any], np.ndarray | No
     return out, pos
 
 
+def _snapshot_exists() -> Any:
+    raise RuntimeError("a created DurableIndex always has a snapshot; no empty index is needed")
+
+
 class DurableIndex(Generic[IndexT]):
     """An index plus per-item metadata that survives crashes: snapshot + replayed log."""
 
@@ -193,6 +197,9 @@ class DurableIndex(Generic[IndexT]):
         durable = cls(directory, lambda: index, load, config)
         durable.meta = dict(meta)
         durable.compact()
+        # From here on the snapshot is the state (a rollback reloads it): let go of the
+        # bulk-built object instead of keeping a second copy alive for the store's life.
+        durable._empty = _snapshot_exists
         return durable
 
     # ------------------------------------------------------------------ opening

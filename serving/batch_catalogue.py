@@ -12,7 +12,9 @@ accepted record (global row numbers follow the input's order), with
   ``pdq_quality.f32``, ``sscd.f32``: one row per image with features.
 
 A record id seen twice in one tenant is rejected the second time ("duplicate").
-Rejections are written to ``rejected.jsonl`` here, in input order. The folder is
+Rejections are written to ``rejected.jsonl`` here, in input order, and the extractor
+errors of accepted records (an image that failed to decode, say: the record keeps its
+other signals) to ``errors.jsonl``. The folder is
 built into ``catalogue.tmp`` and renamed when complete: a crash rebuilds it (cheap).
 """
 
@@ -58,6 +60,7 @@ class Catalogue:
     kind: Kind
     n: int
     rejected: int
+    with_errors: int              # accepted records an extractor reported an error for
     meta: pa.Table
     text: np.ndarray | None       # (n, dim) float32 memmap
     text_feature: str | None
@@ -90,11 +93,14 @@ def build_catalogue(work: Path, units: list[Unit], kind: Kind, rejected_path: Pa
     tmp = work / "catalogue.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    stats = _fold(work / "units", units, kind, tmp, rejected_path.with_suffix(".jsonl.tmp"))
+    errors_path = rejected_path.with_name("errors.jsonl")
+    stats = _fold(work / "units", units, kind, tmp, rejected_path.with_suffix(".jsonl.tmp"),
+                  errors_path.with_suffix(".jsonl.tmp"))
     write_json_atomic(tmp / "DONE", stats)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     os.replace(rejected_path.with_suffix(".jsonl.tmp"), rejected_path)
+    os.replace(errors_path.with_suffix(".jsonl.tmp"), errors_path)
     return load_catalogue(final, kind)
 
 
@@ -115,9 +121,9 @@ class _Appender:
 
 
 def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
-          rejected_tmp: Path) -> dict[str, Any]:
+          rejected_tmp: Path, errors_tmp: Path) -> dict[str, Any]:
     seen: dict[tuple[str, str], str] = {}
-    n = m = rejected = no_text_yet = 0
+    n = m = rejected = with_errors = no_text_yet = 0
     text_dim = sscd_dim = 0
     text_feature: str | None = None
     files = {name: _Appender(out / name) for name in
@@ -125,7 +131,7 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
               "pdq_quality.f32", "sscd.f32")}
     sink = pa.OSFile(str(out / "meta.arrow"), "wb")
     writer = ipc.new_file(sink, META_SCHEMA)
-    with open(rejected_tmp, "w", encoding="utf-8") as rej:
+    with open(rejected_tmp, "w", encoding="utf-8") as rej, open(errors_tmp, "w", encoding="utf-8") as errs:
         for _unit, part in iter_parts(parts_dir, units):
             cols: dict[str, list[Any]] = {name: [] for name in META_SCHEMA.names}
             for row in part.to_pylist():
@@ -143,6 +149,10 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
                     rejected += 1
                     continue
                 seen[key] = row["where"]
+                if row["errors"]:
+                    errs.write(json.dumps({"where": row["where"], "entity_id": row["entity_id"],
+                                           "errors": json.loads(row["errors"])}, ensure_ascii=False) + "\n")
+                    with_errors += 1
                 _meta_row(cols, kind, rec, row)
                 if row["text"] is not None:
                     dim = len(row["text"]) // 4
@@ -176,8 +186,8 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
     sink.close()
     for f in files.values():
         f.close()
-    return {"n": n, "m": m, "rejected": rejected, "text_dim": text_dim, "text_feature": text_feature,
-            "sscd_dim": sscd_dim}
+    return {"n": n, "m": m, "rejected": rejected, "with_errors": with_errors, "text_dim": text_dim,
+            "text_feature": text_feature, "sscd_dim": sscd_dim}
 
 
 def _meta_row(cols: dict[str, list[Any]], kind: Kind, rec: dict[str, Any], row: dict[str, Any]) -> None:
@@ -218,7 +228,8 @@ def load_catalogue(directory: Path, kind: Kind) -> Catalogue:
     pdq_parts = [mm(f"pdq{v}.u8", "u1", (m, 32)) for v in range(3)]
     pdq = [p for p in pdq_parts if p is not None] if all(p is not None for p in pdq_parts) else None
     return Catalogue(
-        directory=directory, kind=kind, n=n, rejected=int(stats["rejected"]), meta=meta,
+        directory=directory, kind=kind, n=n, rejected=int(stats["rejected"]),
+        with_errors=int(stats.get("with_errors", 0)), meta=meta,
         text=text, text_feature=stats.get("text_feature"),
         image_rows=image_rows if image_rows is not None else np.zeros(0, dtype=np.int64),
         image_index=image_index if image_index is not None else np.zeros(0, dtype=np.int32),

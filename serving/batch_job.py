@@ -152,7 +152,7 @@ def _claim(out: Path, manifest: dict[str, Any], restart: bool) -> datetime:
         for name in ("work", "indexes"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("manifest.json", "summary.json", "signals.jsonl", "pairs.parquet",
-                     "clusters.parquet", "rejected.jsonl"):
+                     "clusters.parquet", "rejected.jsonl", "errors.jsonl"):
             (out / name).unlink(missing_ok=True)
     if path.exists():
         old = read_json(path)
@@ -296,6 +296,7 @@ def _summary(cat: Catalogue, pairs: dict[Modality, Pairs], clusters: Any, tally:
     sellers = sorted(tally.by_owner.values(), key=lambda s: (-s.duplicated_listings, s.seller_id))[:top]
     return {
         "rows": cat.n + cat.rejected, "accepted": cat.n, "rejected": cat.rejected,
+        "records_with_errors": cat.with_errors,
         "images": len(cat.image_rows),
         "pairs": {m: len(p.a) for m, p in pairs.items()},
         "clusters": sum(sizes.values()), "clusters_by_size": buckets,
@@ -312,7 +313,8 @@ def _summary(cat: Catalogue, pairs: dict[Modality, Pairs], clusters: Any, tally:
 
 def format_summary(s: dict[str, Any]) -> str:
     """The end-of-run summary for people: counts, clusters, the sellers most affected."""
-    lines = [f"done: {s['rows']:,} rows, {s['accepted']:,} accepted, {s['rejected']:,} rejected"
+    lines = [f"done: {s['rows']:,} rows, {s['accepted']:,} accepted, {s['rejected']:,} rejected, "
+             f"{s['records_with_errors']:,} with extractor errors (errors.jsonl)"
              + (f", {s['images']:,} images" if s.get("images") else ""),
              "pairs: " + (", ".join(f"{m} {n:,}" for m, n in s["pairs"].items()) or "none"),
              f"clusters: {s['clusters']:,} (" + ", ".join(f"size {k}: {v:,}" for k, v in

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.persistence import CorruptLog, encode_record, read_records
+from indexes.config import PdqIndexConfig, PersistenceConfig, VectorIndexConfig
+from indexes.pdq import PdqIndex
+from indexes.persistence import CorruptLog, DurableIndex, encode_record, read_records
+from indexes.vector import VectorIndex
 from signals.errors import InvalidInput
 from tests.indexes.crash_writer import hash_for, open_store, vector_for
 
@@ -252,3 +255,82 @@ def test_half_written_last_record_is_cut(tmp_path: Path) -> None:
     assert sorted(back.index.ids()) == ["it-1", "it-2"]
     assert log.stat().st_size == starts[2]
     back.close()
+
+
+# ----------------------------------------------------- bulk create: one snapshot, no log
+# The same index settings open_store() uses, so open_store() can reopen what create() wrote.
+_VECTOR = VectorIndexConfig(dim=16, exact_max=300, quantization="none", nlist=8, nprobe=8)
+_PDQ = PdqIndexConfig(exact_max=200, tail_min=20, tail_fraction=0.05)
+
+
+def _create(directory: Path, kind: str, ids: list[str]) -> DurableIndex:  # type: ignore[type-arg]
+    pcfg = PersistenceConfig(compact_log_bytes=20_000)
+    meta = {i: {"n": int(i.split("-")[1])} for i in ids}
+    if kind == "pdq":
+        pdq = PdqIndex(_PDQ)
+        pdq.add(ids, _hashes(ids))
+        return DurableIndex.create(directory, pdq, meta, lambda p: PdqIndex.load(p, _PDQ), pcfg)
+    vec = VectorIndex(_VECTOR)
+    vec.build(ids, vecs(ids))
+    return DurableIndex.create(directory, vec, meta, lambda p: VectorIndex.load(p, _VECTOR), pcfg)
+
+
+def _find(store: DurableIndex, kind: str, ids: list[str]) -> list[str]:  # type: ignore[type-arg]
+    if kind == "vector":
+        return [h[0].id for h in store.index.search(vecs(ids), 1)]
+    return [h[0].id for h in store.index.range_search(_hashes(ids), 0)]
+
+
+@pytest.mark.parametrize("kind", ["vector", "pdq"])
+def test_create_writes_one_snapshot_that_opens(tmp_path: Path, kind: str) -> None:
+    directory = tmp_path / "new" / "store"  # missing parents are fine
+    ids = [f"it-{i}" for i in range(400)]  # past exact_max: the vector index trains its IVF
+    made = _create(directory, kind, ids)
+    assert made.generation == 1 and len(made.index) == 400
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == ["CURRENT", "LOCK", "log-1.bin", "snap-1"]  # no log-0, no snap-*.tmp
+    assert (directory / "log-1.bin").stat().st_size == 0
+    made.close()
+    back = open_store(directory, kind)
+    assert back.generation == 1 and back.replayed == 0
+    assert len(back.index) == 400 and back.meta == {i: {"n": int(i.split("-")[1])} for i in ids}
+    sample = ids[::37]
+    assert _find(back, kind, sample) == sample
+    back.close()
+
+
+@pytest.mark.parametrize("kind", ["vector", "pdq"])
+def test_created_store_replays_later_mutations(tmp_path: Path, kind: str) -> None:
+    ids = [f"it-{i}" for i in range(100)]
+    made = _create(tmp_path, kind, ids)
+    extra = ["it-500", "it-501"]
+    data = vecs(extra) if kind == "vector" else _hashes(extra)
+    made.add(extra, data, [{"n": 500}, {"n": 501}])
+    assert made.remove(["it-3"]) == 1
+    made.close()
+    back = open_store(tmp_path, kind)  # snap-1 plus two log records
+    assert back.generation == 1 and back.replayed == 2
+    assert len(back.index) == 101 and "it-3" not in back.index and "it-3" not in back.meta
+    assert back.meta["it-501"] == {"n": 501} and back.meta["it-7"] == {"n": 7}
+    assert _find(back, kind, ["it-500", "it-7"]) == ["it-500", "it-7"]
+    back.close()
+
+
+def test_create_into_an_existing_empty_directory(tmp_path: Path) -> None:
+    made = _create(tmp_path, "vector", ["it-1", "it-2"])
+    made.close()
+    back = open_store(tmp_path, "vector")
+    assert sorted(back.index.ids()) == ["it-1", "it-2"]
+    back.close()
+
+
+def test_create_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("someone else's")
+    with pytest.raises(InvalidInput) as e:
+        _create(tmp_path, "vector", ["it-1"])
+    assert e.value.field == "directory" and str(tmp_path) in e.value.reason
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written, no LOCK
+    existing = tmp_path / "store"
+    open_store(existing, "vector").close()  # an existing (empty) store is not empty either
+    with pytest.raises(InvalidInput):
+        _create(existing, "vector", ["it-1"])

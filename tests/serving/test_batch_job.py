@@ -445,3 +445,63 @@ def test_vectors_and_clusters_stay_memory_mapped(jsonl_run: tuple[Path, dict[str
     cat = load_catalogue(out / "work" / "catalogue", "listing")
     assert isinstance(cat.text, np.memmap) and cat.text.shape == (20, 384)
     assert isinstance(cat.sscd, np.memmap) and cat.sscd.shape[0] == 4
+
+
+def test_images_from_allow_listed_urls(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    """A listing's image by URL (allow-listed host) matches the same photo given by path."""
+    import http.server
+    import threading
+
+    photo = (DEMO / "phone.jpg").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/phone.jpg"
+        rows = [{"listing_id": "U1", "seller_id": "A", "title": "Phone", "images": [{"url": url}]},
+                {"listing_id": "U2", "seller_id": "B", "title": "Bicycle", "images": [{"path": "phone.jpg"}]},
+                {"listing_id": "U3", "seller_id": "C", "title": "Lamp",
+                 "images": [{"url": "http://203.0.113.9/x.jpg"}]}]
+        inp = write_catalogue(tmp_path / "in", rows=rows)
+        cfg = config(data_dir)
+        cfg.signals.images.decode.url_allow_hosts = ["127.0.0.1"]
+        cfg.signals.images.decode.url_allow_http = True
+        out, summary = run(tmp_path, data_dir, inp, cfg=cfg)
+    finally:
+        server.shutdown()
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert {("U1", "U2", "image_pdq"), ("U1", "U2", "image_sscd")} <= set(
+        zip(pairs.a, pairs.b, pairs.modality, strict=True))
+    assert summary["images"] == 2  # U3's host is not allow-listed: no image features
+    assert summary["records_with_errors"] == 1
+    errors = [json.loads(ln) for ln in (out / "errors.jsonl").read_text().splitlines()]
+    assert errors[0]["entity_id"] == "U3" and errors[0]["where"] == "listings.jsonl line 3"
+    assert {e["field"] for e in errors[0]["errors"]} == {"images[0].url"}
+    by = {(s["entity_id"], s["name"]): s for s in signals_of(out)}
+    assert by[("U1", "image.reused_across_sellers")]["value"] == 1
+
+
+def test_no_second_implementation_of_a_signal() -> None:
+    """The batch modules build no Signal and define no extractor: they call signals/ and indexes/."""
+    import ast
+
+    for path in sorted((ROOT / "serving").glob("batch_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "Signal", f"{path.name} builds a Signal itself"
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+                assert not bases & {"Extractor", "ImageExtractor"}, f"{path.name} defines an extractor"
+    source = (ROOT / "serving" / "batch_extract.py").read_text()
+    assert "build_registry(" in source  # the service's registry, not a list of its own

@@ -1,0 +1,313 @@
+"""The near-duplicate decision per modality: candidates, the pair-scorer and copy rules, PDQ variants.
+
+No embedding model: vectors are small hand-made unit vectors in an exact ``VectorIndex``
+whose cosines to the query ``E0`` are chosen (mostly exact in float32, so boundaries
+can be tested as boundaries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexes.config import NearDuplicateConfig, VectorIndexConfig
+from indexes.near_duplicates import (
+    Neighbour,
+    TextNearDuplicates,
+    canonical_pairs,
+    load_pair_scorer,
+    pdq_near_duplicates,
+    vector_near_duplicates,
+)
+from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairRecord, PairScorer
+from indexes.pdq import PdqIndex
+from indexes.vector import Hit, VectorIndex
+from signals.errors import InvalidInput
+from tests.indexes.conftest import flip_bits
+
+DIM = 4
+E0 = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+
+
+def at(cosine: float) -> np.ndarray:
+    """A unit vector whose cosine to ``E0`` is ``cosine`` (exact when it is a float32)."""
+    return np.array([cosine, np.sqrt(1.0 - cosine * cosine), 0.0, 0.0], dtype=np.float32)
+
+
+def vector_index(items: dict[str, np.ndarray]) -> VectorIndex:
+    idx = VectorIndex(VectorIndexConfig(dim=DIM, quantization="none"))
+    idx.add(list(items), np.stack(list(items.values())))
+    return idx
+
+
+@pytest.fixture(scope="module")
+def scorer() -> PairScorer:
+    loaded = load_pair_scorer("default")
+    assert loaded is not None
+    return loaded
+
+
+def records(by_id: dict[str, PairRecord]) -> Callable[[list[str]], list[PairRecord]]:
+    return lambda ids: [by_id[i] for i in ids]
+
+
+def never_called(ids: list[str]) -> list[PairRecord]:
+    raise AssertionError(f"record_of called with {ids!r}")
+
+
+def ids_of(rows: Sequence[Sequence[Hit | Neighbour]]) -> list[list[str]]:
+    return [[x.id for x in row] for row in rows]
+
+
+# ------------------------------------------------------------------ canonical_pairs
+def test_canonical_pairs_orders_dedupes_and_sorts() -> None:
+    a = np.array([3, 1, 2, 2, 5, 3, 0])
+    b = np.array([1, 3, 2, 4, 0, 1, 5])
+    s = np.array([0.5, 0.9, 1.0, 0.7, 0.6, 0.8, 0.4])
+    p = canonical_pairs(a, b, s)
+    # (1,3) seen three times keeps 0.9; (2,2) is a self pair; (0,5) twice keeps 0.6.
+    assert p.a.tolist() == [0, 1, 2] and p.b.tolist() == [5, 3, 4]
+    np.testing.assert_array_equal(p.score, np.array([0.6, 0.9, 0.7], dtype=np.float32))
+    assert (p.a.dtype, p.b.dtype, p.score.dtype) == (np.int64, np.int64, np.float32)
+
+
+@pytest.mark.parametrize(("a", "b"), [([], []), ([4, 7], [4, 7])], ids=["empty", "only-self-pairs"])
+def test_canonical_pairs_empty(a: list[int], b: list[int]) -> None:
+    p = canonical_pairs(np.array(a), np.array(b), np.ones(len(a)))
+    assert len(p.a) == len(p.b) == len(p.score) == 0
+    assert (p.a.dtype, p.b.dtype, p.score.dtype) == (np.int64, np.int64, np.float32)
+
+
+# ------------------------------------------------------------ TextNearDuplicates.candidates
+# Cosines to E0, all exact in float32: boundaries are real boundaries.
+LADDER = {"own": at(1.0), "c990": at(0.99), "c875": at(0.875), "c750": at(0.75), "c625": at(0.625),
+          "c500": at(0.5), "c375": at(0.375), "far": np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32)}
+
+
+def test_candidates_floor_is_the_candidate_floor_with_a_scorer(scorer: PairScorer) -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(text_candidate_floor=0.5), 0.75, scorer)
+    got = nd.candidates(vector_index(LADDER), E0, ["own"])
+    assert ids_of(got) == [["c990", "c875", "c750", "c625", "c500"]]  # 0.5 itself is in
+
+
+def test_candidates_floor_is_the_cosine_threshold_without_a_scorer() -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(text_candidate_floor=0.5), 0.75, None)
+    got = nd.candidates(vector_index(LADDER), E0, ["own"])
+    assert ids_of(got) == [["c990", "c875", "c750"]]  # 0.75 itself is in
+
+
+def test_candidates_keep_at_most_text_k_best_first(scorer: PairScorer) -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(text_k=2, text_candidate_floor=0.5), 0.75, scorer)
+    idx = vector_index(LADDER)
+    got = nd.candidates(idx, np.vstack([E0, E0]), ["own", None])
+    # Own id excluded (and not counted against text_k); with no own id the item itself is a hit.
+    assert ids_of(got) == [["c990", "c875"], ["own", "c990"]]
+    wide = TextNearDuplicates(NearDuplicateConfig(text_k=50, text_candidate_floor=-1.0), 0.75, scorer)
+    hits = wide.candidates(idx, E0, ["own"])[0]
+    assert len(hits) == len(LADDER) - 1
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_candidates_refuse_mismatched_exclude() -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, None)
+    with pytest.raises(InvalidInput) as err:
+        nd.candidates(vector_index(LADDER), np.vstack([E0, E0]), ["own"])
+    assert err.value.field == "exclude"
+
+
+# ---------------------------------------------------------------- TextNearDuplicates.decide
+def test_decide_without_a_scorer_is_the_cosine_threshold() -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, None)
+    cands = [[Hit("a", 0.8), Hit("b", 0.75), Hit("c", 0.7)], [], [Hit("d", 0.74)]]
+    got = nd.decide([PairRecord("q1"), PairRecord("q2"), PairRecord("q3")], cands, never_called)
+    assert got == [[Neighbour("a", 0.8), Neighbour("b", 0.75)], [], []]  # score: the cosine
+
+
+def test_decide_with_no_candidates_reads_no_records(scorer: PairScorer) -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, scorer)
+    assert nd.decide([PairRecord("q1"), PairRecord("q2")], [[], []], never_called) == [[], []]
+
+
+def test_decide_refuses_mismatched_candidates(scorer: PairScorer) -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, scorer)
+    with pytest.raises(InvalidInput) as err:
+        nd.decide([PairRecord("q")], [[], []], never_called)
+    assert err.value.field == "candidates"
+
+
+def test_scorer_tells_model_numbers_apart_and_keeps_a_reworded_copy(scorer: PairScorer) -> None:
+    by_id = {
+        "tv55": PairRecord("Samsung UE55AU7100 55 inch TV", price=499.0),
+        "tv43": PairRecord("Samsung UE43AU7100 43 inch TV", price=349.0),
+        "tv55-copy": PairRecord("Samsung UE55AU7100 55 inch Smart TV", price=489.0),
+    }
+    # The embedding puts the other model even closer than the copy: cosine alone would merge it.
+    idx = vector_index({"tv55": at(1.0), "tv43": at(0.96875), "tv55-copy": at(0.9375)})
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, scorer)
+    cands = nd.candidates(idx, E0, ["tv55"])
+    assert ids_of(cands) == [["tv43", "tv55-copy"]]
+    got = nd.decide([by_id["tv55"]], cands, records(by_id))
+    assert ids_of(got) == [["tv55-copy"]]
+    expected = scorer.score([(by_id["tv55"], by_id["tv55-copy"])], [0.9375])[0]
+    assert got[0][0].score == pytest.approx(expected)  # below the copy cosine: the scorer's probability
+    by_cosine = TextNearDuplicates(NearDuplicateConfig(), 0.9, None)
+    assert by_cosine.decide([by_id["tv55"]], cands, never_called) == [
+        [Neighbour("tv43", 0.96875), Neighbour("tv55-copy", 0.9375)]]
+
+
+# A bait-priced repost: the very same text, a price to lure a buyer off the platform.
+ORIGINAL = PairRecord("iPhone 13 128GB blue unlocked", "Excellent condition, comes with box and charger",
+                      260.0)
+BAIT = PairRecord(ORIGINAL.title, ORIGINAL.description, 45.0)
+
+
+def test_copy_rule_catches_a_bait_priced_repost(scorer: PairScorer) -> None:
+    # Why the rule exists: the scorer weighs price, and on its own calls this pair two products.
+    assert scorer.decide([(ORIGINAL, BAIT)], [1.0]).tolist() == [False]
+    by_id = {"orig": ORIGINAL, "bait": BAIT, "far": PairRecord("Vintage leather sofa", price=260.0)}
+    idx = vector_index({"orig": at(1.0), "bait": at(1.0), "far": at(0.5)})
+    config = NearDuplicateConfig()
+    assert config.text_copy_cosine is not None and config.text_copy_cosine <= 1.0
+    nd = TextNearDuplicates(config, 0.9, scorer)
+    cands = nd.candidates(idx, E0, ["orig"])
+    assert ids_of(cands) == [["bait", "far"]]
+    # A copy's score is the larger of the scorer's probability and the cosine.
+    assert nd.decide([ORIGINAL], cands, records(by_id)) == [[Neighbour("bait", 1.0)]]
+
+    alone = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=None), 0.9, scorer)
+    assert alone.decide([ORIGINAL], cands, records(by_id)) == [[]]
+
+
+def test_copy_cosine_is_inclusive(scorer: PairScorer) -> None:
+    assert scorer.decide([(ORIGINAL, BAIT)], [0.875]).tolist() == [False]
+    cands = [[Hit("bait", 0.875)]]
+    by_id = {"bait": BAIT}
+    at_rule = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=0.875), 0.9, scorer)
+    assert at_rule.decide([ORIGINAL], cands, records(by_id)) == [[Neighbour("bait", 0.875)]]
+    above = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=0.90625), 0.9, scorer)
+    assert above.decide([ORIGINAL], cands, records(by_id)) == [[]]
+
+
+def _self_cosine_above_one() -> tuple[VectorIndex, np.ndarray]:
+    """An index holding one vector whose float32 inner product with itself rounds above 1."""
+    for k in range(1, 200):
+        v = np.array([[1.0, float(k), 3.0, 7.0]])
+        v = (v / np.linalg.norm(v)).astype(np.float32)
+        idx = vector_index({"x": v[0]})
+        if idx.search(v, 1)[0][0].score > 1.0:
+            return idx, v
+    raise AssertionError("no vector with a float32 self-similarity above 1 found")
+
+
+@pytest.mark.parametrize("with_scorer", [False, True], ids=["no-scorer", "copy-rule"])
+def test_text_scores_are_at_most_one(scorer: PairScorer, with_scorer: bool) -> None:
+    idx, v = _self_cosine_above_one()
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, scorer if with_scorer else None)
+    cands = nd.candidates(idx, v, [None])
+    got = nd.decide([ORIGINAL], cands, records({"x": ORIGINAL}))
+    assert [n.id for n in got[0]] == ["x"]
+    assert got[0][0].score <= 1.0
+
+
+# ------------------------------------------------------------------ vector_near_duplicates
+def test_vector_threshold_is_inclusive_and_own_id_excluded() -> None:
+    idx = vector_index({"own": at(1.0), "a": at(0.875), "b": at(0.75), "c": at(0.625)})
+    got = vector_near_duplicates(idx, np.vstack([E0, E0]), 0.75, ["own", None])
+    assert got == [[Neighbour("a", 0.875), Neighbour("b", 0.75)],
+                   [Neighbour("own", 1.0), Neighbour("a", 0.875), Neighbour("b", 0.75)]]
+
+
+def test_vector_scores_are_clipped_at_one() -> None:
+    idx, v = _self_cosine_above_one()
+    assert idx.range_search(v, 0.99)[0][0].score > 1.0  # the index itself reports > 1
+    assert vector_near_duplicates(idx, v, 0.99, [None]) == [[Neighbour("x", 1.0)]]
+
+
+# ------------------------------------------------------------------ pdq_near_duplicates
+def pdq_index(items: dict[str, np.ndarray]) -> PdqIndex:
+    idx = PdqIndex()
+    idx.add(list(items), np.stack(list(items.values())))
+    return idx
+
+
+def random_hash(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, 32, dtype=np.uint8)
+
+
+def test_pdq_matches_through_the_mirror_variant() -> None:
+    rng = np.random.default_rng(1)
+    plain, mirror = random_hash(rng), random_hash(rng)
+    idx = pdq_index({"stored": flip_bits(mirror, 5, rng)})
+    assert idx.range_search(plain[None], 31) == [[]]  # the hash alone finds nothing
+    got = pdq_near_duplicates(idx, [plain[None], mirror[None]], 31, [None])
+    assert got == [[Neighbour("stored", 1.0 - 5 / 256)]]
+    assert pdq_near_duplicates(idx, [plain[None]], 31, [None]) == [[]]
+
+
+def test_pdq_closest_variant_wins_whatever_the_order() -> None:
+    rng = np.random.default_rng(2)
+    stored = random_hash(rng)
+    idx = pdq_index({"s": stored})
+    plain, mirror = flip_bits(stored, 10, rng)[None], flip_bits(stored, 3, rng)[None]
+    want = [[Neighbour("s", 1.0 - 3 / 256)]]
+    assert pdq_near_duplicates(idx, [plain, mirror], 31, [None]) == want
+    assert pdq_near_duplicates(idx, [mirror, plain], 31, [None]) == want
+
+
+def test_pdq_threshold_is_inclusive_and_own_id_excluded() -> None:
+    rng = np.random.default_rng(3)
+    q = random_hash(rng)
+    idx = pdq_index({"own": q.copy(), "edge": flip_bits(q, 31, rng), "out": flip_bits(q, 32, rng)})
+    got = pdq_near_duplicates(idx, [np.vstack([q, q])], 31, ["own", None])
+    assert got == [[Neighbour("edge", 1.0 - 31 / 256)],
+                   [Neighbour("own", 1.0), Neighbour("edge", 1.0 - 31 / 256)]]
+    assert pdq_near_duplicates(idx, [q[None]], 30, ["own"]) == [[]]
+
+
+def test_pdq_results_by_score_then_id() -> None:
+    rng = np.random.default_rng(4)
+    q = random_hash(rng)
+    idx = pdq_index({"b": flip_bits(q, 2, rng), "a": flip_bits(q, 2, rng), "c": flip_bits(q, 1, rng),
+                     "d": flip_bits(q, 20, rng)})
+    got = pdq_near_duplicates(idx, [q[None]], 31, [None])[0]
+    assert [(n.id, n.score) for n in got] == [("c", 1 - 1 / 256), ("a", 1 - 2 / 256), ("b", 1 - 2 / 256),
+                                              ("d", 1 - 20 / 256)]
+
+
+def test_pdq_refuses_variants_of_another_length() -> None:
+    rng = np.random.default_rng(5)
+    q = np.stack([random_hash(rng), random_hash(rng)])
+    idx = pdq_index({"x": q[0]})
+    with pytest.raises(InvalidInput) as err:
+        pdq_near_duplicates(idx, [q, q[:1]], 31, [None, None])
+    assert err.value.field == "variants"
+
+
+# -------------------------------------------------------------------- load_pair_scorer
+def test_load_pair_scorer_settings(tmp_path: Path) -> None:
+    assert load_pair_scorer("none") is None
+    default = load_pair_scorer("default")
+    assert isinstance(default, PairScorer)
+    assert default.threshold == PairScorer.load(DEFAULT_MODEL_PATH).threshold
+    missing = tmp_path / "nope.json"
+    with pytest.raises(InvalidInput) as err:
+        load_pair_scorer(str(missing))
+    assert err.value.code == "not_found"
+    assert err.value.field == "indexes.near_duplicates.pair_scorer"
+    assert str(missing) in err.value.reason
+
+
+def test_text_threshold_is_inclusive_of_its_float32_value_like_range_search() -> None:
+    """listing_text (scorer none) and review_text agree at the threshold's edge."""
+    idx = VectorIndex(VectorIndexConfig(dim=4, quantization="none"))
+    idx.add(["a", "b"], np.array([[1, 0, 0, 0], [0.9, np.sqrt(0.19), 0, 0]], np.float32))
+    q = np.array([[1, 0, 0, 0]], np.float32)
+    assert [n.id for n in vector_near_duplicates(idx, q, 0.9, ["a"])[0]] == ["b"]
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, None)
+    cands = nd.candidates(idx, q, ["a"])
+    assert [h.id for h in cands[0]] == ["b"]
+    found = nd.decide([PairRecord("q")], cands, lambda ids: [PairRecord("x")] * len(ids))
+    assert [n.id for n in found[0]] == ["b"]
