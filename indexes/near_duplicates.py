@@ -34,6 +34,8 @@ from indexes.pdq import PdqIndex
 from indexes.vector import Hit, VectorIndex
 from signals.errors import InvalidInput
 
+_SCORE_CHUNK = 8192  # candidate pairs featurised at a time
+
 
 @dataclass(frozen=True, slots=True)
 class Neighbour:
@@ -91,9 +93,13 @@ class TextNearDuplicates:
         if self.scorer is None:
             scores, keep = cosines, cosines >= _f32(self.cosine_threshold)
         else:
-            others = record_of([h.id for _, h in flat])
-            pairs = [(queries[qi], rec) for (qi, _), rec in zip(flat, others, strict=True)]
-            scores = self.scorer.score(pairs, cosines)
+            scores = np.empty(len(flat), dtype=np.float64)
+            # In chunks: the records parsed for one chunk's features are freed before the next.
+            for start in range(0, len(flat), _SCORE_CHUNK):
+                part = flat[start:start + _SCORE_CHUNK]
+                others = record_of([h.id for _, h in part])
+                pairs = [(queries[qi], rec) for (qi, _), rec in zip(part, others, strict=True)]
+                scores[start:start + len(part)] = self.scorer.score(pairs, cosines[start:start + len(part)])
             keep = scores >= self.scorer.threshold
             copy = self.config.text_copy_cosine
             if copy is not None:

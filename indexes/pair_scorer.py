@@ -167,7 +167,14 @@ def extract_quantities(text: str) -> dict[str, frozenset[float]]:
     return {u: frozenset(v) for u, v in found.items()}
 
 
-@lru_cache(maxsize=200_000)
+# Single pairs (pair_features) reuse recent parses; feature_matrix parses each distinct
+# record of its call once. A parse holds token sets and trigram counts (~10 KB for a
+# long description), so the cache is kept small: memory stays bounded by one call.
+@lru_cache(maxsize=4096)
+def _parse_cached(record: PairRecord) -> _Parsed:
+    return _parse(record)
+
+
 def _parse(record: PairRecord) -> _Parsed:
     title = _normalise(record.title)
     text = title + " " + _normalise(record.description)
@@ -205,7 +212,10 @@ def _code_similarity(a: str, b: str) -> float:
 
 def pair_features(a: PairRecord, b: PairRecord, cosine: float) -> np.ndarray:
     """The :data:`BASE_FEATURES` of one pair (symmetric in ``a`` and ``b``)."""
-    pa, pb = _parse(a), _parse(b)
+    return _features(_parse_cached(a), _parse_cached(b), cosine)
+
+
+def _features(pa: _Parsed, pb: _Parsed, cosine: float) -> np.ndarray:
     common = len(pa.title_tokens & pb.title_tokens)
     smaller = min(len(pa.title_tokens), len(pb.title_tokens))
     dot = sum(c * pb.char3.get(g, 0) for g, c in pa.char3.items())
@@ -267,7 +277,12 @@ def feature_matrix(pairs: Sequence[tuple[PairRecord, PairRecord]],
         raise InvalidInput("cosines", "NaN or infinite cosine")
     if not len(pairs):
         return np.zeros((0, len(BASE_FEATURES)))
-    return np.stack([pair_features(a, b, c) for (a, b), c in zip(pairs, cos, strict=True)])
+    parsed: dict[PairRecord, _Parsed] = {}
+    for a, b in pairs:
+        for rec in (a, b):
+            if rec not in parsed:
+                parsed[rec] = _parse(rec)
+    return np.stack([_features(parsed[a], parsed[b], c) for (a, b), c in zip(pairs, cos, strict=True)])
 
 
 def expanded_names() -> list[str]:

@@ -111,6 +111,18 @@ def test_candidates_keep_at_most_text_k_best_first(scorer: PairScorer) -> None:
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_default_candidates_reach_50_neighbours_down_to_cosine_0_4(scorer: PairScorer) -> None:
+    # The defaults were picked on the listing-pair valid splits: WDC's matching offers often sit
+    # past the 20th neighbour (many variants of one product line) and below cosine 0.5.
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, scorer)
+    assert (nd.config.text_k, nd.config.text_candidate_floor) == (50, 0.4)
+    crowd = {f"n{i:02d}": at(0.7 - i / 512) for i in range(60)}  # 0.7 down to 0.585
+    got = nd.candidates(vector_index({"own": at(1.0), **crowd}), E0, ["own"])[0]
+    assert [h.id for h in got] == sorted(crowd)[:50]
+    few = nd.candidates(vector_index(LADDER), E0, ["own"])[0]
+    assert [h.id for h in few] == ["c990", "c875", "c750", "c625", "c500"]  # 0.375 is below 0.4
+
+
 def test_candidates_refuse_mismatched_exclude() -> None:
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, None)
     with pytest.raises(InvalidInput) as err:
