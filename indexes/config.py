@@ -147,6 +147,10 @@ class NearDuplicateConfig(_Config):
         default=0.985, ge=-1, le=1,
         description="a pair this close is a copy whatever the scorer says (a bait-priced repost of a "
                     "listing has the same text and a very different price); null: the scorer alone")
+    max_neighbours: int = Field(
+        default=100, ge=1, le=100_000,
+        description="near-duplicates kept per item and modality, best first: a stock photo on 30k "
+                    "listings must not make 30k x 30k pairs (counts saturate here)")
     pdq_min_quality: int = Field(default=50, ge=0, le=100, description="PDQ quality needed to match")
     pdq_variants: bool = Field(default=True,
                                description="also match the mirrored and frame-trimmed PDQ hashes")

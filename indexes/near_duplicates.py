@@ -13,6 +13,8 @@ rule and never disagree on what a "near-duplicate" is:
   cosine against ``thresholds.listing_text`` and the score is the cosine.
 * ``review_text`` and ``image_sscd``: cosine at or above the modality's threshold;
   the score is the cosine.
+* Every modality keeps at most ``max_neighbours`` (100) per item, best first, so a stock
+  photo or a review template shared by 100k items costs 100 pairs an item, not 100k.
 * ``image_pdq``: Hamming distance within ``thresholds.image_pdq`` of the image's hash or,
   with ``pdq_variants``, of its mirrored or frame-trimmed hash; hashes below
   ``pdq_min_quality`` (flat, featureless images that collide with each other) neither
@@ -118,16 +120,23 @@ def _f32(threshold: float) -> float:
 
 
 def vector_near_duplicates(index: VectorIndex, vectors: np.ndarray, threshold: float,
-                           exclude: Sequence[str | None]) -> list[list[Neighbour]]:
-    """``review_text`` / ``image_sscd``: every stored vector with cosine >= threshold."""
-    found = index.range_search(vectors, threshold)
-    return [[Neighbour(h.id, float(min(1.0, h.score))) for h in hits if h.id != own]
+                           exclude: Sequence[str | None], limit: int = 100) -> list[list[Neighbour]]:
+    """``review_text`` / ``image_sscd``: the (at most ``limit``) stored vectors at cosine >= threshold.
+
+    A k-nearest search rather than a range search: a template shared by 100k reviews
+    must cost ``limit`` neighbours per query, not 100k.
+    """
+    thr = _f32(threshold)
+    found = index.search(vectors, limit + 1)
+    return [[Neighbour(h.id, float(min(1.0, h.score))) for h in hits
+             if h.id != own and h.score >= thr][:limit]
             for hits, own in zip(found, exclude, strict=True)]
 
 
 def pdq_near_duplicates(index: PdqIndex, variants: Sequence[np.ndarray], threshold: int,
-                        exclude: Sequence[str | None]) -> list[list[Neighbour]]:
-    """``image_pdq``: stored hashes within ``threshold`` bits of any variant of each query.
+                        exclude: Sequence[str | None], limit: int = 100) -> list[list[Neighbour]]:
+    """``image_pdq``: the (at most ``limit``) closest stored hashes within ``threshold`` bits of
+    any variant of each query.
 
     ``variants`` are ``(n, 32)`` packed-hash arrays of the same n images (the hash
     itself first, then e.g. its mirror and frame-trimmed hashes); the closest wins.
@@ -141,7 +150,8 @@ def pdq_near_duplicates(index: PdqIndex, variants: Sequence[np.ndarray], thresho
             for h in hits:
                 if h.id != exclude[qi] and h.distance < seen.get(h.id, 257):
                     seen[h.id] = h.distance
-    return [sorted((Neighbour(i, 1.0 - d / 256.0) for i, d in seen.items()), key=lambda n: (-n.score, n.id))
+    return [sorted((Neighbour(i, 1.0 - d / 256.0) for i, d in seen.items()),
+                   key=lambda n: (-n.score, n.id))[:limit]
             for seen in best]
 
 

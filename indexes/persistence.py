@@ -143,6 +143,25 @@ def read_records(path: Path) -> tuple[list[tuple[dict[str, Any], np.ndarray | No
     return out, pos
 
 
+def read_index(directory: Path, empty: Callable[[], IndexT], load: Callable[[Path], IndexT]) -> IndexT:
+    """The index of a durable directory, read-only: snapshot plus log, without the metadata.
+
+    For readers that only search (the batch job's all-pairs stage): no lock is taken and
+    the per-item metadata, as large as the index's id map again, is never loaded.
+    """
+    directory = Path(directory)
+    gen = int(read_json(directory / "CURRENT")["generation"])  # type: ignore[index]
+    snap = directory / f"snap-{gen}"
+    index = load(snap) if snap.exists() else empty()
+    records, _ = read_records(directory / f"log-{gen}.bin")
+    for header, array in records:
+        if header["op"] == "add":
+            index.add(header["ids"], array)
+        elif header["op"] == "remove":
+            index.remove(header["ids"])
+    return index
+
+
 def _snapshot_exists() -> Any:
     raise RuntimeError("a created DurableIndex always has a snapshot; no empty index is needed")
 

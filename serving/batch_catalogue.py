@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from indexes.atomic import read_json, write_json_atomic
+from indexes.atomic import fsync_dir, read_json, write_json_atomic
 from serving.batch_extract import Kind, iter_parts
 from serving.batch_inputs import Unit
 
@@ -96,11 +96,13 @@ def build_catalogue(work: Path, units: list[Unit], kind: Kind, rejected_path: Pa
     errors_path = rejected_path.with_name("errors.jsonl")
     stats = _fold(work / "units", units, kind, tmp, rejected_path.with_suffix(".jsonl.tmp"),
                   errors_path.with_suffix(".jsonl.tmp"))
+    # The two reports first: once the catalogue is renamed into place it counts as done.
+    os.replace(rejected_path.with_suffix(".jsonl.tmp"), rejected_path)
+    os.replace(errors_path.with_suffix(".jsonl.tmp"), errors_path)
     write_json_atomic(tmp / "DONE", stats)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    os.replace(rejected_path.with_suffix(".jsonl.tmp"), rejected_path)
-    os.replace(errors_path.with_suffix(".jsonl.tmp"), errors_path)
+    fsync_dir(work)
     return load_catalogue(final, kind)
 
 
@@ -184,6 +186,9 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
                 writer.write_table(pa.table(cols, schema=META_SCHEMA))
     writer.close()
     sink.close()
+    for path in (out / "meta.arrow", rejected_tmp, errors_tmp):
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
     for f in files.values():
         f.close()
     return {"n": n, "m": m, "rejected": rejected, "with_errors": with_errors, "text_dim": text_dim,

@@ -116,18 +116,24 @@ def _raw_id(data: Any, kind: Kind) -> str | None:
 class ExtractActor:
     """Ray Data actor: the service's extractor registry over validated rows."""
 
-    def __init__(self, config_json: str, kind: Kind) -> None:
+    def __init__(self, config_json: str, kind: Kind, path_root: str) -> None:
         from serving.image_fetch import url_fetcher_for
         from signals.registry import build_registry
 
         config = MarketGuardConfig.model_validate_json(config_json)
         signals_config = config.signals.model_copy(deep=True)
-        # Batch input names local or mounted image files; the HTTP path keeps this off.
+        # Batch input names local or mounted image files; the HTTP path keeps this off. Unless
+        # the config names the folders images may come from, that is the input's own folder.
         signals_config.images.decode.allow_paths = True
+        if signals_config.images.decode.path_roots is None:
+            signals_config.images.decode.path_roots = [path_root]
         self.kind: Kind = kind
         self.batch_size = config.batch.batch_size
         self.registry = build_registry(signals_config, config.data_dir,
                                        fetch_url=url_fetcher_for(signals_config.images.decode))
+        names = {e.name for e in self.registry.for_kind(kind)}
+        self.want_pdq = "image_pdq" in names
+        self.want_sscd = bool(names & set(SSCD_FEATURES))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -143,7 +149,7 @@ class ExtractActor:
             records = [parse_record(model, json.loads(rows[i]["record"])) for i in idx]
             for i, rec, res in zip(idx, records,
                                    self.registry.extract_batch(self.kind, records), strict=True):
-                fill_features(out[i], rec, res)
+                fill_features(out[i], rec, res, want_pdq=self.want_pdq, want_sscd=self.want_sscd)
                 # The part keeps the record without its images' bytes (they are features now).
                 out[i]["record"] = rec.model_dump_json(by_alias=True, exclude={"images"})
         return pa.Table.from_pylist(out, schema=PART_SCHEMA)
@@ -158,7 +164,8 @@ def extract_row_stub(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fill_features(out: dict[str, Any], record: Listing | Review, result: Any) -> None:
+def fill_features(out: dict[str, Any], record: Listing | Review, result: Any, *,
+                  want_pdq: bool = False, want_sscd: bool = False) -> None:
     """Copy one registry result into a part row (signals as JSON, features as bytes)."""
     out["signals"] = json.dumps([s.to_json_dict() for s in result.signals], ensure_ascii=False)
     if result.errors:
@@ -177,9 +184,13 @@ def fill_features(out: dict[str, Any], record: Listing | Review, result: Any) ->
         if f in feats:
             out["images"] = len(feats[f])
             out["sscd"] = np.asarray(feats[f], dtype="<f4").tobytes()
-    if isinstance(record, Listing) and record.images and result.errors:
-        # A listing whose images did not all decode has no image features (partial results
-        # are not indexed): nothing of it is matched by image, and its error is reported.
+    has_pdq, has_sscd = out["pdq"] is not None, out["sscd"] is not None
+    counts = {len(feats["image_pdq"]) if has_pdq else None,
+              len(next(feats[f] for f in SSCD_FEATURES if f in feats)) if has_sscd else None} - {None}
+    if (want_pdq and not has_pdq) or (want_sscd and not has_sscd) or len(counts) > 1:
+        # One image kind failed where the other did not (its error is in errors.jsonl): the
+        # catalogue keeps one row per image with every configured kind, or none of them.
+        # An error of another extractor (OCR, NSFW, text) leaves the image features alone.
         out["images"] = 0
         out["pdq"] = out["pdq_quality"] = out["sscd"] = None
 
@@ -229,8 +240,25 @@ def part_path(directory: Path, unit: int) -> Path:
     return directory / f"{unit:06d}.parquet"
 
 
+READ_TASK_CPUS = 0.25
+
+
+def actor_pool(cpus: float, actor_cpus: float, wanted: int | None, units: int) -> tuple[int, float]:
+    """(actors, CPUs each) that always leave a read task room to run.
+
+    An actor pool holding every CPU starves the read tasks and the job waits forever, so
+    the pool gets at most ``cpus - 1`` CPUs (``cpus - READ_TASK_CPUS`` on a one-CPU
+    machine), and never more actors than units. Where the wanted CPUs per actor do not
+    fit, each actor asks for a share instead (the models still use their own threads).
+    """
+    budget = cpus - 1 if cpus >= 2 else cpus - READ_TASK_CPUS
+    actors = wanted or max(1, int(budget // actor_cpus))
+    actors = max(1, min(actors, units))
+    return actors, min(actor_cpus, budget / actors)
+
+
 def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_dir: Path,
-                on_unit: Callable[[int, int], None]) -> None:
+                on_unit: Callable[[int, int], None], path_root: Path) -> None:
     """Run stage 1 over ``units`` (those without a part yet) on the connected Ray cluster."""
     import ray
     import ray.data
@@ -243,15 +271,15 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
     ctx.enable_operator_progress_bars = False
     cpus = float(ray.cluster_resources().get("CPU", 1))
     cfg = config.batch
-    actors = cfg.actors or max(1, int((cpus - 1) // cfg.actor_cpus))
-    log.info("extract: %d units, %d extractor actors x %.1f CPU on a %.0f-CPU cluster",
-             len(units), actors, cfg.actor_cpus, cpus)
+    actors, actor_cpus = actor_pool(cpus, cfg.actor_cpus, cfg.actors, len(units))
+    log.info("extract: %d units, %d extractor actors x %.2f CPU on a %.0f-CPU cluster",
+             len(units), actors, actor_cpus, cpus)
     items = [{"unit": json.dumps(asdict(u))} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_and_validate, fn_kwargs={"kind": kind}, batch_size=1,
                         batch_format="pyarrow", num_cpus=0.25)
-    ds = ds.map_batches(ExtractActor, fn_constructor_args=(config.model_dump_json(), kind),
-                        batch_size=None, batch_format="pyarrow", num_cpus=cfg.actor_cpus,
+    ds = ds.map_batches(ExtractActor, fn_constructor_args=(config.model_dump_json(), kind, str(path_root)),
+                        batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
                         compute=ray.data.ActorPoolStrategy(size=actors))
     writer = PartWriter(parts_dir, on_unit)
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -264,11 +264,17 @@ def _parse_jsonl(raw: bytes, *, first: bool) -> tuple[dict[str, Any] | None, str
 
 def _parse_csv(raw: bytes, columns: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        cells = next(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
     except UnicodeDecodeError as exc:
         return None, f"not valid UTF-8: {exc}"
     except csv.Error as exc:
         return None, f"not valid CSV: {exc}"
+    if len(rows) != 1:
+        # Records are cut RFC 4180-style: a bare '"' inside an unquoted field (55" TV) opens a
+        # quoted section and glues the next lines on. Never keep one row and drop the rest.
+        return None, (f"spans {len(rows)} CSV rows: a double quote inside an unquoted field; quote "
+                      "the field and double its quotes (RFC 4180)")
+    cells = rows[0]
     if len(cells) != len(columns):
         return None, f"row has {len(cells)} fields, the header has {len(columns)}"
     # Every cell stays a string (pydantic converts "12.50" and "true"); empty means missing.

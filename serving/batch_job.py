@@ -22,6 +22,7 @@ is refused unless ``--restart`` is given.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ from indexes.config import Modality
 from indexes.near_duplicates import TextNearDuplicates
 from serving.batch_catalogue import Catalogue, build_catalogue
 from serving.batch_extract import Kind, part_path, run_extract
-from serving.batch_inputs import discover_inputs, fingerprint, plan_units
+from serving.batch_inputs import Unit, discover_inputs, fingerprint, plan_units
 from serving.batch_pairs import (
     ModalityView,
     block_path,
@@ -93,8 +94,21 @@ def run_batch(request: BatchRequest, config: MarketGuardConfig) -> dict[str, Any
     out = request.out
     progress = Progress(mode=request.progress)
     files = discover_inputs(request.input)
+    if out.resolve().is_relative_to(request.input.resolve()):
+        raise InvalidInput("--out", f"{out} is inside --input {request.input}: a re-run would read the "
+                                    "run's own files as input; put it elsewhere")
     units = plan_units(files, target_bytes=config.batch.unit_bytes, target_rows=config.batch.unit_rows)
     manifest = _manifest(request, config, files, len(units))
+    lock = _lock(out)
+    try:
+        return _run(request, config, kind, units, manifest, progress)
+    finally:
+        os.close(lock)
+
+
+def _run(request: BatchRequest, config: MarketGuardConfig, kind: Kind, units: list[Unit],
+         manifest: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    out = request.out
     observed_at = _claim(out, manifest, request.restart)
     done_summary = out / "summary.json"
     if done_summary.exists():
@@ -111,7 +125,8 @@ def run_batch(request: BatchRequest, config: MarketGuardConfig) -> dict[str, Any
     if todo:
         stage = progress.stage("extract", len(units), "units", done=len(units) - len(todo))
         with _ray(request.address):
-            run_extract(todo, config, kind, parts, lambda _unit, rows: stage.update(1, rows))
+            root = request.input if request.input.is_dir() else request.input.parent
+            run_extract(todo, config, kind, parts, lambda _unit, rows: stage.update(1, rows), root.resolve())
         stage.close()
     timings["extract_s"] = time.monotonic() - t0
 
@@ -142,18 +157,63 @@ def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path
                                                       "batch": {"actors", "actor_cpus", "top"}})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units,
-            "settings_sha256": digest}
+            "settings_sha256": digest, "marketguard": _version(),
+            "pair_scorer_sha256": _scorer_digest(config.indexes.near_duplicates.pair_scorer)}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("marketguard")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "source"
+
+
+def _scorer_digest(setting: str) -> str | None:
+    """The scorer file's content (a path setting alone would miss a refit in place)."""
+    from indexes.pair_scorer import DEFAULT_MODEL_PATH
+
+    if setting == "none":
+        return None
+    path = DEFAULT_MODEL_PATH if setting == "default" else Path(setting)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+# Everything a run writes in DIR, in the order --restart deletes it: the completion mark
+# first, the manifest (what makes DIR a run) last, so a killed restart can be restarted.
+_RUN_FILES = ("summary.json", "signals.jsonl", "pairs.parquet", "clusters.parquet", "rejected.jsonl",
+              "errors.jsonl")
+
+
+def _discard(out: Path) -> None:
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob("*.tmp"):
+        p.unlink(missing_ok=True)
+    for name in ("work", "indexes"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+
+
+def _lock(out: Path) -> int:
+    """An exclusive lock on ``DIR/LOCK`` for the whole run: two drivers never share a DIR."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InvalidInput("--out", f"{out} is in use by another batch run") from None
+    return fd
 
 
 def _claim(out: Path, manifest: dict[str, Any], restart: bool) -> datetime:
     """Start a run in ``out`` or resume the one there; returns the run's observed_at."""
     path = out / "manifest.json"
-    if path.exists() and restart:
-        for name in ("work", "indexes"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("manifest.json", "summary.json", "signals.jsonl", "pairs.parquet",
-                     "clusters.parquet", "rejected.jsonl", "errors.jsonl"):
-            (out / name).unlink(missing_ok=True)
+    layout = {*_RUN_FILES, "manifest.json", "work", "indexes", "LOCK"}
+    if restart and (path.exists() or all(p.name in layout or p.suffix == ".tmp" for p in out.iterdir())):
+        _discard(out)
     if path.exists():
         old = read_json(path)
         assert isinstance(old, dict)
@@ -164,7 +224,7 @@ def _claim(out: Path, manifest: dict[str, Any], restart: bool) -> datetime:
                                         f"{', '.join(changed)}); use another --out, or --restart to "
                                         "discard it")
         return datetime.fromisoformat(str(old["observed_at"]).replace("Z", "+00:00"))
-    if out.exists() and any(p.name != ".gitkeep" for p in out.iterdir()):
+    if any(p.name not in (".gitkeep", "LOCK") for p in out.iterdir()):
         raise InvalidInput("--out", f"{out} is not empty and holds no batch run; use an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     observed_at = datetime.now(UTC).replace(microsecond=0)

@@ -38,7 +38,7 @@ from indexes.near_duplicates import (
 )
 from indexes.pair_scorer import PairRecord
 from indexes.pdq import PdqIndex
-from indexes.persistence import DurableIndex
+from indexes.persistence import DurableIndex, read_index
 from indexes.vector import VectorIndex
 from serving.batch_catalogue import Catalogue
 
@@ -170,13 +170,8 @@ def build_index(view: ModalityView, config: IndexesConfig, final: Path) -> None:
 
 
 def open_index(view: ModalityView, config: IndexesConfig, directory: Path) -> VectorIndex | PdqIndex:
-    """Load a snapshot the way the service does (DurableIndex), and hand back the index."""
-    durable = DurableIndex(directory, lambda: _empty_index(view, config), _loader(view, config),
-                           config.persistence)
-    try:
-        return durable.index
-    finally:
-        durable.close()
+    """The snapshot's index, as the service's loader reads it (its metadata left on disk)."""
+    return read_index(directory, lambda: _empty_index(view, config), _loader(view, config))
 
 
 def block_path(pairs_dir: Path, tenant: str, modality: Modality, block: int) -> Path:
@@ -201,12 +196,14 @@ def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex 
                                      lambda ids: _records(view, np.array([id_pos[i] for i in ids])))
         elif view.modality == "image_pdq":
             assert isinstance(index, PdqIndex)
-            found = pdq_near_duplicates(index, view.variants(pos, config.near_duplicates.pdq_variants),
-                                        config.thresholds.image_pdq, own)
+            nd = config.near_duplicates
+            found = pdq_near_duplicates(index, view.variants(pos, nd.pdq_variants),
+                                        config.thresholds.image_pdq, own, nd.max_neighbours)
         else:
             assert isinstance(index, VectorIndex)
             threshold = config.thresholds.for_modality(view.modality)
-            found = vector_near_duplicates(index, view.data(pos), threshold, own)
+            found = vector_near_duplicates(index, view.data(pos), threshold, own,
+                                           config.near_duplicates.max_neighbours)
         a = [int(view.record_rows[p]) for p, hits in zip(pos, found, strict=True) for _ in hits]
         b = [int(view.record_rows[id_pos[h.id]]) for hits in found for h in hits]
         s = [h.score for hits in found for h in hits]

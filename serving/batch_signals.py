@@ -110,8 +110,10 @@ def bank_hits(cat: Catalogue, data_dir: Path, config: IndexesConfig) -> dict[int
         if text_modality in modalities and cat.text is not None:
             _match(store, text_modality, cat.text, np.arange(cat.n), out)
         if cat.kind == "listing" and len(cat.image_rows):
-            if "image_pdq" in modalities and cat.pdq is not None:
-                _match(store, "image_pdq", cat.pdq[0], np.asarray(cat.image_rows), out)
+            if "image_pdq" in modalities and cat.pdq is not None and cat.pdq_quality is not None:
+                # Flat, featureless images collide with each other: the near-duplicate quality gate.
+                good = np.flatnonzero(cat.pdq_quality[:] >= config.near_duplicates.pdq_min_quality)
+                _match(store, "image_pdq", cat.pdq[0][good], np.asarray(cat.image_rows)[good], out)
             if "image_sscd" in modalities and cat.sscd is not None:
                 _match(store, "image_sscd", cat.sscd, np.asarray(cat.image_rows), out)
         return dict(out)
@@ -150,6 +152,31 @@ def price_references(cat: Catalogue) -> dict[tuple[str, str | None, str], PriceR
     return refs
 
 
+class ClusterPrices:
+    """Cluster price references: each member's is its cluster-mates' prices (its own left
+    out) up to ``EXACT_UP_TO`` members; past that, one reference per cluster and currency,
+    computed once (one member's own price barely moves a big cluster's median), so a
+    giant cluster costs O(size), not O(size^2)."""
+
+    EXACT_UP_TO = 50
+
+    def __init__(self) -> None:
+        self._big: dict[tuple[int, str], PriceReference | None] = {}
+
+    def get(self, root: int, row: int, currency: str, prices: Any, currencies: Any,
+            members: list[int]) -> PriceReference | None:
+        def prices_of(rows: list[int]) -> list[float]:
+            return [float(prices[r].as_py()) for r in rows
+                    if prices[r].is_valid and currencies[r].as_py() == currency]
+
+        if len(members) <= self.EXACT_UP_TO:
+            return PriceReference.of("cluster", currency, prices_of([r for r in members if r != row]))
+        key = (root, currency)
+        if key not in self._big:
+            self._big[key] = PriceReference.of("cluster", currency, prices_of(members))
+        return self._big[key]
+
+
 def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict[int, list[BankHit]],
                  observed_at: datetime, tally: SignalTally) -> Iterator[dict[str, Any]]:
     """Every signal of the run as wire dicts: per record in input order, then the roll-ups."""
@@ -162,6 +189,7 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
         for row in np.flatnonzero(clusters.size >= 2).tolist():
             cluster_members[int(clusters.root[row])].append(row)
     products: dict[tuple[str, str], ProductStats] = {}
+    cluster_refs = ClusterPrices()
     for start in range(0, cat.n, _CHUNK):
         chunk = cat.meta.slice(start, _CHUNK)
         for offset, (record, extracted) in enumerate(zip(chunk.column("record").to_pylist(),
@@ -178,10 +206,9 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
                 derived = listing_near_duplicate_signals(item, matches, size, observed_at)
                 refs = []
                 root = int(clusters.root[row])
-                if size >= 2:
-                    ref = PriceReference.of("cluster", item.currency or "", [
-                        float(prices[r].as_py()) for r in cluster_members[root]
-                        if r != row and prices[r].is_valid and currencies[r].as_py() == item.currency])
+                if size >= 2 and item.currency:
+                    ref = cluster_refs.get(root, row, item.currency, prices, currencies,
+                                           cluster_members[root])
                     if ref is not None:
                         refs.append(ref)
                 cref = category_refs.get((item.tenant, item.category, item.currency or ""))

@@ -323,3 +323,23 @@ def test_text_threshold_is_inclusive_of_its_float32_value_like_range_search() ->
     assert [h.id for h in cands[0]] == ["b"]
     found = nd.decide([PairRecord("q")], cands, lambda ids: [PairRecord("x")] * len(ids))
     assert [n.id for n in found[0]] == ["b"]
+
+
+def test_every_modality_keeps_at_most_limit_neighbours_best_first() -> None:
+    """A stock photo or a review template shared by many items: bounded pairs per item."""
+    idx = VectorIndex(VectorIndexConfig(dim=4, quantization="none"))
+    base = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    vecs = []
+    for i in range(30):
+        v = base + np.array([0, 0.001 * i, 0, 0], np.float32)
+        vecs.append(v / np.linalg.norm(v))
+    idx.add([f"r{i:02d}" for i in range(30)], np.stack(vecs))
+    got = vector_near_duplicates(idx, np.stack(vecs[:1]), 0.9, ["r00"], limit=5)[0]
+    assert [n.id for n in got] == ["r01", "r02", "r03", "r04", "r05"]
+    pdq = PdqIndex()
+    h = np.zeros((30, 32), np.uint8)
+    for i in range(30):
+        h[i, i // 8] = 1 << (i % 8)  # i-th item: one bit set, 2 bits from any other item
+    pdq.add([f"p{i:02d}" for i in range(30)], h)
+    got_pdq = pdq_near_duplicates(pdq, [h[:1]], 31, ["p00"], limit=4)[0]
+    assert len(got_pdq) == 4 and [n.id for n in got_pdq] == ["p01", "p02", "p03", "p04"]

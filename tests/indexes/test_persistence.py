@@ -334,3 +334,19 @@ def test_create_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     open_store(existing, "vector").close()  # an existing (empty) store is not empty either
     with pytest.raises(InvalidInput):
         _create(existing, "vector", ["it-1"])
+
+
+def test_read_index_sees_snapshot_and_log_without_locking(tmp_path: Path) -> None:
+    from indexes.persistence import read_index
+
+    d = tmp_path / "idx"
+    store = DurableIndex(d, PdqIndex, PdqIndex.load)
+    h = np.zeros((3, 32), np.uint8)
+    h[1, 0], h[2, 1] = 1, 2
+    store.add(["a", "b"], h[:2], [{"k": 1}, {"k": 2}])
+    store.compact()
+    store.add(["c"], h[2:])
+    store.remove(["a"])
+    index = read_index(d, PdqIndex, PdqIndex.load)  # while the writer still holds its lock
+    assert sorted(index.ids()) == ["b", "c"]
+    store.close()

@@ -360,3 +360,15 @@ def test_resolve_image_paths() -> None:
 
 def test_unit_key() -> None:
     assert Unit(7, "/x.jsonl", "jsonl", 0, 10, 1).key == "000007"
+
+
+def test_a_bare_quote_in_an_unquoted_field_is_reported_never_dropped(tmp_path: Path) -> None:
+    """RFC 4180: a field with a quote must be quoted. A bare inch mark glues lines together;
+    the glued record is rejected with the reason, and no row silently disappears."""
+    p = tmp_path / "l.csv"
+    p.write_text('listing_id,seller_id,title\nL1,S1,TV 55" screen\nL2,S2,phone\nL3,S3,7" tablet\nL4,S4,ok\n')
+    rows = [r for u in plan_units([p]) for r in read_unit(u)]
+    good = [r.data["listing_id"] for r in rows if r.data]
+    bad = [r for r in rows if r.error]
+    assert good == ["L4"]
+    assert len(bad) == 1 and "spans 3 CSV rows" in (bad[0].error or "") and "RFC 4180" in (bad[0].error or "")

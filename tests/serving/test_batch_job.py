@@ -505,3 +505,20 @@ def test_no_second_implementation_of_a_signal() -> None:
                 assert not bases & {"Extractor", "ImageExtractor"}, f"{path.name} defines an extractor"
     source = (ROOT / "serving" / "batch_extract.py").read_text()
     assert "build_registry(" in source  # the service's registry, not a list of its own
+
+
+@pytest.mark.parametrize(("cpus", "actor_cpus", "wanted", "units", "expected"), [
+    (2, 1.0, None, 100, (1, 1.0)),      # a 2-core laptop: one actor, one CPU left to the reads
+    (1, 1.0, None, 100, (1, 0.75)),     # one CPU: the actor asks for a share, reads still run
+    (2, 2.0, None, 100, (1, 1.0)),      # an actor wanting both cores gets one
+    (16, 1.0, None, 3, (3, 1.0)),       # never more actors than units
+    (4, 1.0, 8, 100, (8, 0.375)),       # an explicit count is kept, each asks for a share
+    (17, 2.0, None, 100, (8, 2.0)),
+])
+def test_actor_pool_always_leaves_room_for_the_reads(cpus: float, actor_cpus: float, wanted: int | None,
+                                                     units: int, expected: tuple[int, float]) -> None:
+    from serving.batch_extract import READ_TASK_CPUS, actor_pool
+
+    actors, each = actor_pool(cpus, actor_cpus, wanted, units)
+    assert (actors, each) == expected
+    assert actors * each <= cpus - READ_TASK_CPUS

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from serving.config import load_config
 from signals.errors import InvalidInput
@@ -53,11 +54,21 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_readme_config_example_loads(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config_section = readme.split("## Configuration", 1)[1]
+    block = config_section.split("```yaml\n", 1)[1].split("```", 1)[0]
     f = tmp_path / "readme.yaml"
     f.write_text(block)
     cfg = load_config(f, env={})
     assert cfg.signals.content_rules.prohibited_terms["acme-eu"] == ["ivory"]
+    assert cfg.batch.unit_bytes == 4 << 20
+
+
+def test_readme_rayjob_example_is_valid_yaml_running_the_batch_command() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    job = next(yaml.safe_load(b.split("```", 1)[0]) for b in readme.split("```yaml\n")[1:]
+               if "kind: RayJob" in b.split("```", 1)[0])
+    assert job["kind"] == "RayJob" and job["spec"]["entrypoint"].startswith("marketguard batch listings")
+    assert "--address auto" in job["spec"]["entrypoint"]
 
 
 def test_index_settings_live_in_the_same_file(tmp_path: Path) -> None:
