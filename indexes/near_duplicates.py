@@ -24,7 +24,6 @@ rule and never disagree on what a "near-duplicate" is:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,9 @@ from signals.errors import InvalidInput
 _SCORE_CHUNK = 8192  # candidate pairs featurised at a time
 
 
-@dataclass(frozen=True, slots=True)
-class Neighbour:
-    """A decided near-duplicate: the other item's id and the pair's score in [0, 1]."""
-
-    id: str
-    score: float
+# A decided near-duplicate: the other item's id and the pair's score in [0, 1] (the
+# shape of an index hit, whose score is a raw cosine).
+Neighbour = Hit
 
 
 def load_pair_scorer(setting: str) -> PairScorer | None:
