@@ -26,6 +26,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "index": ("recall_at_10", "speedup_vs_exact", "bytes_per_vector_total", "pdq_bytes_per_hash_total",
               "pdq_lookup_p99_ms"),
     "er_pairs": ("er_f1", "er_f1_shipped", "er_f1_cosine_baseline", "er_candidate_recall_at_10"),
+    "batch": ("throughput_text_rows_s", "throughput_image_rows_s", "throughput_ratio", "end_to_end_ratio",
+              "peak_anon_mb_100k", "peak_anon_mb_1m", "er_f1", "er_f1_cosine_baseline"),
 }
 
 
