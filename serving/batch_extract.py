@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import datetime
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from indexes.atomic import write_file_atomic
 from serving.batch_inputs import Unit, read_unit
 from serving.config import MarketGuardConfig
 from signals.errors import InvalidInput
@@ -149,7 +149,7 @@ class ExtractActor:
             records = [parse_record(model, json.loads(rows[i]["record"])) for i in idx]
             for i, rec, res in zip(idx, records,
                                    self.registry.extract_batch(self.kind, records), strict=True):
-                fill_features(out[i], rec, res, want_pdq=self.want_pdq, want_sscd=self.want_sscd)
+                fill_features(out[i], res, want_pdq=self.want_pdq, want_sscd=self.want_sscd)
                 # The part keeps the record without its images' bytes (they are features now).
                 out[i]["record"] = rec.model_dump_json(by_alias=True, exclude={"images"})
         return pa.Table.from_pylist(out, schema=PART_SCHEMA)
@@ -164,7 +164,7 @@ def extract_row_stub(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fill_features(out: dict[str, Any], record: Listing | Review, result: Any, *,
+def fill_features(out: dict[str, Any], result: Any, *,
                   want_pdq: bool = False, want_sscd: bool = False) -> None:
     """Copy one registry result into a part row (signals as JSON, features as bytes)."""
     out["signals"] = json.dumps([s.to_json_dict() for s in result.signals], ensure_ascii=False)
@@ -223,17 +223,17 @@ class PartWriter:
         table = table.sort_by([("row", "ascending")])
         if table.num_rows != rows:
             raise RuntimeError(f"unit {unit}: {table.num_rows} rows gathered, {rows} expected")
-        final = part_path(self.directory, unit)
-        tmp = final.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(final)
+        write_parquet_atomic(part_path(self.directory, unit), table)
         self._on_unit(unit, rows)
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    """A Parquet file written whole or not at all (tmp, fsync, rename): a checkpoint or an output."""
+    write_file_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def part_path(directory: Path, unit: int) -> Path:

@@ -37,14 +37,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from indexes.atomic import read_json, write_json_atomic
 from indexes.clustering import Pairs
 from indexes.config import Modality
 from indexes.near_duplicates import TextNearDuplicates
 from serving.batch_catalogue import Catalogue, build_catalogue
-from serving.batch_extract import Kind, part_path, run_extract
+from serving.batch_extract import Kind, part_path, run_extract, write_parquet_atomic
 from serving.batch_inputs import Unit, discover_inputs, fingerprint, plan_units
 from serving.batch_pairs import (
     ModalityView,
@@ -300,7 +299,7 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
              observed_at: datetime) -> dict[str, Any]:
     ids = cat.meta.column("entity_id")
     tenant_col = cat.meta.column("tenant")
-    _write_parquet(out / "pairs.parquet", pa.table({
+    write_parquet_atomic(out / "pairs.parquet", pa.table({
         "a": pa.concat_arrays([ids.take(pa.array(p.a)).combine_chunks() for p in pairs.values()])
         if pairs else pa.array([], pa.string()),
         "b": pa.concat_arrays([ids.take(pa.array(p.b)).combine_chunks() for p in pairs.values()])
@@ -313,7 +312,7 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
     clusters = make_clusters(cat, pairs, config.indexes)
     members = np.flatnonzero(clusters.size >= 2)
     order = members[np.lexsort((members, clusters.root[members]))]
-    _write_parquet(out / "clusters.parquet", pa.table({
+    write_parquet_atomic(out / "clusters.parquet", pa.table({
         "entity_id": ids.take(pa.array(order, pa.int64())),
         "cluster_id": ids.take(pa.array(clusters.root[order], pa.int64())),
         "cluster_size": pa.array(clusters.size[order], pa.int64()),
@@ -324,14 +323,6 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
     write_jsonl(out / "signals.jsonl",
                 iter_signals(cat, clusters, Adjacency(cat.n, pairs), hits, observed_at, tally), tally)
     return _summary(cat, pairs, clusters, tally, len(hits), config.batch.top)
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _summary(cat: Catalogue, pairs: dict[Modality, Pairs], clusters: Any, tally: SignalTally,

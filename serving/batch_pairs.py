@@ -41,6 +41,7 @@ from indexes.pdq import PdqIndex
 from indexes.persistence import DurableIndex, read_index
 from indexes.vector import VectorIndex
 from serving.batch_catalogue import Catalogue
+from serving.batch_extract import write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +223,8 @@ def _records(view: ModalityView, pos: np.ndarray) -> list[PairRecord]:
 def write_block(path: Path, pairs: Pairs) -> None:
     """One block's pairs, written to ``path`` atomically (the block's checkpoint)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.table({"a": pairs.a, "b": pairs.b, "score": pairs.score}, schema=PAIR_SCHEMA), tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    table = pa.table({"a": pairs.a, "b": pairs.b, "score": pairs.score}, schema=PAIR_SCHEMA)
+    write_parquet_atomic(path, table)
 
 
 def read_pairs(directory: Path) -> Pairs:

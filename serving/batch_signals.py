@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from indexes.atomic import write_file_atomic
 from indexes.banks import BankStore
 from indexes.clustering import ClusterResult, Pairs, cluster_pairs
 from indexes.config import IndexesConfig, Modality
@@ -243,14 +244,11 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
 
 
 def write_jsonl(path: Path, rows: Iterator[dict[str, Any]], tally: SignalTally) -> None:
-    """JSON lines to ``path`` atomically (tmp, fsync, rename)."""
-    import os
+    """JSON lines to ``path`` atomically (tmp, fsync, rename), streamed row by row."""
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    def write(f: BinaryIO) -> None:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
             tally.signals += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    write_file_atomic(path, write)
