@@ -16,11 +16,11 @@
 (2) Peak memory of the job on a synthetic catalogue of 1M rows (full run only) and of
     100k rows, to show memory against catalogue size: content rules + text embedding,
     no images, listings with a title and no description but the contact lines (a third
-    of the tokens to embed), ``pair_scorer: none`` so the pairs stage is the cosine
-    rule, not tens of millions of Python-scored candidates. Each run is its own
-    driver process connected to this process's Ray, sampled from ``/proc``: the
-    driver's VmHWM and RssAnon (also per stage), the Ray workers' and daemons'
-    RssAnon, and the index bytes on disk.
+    of the tokens to embed), the default near-duplicate rule (50 text candidates a
+    listing decided by the shipped pair scorer). Each run is its own driver process
+    connected to this process's Ray, sampled from ``/proc``: the driver's VmHWM and
+    RssAnon (also per stage), the Ray workers' and daemons' RssAnon, the index bytes
+    on disk, and each stage's time (the index and all-pairs stage as rows a second).
 (3) Near-duplicate quality on ``../shared/data/listing_pairs/`` (Abt-Buy,
     Amazon-Google, Walmart-Amazon from DeepMatcher/Magellan and WDC Products, as
     packaged by megagonlabs/ditto): each dataset's ``test`` records become a
@@ -466,7 +466,7 @@ def memory_child(rows: int, address: str, tmp: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     write_jsonl(path, synthetic_listings(rows, seed=7, real_titles=titles, short=True))
     gen_s = time.perf_counter() - t0
-    config = make_config(state_dir(tmp), scorer="none")
+    config = make_config(state_dir(tmp))
     before = _status()
     sampler = SelfSampler()
     sampler.start()
@@ -483,6 +483,7 @@ def memory_child(rows: int, address: str, tmp: Path) -> dict[str, Any]:
         "rows": rows, "input_bytes": path.stat().st_size, "generate_s": round(gen_s, 1),
         "wall_s": round(wall, 1), "rows_s": round(rows / wall, 1),
         "extract_rows_s": round(rows / float(summary["timings"]["extract_s"]), 1),
+        "pairs_rows_s": round(rows / float(summary["timings"]["pairs_s"]), 1),
         "timings": summary["timings"], "pairs": summary["pairs"], "clusters": summary["clusters"],
         "driver_rss_before_mb": round(before.get("VmRSS", 0) / 1024, 1),
         "driver_peak_rss_mb": round(after.get("VmHWM", 0) / 1024, 1),
@@ -531,7 +532,7 @@ def _listing_of(rec: Any, listing_id: str, seller: str) -> dict[str, Any]:
 def _job_view(rec: Any) -> tuple[Any, str]:
     """What the job sees of a record: its PairRecord (as ``serving.batch_pairs`` builds it)
     and the text its embedding is of (``Listing.text``)."""
-    from indexes.pair_scorer import PairRecord
+    from indexes.pair_features import PairRecord
     from serving.batch_catalogue import TEXT_CHARS
     from signals.schemas import Listing, parse_record
 
@@ -583,7 +584,8 @@ def er_dataset(name: str, paths: dict[str, Path], tmp: Path, emb: Any, quick: bo
 
     from benchmarks.er_pairs import _subsample, load_pairs
     from indexes.near_duplicates import TextNearDuplicates
-    from indexes.pair_scorer import PairScorer, best_f1_threshold, feature_matrix
+    from indexes.pair_features import feature_matrix
+    from indexes.pair_scorer import PairScorer, best_f1_threshold
     from indexes.vector import VectorIndex
     from serving.batch_catalogue import load_catalogue
 
@@ -793,6 +795,7 @@ def main() -> None:
         figures[f"workers_peak_anon_mb_{tag}"] = m["workers_anon_mb"]
         figures[f"index_mb_{tag}"] = round(m["index_bytes"] / 2**20, 1)
         figures[f"rows_s_{tag}"] = m["rows_s"]
+        figures[f"pairs_rows_s_{tag}"] = m["pairs_rows_s"]
     details["load_avg_at_end"] = os.getloadavg()
     details["data"] = ("synthetic listings (titles partly from ../shared/data/listing_pairs), photos from "
                        "../shared/data/images/photos; ER: ../shared/data/listing_pairs (DeepMatcher/Magellan "

@@ -30,7 +30,8 @@ import numpy as np
 
 from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, NearDuplicateConfig
-from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairRecord, PairScorer
+from indexes.pair_features import ParsedRecords
+from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer
 from indexes.pdq import PdqIndex
 from indexes.vector import Hit, VectorIndex
 from signals.errors import InvalidInput
@@ -78,26 +79,39 @@ class TextNearDuplicates:
         return [[h for h in hits if h.score >= floor and h.id != own][: self.config.text_k]
                 for hits, own in zip(found, exclude, strict=True)]
 
-    def decide(self, queries: Sequence[PairRecord], candidates: Sequence[Sequence[Hit]],
-               record_of: Callable[[list[str]], list[PairRecord]]) -> list[list[Neighbour]]:
-        """The candidates that are near-duplicates of each query, with the pair's score."""
-        if len(queries) != len(candidates):
+    def decide(self, queries: ParsedRecords | None, candidates: Sequence[Sequence[Hit]],
+               parsed_of: Callable[[list[str]], ParsedRecords]) -> list[list[Neighbour]]:
+        """The candidates that are near-duplicates of each query, with the pair's score.
+
+        ``queries``: the queries' parsed records (:meth:`ParsedRecords.parse`), one per
+        candidate list; only the scorer reads them (``None`` will do without one).
+        ``parsed_of(ids)``: the parsed records of candidate ids, one row per id, in order.
+        """
+        if self.scorer is not None and queries is None:
+            raise InvalidInput("queries", "the pair scorer needs the queries' parsed records")
+        if queries is not None and len(queries) != len(candidates):
             raise InvalidInput("candidates", f"{len(candidates)} candidate lists for {len(queries)} queries")
         flat = [(qi, h) for qi, hits in enumerate(candidates) for h in hits]
-        out: list[list[Neighbour]] = [[] for _ in queries]
+        out: list[list[Neighbour]] = [[] for _ in candidates]
         if not flat:
             return out
         cosines = np.array([h.score for _, h in flat], dtype=np.float64)
         if self.scorer is None:
             scores, keep = cosines, cosines >= _f32(self.cosine_threshold)
         else:
+            assert queries is not None
             scores = np.empty(len(flat), dtype=np.float64)
-            # In chunks: the records parsed for one chunk's features are freed before the next.
+            query_rows = np.array([qi for qi, _ in flat], dtype=np.int64)
+            # In chunks: one chunk's candidate records are materialised at a time.
             for start in range(0, len(flat), _SCORE_CHUNK):
                 part = flat[start:start + _SCORE_CHUNK]
-                others = record_of([h.id for _, h in part])
-                pairs = [(queries[qi], rec) for (qi, _), rec in zip(part, others, strict=True)]
-                scores[start:start + len(part)] = self.scorer.score(pairs, cosines[start:start + len(part)])
+                others = parsed_of([h.id for _, h in part])
+                if len(others) != len(part):
+                    raise InvalidInput("parsed_of", f"{len(others)} parsed records for {len(part)} ids")
+                both = ParsedRecords.concat([queries, others])
+                scores[start:start + len(part)] = self.scorer.score_parsed(
+                    both, query_rows[start:start + len(part)], len(queries) + np.arange(len(part)),
+                    cosines[start:start + len(part)])
             keep = scores >= self.scorer.threshold
             copy = self.config.text_copy_cosine
             if copy is not None:

@@ -1,21 +1,12 @@
 """The pair scorer: are two listings the same product? Decided from what tells products apart.
 
 Embedding cosine finds candidates well but blurs exactly what separates two products
-of one line: model numbers, sizes, capacities, prices. :class:`PairScorer` takes a
-candidate pair (two listing-like records plus their embedding cosine, as a
-:class:`~indexes.vector.VectorIndex` search returns it) and scores it with a small
-logistic regression over generic features (:data:`BASE_FEATURES`):
-
-- ``cosine``: the text-embedding cosine (``text_minilm`` by default);
-- token Jaccard and containment of the titles, character-3-gram cosine of the titles,
-  token Jaccard of the whole texts, length ratio;
-- identifiers: alphanumeric codes with digits (``LDS4821WW``, ``mb13-pnk-see-v2``),
-  normalised (case, dashes, dots, slashes, spaces); exact agreement, a code of one
-  side found inside the other's squashed text, the closest pair of codes, and a
-  conflict flag when both sides carry codes and none agree;
-- numbers: Jaccard of the numbers, and quantities with a unit (``32gb`` vs ``64gb``):
-  agreement and conflict;
-- price: log ratio when both prices exist.
+of one line: model numbers, sizes, capacities, prices. :class:`PairScorer` takes
+candidate pairs (two listing-like records plus their embedding cosine, as a
+:class:`~indexes.vector.VectorIndex` search returns it) and scores them with a small
+logistic regression over the generic features of :mod:`indexes.pair_features`
+(:data:`~indexes.pair_features.BASE_FEATURES`: the cosine, token and trigram overlaps,
+identifier codes, numbers and quantities with units, prices).
 
 The logistic regression sees these features, hinge (piecewise-linear) terms of the
 similarities and all pairwise products, standardised. Weights, standardisation,
@@ -33,256 +24,33 @@ benchmarks' ``train`` splits with its threshold picked on their ``valid`` splits
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from indexes.atomic import read_json, write_json_atomic
+from indexes.pair_features import (
+    BASE_FEATURES,
+    PairRecord,
+    ParsedRecords,
+    feature_matrix,
+    pair_feature_matrix,
+)
 from indexes.thresholds import pick_threshold
 from signals.errors import InvalidInput
 
 FORMAT = "marketguard.pair_scorer/1"
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "pair_scorer.json"
 
-BASE_FEATURES: tuple[str, ...] = (
-    "cosine",
-    "title_token_jaccard",
-    "title_token_containment",
-    "title_char3_cosine",
-    "text_token_jaccard",
-    "length_ratio",
-    "code_exact",
-    "code_contained",
-    "code_best_similarity",
-    "code_conflict",
-    "code_one_side_only",
-    "number_jaccard",
-    "unit_agree",
-    "unit_conflict",
-    "price_both",
-    "price_log_ratio",
-)
 # Similarities in [0, 1] that get hinge terms max(0, x - knot): a piecewise-linear
 # response without binning the data by hand.
 HINGE_FEATURES: tuple[str, ...] = ("cosine", "title_token_jaccard", "title_char3_cosine",
                                    "code_best_similarity")
 HINGE_KNOTS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9)
-
-_TOKEN = re.compile(r"[0-9a-z]+")
-# A code candidate: runs of letters/digits joined by - . / (kept together, then squashed).
-_CODE_SPAN = re.compile(r"[0-9a-z]+(?:[-./][0-9a-z]+)*")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-# Quantities with a unit: generic product vocabulary (storage, frequency, power, size, weight).
-_UNITS = {
-    "tb": "tb", "gb": "gb", "mb": "mb", "kb": "kb", "ghz": "ghz", "mhz": "mhz", "hz": "hz",
-    "mp": "mp", "megapixel": "mp", "mah": "mah", "w": "w", "watt": "w", "watts": "w", "v": "v",
-    "volt": "v", "mm": "mm", "cm": "cm", "m": "m", "in": "in", "inch": "in", "inches": "in",
-    '"': "in", "'": "in", "ft": "ft", "oz": "oz", "lb": "lb", "lbs": "lb", "kg": "kg", "g": "g",
-    "ml": "ml", "l": "l", "rpm": "rpm", "x": "x", "p": "p", "pack": "pack", "pk": "pack",
-    "gbps": "gbps", "mbps": "mbps", "ms": "ms", "db": "db", "k": "k", "cell": "cell",
-}
-_QUANTITY = re.compile(
-    r"(\d+(?:\.\d+)?)\s*(" + "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
-    + r")(?![0-9a-z])"
-)
-
-
-class ListingLike(Protocol):
-    """What the scorer reads of a listing: ``signals.schemas.Listing`` satisfies it."""
-
-    @property
-    def title(self) -> str: ...
-
-    @property
-    def description(self) -> str: ...
-
-    @property
-    def price(self) -> float | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PairRecord:
-    """The parts of a listing the scorer reads (hashable, so its parse is memoised)."""
-
-    title: str
-    description: str = ""
-    price: float | None = None
-
-    @classmethod
-    def of(cls, item: ListingLike) -> PairRecord:
-        return cls(item.title, item.description or "", item.price)
-
-
-# ----------------------------------------------------------------------- features
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    title_tokens: frozenset[str]
-    text_tokens: frozenset[str]
-    title_len: int
-    char3: Counter[str] = field(compare=False)
-    char3_norm: float
-    codes: frozenset[str]
-    squashed: str
-    numbers: frozenset[str]
-    quantities: dict[str, frozenset[float]] = field(compare=False)
-    price: float | None
-
-
-def _normalise(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).lower()
-
-
-def extract_codes(text: str) -> set[str]:
-    """Identifier-like codes: letters+digits (>= 3 chars) or digit runs of >= 4, squashed.
-
-    ``"LDS-4821 WW"`` gives ``lds4821``; ``"mb13-pnk-see-v2"`` gives ``mb13pnkseev2``.
-    Quantities (``32gb``, ``1080p``) are numbers with a unit, not identifiers.
-    """
-    out: set[str] = set()
-    for span in _CODE_SPAN.findall(_normalise(text)):
-        code = re.sub(r"[-./]", "", span)
-        if not any(c.isdigit() for c in code):
-            continue
-        has_alpha = any(c.isalpha() for c in code)
-        if has_alpha and _QUANTITY.fullmatch(span):
-            continue
-        if (has_alpha and len(code) >= 3) or (not has_alpha and len(code) >= 4 and "." not in span):
-            out.add(code)
-    return out
-
-
-def extract_quantities(text: str) -> dict[str, frozenset[float]]:
-    """Numbers with a unit, by normalised unit: ``"32GB microSD"`` -> ``{"gb": {32.0}}``."""
-    found: dict[str, set[float]] = {}
-    for value, unit in _QUANTITY.findall(_normalise(text)):
-        found.setdefault(_UNITS[unit], set()).add(float(value))
-    return {u: frozenset(v) for u, v in found.items()}
-
-
-# Single pairs (pair_features) reuse recent parses; feature_matrix parses each distinct
-# record of its call once. A parse holds token sets and trigram counts (~10 KB for a
-# long description), so the cache is kept small: memory stays bounded by one call.
-@lru_cache(maxsize=4096)
-def _parse_cached(record: PairRecord) -> _Parsed:
-    return _parse(record)
-
-
-def _parse(record: PairRecord) -> _Parsed:
-    title = _normalise(record.title)
-    text = title + " " + _normalise(record.description)
-    title_tokens = _TOKEN.findall(title)
-    squashed_title = " " + " ".join(title_tokens) + " "
-    char3 = Counter(squashed_title[i:i + 3] for i in range(max(len(squashed_title) - 2, 0)))
-    return _Parsed(
-        title_tokens=frozenset(title_tokens),
-        text_tokens=frozenset(_TOKEN.findall(text)),
-        title_len=len(title_tokens),
-        char3=char3,
-        char3_norm=math.sqrt(sum(c * c for c in char3.values())),
-        codes=frozenset(extract_codes(record.title) | extract_codes(record.description)),
-        squashed=re.sub(r"[^0-9a-z]", "", text),
-        numbers=frozenset(_NUMBER.findall(title)),
-        quantities=extract_quantities(title),
-        price=record.price if record.price is not None and record.price > 0 else None,
-    )
-
-
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    union = len(a | b)
-    return len(a & b) / union if union else 0.0
-
-
-def _code_similarity(a: str, b: str) -> float:
-    """Shared prefix over the longer code: ``lds4821ww`` vs ``lds4821wh`` -> 0.78."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n / max(len(a), len(b))
-
-
-def pair_features(a: PairRecord, b: PairRecord, cosine: float) -> np.ndarray:
-    """The :data:`BASE_FEATURES` of one pair (symmetric in ``a`` and ``b``)."""
-    return _features(_parse_cached(a), _parse_cached(b), cosine)
-
-
-def _features(pa: _Parsed, pb: _Parsed, cosine: float) -> np.ndarray:
-    common = len(pa.title_tokens & pb.title_tokens)
-    smaller = min(len(pa.title_tokens), len(pb.title_tokens))
-    dot = sum(c * pb.char3.get(g, 0) for g, c in pa.char3.items())
-    char3 = dot / (pa.char3_norm * pb.char3_norm) if pa.char3_norm and pb.char3_norm else 0.0
-
-    ca, cb = pa.codes, pb.codes
-    code_exact = float(bool(ca & cb))
-    contained = 0.0
-    best = 0.0
-    if ca and cb:
-        # A code of one side spelled out (or split) inside the other side's text.
-        in_b = sum(1 for c in ca if len(c) >= 4 and c in pb.squashed) / len(ca)
-        in_a = sum(1 for c in cb if len(c) >= 4 and c in pa.squashed) / len(cb)
-        contained = max(in_a, in_b)
-        best = max(_code_similarity(x, y) for x in ca for y in cb)
-    elif ca or cb:
-        codes, other = (ca, pb.squashed) if ca else (cb, pa.squashed)
-        contained = sum(1 for c in codes if len(c) >= 4 and c in other) / len(codes)
-    conflict = float(bool(ca and cb) and not code_exact and contained == 0.0)
-    one_side = float(bool(ca) != bool(cb))
-
-    units = set(pa.quantities) & set(pb.quantities)
-    unit_agree = float(any(pa.quantities[u] & pb.quantities[u] for u in units))
-    unit_conflict = float(any(not (pa.quantities[u] & pb.quantities[u]) for u in units))
-
-    if pa.price is not None and pb.price is not None:
-        price_both, price_log = 1.0, min(abs(math.log(pa.price / pb.price)), 5.0)
-    else:
-        price_both, price_log = 0.0, 0.0
-    length = (min(pa.title_len, pb.title_len) / max(pa.title_len, pb.title_len)
-              if max(pa.title_len, pb.title_len) else 0.0)
-    return np.array([
-        float(cosine),
-        _jaccard(pa.title_tokens, pb.title_tokens),
-        common / smaller if smaller else 0.0,
-        char3,
-        _jaccard(pa.text_tokens, pb.text_tokens),
-        length,
-        code_exact,
-        contained,
-        best,
-        conflict,
-        one_side,
-        _jaccard(pa.numbers, pb.numbers),
-        unit_agree,
-        unit_conflict,
-        price_both,
-        price_log,
-    ], dtype=np.float64)
-
-
-def feature_matrix(pairs: Sequence[tuple[PairRecord, PairRecord]],
-                   cosines: Sequence[float] | np.ndarray) -> np.ndarray:
-    """``len(pairs) x len(BASE_FEATURES)`` base features."""
-    cos = np.asarray(cosines, dtype=np.float64).reshape(-1)
-    if len(cos) != len(pairs):
-        raise InvalidInput("cosines", f"{len(cos)} cosines for {len(pairs)} pairs")
-    if not np.isfinite(cos).all():
-        raise InvalidInput("cosines", "NaN or infinite cosine")
-    if not len(pairs):
-        return np.zeros((0, len(BASE_FEATURES)))
-    parsed: dict[PairRecord, _Parsed] = {}
-    for a, b in pairs:
-        for rec in (a, b):
-            if rec not in parsed:
-                parsed[rec] = _parse(rec)
-    return np.stack([_features(parsed[a], parsed[b], c) for (a, b), c in zip(pairs, cos, strict=True)])
 
 
 def expanded_names() -> list[str]:
@@ -393,6 +161,11 @@ class PairScorer:
               cosines: Sequence[float] | np.ndarray) -> np.ndarray:
         """Same-product probability of each pair, given each pair's embedding cosine."""
         return self.score_features(feature_matrix(pairs, cosines))
+
+    def score_parsed(self, records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
+                     cosines: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Same-product probability of the pairs ``(records[ia[i]], records[ib[i]])``."""
+        return self.score_features(pair_feature_matrix(records, ia, ib, cosines))
 
     def decide(self, pairs: Sequence[tuple[PairRecord, PairRecord]],
                cosines: Sequence[float] | np.ndarray) -> np.ndarray:

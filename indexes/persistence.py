@@ -34,7 +34,7 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -162,8 +162,48 @@ def read_index(directory: Path, empty: Callable[[], IndexT], load: Callable[[Pat
     return index
 
 
-def _snapshot_exists() -> Any:
-    raise RuntimeError("a created DurableIndex always has a snapshot; no empty index is needed")
+def _write_items(path: Path, items: Iterable[tuple[str, Meta]]) -> None:
+    """``items.json``, one item at a time: never the whole document as one string."""
+    with open(path, "wb") as f:
+        f.write(b"{")
+        for k, (item_id, meta) in enumerate(items):
+            f.write(b"," if k else b"")
+            f.write(json.dumps(item_id).encode("utf-8") + b":"
+                    + json.dumps(meta, separators=(",", ":")).encode("utf-8"))
+        f.write(b"}")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_snap(final: Path, index: MutableIndex, items: Iterable[tuple[str, Meta]]) -> None:
+    """Write a snapshot folder as ``<final>.tmp``, then rename it to ``final``."""
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    index.save(tmp)
+    _write_items(tmp / "items.json", items)
+    fsync_dir(tmp)
+    os.replace(tmp, final)
+
+
+def write_snapshot(directory: Path, index: MutableIndex, items: Iterable[tuple[str, Meta]]) -> None:
+    """A new durable directory whose first snapshot is ``index`` with per-item metadata ``items``.
+
+    For bulk loads (the batch job builds millions of items at once): one snapshot
+    instead of a log record per batch, and the metadata streamed to disk from
+    ``items`` rather than held as a dict of dicts (~400 bytes an item in Python).
+    :class:`DurableIndex` opens the result. ``directory`` must not exist or be empty.
+    """
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise InvalidInput("directory", f"{str(directory)!r} is not empty")
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_snap(directory / "snap-1", index, items)
+    fd = os.open(directory / "log-1.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fsync(fd)
+    os.close(fd)
+    fsync_dir(directory)
+    write_json_atomic(directory / "CURRENT", {"generation": 1})  # the commit point
 
 
 class DurableIndex(Generic[IndexT]):
@@ -195,31 +235,6 @@ class DurableIndex(Generic[IndexT]):
         except BaseException:
             self.close()  # a directory that fails to load must not stay locked
             raise
-
-    @classmethod
-    def create(
-        cls,
-        directory: Path,
-        index: IndexT,
-        meta: dict[str, Meta],
-        load: Callable[[Path], IndexT],
-        config: PersistenceConfig | None = None,
-    ) -> DurableIndex[IndexT]:
-        """A new durable directory whose first snapshot is ``index``, built in bulk.
-
-        For bulk loads (the batch job builds millions of items at once): one snapshot
-        instead of a log record per batch. ``directory`` must not exist or be empty.
-        """
-        directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()):
-            raise InvalidInput("directory", f"{str(directory)!r} is not empty")
-        durable = cls(directory, lambda: index, load, config)
-        durable.meta = dict(meta)
-        durable.compact()
-        # From here on the snapshot is the state (a rollback reloads it): let go of the
-        # bulk-built object instead of keeping a second copy alive for the store's life.
-        durable._empty = _snapshot_exists
-        return durable
 
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
@@ -347,17 +362,7 @@ class DurableIndex(Generic[IndexT]):
     def compact(self) -> None:
         """Snapshot the current state as the next generation and start an empty log."""
         new = self.generation + 1
-        tmp = self.directory / f"snap-{new}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.index.save(tmp)
-        items = tmp / "items.json"
-        with open(items, "wb") as f:
-            f.write(json.dumps(self.meta, separators=(",", ":")).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        os.replace(tmp, self.directory / f"snap-{new}")
+        _write_snap(self.directory / f"snap-{new}", self.index, self.meta.items())
         new_log = self._log_path(new)
         fd = os.open(new_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
         os.fsync(fd)

@@ -137,7 +137,8 @@ class VectorIndex:
         labels = self._ids.assign_batch(ids)
         if old_labels is not None and old_vecs is not None:
             # Migrate: the flat index plus this batch train the IVF.
-            self._build_ivf(np.concatenate([old_labels, labels]), np.vstack([old_vecs, arr]))
+            both = np.vstack([old_vecs, arr])
+            self._build_ivf(np.concatenate([old_labels, labels]), both, len(both))
             return
         self._index.add_with_ids(arr, labels)
 
@@ -164,14 +165,22 @@ class VectorIndex:
         removed = self._index.remove_ids(sel)
         assert removed == len(arr), (removed, len(arr))
 
-    def build(self, ids: list[str], vectors: np.ndarray) -> None:
-        """Bulk-load an empty index, training the IVF on the whole batch when it is large."""
+    def build(self, ids: list[str], vectors: np.ndarray, *, expected_size: int | None = None) -> None:
+        """Bulk-load an empty index, training the IVF on the whole batch when it is large.
+
+        ``expected_size``: the index will hold this many vectors once the caller has
+        added the rest (a bulk load that trains on a sample first): the IVF gets the
+        cells for that size, not for the sample's, which would leave each cell ten times
+        too full after a 10x larger load and every search scanning ten times as much.
+        """
         if len(self):
             raise InvalidInput("ids", f"build() needs an empty index, this one holds {len(self)}")
+        if expected_size is not None and expected_size < len(ids):
+            raise InvalidInput("expected_size", f"{expected_size!r} is less than the {len(ids)} ids given")
         ids, arr = self.prepare(ids, vectors)
         labels = self._ids.assign_batch(ids)
-        if len(ids) > self.config.exact_max:
-            self._build_ivf(labels, arr)
+        if max(len(ids), expected_size or 0) > self.config.exact_max:
+            self._build_ivf(labels, arr, expected_size or len(ids))
         else:
             self._index.add_with_ids(arr, labels)
 
@@ -183,7 +192,7 @@ class VectorIndex:
         labels, vecs = self._all_vectors()
         # Renumber while rebuilding: labels of removed items (and their id bytes) go.
         self._ids = self._ids.take(labels)
-        self._build_ivf(np.arange(len(labels), dtype=np.int64), vecs)
+        self._build_ivf(np.arange(len(labels), dtype=np.int64), vecs, len(labels))
         return True
 
     # ------------------------------------------------------------------ search
@@ -240,16 +249,17 @@ class VectorIndex:
             return labels, np.zeros((0, self.dim), dtype=np.float32)
         return labels, self._index.reconstruct_batch(labels)
 
-    def _nlist_for(self, n: int) -> int:
+    def _nlist_for(self, size: int, training: int) -> int:
         if self.config.nlist is not None:
             return self.config.nlist
-        # ~4 sqrt(n) cells, and at least ~39 training points per cell (FAISS's k-means floor).
-        by_size = 4 * int(math.sqrt(n))
-        return max(1, min(by_size, min(n, self.config.train_sample) // 39))
+        # ~4 sqrt(size) cells, and at least ~39 training points per cell (FAISS's k-means floor).
+        by_size = 4 * int(math.sqrt(size))
+        return max(1, min(by_size, min(training, self.config.train_sample) // 39))
 
-    def _build_ivf(self, labels: np.ndarray, vecs: np.ndarray) -> None:
+    def _build_ivf(self, labels: np.ndarray, vecs: np.ndarray, size: int) -> None:
+        """Train an IVF for ``size`` vectors on (a sample of) ``vecs`` and add ``vecs``."""
         n = len(labels)
-        nlist = self._nlist_for(n)
+        nlist = self._nlist_for(size, n)
         quantizer = faiss.IndexFlatIP(self.dim)
         qtype = _sq_type(self.config.quantization)
         if qtype is None:
@@ -273,7 +283,7 @@ class VectorIndex:
         index.nprobe = min(self.config.nprobe, nlist)
         self._index = index
         self._structure = "ivf"
-        self._trained_for = n
+        self._trained_for = size
 
     def set_nprobe(self, nprobe: int) -> None:
         """Cells searched per query (IVF only): the recall/speed knob."""

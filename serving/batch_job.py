@@ -52,6 +52,7 @@ from serving.batch_pairs import (
     index_dir,
     modalities,
     open_index,
+    parsed_records,
     read_pairs,
     search_blocks,
     tenants,
@@ -274,7 +275,12 @@ def _pairs(cat: Catalogue, config: MarketGuardConfig, out: Path, progress: Progr
     stage.close()
     blocks = [(t, m, v, b) for t, m, v in views for b in range(-(-len(v) // block))]
     pairs_dir = out / "work" / "pairs"
-    done = sum(1 for t, m, _, b in blocks if block_path(pairs_dir, t, m, b).exists())
+    todo = [(t, m, b) for t, m, _, b in blocks if not block_path(pairs_dir, t, m, b).exists()]
+    parsed = None
+    scored = text_rule is not None and text_rule.scorer is not None
+    if scored and any(m == "listing_text" for _, m, _ in todo):
+        parsed = parsed_records(cat, out / "work" / "pair_records.arrow")
+    done = len(blocks) - len(todo)
     stage = progress.stage("pairs", len(blocks), "blocks", done=done)
     for tenant, m, view in views:
         if not len(view) or all(block_path(pairs_dir, tenant, m, b).exists()
@@ -282,7 +288,7 @@ def _pairs(cat: Catalogue, config: MarketGuardConfig, out: Path, progress: Progr
             continue
         index = open_index(view, icfg, index_dir(out / "indexes", tenant, m))
         for b, queries, found in search_blocks(
-                view, icfg, index, text_rule, block,
+                view, icfg, index, text_rule, parsed if m == "listing_text" else None, block,
                 lambda b, t=tenant, m=m: not block_path(pairs_dir, t, m, b).exists()):
             write_block(block_path(pairs_dir, tenant, m, b), found)
             stage.update(1, queries)

@@ -9,10 +9,12 @@ compute cross-seller signals. ``marketguard serve --data-dir DIR`` opens them.
 
 Stage 4 queries each snapshot with the catalogue itself, ``batch.query_block``
 records at a time, and keeps what :mod:`indexes.near_duplicates` decides, the same
-rule the service applies to a new listing. Each block's pairs (record rows
-``a < b``, score) go to ``work/pairs/<tenant>/<modality>/<block>.parquet``
-atomically; a block whose file exists is not searched again. Memory: the index,
-one block of queries and its candidates.
+rule the service applies to a new listing. For listing text with a pair scorer, every
+record is first parsed once into ``work/pair_records.arrow`` (:func:`parsed_records`).
+Each block's pairs (record rows ``a < b``, score) go to
+``work/pairs/<tenant>/<modality>/<block>.parquet`` atomically; a block whose file
+exists is not searched again. Memory: the index, one block of queries and its
+candidates.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from indexes.atomic import write_file_atomic
 from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, Modality
 from indexes.near_duplicates import (
@@ -36,9 +40,9 @@ from indexes.near_duplicates import (
     pdq_near_duplicates,
     vector_near_duplicates,
 )
-from indexes.pair_scorer import PairRecord
+from indexes.pair_features import PARSED_SCHEMA, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
-from indexes.persistence import DurableIndex, read_index
+from indexes.persistence import read_index, write_snapshot
 from indexes.vector import VectorIndex
 from serving.batch_catalogue import Catalogue
 from serving.batch_extract import write_parquet_atomic
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("score", pa.float32())])
 _BUILD_CHUNK = 50_000
+_PARSE_CHUNK = 20_000  # records parsed (and held as Python objects) at a time
 
 
 def modalities(cat: Catalogue) -> list[Modality]:
@@ -114,18 +119,25 @@ class ModalityView:
         idx = self.items[pos]
         return [np.asarray(v[idx]) for v in (self.cat.pdq if with_variants else self.cat.pdq[:1])]
 
-    def meta(self, pos: int) -> dict[str, Any]:
-        row = int(self.record_rows[pos])
-        m = self.cat.meta
-        out: dict[str, Any] = {"owner": m.column("owner")[row].as_py()}
-        if self.modality == "listing_text":
-            out.update(price=m.column("price")[row].as_py(), currency=m.column("currency")[row].as_py(),
-                       category=m.column("group")[row].as_py())
-        elif self.modality == "review_text":
-            out["product_id"] = m.column("group")[row].as_py()
-        else:
-            out["record_id"] = m.column("entity_id")[row].as_py()
-        return out
+    def iter_items(self, chunk: int = 65_536) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(index id, per-item metadata) of every item, in order, ``chunk`` rows read at a time."""
+        names = {"listing_text": ["owner", "price", "currency", "group"], "review_text": ["owner", "group"]}
+        columns = names.get(self.modality, ["owner", "entity_id"])
+        meta = self.cat.meta.select(columns)
+        for start in range(0, len(self), chunk):
+            rows = pa.array(self.record_rows[start:start + chunk], type=pa.int64())
+            part = meta.take(rows)
+            values = zip(*(part.column(c).to_pylist() for c in columns), strict=True)
+            ids = self.ids[start:start + chunk]
+            if self.modality == "listing_text":
+                for i, (owner, price, currency, group) in zip(ids, values, strict=True):
+                    yield i, {"owner": owner, "price": price, "currency": currency, "category": group}
+            elif self.modality == "review_text":
+                for i, (owner, group) in zip(ids, values, strict=True):
+                    yield i, {"owner": owner, "product_id": group}
+            else:
+                for i, (owner, record_id) in zip(ids, values, strict=True):
+                    yield i, {"owner": owner, "record_id": record_id}
 
 
 def index_dir(indexes_dir: Path, tenant: str, modality: Modality) -> Path:
@@ -157,15 +169,14 @@ def build_index(view: ModalityView, config: IndexesConfig, final: Path) -> None:
         # Train the IVF on a seeded random sample (representative, and the same on a re-run),
         # then add the rest in chunks so no copy of all the vectors is ever made.
         sample = np.sort(np.random.default_rng(0).choice(n, min(n, index.config.train_sample), replace=False))
-        index.build([view.ids[i] for i in sample], view.data(sample))
+        index.build([view.ids[i] for i in sample], view.data(sample), expected_size=n)
         rest = np.setdiff1d(np.arange(n), sample)
     else:
         rest = np.arange(n)
     for start in range(0, len(rest), _BUILD_CHUNK):
         pos = rest[start:start + _BUILD_CHUNK]
         index.add([view.ids[i] for i in pos], view.data(pos))
-    meta = {view.ids[i]: view.meta(i) for i in range(n)}
-    DurableIndex.create(tmp, index, meta, _loader(view, config), config.persistence).close()
+    write_snapshot(tmp, index, view.iter_items())
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
 
@@ -179,10 +190,43 @@ def block_path(pairs_dir: Path, tenant: str, modality: Modality, block: int) -> 
     return pairs_dir / tenant / modality / f"{block:06d}.parquet"
 
 
+def parsed_records(cat: Catalogue, path: Path) -> ParsedRecords:
+    """Every record parsed once for the pair scorer, as ``path`` (an Arrow file read through
+    a memory map), parsed and written atomically unless it is already there.
+
+    Row ``r`` is the catalogue's record row ``r``. The scorer then reads a candidate's
+    parse instead of parsing it again for each of the (up to ``text_k``) queries that
+    find it: one parse a record for the whole stage.
+    """
+    if not path.exists():
+        def write(f: Any) -> None:
+            with ipc.new_file(f, PARSED_SCHEMA) as writer:
+                for rows in _chunks(cat.iter_rows(["title", "text", "price"]), _PARSE_CHUNK):
+                    records = [PairRecord(t or "", d or "", p) for t, d, p in rows]
+                    writer.write_table(ParsedRecords.parse(records).table)
+
+        write_file_atomic(path, write)
+    return ParsedRecords(ipc.open_file(pa.memory_map(str(path))).read_all())
+
+
+def _chunks(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    chunk: list[tuple[Any, ...]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex | PdqIndex,
-                  text_rule: TextNearDuplicates | None, block_size: int,
+                  text_rule: TextNearDuplicates | None, parsed: ParsedRecords | None, block_size: int,
                   todo: Callable[[int], bool]) -> Iterator[tuple[int, int, Pairs]]:
-    """(block, queries, pairs as record rows) for every block ``todo`` accepts."""
+    """(block, queries, pairs as record rows) for every block ``todo`` accepts.
+
+    ``parsed``: the catalogue's :func:`parsed_records` when the text rule has a pair scorer.
+    """
     n = len(view)
     id_pos = {item_id: i for i, item_id in enumerate(view.ids)}
     for block, start in enumerate(range(0, n, block_size)):
@@ -193,8 +237,9 @@ def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex 
         if view.modality == "listing_text":
             assert text_rule is not None and isinstance(index, VectorIndex)
             cands = text_rule.candidates(index, view.data(pos), own)
-            found = text_rule.decide(_records(view, pos), cands,
-                                     lambda ids: _records(view, np.array([id_pos[i] for i in ids])))
+            found = text_rule.decide(
+                parsed.take(view.record_rows[pos]) if parsed is not None else None, cands,
+                lambda ids: parsed.take(view.record_rows[[id_pos[i] for i in ids]]))  # type: ignore[union-attr]
         elif view.modality == "image_pdq":
             assert isinstance(index, PdqIndex)
             nd = config.near_duplicates
@@ -210,14 +255,6 @@ def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex 
         s = [h.score for hits in found for h in hits]
         yield block, len(pos), canonical_pairs(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64),
                                                np.array(s, dtype=np.float32))
-
-
-def _records(view: ModalityView, pos: np.ndarray) -> list[PairRecord]:
-    rows = view.record_rows[pos]
-    part = view.cat.meta.select(["title", "text", "price"]).take(pa.array(rows, type=pa.int64()))
-    return [PairRecord(t or "", d or "", p) for t, d, p in zip(
-        part.column("title").to_pylist(), part.column("text").to_pylist(), part.column("price").to_pylist(),
-        strict=True)]
 
 
 def write_block(path: Path, pairs: Pairs) -> None:

@@ -22,7 +22,8 @@ from indexes.near_duplicates import (
     pdq_near_duplicates,
     vector_near_duplicates,
 )
-from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairRecord, PairScorer
+from indexes.pair_features import PairRecord, ParsedRecords
+from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer
 from indexes.pdq import PdqIndex
 from indexes.vector import Hit, VectorIndex
 from signals.errors import InvalidInput
@@ -50,12 +51,16 @@ def scorer() -> PairScorer:
     return loaded
 
 
-def records(by_id: dict[str, PairRecord]) -> Callable[[list[str]], list[PairRecord]]:
-    return lambda ids: [by_id[i] for i in ids]
+def records(by_id: dict[str, PairRecord]) -> Callable[[list[str]], ParsedRecords]:
+    return lambda ids: ParsedRecords.parse([by_id[i] for i in ids])
 
 
-def never_called(ids: list[str]) -> list[PairRecord]:
-    raise AssertionError(f"record_of called with {ids!r}")
+def parsed(*records: PairRecord) -> ParsedRecords:
+    return ParsedRecords.parse(records)
+
+
+def never_called(ids: list[str]) -> ParsedRecords:
+    raise AssertionError(f"parsed_of called with {ids!r}")
 
 
 def ids_of(rows: Sequence[Sequence[Hit | Neighbour]]) -> list[list[str]]:
@@ -134,19 +139,33 @@ def test_candidates_refuse_mismatched_exclude() -> None:
 def test_decide_without_a_scorer_is_the_cosine_threshold() -> None:
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, None)
     cands = [[Hit("a", 0.8), Hit("b", 0.75), Hit("c", 0.7)], [], [Hit("d", 0.74)]]
-    got = nd.decide([PairRecord("q1"), PairRecord("q2"), PairRecord("q3")], cands, never_called)
+    got = nd.decide(None, cands, never_called)
     assert got == [[Neighbour("a", 0.8), Neighbour("b", 0.75)], [], []]  # score: the cosine
+
+
+def test_decide_with_a_scorer_needs_the_queries(scorer: PairScorer) -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, scorer)
+    with pytest.raises(InvalidInput) as err:
+        nd.decide(None, [[Hit("a", 0.8)]], never_called)
+    assert err.value.field == "queries"
+
+
+def test_decide_refuses_parsed_records_of_another_length(scorer: PairScorer) -> None:
+    nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, scorer)
+    with pytest.raises(InvalidInput) as err:
+        nd.decide(parsed(ORIGINAL), [[Hit("a", 0.8), Hit("b", 0.7)]], lambda ids: parsed(BAIT))
+    assert err.value.field == "parsed_of"
 
 
 def test_decide_with_no_candidates_reads_no_records(scorer: PairScorer) -> None:
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, scorer)
-    assert nd.decide([PairRecord("q1"), PairRecord("q2")], [[], []], never_called) == [[], []]
+    assert nd.decide(parsed(PairRecord("q1"), PairRecord("q2")), [[], []], never_called) == [[], []]
 
 
 def test_decide_refuses_mismatched_candidates(scorer: PairScorer) -> None:
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.75, scorer)
     with pytest.raises(InvalidInput) as err:
-        nd.decide([PairRecord("q")], [[], []], never_called)
+        nd.decide(parsed(PairRecord("q")), [[], []], never_called)
     assert err.value.field == "candidates"
 
 
@@ -161,12 +180,12 @@ def test_scorer_tells_model_numbers_apart_and_keeps_a_reworded_copy(scorer: Pair
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, scorer)
     cands = nd.candidates(idx, E0, ["tv55"])
     assert ids_of(cands) == [["tv43", "tv55-copy"]]
-    got = nd.decide([by_id["tv55"]], cands, records(by_id))
+    got = nd.decide(parsed(by_id["tv55"]), cands, records(by_id))
     assert ids_of(got) == [["tv55-copy"]]
     expected = scorer.score([(by_id["tv55"], by_id["tv55-copy"])], [0.9375])[0]
     assert got[0][0].score == pytest.approx(expected)  # below the copy cosine: the scorer's probability
     by_cosine = TextNearDuplicates(NearDuplicateConfig(), 0.9, None)
-    assert by_cosine.decide([by_id["tv55"]], cands, never_called) == [
+    assert by_cosine.decide(None, cands, never_called) == [
         [Neighbour("tv43", 0.96875), Neighbour("tv55-copy", 0.9375)]]
 
 
@@ -187,10 +206,10 @@ def test_copy_rule_catches_a_bait_priced_repost(scorer: PairScorer) -> None:
     cands = nd.candidates(idx, E0, ["orig"])
     assert ids_of(cands) == [["bait", "far"]]
     # A copy's score is the larger of the scorer's probability and the cosine.
-    assert nd.decide([ORIGINAL], cands, records(by_id)) == [[Neighbour("bait", 1.0)]]
+    assert nd.decide(parsed(ORIGINAL), cands, records(by_id)) == [[Neighbour("bait", 1.0)]]
 
     alone = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=None), 0.9, scorer)
-    assert alone.decide([ORIGINAL], cands, records(by_id)) == [[]]
+    assert alone.decide(parsed(ORIGINAL), cands, records(by_id)) == [[]]
 
 
 def test_copy_cosine_is_inclusive(scorer: PairScorer) -> None:
@@ -198,9 +217,9 @@ def test_copy_cosine_is_inclusive(scorer: PairScorer) -> None:
     cands = [[Hit("bait", 0.875)]]
     by_id = {"bait": BAIT}
     at_rule = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=0.875), 0.9, scorer)
-    assert at_rule.decide([ORIGINAL], cands, records(by_id)) == [[Neighbour("bait", 0.875)]]
+    assert at_rule.decide(parsed(ORIGINAL), cands, records(by_id)) == [[Neighbour("bait", 0.875)]]
     above = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=0.90625), 0.9, scorer)
-    assert above.decide([ORIGINAL], cands, records(by_id)) == [[]]
+    assert above.decide(parsed(ORIGINAL), cands, records(by_id)) == [[]]
 
 
 def _self_cosine_above_one() -> tuple[VectorIndex, np.ndarray]:
@@ -219,7 +238,7 @@ def test_text_scores_are_at_most_one(scorer: PairScorer, with_scorer: bool) -> N
     idx, v = _self_cosine_above_one()
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, scorer if with_scorer else None)
     cands = nd.candidates(idx, v, [None])
-    got = nd.decide([ORIGINAL], cands, records({"x": ORIGINAL}))
+    got = nd.decide(parsed(ORIGINAL), cands, records({"x": ORIGINAL}))
     assert [n.id for n in got[0]] == ["x"]
     assert got[0][0].score <= 1.0
 
@@ -321,7 +340,7 @@ def test_text_threshold_is_inclusive_of_its_float32_value_like_range_search() ->
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, None)
     cands = nd.candidates(idx, q, ["a"])
     assert [h.id for h in cands[0]] == ["b"]
-    found = nd.decide([PairRecord("q")], cands, lambda ids: [PairRecord("x")] * len(ids))
+    found = nd.decide(parsed(PairRecord("q")), cands, lambda ids: parsed(*[PairRecord("x")] * len(ids)))
     assert [n.id for n in found[0]] == ["b"]
 
 

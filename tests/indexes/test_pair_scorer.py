@@ -1,4 +1,4 @@
-"""The pair scorer: features, fitting, JSON round trip, validation, the shipped artifact.
+"""The pair scorer: fitting, JSON round trip, validation, the shipped artifact.
 
 Synthetic pairs only: no test reads any split of the public listing-pair data.
 """
@@ -10,68 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from indexes.pair_scorer import (
-    BASE_FEATURES,
-    DEFAULT_MODEL_PATH,
-    PairRecord,
-    PairScorer,
-    best_f1_threshold,
-    extract_codes,
-    extract_quantities,
-    feature_matrix,
-    pair_features,
-)
+from indexes.pair_features import PairRecord, ParsedRecords, feature_matrix
+from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer, best_f1_threshold
 from signals.errors import InvalidInput
-
-
-def feat(a: str, b: str, cosine: float = 0.9, **kw: float | None) -> dict[str, float]:
-    pa = PairRecord(a, price=kw.get("pa"))
-    pb = PairRecord(b, price=kw.get("pb"))
-    return dict(zip(BASE_FEATURES, pair_features(pa, pb, cosine).tolist(), strict=True))
-
-
-# ---------------------------------------------------------------------- features
-def test_codes_are_normalised_and_quantities_are_not_codes() -> None:
-    assert extract_codes("Sony KDL-40 EX500 tv") == {"kdl40", "ex500"}
-    assert extract_codes("LG LDS4821WW dishwasher") == {"lds4821ww"}
-    assert extract_codes("mb13-pnk-see-v2 case") == {"mb13pnkseev2"}
-    assert extract_codes("32GB microSD 1080p 2.5 inch") == set()
-    assert extract_quantities('32GB card, 15.6" screen') == {"gb": frozenset({32.0}),
-                                                             "in": frozenset({15.6})}
-
-
-def test_identical_model_numbers_agree_and_different_ones_conflict() -> None:
-    same = feat("Canon PowerShot SX530 HS camera black", "canon sx-530 powershot digital camera")
-    other = feat("Canon PowerShot SX530 HS camera black", "Canon PowerShot SX610 HS camera black")
-    assert same["code_exact"] == 1.0 and same["code_conflict"] == 0.0
-    # Partial: one side's code inside the other's longer code is containment, not conflict.
-    partial = feat("Canon PowerShot SX530 HS camera", "canon sx530hs powershot")
-    assert partial["code_contained"] == 1.0 and partial["code_conflict"] == 0.0
-    assert other["code_exact"] == 0.0 and other["code_conflict"] == 1.0
-    # A code split by a space or dash on one side is still found in the other's text.
-    split = feat("Denon DVD-2930CI player", "denon dvd 2930ci dvd player")
-    assert split["code_exact"] == 1.0 or split["code_contained"] == 1.0
-
-
-def test_capacity_conflict() -> None:
-    f = feat("SanDisk Ultra microSDHC 32GB class 10", "SanDisk Ultra microSDHC 64GB class 10")
-    assert f["unit_conflict"] == 1.0 and f["unit_agree"] == 0.0
-    g = feat("SanDisk Ultra microSDHC 32GB class 10", "sandisk ultra 32 gb micro sdhc card")
-    assert g["unit_agree"] == 1.0 and g["unit_conflict"] == 0.0
-
-
-def test_price_and_symmetry() -> None:
-    f = feat("a b c", "a b d", pa=100.0, pb=50.0)
-    assert f["price_both"] == 1.0 and f["price_log_ratio"] == pytest.approx(np.log(2))
-    assert feat("a b c", "a b d", pa=100.0)["price_both"] == 0.0
-    a, b = PairRecord("Sony KDL40EX500 40in", "lcd tv"), PairRecord("sony 40 inch bravia kdl40ex500")
-    np.testing.assert_allclose(pair_features(a, b, 0.8), pair_features(b, a, 0.8))
-
-
-def test_feature_matrix_rejects_mismatched_cosines() -> None:
-    with pytest.raises(InvalidInput) as err:
-        feature_matrix([(PairRecord("a"), PairRecord("b"))], [0.1, 0.2])
-    assert err.value.field == "cosines"
 
 
 # ------------------------------------------------------------------------ fitting
@@ -157,3 +98,14 @@ def test_shipped_artifact_decides_a_known_pair_each_way() -> None:
     assert scores[0] >= scorer.threshold > scores[1]
     decided = scorer.decide([(anchor, same), (anchor, other)], [0.85, 0.85])
     assert decided.tolist() == [True, False]
+
+
+def test_scoring_parsed_records_equals_scoring_the_records() -> None:
+    scorer = PairScorer.load(DEFAULT_MODEL_PATH)
+    recs = [PairRecord("Samsung UN46D6000 46 inch 1080p LED HDTV", price=1299.0),
+            PairRecord("samsung 46in un46d6000 series 6 led tv", price=1249.99),
+            PairRecord("Samsung UN55D6000 55 inch 1080p LED HDTV", price=1899.0)]
+    pairs, cos = [(recs[0], recs[1]), (recs[0], recs[2]), (recs[2], recs[1])], [0.85, 0.8, 0.7]
+    np.testing.assert_array_equal(
+        scorer.score_parsed(ParsedRecords.parse(recs), np.array([0, 0, 2]), np.array([1, 2, 1]), cos),
+        scorer.score(pairs, cos))

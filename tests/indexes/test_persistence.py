@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.config import PdqIndexConfig, PersistenceConfig, VectorIndexConfig
+from indexes.config import PdqIndexConfig, VectorIndexConfig
 from indexes.pdq import PdqIndex
-from indexes.persistence import CorruptLog, DurableIndex, encode_record, read_records
+from indexes.persistence import CorruptLog, DurableIndex, encode_record, read_records, write_snapshot
 from indexes.vector import VectorIndex
 from signals.errors import InvalidInput
 from tests.indexes.crash_writer import hash_for, open_store, vector_for
@@ -264,15 +264,17 @@ _PDQ = PdqIndexConfig(exact_max=200, tail_min=20, tail_fraction=0.05)
 
 
 def _create(directory: Path, kind: str, ids: list[str]) -> DurableIndex:  # type: ignore[type-arg]
-    pcfg = PersistenceConfig(compact_log_bytes=20_000)
-    meta = {i: {"n": int(i.split("-")[1])} for i in ids}
+    """write_snapshot(), then the store opened on it (as the service opens a batch job's)."""
+    items = ((i, {"n": int(i.split("-")[1])}) for i in ids)  # streamed, never a dict
     if kind == "pdq":
         pdq = PdqIndex(_PDQ)
         pdq.add(ids, _hashes(ids))
-        return DurableIndex.create(directory, pdq, meta, lambda p: PdqIndex.load(p, _PDQ), pcfg)
-    vec = VectorIndex(_VECTOR)
-    vec.build(ids, vecs(ids))
-    return DurableIndex.create(directory, vec, meta, lambda p: VectorIndex.load(p, _VECTOR), pcfg)
+        write_snapshot(directory, pdq, items)
+    else:
+        vec = VectorIndex(_VECTOR)
+        vec.build(ids, vecs(ids))
+        write_snapshot(directory, vec, items)
+    return open_store(directory, kind)
 
 
 def _find(store: DurableIndex, kind: str, ids: list[str]) -> list[str]:  # type: ignore[type-arg]

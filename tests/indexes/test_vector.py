@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,27 @@ def test_compact_renumbers_labels_and_keeps_results(tmp_path) -> None:
     assert [[h.id for h in row] for row in back.search(q, 5)] == before
     back.remove(["c1"])
     assert "c1" not in back and all(h.id != "c1" for h in back.search(x[1:2], 5)[0])
+
+
+def test_bulk_load_from_a_sample_gets_the_cells_of_its_final_size(tmp_path) -> None:
+    """Trained on a sample, then filled: the cells are sized for the whole load, not the sample.
+
+    Sized for the sample, a 4x larger load leaves each cell 4x too full and every
+    search scans 4x as much (the batch job builds its indexes this way).
+    """
+    cfg = VectorIndexConfig(dim=8, exact_max=1_000, quantization="none")
+    x = random_vectors(40_000, 8, seed=21)
+    ids = [f"id{i}" for i in range(len(x))]
+    sample_sized = VectorIndex(cfg)
+    sample_sized.build(ids, x)
+    assert sample_sized._index.nlist == 4 * 200  # noqa: SLF001 - 4 sqrt(40k)
+    load_sized = VectorIndex(cfg)
+    load_sized.build(ids, x, expected_size=160_000)
+    # 4 sqrt(160k) = 1600 cells, capped by 39 training points a cell: 40k // 39.
+    assert load_sized._index.nlist == 40_000 // 39  # noqa: SLF001
+    # Compaction re-trains once the index outgrows the size it was trained for: the load's.
+    load_sized.save(tmp_path / "snap")
+    assert json.loads((tmp_path / "snap" / "meta.json").read_text())["trained_for"] == 160_000
+    with pytest.raises(InvalidInput) as err:
+        VectorIndex(cfg).build(ids[:10], x[:10], expected_size=5)
+    assert err.value.field == "expected_size"

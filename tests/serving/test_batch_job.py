@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from indexes.near_duplicates import TextNearDuplicates
+from indexes.pair_features import PairRecord, ParsedRecords
 from indexes.persistence import DurableIndex
 from indexes.vector import VectorIndex
 from serving.batch_job import BatchRequest, run_batch
@@ -220,16 +221,13 @@ def test_pairs_are_what_the_service_would_decide(jsonl_run: tuple[Path, dict[str
         rule = TextNearDuplicates.from_config(cfg.indexes)
         records = {r["listing_id"]: r for r in catalogue_rows()[:20]}
 
-        def rec(i: str) -> Any:
-            from indexes.pair_scorer import PairRecord
-
-            r = records[i]
-            return PairRecord(r["title"], r["description"], r["price"])
+        def parsed(ids: list[str]) -> ParsedRecords:
+            return ParsedRecords.parse([PairRecord(records[i]["title"], records[i]["description"],
+                                                   records[i]["price"]) for i in ids])
 
         ids = sorted(records)
         vecs = index.get_vectors(ids)
-        found = rule.decide([rec(i) for i in ids], rule.candidates(index, vecs, ids),
-                            lambda xs: [rec(x) for x in xs])
+        found = rule.decide(parsed(ids), rule.candidates(index, vecs, ids), parsed)
         expected = {tuple(sorted((i, n.id))) for i, ns in zip(ids, found, strict=True) for n in ns}
     finally:
         durable.close()

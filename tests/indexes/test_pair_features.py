@@ -1,0 +1,203 @@
+"""Pair features: the bulk computation against a per-pair reference, and what each feature means.
+
+``reference_features`` below is the definition written the plain way, one pair at a
+time with Python sets; :func:`pair_feature_matrix` must agree with it exactly, since
+the shipped scorer's weights were fitted on these very values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+
+import numpy as np
+import pytest
+
+from indexes.pair_features import (
+    BASE_FEATURES,
+    PairRecord,
+    ParsedRecords,
+    extract_codes,
+    extract_quantities,
+    feature_matrix,
+    pair_feature_matrix,
+)
+from signals.errors import InvalidInput
+
+
+def _norm(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def _prefix(a: str, b: str) -> float:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n / max(len(a), len(b))
+
+
+def reference_features(a: PairRecord, b: PairRecord, cosine: float) -> list[float]:
+    """The features of one pair, written out directly."""
+    def parse(r: PairRecord) -> dict[str, object]:
+        title = _norm(r.title)
+        text = title + " " + _norm(r.description)
+        tokens = re.findall(r"[0-9a-z]+", title)
+        padded = " " + " ".join(tokens) + " "
+        grams: dict[str, int] = {}
+        for i in range(len(padded) - 2):
+            grams[padded[i:i + 3]] = grams.get(padded[i:i + 3], 0) + 1
+        return {"tokens": set(tokens), "n": len(tokens), "text": set(re.findall(r"[0-9a-z]+", text)),
+                "grams": grams, "codes": extract_codes(r.title) | extract_codes(r.description),
+                "squashed": re.sub(r"[^0-9a-z]", "", text),
+                "numbers": set(re.findall(r"\d+(?:\.\d+)?", title)),
+                "q": extract_quantities(r.title), "price": r.price if r.price and r.price > 0 else None}
+
+    p, q = parse(a), parse(b)
+    dot = sum(c * q["grams"].get(g, 0) for g, c in p["grams"].items())  # type: ignore[union-attr]
+    na = math.sqrt(sum(c * c for c in p["grams"].values()))  # type: ignore[union-attr]
+    nb = math.sqrt(sum(c * c for c in q["grams"].values()))  # type: ignore[union-attr]
+    ca, cb = p["codes"], q["codes"]
+
+    def inside(codes: set[str], squashed: str) -> float:
+        return sum(1 for c in codes if len(c) >= 4 and c in squashed) / len(codes)
+
+    contained = best = 0.0
+    if ca and cb:
+        contained = max(inside(ca, q["squashed"]), inside(cb, p["squashed"]))  # type: ignore[arg-type]
+        best = max(_prefix(x, y) for x in ca for y in cb)  # type: ignore[union-attr]
+    elif ca or cb:
+        contained = inside(ca, q["squashed"]) if ca else inside(cb, p["squashed"])  # type: ignore[arg-type]
+    exact = bool(ca & cb)  # type: ignore[operator]
+    units = set(p["q"]) & set(q["q"])  # type: ignore[arg-type]
+    common = len(p["tokens"] & q["tokens"])  # type: ignore[operator]
+    smaller = min(len(p["tokens"]), len(q["tokens"]))  # type: ignore[arg-type]
+    both = p["price"] is not None and q["price"] is not None
+    return [
+        cosine, _jaccard(p["tokens"], q["tokens"]), common / smaller if smaller else 0.0,  # type: ignore[arg-type]
+        dot / (na * nb) if na and nb else 0.0, _jaccard(p["text"], q["text"]),  # type: ignore[arg-type]
+        min(p["n"], q["n"]) / max(p["n"], q["n"]) if max(p["n"], q["n"]) else 0.0,  # type: ignore[type-var]
+        float(exact), contained, best, float(bool(ca and cb) and not exact and contained == 0.0),
+        float(bool(ca) != bool(cb)), _jaccard(p["numbers"], q["numbers"]),  # type: ignore[arg-type]
+        float(any(p["q"][u] & q["q"][u] for u in units)),  # type: ignore[index]
+        float(any(not (p["q"][u] & q["q"][u]) for u in units)),  # type: ignore[index]
+        float(both), min(abs(math.log(p["price"] / q["price"])), 5.0) if both else 0.0,  # type: ignore[operator]
+    ]
+
+
+WORDS = ("samsung", "sony", "galaxy", "tv", "led", "ultra", "black", "case", "pro", "kit", "new", "inch")
+SPECS = ("32gb", "64 GB", "55 inch", '15.6"', "1080p", "2.5 in", "600w", "600 W", "12mp", "3 pack",
+         "16gb 32gb", "5 in 5.0in")
+CODES = ("UE55AU7100", "ue-55au7100", "UE43AU7100", "KDL-40 EX500", "kdl40ex500", "mb13-pnk-see-v2",
+         "SX530", "sx530hs", "4821", "48210", "A1", "x-1.5")
+
+
+def random_record(rng: np.random.Generator) -> PairRecord:
+    parts = [str(rng.choice(WORDS)) for _ in range(int(rng.integers(0, 6)))]
+    parts += [str(rng.choice(SPECS)) for _ in range(int(rng.integers(0, 3)))]
+    parts += [str(rng.choice(CODES)) for _ in range(int(rng.integers(0, 3)))]
+    rng.shuffle(parts)
+    title = " ".join(parts)
+    if rng.random() < 0.1:
+        title = "Ｓａｍｓｕｎｇ ＵＥ５５ " + title  # full-width: NFKC folds it
+    description = " ".join(str(rng.choice(WORDS + CODES)) for _ in range(int(rng.integers(0, 8))))
+    price = [None, 0.0, float(rng.integers(1, 2000)), float(rng.uniform(1, 10))][int(rng.integers(4))]
+    return PairRecord(title, description, price)
+
+
+def test_bulk_features_equal_the_reference_exactly() -> None:
+    rng = np.random.default_rng(11)
+    recs = [random_record(rng) for _ in range(300)] + [PairRecord(""), PairRecord("", "only a description 5")]
+    ia = rng.integers(0, len(recs), 3000)
+    ib = rng.integers(0, len(recs), 3000)
+    ia[:len(recs)], ib[:len(recs)] = np.arange(len(recs)), np.arange(len(recs))  # each with itself
+    cos = rng.uniform(-1, 1, len(ia))
+    got = pair_feature_matrix(ParsedRecords.parse(recs), ia, ib, cos)
+    want = np.array([reference_features(recs[a], recs[b], c) for a, b, c in zip(ia, ib, cos, strict=True)])
+    for j, name in enumerate(BASE_FEATURES):
+        np.testing.assert_allclose(got[:, j], want[:, j], rtol=0, atol=1e-12, err_msg=name)
+    # Every feature varies in this sample: a feature stuck at one value would pass vacuously.
+    assert all(len(np.unique(want[:, j])) > 1 for j in range(len(BASE_FEATURES)))
+    swapped = pair_feature_matrix(ParsedRecords.parse(recs), ib, ia, cos)
+    np.testing.assert_array_equal(swapped, got)  # symmetric in the two sides
+
+
+def test_feature_matrix_parses_each_record_once_and_agrees() -> None:
+    rng = np.random.default_rng(12)
+    recs = [random_record(rng) for _ in range(40)]
+    pairs = [(recs[i], recs[j]) for i, j in rng.integers(0, 40, (200, 2))]
+    cos = rng.uniform(0, 1, 200)
+    want = np.array([reference_features(a, b, c) for (a, b), c in zip(pairs, cos, strict=True)])
+    np.testing.assert_allclose(feature_matrix(pairs, cos), want, rtol=0, atol=1e-12)
+
+
+def feat(a: str, b: str, cosine: float = 0.9, **kw: float | None) -> dict[str, float]:
+    x = feature_matrix([(PairRecord(a, price=kw.get("pa")), PairRecord(b, price=kw.get("pb")))], [cosine])
+    return dict(zip(BASE_FEATURES, x[0].tolist(), strict=True))
+
+
+def test_codes_are_normalised_and_quantities_are_not_codes() -> None:
+    assert extract_codes("Sony KDL-40 EX500 tv") == {"kdl40", "ex500"}
+    assert extract_codes("LG LDS4821WW dishwasher") == {"lds4821ww"}
+    assert extract_codes("mb13-pnk-see-v2 case") == {"mb13pnkseev2"}
+    assert extract_codes("32GB microSD 1080p 2.5 inch") == set()
+    assert extract_quantities('32GB card, 15.6" screen') == {"gb": frozenset({32.0}),
+                                                             "in": frozenset({15.6})}
+
+
+def test_identical_model_numbers_agree_and_different_ones_conflict() -> None:
+    same = feat("Canon PowerShot SX530 HS camera black", "canon sx-530 powershot digital camera")
+    other = feat("Canon PowerShot SX530 HS camera black", "Canon PowerShot SX610 HS camera black")
+    assert same["code_exact"] == 1.0 and same["code_conflict"] == 0.0
+    # Partial: one side's code inside the other's longer code is containment, not conflict.
+    partial = feat("Canon PowerShot SX530 HS camera", "canon sx530hs powershot")
+    assert partial["code_contained"] == 1.0 and partial["code_conflict"] == 0.0
+    assert other["code_exact"] == 0.0 and other["code_conflict"] == 1.0
+    # A code split by a space or dash on one side is still found in the other's text.
+    split = feat("Denon DVD-2930CI player", "denon dvd 2930ci dvd player")
+    assert split["code_exact"] == 1.0 or split["code_contained"] == 1.0
+
+
+def test_capacity_conflict() -> None:
+    f = feat("SanDisk Ultra microSDHC 32GB class 10", "SanDisk Ultra microSDHC 64GB class 10")
+    assert f["unit_conflict"] == 1.0 and f["unit_agree"] == 0.0
+    g = feat("SanDisk Ultra microSDHC 32GB class 10", "sandisk ultra 32 gb micro sdhc card")
+    assert g["unit_agree"] == 1.0 and g["unit_conflict"] == 0.0
+    # One unit agrees, another conflicts: both flags.
+    h = feat("Monitor 27 inch 144hz", "monitor 27in 60hz")
+    assert h["unit_agree"] == 1.0 and h["unit_conflict"] == 1.0
+
+
+def test_price() -> None:
+    f = feat("a b c", "a b d", pa=100.0, pb=50.0)
+    assert f["price_both"] == 1.0 and f["price_log_ratio"] == pytest.approx(np.log(2))
+    assert feat("a b c", "a b d", pa=100.0)["price_both"] == 0.0
+    assert feat("a b c", "a b d", pa=0.0, pb=5.0)["price_both"] == 0.0  # a zero price is no price
+    assert feat("a", "b", pa=1e6, pb=1.0)["price_log_ratio"] == 5.0  # capped
+
+
+def test_bad_input_is_refused_naming_the_field() -> None:
+    parsed = ParsedRecords.parse([PairRecord("a"), PairRecord("b")])
+    with pytest.raises(InvalidInput) as err:
+        feature_matrix([(PairRecord("a"), PairRecord("b"))], [0.1, 0.2])
+    assert err.value.field == "cosines"
+    with pytest.raises(InvalidInput) as err:
+        pair_feature_matrix(parsed, np.array([0]), np.array([1]), [float("nan")])
+    assert err.value.field == "cosines"
+    with pytest.raises(InvalidInput) as err:
+        pair_feature_matrix(parsed, np.array([0]), np.array([2]), [0.5])
+    assert err.value.field == "pairs"
+
+
+def test_parsed_records_take_concat_and_empty() -> None:
+    recs = ParsedRecords.parse([PairRecord("sony kdl40ex500"), PairRecord("samsung ue55au7100", price=5.0)])
+    both = ParsedRecords.concat([recs, recs.take([1, 0])])
+    assert len(both) == 4
+    x = pair_feature_matrix(both, np.array([0, 1]), np.array([3, 2]), [1.0, 1.0])
+    assert x[:, BASE_FEATURES.index("code_exact")].tolist() == [1.0, 1.0]
+    assert len(ParsedRecords.parse([])) == 0
+    assert pair_feature_matrix(recs, np.zeros(0, int), np.zeros(0, int), []).shape == (0, len(BASE_FEATURES))
