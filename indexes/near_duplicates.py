@@ -108,10 +108,11 @@ class TextNearDuplicates:
                 others = parsed_of([h.id for _, h in part])
                 if len(others) != len(part):
                     raise InvalidInput("parsed_of", f"{len(others)} parsed records for {len(part)} ids")
-                both = ParsedRecords.concat([queries, others])
+                # This chunk's queries, then one candidate a pair: every row is used once.
+                asked, which = np.unique(query_rows[start:start + len(part)], return_inverse=True)
+                both = ParsedRecords.concat([queries.take(asked), others])
                 scores[start:start + len(part)] = self.scorer.score_parsed(
-                    both, query_rows[start:start + len(part)], len(queries) + np.arange(len(part)),
-                    cosines[start:start + len(part)])
+                    both, which, len(asked) + np.arange(len(part)), cosines[start:start + len(part)])
             keep = scores >= self.scorer.threshold
             copy = self.config.text_copy_cosine
             if copy is not None:

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
+from indexes.arrow_rows import take_rows
 from signals.errors import InvalidInput
 
 BASE_FEATURES: tuple[str, ...] = (
@@ -241,7 +242,7 @@ class ParsedRecords:
 
     def take(self, rows: np.ndarray | Sequence[int]) -> ParsedRecords:
         """The records at ``rows`` (repeats allowed), in that order."""
-        return ParsedRecords(self.table.take(pa.array(np.asarray(rows, dtype=np.int64))))
+        return ParsedRecords(take_rows(self.table, rows))
 
 
 # ----------------------------------------------------------------------- features
@@ -312,7 +313,7 @@ def pair_feature_matrix(records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
         raise InvalidInput("pairs", f"a row outside the {len(records)} parsed records")
     # Only the records the pairs use take part (a chunk of a memory-mapped catalogue).
     used, inverse = np.unique(np.concatenate([ia, ib]), return_inverse=True)
-    t = records.table.take(pa.array(used))
+    t = records.table if len(used) == len(records) else take_rows(records.table, used)
     ia, ib = inverse[:n], inverse[n:]
 
     def col(name: str) -> np.ndarray:

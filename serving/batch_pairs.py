@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from indexes.arrow_rows import take_rows
 from indexes.atomic import write_file_atomic
 from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, Modality
@@ -121,23 +122,23 @@ class ModalityView:
 
     def iter_items(self, chunk: int = 65_536) -> Iterator[tuple[str, dict[str, Any]]]:
         """(index id, per-item metadata) of every item, in order, ``chunk`` rows read at a time."""
-        names = {"listing_text": ["owner", "price", "currency", "group"], "review_text": ["owner", "group"]}
-        columns = names.get(self.modality, ["owner", "entity_id"])
+        fields = _ITEM_META.get(self.modality, _IMAGE_META)  # metadata key -> catalogue column
+        keys, columns = list(fields), list(fields.values())
         meta = self.cat.meta.select(columns)
         for start in range(0, len(self), chunk):
-            rows = pa.array(self.record_rows[start:start + chunk], type=pa.int64())
-            part = meta.take(rows)
+            part = take_rows(meta, self.record_rows[start:start + chunk])
             values = zip(*(part.column(c).to_pylist() for c in columns), strict=True)
-            ids = self.ids[start:start + chunk]
-            if self.modality == "listing_text":
-                for i, (owner, price, currency, group) in zip(ids, values, strict=True):
-                    yield i, {"owner": owner, "price": price, "currency": currency, "category": group}
-            elif self.modality == "review_text":
-                for i, (owner, group) in zip(ids, values, strict=True):
-                    yield i, {"owner": owner, "product_id": group}
-            else:
-                for i, (owner, record_id) in zip(ids, values, strict=True):
-                    yield i, {"owner": owner, "record_id": record_id}
+            for item_id, row in zip(self.ids[start:start + chunk], values, strict=True):
+                yield item_id, dict(zip(keys, row, strict=True))
+
+
+# What the service needs of each indexed item (cross-seller counts, cluster prices),
+# by modality: the snapshot's metadata key and the catalogue column it comes from.
+_ITEM_META: dict[str, dict[str, str]] = {
+    "listing_text": {"owner": "owner", "price": "price", "currency": "currency", "category": "group"},
+    "review_text": {"owner": "owner", "product_id": "group"},
+}
+_IMAGE_META = {"owner": "owner", "record_id": "entity_id"}
 
 
 def index_dir(indexes_dir: Path, tenant: str, modality: Modality) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
@@ -234,6 +235,19 @@ def test_pairs_are_what_the_service_would_decide(jsonl_run: tuple[Path, dict[str
     pairs = pd.read_parquet(out / "pairs.parquet")
     text = pairs[pairs.modality == "listing_text"]
     assert {tuple(sorted((a, b))) for a, b in zip(text.a, text.b, strict=True)} == expected
+
+
+def test_each_record_is_parsed_once_for_the_pair_scorer(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
+    """The pairs stage reads one parse a record from work/pair_records.arrow, row for row."""
+    out, _, _ = jsonl_run
+    from serving.batch_catalogue import load_catalogue
+
+    cat = load_catalogue(out / "work" / "catalogue", "listing")
+    stored = ParsedRecords(ipc.open_file(pa.memory_map(str(out / "work" / "pair_records.arrow"))).read_all())
+    again = ParsedRecords.parse([PairRecord(t or "", d or "", p)
+                                 for t, d, p in cat.iter_rows(["title", "text", "price"])])
+    assert len(stored) == cat.n
+    assert stored.table.combine_chunks().equals(again.table.combine_chunks())
 
 
 def test_snapshots_load_in_the_service_layout(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
