@@ -40,6 +40,11 @@ ones, descriptions from templates, reposted near-duplicates and some off-platfor
 contact details; images are resized/cropped JPEG copies of ``images/photos/``,
 several listings sharing each. ``--quick`` (under a minute): 400 text rows, 60
 text+image rows, no memory runs, one ER dataset (Abt-Buy) on a subsample.
+
+``--parts throughput,memory,er`` runs only the named parts (the whole run takes about
+three hours on 2 cores, the 1M memory run most of it); the results file then keeps the
+other parts' figures from the previous run, and ``details.parts`` records the date
+and machine of each part's figures.
 """
 
 from __future__ import annotations
@@ -56,17 +61,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import SHARED_DATA, finish, listing_titles, median
+from benchmarks.common import RESULTS_DIR, SHARED_DATA, finish, listing_titles, machine, median
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "var" / "models"
 PHOTOS = SHARED_DATA / "images" / "photos"
 PACKAGES = ("ray", "pyarrow", "numpy", "onnxruntime", "faiss-cpu", "tokenizers", "pillow")
+PARTS = ("throughput", "memory", "er")
 RAY_CPUS = 2  # this machine's cores: one extractor actor (2 ONNX threads), read tasks beside it
 
 log = logging.getLogger("benchmarks.batch")
@@ -697,6 +704,9 @@ def main() -> None:
     parser.add_argument("--memory-rows", default="100000,1000000",
                         help="catalogue sizes of the peak-memory runs (comma-separated; the 1M run "
                              "takes about an hour on 2 cores)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="which parts to run (comma-separated, of: %(default)s); a full run "
+                             "of some parts keeps the others' figures from the results file")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
@@ -711,6 +721,9 @@ def main() -> None:
     from benchmarks.er_pairs import DATASETS, DITTO_F1, CachedEmbedder
 
     quick = args.quick
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts: expected some of {','.join(PARTS)}, got {args.parts!r}")
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
@@ -718,56 +731,73 @@ def main() -> None:
     address = ray.get_runtime_context().gcs_address
     tmp = Path(tempfile.mkdtemp(prefix="mg-batch-", dir="/tmp"))
     details: dict[str, Any] = {"ray_cpus": RAY_CPUS, "load_avg_at_start": load_start}
+    text: dict[str, Any] = {}
+    image: dict[str, Any] = {}
+    mem: dict[int, dict[str, Any]] = {}
+    er: dict[str, dict[str, Any]] = {}
     try:
         titles = listing_titles(10**6, pattern="*.txt*")
         text_rows, image_rows = (400, 60) if quick else (20_000, 2_000)
         rounds = 1 if quick else 3
 
-        # (1) throughput
-        text_path = tmp / "text.jsonl"
-        write_jsonl(text_path, synthetic_listings(text_rows, seed=1, real_titles=titles))
-        text = throughput("text", make_config(state_dir(tmp)), text_path, tmp, text_rows, rounds)
-        images = make_images(tmp / "photos", max(16, image_rows // 5))
-        image_path = tmp / "images.jsonl"
-        write_jsonl(image_path, synthetic_listings(image_rows, seed=2, images=images, real_titles=titles))
-        image = throughput("text_image", make_config(state_dir(tmp), images=True), image_path, tmp,
-                           image_rows, rounds)
-        details["throughput"] = {"text_only": text, "text_image": image,
-                                 "image_files": len(images),
-                                 "configs": {"text_only": "content rules + text embedding (MiniLM onnx "
-                                                          "int8); PDQ, SSCD, OCR, NSFW off",
-                                             "text_image": "content rules + text embedding + PDQ + "
-                                                           "SSCD distilled; OCR and NSFW off"}}
+        if "throughput" in parts:  # (1)
+            text_path = tmp / "text.jsonl"
+            write_jsonl(text_path, synthetic_listings(text_rows, seed=1, real_titles=titles))
+            text = throughput("text", make_config(state_dir(tmp)), text_path, tmp, text_rows, rounds)
+            images = make_images(tmp / "photos", max(16, image_rows // 5))
+            image_path = tmp / "images.jsonl"
+            write_jsonl(image_path, synthetic_listings(image_rows, seed=2, images=images,
+                                                       real_titles=titles))
+            image = throughput("text_image", make_config(state_dir(tmp), images=True), image_path,
+                               tmp, image_rows, rounds)
+            details["throughput"] = {
+                "text_only": text, "text_image": image, "image_files": len(images),
+                "configs": {"text_only": "content rules + text embedding (MiniLM onnx int8); PDQ, "
+                                         "SSCD, OCR, NSFW off",
+                            "text_image": "content rules + text embedding + PDQ + SSCD distilled; "
+                                          "OCR and NSFW off"}}
 
-        # (2) peak memory
-        mem = {}
-        if not quick:
+        if "memory" in parts and not quick:  # (2)
             for n in (int(x) for x in args.memory_rows.split(",") if x.strip()):
                 mem[n] = memory_run(n, address)
                 print(f"memory {n:,} rows: {json.dumps(mem[n])}", flush=True)
-        details["memory"] = {str(k): v for k, v in mem.items()}
+            details["memory"] = {str(k): v for k, v in mem.items()}
 
-        # (3) near-duplicate quality
-        emb = CachedEmbedder()
-        datasets = {"Abt-Buy": DATASETS["Abt-Buy"]} if quick else DATASETS
-        er = {}
-        for name, paths in datasets.items():
-            er[name] = er_dataset(name, paths, tmp, emb, quick)
-            er[name]["ditto_f1"] = DITTO_F1.get(name)
-            print(f"{name:15s} job F1 {er[name]['job']['f1']:.3f} (P {er[name]['job']['precision']:.3f} "
-                  f"R {er[name]['job']['recall']:.3f})  candidate recall {er[name]['candidate_recall']:.3f}  "
-                  f"scorer on labelled pairs {er[name]['scorer_on_labelled_test_pairs']['f1']:.3f}  "
-                  f"cosine (job) {er[name]['cosine_baseline_job']['f1']:.3f}", flush=True)
-        details["er"] = er
-        details["embedding_model"] = emb.model_id
+        if "er" in parts:  # (3)
+            emb = CachedEmbedder()
+            datasets = {"Abt-Buy": DATASETS["Abt-Buy"]} if quick else DATASETS
+            for name, paths in datasets.items():
+                er[name] = er_dataset(name, paths, tmp, emb, quick)
+                er[name]["ditto_f1"] = DITTO_F1.get(name)
+                print(f"{name:15s} job F1 {er[name]['job']['f1']:.3f} (P {er[name]['job']['precision']:.3f} "
+                      f"R {er[name]['job']['recall']:.3f})  candidate recall "
+                      f"{er[name]['candidate_recall']:.3f}  scorer on labelled pairs "
+                      f"{er[name]['scorer_on_labelled_test_pairs']['f1']:.3f}  cosine (job) "
+                      f"{er[name]['cosine_baseline_job']['f1']:.3f}", flush=True)
+            details["er"] = er
+            details["embedding_model"] = emb.model_id
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def mean(key: str, sub: str = "f1") -> float:
-        return round(float(np.mean([r[key][sub] for r in er.values()])), 4)
+    figures = {**throughput_figures(text, image), **memory_figures(mem), **er_figures(er),
+               "quick": quick, "seconds": round(time.perf_counter() - t_start, 1)}
+    details["load_avg_at_end"] = os.getloadavg()
+    details["data"] = ("synthetic listings (titles partly from ../shared/data/listing_pairs), photos from "
+                       "../shared/data/images/photos; ER: ../shared/data/listing_pairs (DeepMatcher/Magellan "
+                       "and WDC Products via megagonlabs/ditto, Apache-2.0)")
+    run = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine()}
+    details["parts"] = {part: run for part in sorted(parts)}
+    if not quick and parts != set(PARTS):
+        figures, details = keep_other_parts(figures, details, parts, RESULTS_DIR / "batch.json")
+    finish("batch", figures, quick=quick, packages=PACKAGES, details=details)
 
-    figures: dict[str, Any] = {
+
+def throughput_figures(text: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of part (1); empty when it did not run."""
+    if not text:
+        return {}
+    return {
         "throughput_text_rows_s": text["job_extract_rows_s"],
         "throughput_text_end_to_end_rows_s": text["job_end_to_end_rows_s"],
         "throughput_image_rows_s": image["job_extract_rows_s"],
@@ -778,6 +808,32 @@ def main() -> None:
         "throughput_ratio_image": image["extract_ratio"],
         "end_to_end_ratio": text["end_to_end_ratio"],
         "end_to_end_ratio_image": image["end_to_end_ratio"],
+    }
+
+
+def memory_figures(mem: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of part (2), suffixed by catalogue size (``_100k``, ``_1m``)."""
+    out: dict[str, Any] = {}
+    for n, m in mem.items():
+        tag = f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
+        out[f"peak_memory_mb_{tag}"] = m["driver_peak_rss_mb"]
+        out[f"peak_anon_mb_{tag}"] = m["driver_peak_anon_mb"]
+        out[f"workers_peak_anon_mb_{tag}"] = m["workers_anon_mb"]
+        out[f"index_mb_{tag}"] = round(m["index_bytes"] / 2**20, 1)
+        out[f"rows_s_{tag}"] = m["rows_s"]
+        out[f"pairs_rows_s_{tag}"] = m["pairs_rows_s"]
+    return out
+
+
+def er_figures(er: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of part (3): means over the datasets."""
+    if not er:
+        return {}
+
+    def mean(key: str, sub: str = "f1") -> float:
+        return round(float(np.mean([r[key][sub] for r in er.values()])), 4)
+
+    return {
         "er_f1": mean("job"),
         "er_precision": mean("job", "precision"),
         "er_recall": mean("job", "recall"),
@@ -785,22 +841,47 @@ def main() -> None:
         "er_candidate_recall": round(float(np.mean([r["candidate_recall"] for r in er.values()])), 4),
         "er_f1_scorer_on_labelled_pairs": mean("scorer_on_labelled_test_pairs"),
         "er_f1_cosine_baseline": mean("cosine_baseline_job"),
-        "quick": quick,
-        "seconds": round(time.perf_counter() - t_start, 1),
     }
-    for n, m in mem.items():
-        tag = f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
-        figures[f"peak_memory_mb_{tag}"] = m["driver_peak_rss_mb"]
-        figures[f"peak_anon_mb_{tag}"] = m["driver_peak_anon_mb"]
-        figures[f"workers_peak_anon_mb_{tag}"] = m["workers_anon_mb"]
-        figures[f"index_mb_{tag}"] = round(m["index_bytes"] / 2**20, 1)
-        figures[f"rows_s_{tag}"] = m["rows_s"]
-        figures[f"pairs_rows_s_{tag}"] = m["pairs_rows_s"]
-    details["load_avg_at_end"] = os.getloadavg()
-    details["data"] = ("synthetic listings (titles partly from ../shared/data/listing_pairs), photos from "
-                       "../shared/data/images/photos; ER: ../shared/data/listing_pairs (DeepMatcher/Magellan "
-                       "and WDC Products via megagonlabs/ditto, Apache-2.0)")
-    finish("batch", figures, quick=quick, packages=PACKAGES, details=details)
+
+
+_MEMORY_FIGURE = re.compile(r"_\d+[km]$")
+
+
+def part_of(figure: str) -> str | None:
+    """Which part a headline figure belongs to (None for the run's own ``quick``, ``seconds``)."""
+    if figure in ("quick", "seconds"):
+        return None
+    if figure.startswith("er_"):
+        return "er"
+    return "memory" if _MEMORY_FIGURE.search(figure) else "throughput"
+
+
+def keep_other_parts(figures: dict[str, Any], details: dict[str, Any], parts: set[str],
+                     previous_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Figures and details of the parts not run now, carried over from the previous results.
+
+    Each part keeps the date and machine it was measured on in ``details.parts``;
+    a previous file without that record gets its own date and machine for its parts.
+    """
+    if not previous_path.exists():
+        return figures, details
+    previous = json.loads(previous_path.read_text())
+    old_details = previous.get("details", {})
+    old_runs = old_details.get("parts") or {
+        part: {"date": previous.get("date"), "machine": previous.get("machine")} for part in PARTS}
+    merged = {k: v for k, v in previous.get("figures", {}).items()
+              if part_of(k) is not None and part_of(k) not in parts}
+    merged.update(figures)
+    kept = dict(details)
+    for part in set(PARTS) - parts:
+        if part in old_runs:
+            kept["parts"][part] = old_runs[part]
+        if part in old_details:
+            kept[part] = old_details[part]
+        if part == "er" and "embedding_model" in old_details:
+            kept["embedding_model"] = old_details["embedding_model"]
+    kept["parts"] = dict(sorted(kept["parts"].items()))
+    return merged, kept
 
 
 if __name__ == "__main__":
