@@ -255,7 +255,8 @@ def fit_default(data: dict[str, dict[str, Split]]) -> PairScorer:
         description=("weights fitted on the train splits of " + ", ".join(names)
                      + " (../shared/data/listing_pairs, megagonlabs/ditto packaging); threshold "
                        "picked for best F1 on their valid splits; test splits never read; "
-                       "cosine = text_minilm (onnx int8) of title + description, as the service embeds a listing"),
+                       "cosine = text_minilm (onnx int8) of title + description, as the service "
+                       "embeds a listing"),
     )
 
 
