@@ -3,7 +3,7 @@
 Layout of a directory (one writer at a time, held by an ``flock`` on ``LOCK``)::
 
     CURRENT          {"generation": g}    written tmp + os.replace + fsync
-    snap-<g>/        the index's own save() (faiss.serialize_index / raw hashes) + items.json
+    snap-<g>/        the index's own save() (faiss.write_index, streamed / raw hashes) + items.json
     log-<g>.bin      mutations since snap-<g>, one record each
 
 A record is ``b"MGL1" | u32 length | u32 crc32 | payload``, the payload a JSON header

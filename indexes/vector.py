@@ -33,7 +33,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from indexes.atomic import fsync_dir, read_snapshot_meta, write_bytes_atomic, write_json_atomic
+from indexes.atomic import fsync_dir, read_snapshot_meta, write_file_atomic, write_json_atomic
 from indexes.config import VectorIndexConfig
 from indexes.ids import IdMap, check_ids
 from signals.errors import InvalidInput
@@ -305,7 +305,10 @@ class VectorIndex:
         """Write ``index.faiss``, ``ids.npz`` and ``meta.json`` into ``directory``, each atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(directory / "index.faiss", faiss.serialize_index(self._index).tobytes())
+        # Streamed through FAISS's writer: no in-memory copy of the index (two copies,
+        # ~0.8 GB at 1M x 384 SQ8, when it went through serialize_index and bytes).
+        write_file_atomic(directory / "index.faiss",
+                          lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write)))
         self._ids.save(directory / "ids.npz")
         meta = {
             "format": _FORMAT,
@@ -325,8 +328,7 @@ class VectorIndex:
         if config is not None and config.dim != saved.dim:
             raise InvalidInput("dim", f"config dim {config.dim!r} != saved dim {saved.dim!r}")
         self = cls(config or saved)
-        raw = np.frombuffer((directory / "index.faiss").read_bytes(), dtype=np.uint8)
-        self._index = faiss.deserialize_index(raw)
+        self._index = faiss.read_index(str(directory / "index.faiss"))  # from the file, no bytes copy
         self._structure = meta["structure"]
         self._trained_for = int(meta["trained_for"])
         self._ids = IdMap.load(directory / "ids.npz")

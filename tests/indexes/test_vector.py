@@ -114,6 +114,26 @@ def test_save_load_round_trip(tmp_path, structure: str, quant: str) -> None:
     assert not list((tmp_path / "ix").glob("*.tmp"))
 
 
+def test_save_and_load_stream_the_index_through_the_file(tmp_path, monkeypatch) -> None:
+    """No whole in-memory copy of the index on either side: at 1M x 384 SQ8 the copies
+    made by serialize_index (and bytes of it) added ~0.77 GB to a save's peak and ~0.75 GB
+    to a load's (measured)."""
+    import faiss
+
+    x = clustered_vectors(1500, 32, seed=11)
+    idx = make("ivf", "sq8")
+    idx.add([f"id{i}" for i in range(len(x))], x)
+    expected = idx.search(x[:5], 3)
+
+    def forbidden(*_: object) -> None:
+        raise AssertionError("the index was copied into memory")
+
+    monkeypatch.setattr(faiss, "serialize_index", forbidden)
+    monkeypatch.setattr(faiss, "deserialize_index", forbidden)
+    idx.save(tmp_path / "ix")
+    assert VectorIndex.load(tmp_path / "ix").search(x[:5], 3) == expected
+
+
 def test_compact_retrains_and_keeps_results() -> None:
     x = clustered_vectors(3000, 32, seed=12)
     ids = [f"id{i}" for i in range(len(x))]
