@@ -37,8 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from indexes.atomic import read_json, write_json_atomic
+from indexes.atomic import read_json, write_file_atomic, write_json_atomic
 from indexes.clustering import Pairs
 from indexes.config import Modality
 from indexes.near_duplicates import TextNearDuplicates
@@ -305,16 +306,7 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
              observed_at: datetime) -> dict[str, Any]:
     ids = cat.meta.column("entity_id")
     tenant_col = cat.meta.column("tenant")
-    write_parquet_atomic(out / "pairs.parquet", pa.table({
-        "a": pa.concat_arrays([ids.take(pa.array(p.a)).combine_chunks() for p in pairs.values()])
-        if pairs else pa.array([], pa.string()),
-        "b": pa.concat_arrays([ids.take(pa.array(p.b)).combine_chunks() for p in pairs.values()])
-        if pairs else pa.array([], pa.string()),
-        "modality": pa.array([m for m, p in pairs.items() for _ in range(len(p.a))], pa.string()),
-        "score": pa.array(np.concatenate([p.score for p in pairs.values()]) if pairs else [], pa.float32()),
-        "tenant": pa.concat_arrays([tenant_col.take(pa.array(p.a)).combine_chunks() for p in pairs.values()])
-        if pairs else pa.array([], pa.string()),
-    }))
+    write_pairs_parquet(out / "pairs.parquet", ids, tenant_col, pairs)
     clusters = make_clusters(cat, pairs, config.indexes)
     members = np.flatnonzero(clusters.size >= 2)
     order = members[np.lexsort((members, clusters.root[members]))]
@@ -329,6 +321,30 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
     write_jsonl(out / "signals.jsonl",
                 iter_signals(cat, clusters, Adjacency(cat.n, pairs), hits, observed_at, tally), tally)
     return _summary(cat, pairs, clusters, tally, len(hits), config.batch.top)
+
+
+PAIRS_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("modality", pa.string()),
+                          ("score", pa.float32()), ("tenant", pa.string())])
+_PAIRS_CHUNK = 1 << 20
+
+
+def write_pairs_parquet(path: Path, ids: pa.ChunkedArray, tenant_col: pa.ChunkedArray,
+                        pairs: dict[Modality, Pairs]) -> None:
+    """``pairs.parquet`` (record rows turned into ids), atomically, ``_PAIRS_CHUNK`` pairs a
+    row group: the strings of all pairs at once were +268 MB at 4.45M pairs (measured)."""
+    def write(f: Any) -> None:
+        with pq.ParquetWriter(f, PAIRS_SCHEMA) as writer:
+            for m, p in pairs.items():
+                for start in range(0, len(p.a), _PAIRS_CHUNK):
+                    a = pa.array(p.a[start:start + _PAIRS_CHUNK])
+                    b = pa.array(p.b[start:start + _PAIRS_CHUNK])
+                    writer.write_table(pa.table({
+                        "a": ids.take(a), "b": ids.take(b),
+                        "modality": pa.repeat(pa.scalar(m, pa.string()), len(a)),
+                        "score": pa.array(p.score[start:start + _PAIRS_CHUNK], pa.float32()),
+                        "tenant": tenant_col.take(a)}, schema=PAIRS_SCHEMA))
+
+    write_file_atomic(path, write)
 
 
 def _summary(cat: Catalogue, pairs: dict[Modality, Pairs], clusters: Any, tally: SignalTally,

@@ -534,3 +534,30 @@ def test_actor_pool_always_leaves_room_for_the_reads(cpus: float, actor_cpus: fl
     actors, each = actor_pool(cpus, actor_cpus, wanted, units)
     assert (actors, each) == expected
     assert actors * each <= cpus - READ_TASK_CPUS
+
+
+def test_pairs_parquet_is_written_a_chunk_of_pairs_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    from indexes.clustering import Pairs
+    from serving import batch_job
+
+    monkeypatch.setattr(batch_job, "_PAIRS_CHUNK", 3)
+    ids = pa.chunked_array([pa.array(["L0", "L1", "L2"]), pa.array(["L3", "L4"])])
+    tenants = pa.chunked_array([pa.array(["t1", "t1", "t2"]), pa.array(["t2", "t2"])])
+    text = Pairs(np.array([0, 0, 1, 2, 3, 0, 1]), np.array([1, 2, 2, 3, 4, 4, 3]),
+                 np.arange(7, dtype=np.float32) / 10)
+    sscd = Pairs(np.array([3]), np.array([4]), np.array([0.9], dtype=np.float32))
+    path = tmp_path / "pairs.parquet"
+    batch_job.write_pairs_parquet(path, ids, tenants, {"listing_text": text, "image_sscd": sscd})
+    f = pq.ParquetFile(path)
+    assert f.metadata.num_row_groups == 4  # 3 + 3 + 1 text pairs, 1 sscd pair
+    got = pd.read_parquet(path)
+    names = ["L0", "L1", "L2", "L3", "L4"]
+    want = [(names[a], names[b], "listing_text", ["t1", "t1", "t2", "t2", "t2"][a]) for a, b in
+            zip(text.a, text.b, strict=True)] + [("L3", "L4", "image_sscd", "t2")]
+    assert list(got[["a", "b", "modality", "tenant"]].itertuples(index=False, name=None)) == want
+    assert got["score"].tolist() == pytest.approx([*(np.arange(7) / 10), 0.9])
+    assert not list(tmp_path.glob("*.tmp"))
+
+    batch_job.write_pairs_parquet(path, ids, tenants, {})  # no pairs: the schema, no rows
+    empty = pq.read_table(path)
+    assert empty.num_rows == 0 and empty.schema == batch_job.PAIRS_SCHEMA
