@@ -872,7 +872,7 @@ def keep_other_parts(figures: dict[str, Any], details: dict[str, Any], parts: se
     merged = {k: v for k, v in previous.get("figures", {}).items()
               if part_of(k) is not None and part_of(k) not in parts}
     merged.update(figures)
-    kept = dict(details)
+    kept = {**details, "parts": dict(details["parts"])}
     for part in set(PARTS) - parts:
         if part in old_runs:
             kept["parts"][part] = old_runs[part]

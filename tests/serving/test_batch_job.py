@@ -541,13 +541,14 @@ def test_pairs_parquet_is_written_a_chunk_of_pairs_at_a_time(tmp_path: Path, mon
     from serving import batch_job
 
     monkeypatch.setattr(batch_job, "_PAIRS_CHUNK", 3)
-    ids = pa.chunked_array([pa.array(["L0", "L1", "L2"]), pa.array(["L3", "L4"])])
-    tenants = pa.chunked_array([pa.array(["t1", "t1", "t2"]), pa.array(["t2", "t2"])])
+    meta = pa.Table.from_batches([  # two record batches, as the catalogue's Arrow file has
+        pa.record_batch({"entity_id": ["L0", "L1", "L2"], "tenant": ["t1", "t1", "t2"]}),
+        pa.record_batch({"entity_id": ["L3", "L4"], "tenant": ["t2", "t2"]})])
     text = Pairs(np.array([0, 0, 1, 2, 3, 0, 1]), np.array([1, 2, 2, 3, 4, 4, 3]),
                  np.arange(7, dtype=np.float32) / 10)
     sscd = Pairs(np.array([3]), np.array([4]), np.array([0.9], dtype=np.float32))
     path = tmp_path / "pairs.parquet"
-    batch_job.write_pairs_parquet(path, ids, tenants, {"listing_text": text, "image_sscd": sscd})
+    batch_job.write_pairs_parquet(path, meta, {"listing_text": text, "image_sscd": sscd})
     f = pq.ParquetFile(path)
     assert f.metadata.num_row_groups == 4  # 3 + 3 + 1 text pairs, 1 sscd pair
     got = pd.read_parquet(path)
@@ -558,6 +559,6 @@ def test_pairs_parquet_is_written_a_chunk_of_pairs_at_a_time(tmp_path: Path, mon
     assert got["score"].tolist() == pytest.approx([*(np.arange(7) / 10), 0.9])
     assert not list(tmp_path.glob("*.tmp"))
 
-    batch_job.write_pairs_parquet(path, ids, tenants, {})  # no pairs: the schema, no rows
+    batch_job.write_pairs_parquet(path, meta, {})  # no pairs: the schema, no rows
     empty = pq.read_table(path)
     assert empty.num_rows == 0 and empty.schema == batch_job.PAIRS_SCHEMA
