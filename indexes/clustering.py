@@ -90,13 +90,19 @@ class UnionFind:
     * ``add(vector)``: rows appended to a float32 buffer that doubles when full
       (:class:`ClusterAssigner` grows its sets this way).
 
-    ``parent`` and ``size`` are numpy int arrays (int32 when N is known and fits,
-    int64 when growable); the hot loops index them through memoryviews, which give
-    plain Python ints at list speed. Vector sums are kept only for the roots of
-    sets with more than one member.
+    ``parent``, ``size`` and ``next`` (each set's members as a circular list) are
+    numpy int arrays (int32 when N is known and fits, int64 when growable); the hot
+    loops index them through memoryviews, which give plain Python ints at list
+    speed. A float64 vector sum is kept only for the roots of sets with at least
+    ``sums_from`` members (the clustering guard's size: only those sets are asked
+    for centroids often); a smaller set's centroid is summed from its members when
+    asked. So the sums cost at most ``N / sums_from`` vectors, however many small
+    clusters there are (a sum for every multi-member set was ~3 KB a cluster at
+    384 dimensions: hundreds of MB over a million-row catalogue).
     """
 
-    def __init__(self, n: int = 0, dim: int = 0, *, vectors: np.ndarray | None = None) -> None:
+    def __init__(self, n: int = 0, dim: int = 0, *, vectors: np.ndarray | None = None,
+                 sums_from: int = 2) -> None:
         if vectors is not None:
             if getattr(vectors, "ndim", None) != 2:
                 raise InvalidInput("vectors", f"expected a 2-d array, got shape {np.shape(vectors)}")
@@ -110,16 +116,21 @@ class UnionFind:
         self._src = vectors
         self._growable = vectors is None
         dtype = np.int64 if self._growable or n >= 2**31 else np.int32
+        if sums_from < 2:
+            raise InvalidInput("sums_from", f"sums_from must be >= 2, got {sums_from!r}")
         self._parent = np.arange(n, dtype=dtype)
         self._size = np.ones(n, dtype=dtype)
+        self._next = np.arange(n, dtype=dtype)  # circular member lists
         self._buf: np.ndarray | None = None  # float32 rows appended by add()
         self._has = np.zeros(n if self._growable else 0, dtype=bool)  # buffer row is set
-        self._sums: dict[int, np.ndarray] = {}  # roots of sets with >1 member
+        self._sums_from = sums_from
+        self._sums: dict[int, np.ndarray] = {}  # roots of sets with >= sums_from members
         self._views()
 
     def _views(self) -> None:
         self._p = memoryview(self._parent)
         self._s = memoryview(self._size)
+        self._nx = memoryview(self._next)
 
     def __len__(self) -> int:
         return self._n
@@ -160,20 +171,19 @@ class UnionFind:
             self._has[i] = True
         self._p[i] = i
         self._s[i] = 1
+        self._nx[i] = i
         self._n = i + 1
         return i
 
     def _grow(self, cap: int) -> None:
-        self._p.release()
-        self._s.release()
+        for view in (self._p, self._s, self._nx):
+            view.release()
         n = self._n
-        parent = np.empty(cap, dtype=self._parent.dtype)
-        parent[:n] = self._parent[:n]
-        size = np.empty(cap, dtype=self._size.dtype)
-        size[:n] = self._size[:n]
+        parent, size, nxt = (np.empty(cap, dtype=self._parent.dtype) for _ in range(3))
+        parent[:n], size[:n], nxt[:n] = self._parent[:n], self._size[:n], self._next[:n]
         has = np.zeros(cap, dtype=bool)
         has[:n] = self._has[:n]
-        self._parent, self._size, self._has = parent, size, has
+        self._parent, self._size, self._next, self._has = parent, size, nxt, has
         if self._buf is not None:
             buf = np.zeros((cap, self.dim), dtype=np.float32)
             buf[:n] = self._buf[:n]
@@ -197,18 +207,32 @@ class UnionFind:
                 return r
             r = nxt
 
-    def _row(self, i: int) -> np.ndarray | None:
+    def members(self, i: int) -> list[int]:
+        """Every element of i's set (walks its member list: O(set size))."""
+        nx, out, j = self._nx, [i], self._nx[i]
+        while j != i:
+            out.append(j)
+            j = nx[j]
+        return out
+
+    def _sum(self, root: int) -> np.ndarray | None:
+        """The float64 vector sum of a set: cached at big roots, else summed from its members."""
+        s = self._sums.get(root)
+        if s is not None:
+            return s
+        if self._src is None and self._buf is None:
+            return None
+        rows = self.members(root) if self._s[root] > 1 else [root]
         if self._src is not None:
-            return np.asarray(self._src[i], dtype=np.float64)
-        if self._buf is not None and self._has[i]:
-            return self._buf[i].astype(np.float64)
-        return None
+            rows.sort()  # memmap reads in file order
+            return np.asarray(self._src[rows], dtype=np.float64).sum(axis=0)
+        if not self._has[rows].all():
+            return None
+        return self._buf[rows].astype(np.float64).sum(axis=0)  # type: ignore[index]
 
     def centroid(self, root: int) -> np.ndarray | None:
         """The unit mean direction of a set (None without vectors)."""
-        s = self._sums.get(root)
-        if s is None:
-            s = self._row(root)
+        s = self._sum(root)
         if s is None:
             return None
         norm = math.sqrt(float(s @ s))  # what np.linalg.norm computes for a 1-d vector, minus overhead
@@ -222,12 +246,13 @@ class UnionFind:
         size = self._s
         if size[ra] < size[rb]:
             ra, rb = rb, ra
-        sa = self._sums.pop(ra, None)
-        sb = self._sums.pop(rb, None)
-        va = sa if sa is not None else self._row(ra)
-        vb = sb if sb is not None else self._row(rb)
-        if va is not None and vb is not None:
-            self._sums[ra] = np.asarray(va, dtype=np.float64) + vb
+        if size[ra] + size[rb] >= self._sums_from:
+            va, vb = self._sum(ra), self._sum(rb)
+            if va is not None and vb is not None:
+                self._sums[ra] = va + vb
+        self._sums.pop(rb, None)
+        nx = self._nx
+        nx[ra], nx[rb] = nx[rb], nx[ra]  # splice the two member cycles into one
         self._p[rb] = ra
         size[ra] += size[rb]
         return ra
@@ -316,7 +341,8 @@ def _check_pairs(n: int, pairs: Pairs, strong: np.ndarray | None) -> tuple[np.nd
             raise InvalidInput("strong", f"{len(strong)} flags for {len(a)} pairs")
         if len(strong) and strong.dtype != bool:
             raise InvalidInput("strong", f"expected booleans, got dtype {strong.dtype}")
-    return a.astype(np.int64, copy=False), b.astype(np.int64, copy=False), score, strong
+    row = np.int32 if n < 2**31 else np.int64  # half the sort's memory at millions of pairs
+    return a.astype(row, copy=False), b.astype(row, copy=False), score, strong
 
 
 def cluster_pairs(
@@ -341,20 +367,22 @@ def cluster_pairs(
     row by row), to have cosine >= ``threshold``. Without ``vectors`` such a merge is
     refused.
 
-    Memory: numpy arrays only: 8 bytes a row for the union-find (int32 parent and
-    size), a float64 vector sum per multi-member cluster when ``vectors`` is given, the
-    sorted pairs, and int64 labels resolved with numpy pointer jumping; pairs are
-    walked in chunks so the Python lists stay bounded.
+    Memory: numpy arrays only: 12 bytes a row for the union-find (int32 parent, size
+    and member list), a float64 vector sum per cluster of ``guard_size`` or more
+    members when ``vectors`` is given (smaller ones are summed when asked), the
+    sorted pairs (int32 rows below 2^31 rows), and int64 labels resolved with numpy
+    pointer jumping; pairs are walked in chunks so the Python lists stay bounded.
     """
     cfg = config or ClusteringConfig()
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise InvalidInput("n", f"n must be an integer >= 0, got {n!r}")
     n = int(n)
     a, b, score, flags = _check_pairs(n, pairs, strong)
+    n_pairs = len(a)
     if vectors is not None:
         if getattr(vectors, "ndim", None) != 2 or len(vectors) != n:
             raise InvalidInput("vectors", f"expected an array of {n} rows, got shape {np.shape(vectors)}")
-        uf = UnionFind(vectors=vectors)
+        uf = UnionFind(vectors=vectors, sums_from=cfg.guard_size)
     else:
         uf = UnionFind(n)
     if flags is None:
@@ -362,10 +390,14 @@ def cluster_pairs(
     keep = a != b
     lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
     score, flags = score[keep], flags[keep]
+    del a, b, keep  # the row copies: at millions of pairs, each one is tens of MB
     # lexsort's last key is the primary one: score desc, then (lo, hi), then strong first.
-    order = np.lexsort((~flags, hi, lo, -score.astype(np.float64)))
+    # Negating in the scores' own float type keeps their order exactly (integers: float64,
+    # so unsigned ones cannot wrap).
+    order = np.lexsort((~flags, hi, lo, -(score if score.dtype.kind == "f" else score.astype(np.float64))))
+    del score
     lo, hi, flags = lo[order], hi[order], flags[order]
-    del order, score
+    del order
     merges = blocked = 0
     chunk = 1 << 16  # bounded Python lists, whatever the number of pairs
     for start in range(0, len(lo), chunk):
@@ -381,7 +413,7 @@ def cluster_pairs(
                 merges += 1
             else:
                 blocked += 1
-    return ClusterResult(uf.roots(), len(a), merges, blocked)
+    return ClusterResult(uf.roots(), n_pairs, merges, blocked)
 
 
 def cluster(vectors: np.ndarray, config: ClusteringConfig | None = None) -> ClusterResult:
@@ -404,7 +436,7 @@ class ClusterAssigner:
     ) -> None:
         self.config = config or ClusteringConfig()
         self.index = index or VectorIndex(VectorIndexConfig(dim=dim, quantization="none"))
-        self._uf = UnionFind(0, dim)
+        self._uf = UnionFind(0, dim, sums_from=self.config.guard_size)
         self._elem: dict[str, int] = {}
         self._ids: list[str] = []
         self.blocked = 0

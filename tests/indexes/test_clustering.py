@@ -260,3 +260,58 @@ def test_union_find_over_an_array_allocates_no_per_row_objects() -> None:
         tracemalloc.stop()
     assert peak < 10 * 2**20, peak  # int32 parent and size: ~1.6 MB; a list per row would be >10 MB
     assert uf.union(0, 199_999) == 0 and uf.set_size(199_999) == 2
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_union_find_sums_only_big_sets_and_sums_small_ones_from_their_members(grown: bool) -> None:
+    x = clustered_vectors(60, 8, seed=5)
+    if grown:
+        uf = UnionFind(0, 8, sums_from=4)
+        for v in x:
+            uf.add(v)
+    else:
+        uf = UnionFind(vectors=x, sums_from=4)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        uf.union(int(rng.integers(60)), int(rng.integers(60)))
+    roots = uf.roots()
+    for r in np.unique(roots).tolist():
+        members = np.flatnonzero(roots == r)
+        assert sorted(uf.members(r)) == members.tolist()  # the member cycles follow every merge
+        assert uf.set_size(r) == len(members)
+        mean = x[members].astype(np.float64).sum(axis=0)
+        assert np.allclose(uf.centroid(r), mean / np.linalg.norm(mean))
+        assert (r in uf._sums) == (len(members) >= 4)  # small sets keep no sum
+    with pytest.raises(InvalidInput):
+        UnionFind(3, sums_from=1)
+
+
+def test_cluster_pairs_keeps_no_vector_sum_for_small_clusters() -> None:
+    """A million-row catalogue has ~10^5 small clusters: a 384-d float64 sum each was ~3 KB
+    a cluster (hundreds of MB); only clusters of guard_size or more may hold one now."""
+    n = 40_000
+    x = np.zeros((n, 384), dtype=np.float32)
+    x[:, 0] = 1.0
+    a = np.arange(0, n, 2)
+    pairs = Pairs(a, a + 1, np.full(len(a), 0.9, dtype=np.float32))  # 20,000 clusters of two
+    tracemalloc.start()
+    try:
+        result = cluster_pairs(n, pairs, ClusteringConfig(guard_size=50), vectors=x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.merges == n // 2
+    assert peak < 20 * 2**20, peak  # the sums alone would be 20,000 x 3 KB = 61 MB
+
+
+def test_cluster_pairs_orders_unsigned_integer_scores_like_floats() -> None:
+    """Strongest first: a negated uint8 score wraps (-0 stays 0), which would apply the 0 link first."""
+    x = np.zeros((4, 2), dtype=np.float32)
+    x[:, 0] = 1.0
+    pairs = Pairs(np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0, 200, 90], dtype=np.uint8))
+    cfg = ClusteringConfig(guard_size=2, guard_threshold=1.0, threshold=0.5)
+    weak = np.zeros(3, dtype=bool)  # no link is strong: the guard refuses every merge after the first
+    as_uint = cluster_pairs(4, pairs, cfg, strong=weak)
+    as_float = cluster_pairs(4, Pairs(pairs.a, pairs.b, pairs.score.astype(np.float32)), cfg, strong=weak)
+    assert as_uint.merges == as_float.merges == 1  # only the strongest link (1-2) merges unguarded
+    assert as_uint.labels_as_min_row().tolist() == as_float.labels_as_min_row().tolist() == [0, 1, 1, 3]
