@@ -269,29 +269,50 @@ class _ray:
 # ------------------------------------------------------------------------ pairs
 def _pairs(cat: Catalogue, config: MarketGuardConfig, out: Path, progress: Progress) -> dict[Modality, Pairs]:
     """Stages 3 and 4: snapshots, then blockwise search; all pairs per modality."""
-    icfg = config.indexes
-    block = config.batch.query_block
-    mods = modalities(cat)
-    text_rule = TextNearDuplicates.from_config(icfg) if "listing_text" in mods else None
-    views = [(t, m, ModalityView(cat, m, rows, icfg)) for t, rows in tenants(cat).items() for m in mods]
+    views = [(t, m, ModalityView(cat, m, rows, config.indexes))
+             for t, rows in tenants(cat).items() for m in modalities(cat)]
+    _build_indexes(views, config, out, progress)
+    _search(cat, views, config, out, progress)
+    keys = [(tenant, m) for tenant, m, _ in views]
+    del views  # their id lists: ~100 MB at 1M rows, not needed to read the pairs back
+    release_free_memory()
+    pairs_dir = out / "work" / "pairs"
+    result: dict[Modality, list[Pairs]] = {}
+    for tenant, m in keys:
+        result.setdefault(m, []).append(read_pairs(pairs_dir / tenant / m))
+    return {m: Pairs(np.concatenate([p.a for p in ps]), np.concatenate([p.b for p in ps]),
+                     np.concatenate([p.score for p in ps])) for m, ps in result.items()}
+
+
+_Views = list[tuple[str, Modality, ModalityView]]
+
+
+def _build_indexes(views: _Views, config: MarketGuardConfig, out: Path, progress: Progress) -> None:
+    """Stage 3: each tenant's modality snapshot, in the service's layout."""
     stage = progress.stage("indexes", len(views), "indexes")
     for tenant, m, view in views:
-        build_index(view, icfg, index_dir(out / "indexes", tenant, m))
+        build_index(view, config.indexes, index_dir(out / "indexes", tenant, m))
         release_free_memory()  # training samples and build buffers, before the search's own
         stage.update(1)
     stage.close()
-    blocks = [(t, m, v, b) for t, m, v in views for b in range(-(-len(v) // block))]
+
+
+def _search(cat: Catalogue, views: _Views, config: MarketGuardConfig, out: Path, progress: Progress) -> None:
+    """Stage 4: every block not yet checkpointed searched against its index, its pairs written."""
+    icfg = config.indexes
+    block = config.batch.query_block
+    text = any(m == "listing_text" for _, m, _ in views)
+    text_rule = TextNearDuplicates.from_config(icfg) if text else None
+    blocks = [(t, m, b) for t, m, v in views for b in range(-(-len(v) // block))]
     pairs_dir = out / "work" / "pairs"
-    todo = [(t, m, b) for t, m, _, b in blocks if not block_path(pairs_dir, t, m, b).exists()]
+    todo = [(t, m, b) for t, m, b in blocks if not block_path(pairs_dir, t, m, b).exists()]
     parsed = None
     scored = text_rule is not None and text_rule.scorer is not None
     if scored and any(m == "listing_text" for _, m, _ in todo):
         parsed = parsed_records(cat, out / "work" / "pair_records.arrow")
-    done = len(blocks) - len(todo)
-    stage = progress.stage("pairs", len(blocks), "blocks", done=done)
+    stage = progress.stage("pairs", len(blocks), "blocks", done=len(blocks) - len(todo))
     for tenant, m, view in views:
-        if not len(view) or all(block_path(pairs_dir, tenant, m, b).exists()
-                                for b in range(-(-len(view) // block))):
+        if not any(t == tenant and mm == m for t, mm, _ in todo):
             continue
         index = open_index(view, icfg, index_dir(out / "indexes", tenant, m))
         for b, queries, found in search_blocks(
@@ -299,12 +320,9 @@ def _pairs(cat: Catalogue, config: MarketGuardConfig, out: Path, progress: Progr
                 lambda b, t=tenant, m=m: not block_path(pairs_dir, t, m, b).exists()):
             write_block(block_path(pairs_dir, tenant, m, b), found)
             stage.update(1, queries)
+        del index  # before the next one loads
+        release_free_memory()
     stage.close()
-    result: dict[Modality, list[Pairs]] = {}
-    for tenant, m, _ in views:
-        result.setdefault(m, []).append(read_pairs(pairs_dir / tenant / m))
-    return {m: Pairs(np.concatenate([p.a for p in ps]), np.concatenate([p.b for p in ps]),
-                     np.concatenate([p.score for p in ps])) for m, ps in result.items()}
 
 
 # ------------------------------------------------------------------------ outputs

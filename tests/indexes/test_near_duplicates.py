@@ -79,6 +79,15 @@ def test_canonical_pairs_orders_dedupes_and_sorts() -> None:
     assert (p.a.dtype, p.b.dtype, p.score.dtype) == (np.int64, np.int64, np.float32)
 
 
+def test_canonical_pairs_in_int32_rows_gives_the_same_pairs() -> None:
+    rng = np.random.default_rng(0)
+    a, b, s = rng.integers(0, 50, 400), rng.integers(0, 50, 400), rng.random(400)
+    wide, narrow = canonical_pairs(a, b, s), canonical_pairs(a, b, s, rows=np.int32)
+    assert narrow.a.dtype == narrow.b.dtype == np.int32
+    assert wide.a.tolist() == narrow.a.tolist() and wide.b.tolist() == narrow.b.tolist()
+    np.testing.assert_array_equal(wide.score, narrow.score)
+
+
 @pytest.mark.parametrize(("a", "b"), [([], []), ([4, 7], [4, 7])], ids=["empty", "only-self-pairs"])
 def test_canonical_pairs_empty(a: list[int], b: list[int]) -> None:
     p = canonical_pairs(np.array(a), np.array(b), np.ones(len(a)))

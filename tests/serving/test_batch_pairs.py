@@ -1,4 +1,5 @@
-"""Stage 3 of the batch job on its own: an index snapshot built from a sample, then filled."""
+"""Stages 3 and 4 of the batch job on their own: an index snapshot built from a sample, then
+filled; block pairs read back."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, VectorIndexConfig
-from serving.batch_pairs import build_index
+from serving.batch_pairs import build_index, read_pairs, write_block
+from signals.errors import InvalidInput
 from tests.indexes.conftest import random_vectors
 
 
@@ -46,3 +50,26 @@ def test_snapshot_is_trained_for_the_whole_catalogue_not_the_sample(tmp_path: Pa
     items = json.loads((final / f"snap-{generation}" / "items.json").read_text())
     assert len(items) == 3_000 and items["L10"] == {"owner": "S3"}
     assert not (final.parent / "listing_text.tmp").exists()
+
+
+def _p(a: list[int], b: list[int], s: list[float]) -> Pairs:
+    return Pairs(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(s, dtype=np.float32))
+
+
+def test_read_pairs_merges_blocks_each_pair_once_in_int32_rows(tmp_path: Path) -> None:
+    """A pair found from both of its blocks is read back once, with its best score."""
+    write_block(tmp_path / "0.parquet", _p([0, 1], [5, 2], [0.9, 0.8]))
+    write_block(tmp_path / "1.parquet", _p([0, 2], [5, 7], [0.95, 0.7]))
+    write_block(tmp_path / "2.parquet", _p([], [], []))
+    p = read_pairs(tmp_path)
+    assert list(zip(p.a.tolist(), p.b.tolist(), p.score.tolist(), strict=True)) == \
+        [(0, 5, pytest.approx(0.95)), (1, 2, pytest.approx(0.8)), (2, 7, pytest.approx(0.7))]
+    assert p.a.dtype == p.b.dtype == np.int32
+    empty = read_pairs(tmp_path / "missing")
+    assert len(empty.a) == 0 and empty.a.dtype == np.int32
+
+
+def test_read_pairs_refuses_rows_past_int32(tmp_path: Path) -> None:
+    write_block(tmp_path / "0.parquet", _p([0], [2**31], [0.9]))
+    with pytest.raises(InvalidInput):
+        read_pairs(tmp_path)
