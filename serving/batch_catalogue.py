@@ -11,7 +11,9 @@ accepted record (global row numbers follow the input's order), with
 * ``image_rows.i64``, ``pdq0.u8``/``pdq1.u8``/``pdq2.u8`` (``m x 32``: hash, mirror, trimmed),
   ``pdq_quality.f32``, ``sscd.f32``: one row per image with features.
 
-A record id seen twice in one tenant is rejected the second time ("duplicate").
+A record id seen twice in one tenant is rejected the second time ("duplicate"); the
+keys seen are kept as digests (:class:`serving.seen_ids.SeenIds`, ~24-70 bytes a key,
+not a Python dict's ~350).
 Rejections are written to ``rejected.jsonl`` here, in input order, and the extractor
 errors of accepted records (an image that failed to decode, say: the record keeps its
 other signals) to ``errors.jsonl``. The folder is
@@ -20,10 +22,11 @@ built into ``catalogue.tmp`` and renamed when complete: a crash rebuilds it (che
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,10 +34,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from indexes.atomic import fsync_dir, read_json, write_json_atomic
-from serving.batch_extract import Kind, iter_parts
+from serving.batch_extract import Kind, iter_parts, part_path
 from serving.batch_inputs import Unit
+from serving.seen_ids import SeenIds
 
 TEXT_CHARS = 2000  # of a description kept for the pair scorer (it reads the start)
 
@@ -124,7 +129,8 @@ class _Appender:
 
 def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
           rejected_tmp: Path, errors_tmp: Path) -> dict[str, Any]:
-    seen: dict[tuple[str, str], str] = {}
+    seen = SeenIds()  # (tenant, id) -> where first seen, as (unit << 32 | row in its part)
+    wheres = _wheres(parts_dir)
     n = m = rejected = with_errors = no_text_yet = 0
     text_dim = sscd_dim = 0
     text_feature: str | None = None
@@ -134,23 +140,24 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
     sink = pa.OSFile(str(out / "meta.arrow"), "wb")
     writer = ipc.new_file(sink, META_SCHEMA)
     with open(rejected_tmp, "w", encoding="utf-8") as rej, open(errors_tmp, "w", encoding="utf-8") as errs:
-        for _unit, part in iter_parts(parts_dir, units):
+        for unit, part in iter_parts(parts_dir, units):
             cols: dict[str, list[Any]] = {name: [] for name in META_SCHEMA.names}
-            for row in part.to_pylist():
+            for pos, row in enumerate(part.to_pylist()):
                 if row["reject"] is not None:
                     rej.write(_reject_line(row, json.loads(row["reject"])))
                     rejected += 1
                     continue
                 rec = json.loads(row["record"])
                 tenant = rec.get("tenant", "default")
-                key = (tenant, row["entity_id"])
-                if key in seen:
+                first = seen.add(tenant, row["entity_id"], (unit.index << 32) | pos)
+                if first is not None:
+                    where = (part.column("where")[first & 0xFFFFFFFF].as_py() if first >> 32 == unit.index
+                             else wheres(first >> 32)[first & 0xFFFFFFFF])
                     rej.write(_reject_line(row, {
                         "field": "listing_id" if kind == "listing" else "review_id", "code": "duplicate",
-                        "message": f"id already seen in tenant {tenant!r} at {seen[key]}"}))
+                        "message": f"id already seen in tenant {tenant!r} at {where}"}))
                     rejected += 1
                     continue
-                seen[key] = row["where"]
                 if row["errors"]:
                     errs.write(json.dumps({"where": row["where"], "entity_id": row["entity_id"],
                                            "errors": json.loads(row["errors"])}, ensure_ascii=False) + "\n")
@@ -193,6 +200,14 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
         f.close()
     return {"n": n, "m": m, "rejected": rejected, "with_errors": with_errors, "text_dim": text_dim,
             "text_feature": text_feature, "sscd_dim": sscd_dim}
+
+
+def _wheres(parts_dir: Path) -> Callable[[int], list[str]]:
+    """A unit's ``where`` column read back from its part, the last 8 units cached."""
+    @functools.lru_cache(maxsize=8)
+    def of(unit: int) -> list[str]:
+        return pq.read_table(part_path(parts_dir, unit), columns=["where"]).column("where").to_pylist()
+    return of
 
 
 def _meta_row(cols: dict[str, list[Any]], kind: Kind, rec: dict[str, Any], row: dict[str, Any]) -> None:

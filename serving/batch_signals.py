@@ -173,16 +173,18 @@ class ClusterPrices:
         self._big: dict[tuple[int, str], PriceReference | None] = {}
 
     def get(self, root: int, row: int, currency: str, prices: Any, currencies: Any,
-            members: list[int]) -> PriceReference | None:
+            members: np.ndarray) -> PriceReference | None:
+        """The reference for ``row``, a member of the cluster ``root`` (its rows: ``members``)."""
         def prices_of(rows: list[int]) -> list[float]:
             return [float(prices[r].as_py()) for r in rows
                     if prices[r].is_valid and currencies[r].as_py() == currency]
 
         if len(members) <= self.EXACT_UP_TO:
-            return PriceReference.of("cluster", currency, prices_of([r for r in members if r != row]))
+            others = [r for r in members.tolist() if r != row]
+            return PriceReference.of("cluster", currency, prices_of(others))
         key = (root, currency)
         if key not in self._big:
-            self._big[key] = PriceReference.of("cluster", currency, prices_of(members))
+            self._big[key] = PriceReference.of("cluster", currency, prices_of(members.tolist()))
         return self._big[key]
 
 
@@ -193,10 +195,11 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
     ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
     prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
     category_refs = price_references(cat) if listing else {}
-    cluster_members: dict[int, list[int]] = defaultdict(list)
-    if listing:
-        for row in np.flatnonzero(clusters.size >= 2).tolist():
-            cluster_members[int(clusters.root[row])].append(row)
+    # Members of each cluster as slices of one array sorted by cluster (8 bytes a member;
+    # a dict of Python int lists was ~80).
+    in_clusters = np.flatnonzero(clusters.size >= 2) if listing else np.zeros(0, dtype=np.int64)
+    in_clusters = in_clusters[np.argsort(clusters.root[in_clusters], kind="stable")]
+    member_roots = clusters.root[in_clusters]
     products: dict[tuple[str, str], ProductStats] = {}
     cluster_refs = ClusterPrices()
     for start in range(0, cat.n, _CHUNK):
@@ -216,8 +219,9 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
                 refs = []
                 root = int(clusters.root[row])
                 if size >= 2 and item.currency:
+                    lo, hi = np.searchsorted(member_roots, (root, root + 1))
                     ref = cluster_refs.get(root, row, item.currency, prices, currencies,
-                                           cluster_members[root])
+                                           in_clusters[lo:hi])
                     if ref is not None:
                         refs.append(ref)
                 cref = category_refs.get((item.tenant, item.category, item.currency or ""))
