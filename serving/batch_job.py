@@ -334,8 +334,7 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
     tenant_col = cat.meta.column("tenant")
     clusters = make_clusters(cat, pairs, config.indexes)
     release_free_memory()
-    members = np.flatnonzero(clusters.size >= 2)
-    order = members[np.lexsort((members, clusters.root[members]))]
+    order = clusters.member_rows()
     write_parquet_atomic(out / "clusters.parquet", pa.table({
         "entity_id": ids.take(pa.array(order, pa.int64())),
         "cluster_id": ids.take(pa.array(clusters.root[order], pa.int64())),

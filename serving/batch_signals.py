@@ -44,6 +44,12 @@ class Clusters:
     root: np.ndarray   # (n,) the smallest row of each row's cluster
     size: np.ndarray   # (n,) members of each row's cluster
 
+    def member_rows(self) -> np.ndarray:
+        """Rows in clusters of two or more, grouped by cluster (by root), rows ascending
+        within each: one array, 8 bytes a member; a cluster's members are a slice of it."""
+        rows = np.flatnonzero(self.size >= 2)
+        return rows[np.argsort(self.root[rows], kind="stable")]
+
 
 def make_clusters(cat: Catalogue, pairs: dict[Modality, Pairs], config: IndexesConfig) -> Clusters:
     """Cluster the union of every modality's pairs (strongest links first, guarded)."""
@@ -65,10 +71,10 @@ def make_clusters(cat: Catalogue, pairs: dict[Modality, Pairs], config: IndexesC
 class Adjacency:
     """Each record's near-duplicate partners over all modalities (CSR arrays, both directions).
 
-    Rows are int32 (a catalogue is below 2^31 rows), so at 4.45M pairs the arrays are
-    ~80 MB, and they are built one column at a time from a single sort order: the
-    build's peak is the kept arrays plus the order and one column (it was 331 MB over
-    127 MB kept with int64 rows and every column sorted at once).
+    Rows are int32 (below 2^31 rows), about 18 bytes a pair, and the arrays are built one
+    column at a time from a single sort order. At ~4M pairs over 1M rows (2026-11-29):
+    +192 MB at peak, 76 MB kept; with int64 rows and every column sorted at once it was
+    +355 MB and 105 MB.
     """
 
     def __init__(self, n: int, pairs: dict[Modality, Pairs]) -> None:
@@ -195,11 +201,8 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
     ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
     prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
     category_refs = price_references(cat) if listing else {}
-    # Members of each cluster as slices of one array sorted by cluster (8 bytes a member;
-    # a dict of Python int lists was ~80).
-    in_clusters = np.flatnonzero(clusters.size >= 2) if listing else np.zeros(0, dtype=np.int64)
-    in_clusters = in_clusters[np.argsort(clusters.root[in_clusters], kind="stable")]
-    member_roots = clusters.root[in_clusters]
+    in_clusters = clusters.member_rows() if listing else np.zeros(0, dtype=np.int64)
+    member_roots = clusters.root[in_clusters]  # a cluster's members: one searchsorted slice
     products: dict[tuple[str, str], ProductStats] = {}
     cluster_refs = ClusterPrices()
     for start in range(0, cat.n, _CHUNK):

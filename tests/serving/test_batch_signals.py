@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexes.clustering import Pairs
-from serving.batch_signals import Adjacency, ClusterPrices
+from indexes.clustering import ClusterResult, Pairs
+from serving.batch_signals import Adjacency, ClusterPrices, Clusters
 from serving.memory_release import _malloc_trim, release_free_memory
 
 
@@ -69,3 +69,12 @@ def test_cluster_prices_leave_the_member_out_in_small_clusters_and_share_one_in_
     first = refs.get(6, 6, "USD", prices, currencies, big)
     assert first is not None and first.n == 60 and first.median == pytest.approx(100.0)
     assert refs.get(6, 65, "USD", prices, currencies, big) is first  # computed once per cluster
+
+
+def test_cluster_member_rows_are_grouped_by_cluster_rows_ascending_singletons_left_out() -> None:
+    root = np.array([0, 1, 0, 3, 1, 5, 0, 3])  # clusters {0,2,6}, {1,4}, {3,7}; 5 alone
+    clusters = Clusters(ClusterResult(root, 0, 0), root, np.bincount(root, minlength=8)[root])
+    rows = clusters.member_rows()
+    assert rows.tolist() == [0, 2, 6, 1, 4, 3, 7]
+    lo, hi = np.searchsorted(root[rows], (1, 2))
+    assert rows[lo:hi].tolist() == [1, 4]  # one cluster's members: a slice
