@@ -293,7 +293,7 @@ def raw_throughput(config: Any, records: list[Any], repeats: int) -> dict[str, A
 
 def run_job(config: Any, input_path: Path, out: Path,
             address: str | None = None) -> tuple[dict[str, Any], float]:
-    from serving.batch_job import BatchRequest, run_batch
+    from serving.batch.job import BatchRequest, run_batch
 
     t = time.perf_counter()
     summary = run_batch(BatchRequest("listings", input_path, out, address=address, progress="off"), config)
@@ -537,10 +537,10 @@ def _listing_of(rec: Any, listing_id: str, seller: str) -> dict[str, Any]:
 
 
 def _job_view(rec: Any) -> tuple[Any, str]:
-    """What the job sees of a record: its PairRecord (as ``serving.batch_pairs`` builds it)
+    """What the job sees of a record: its PairRecord (as ``serving.batch.pairs`` builds it)
     and the text its embedding is of (``Listing.text``)."""
     from indexes.pair_features import PairRecord
-    from serving.batch_catalogue import TEXT_CHARS
+    from serving.batch.catalogue import TEXT_CHARS
     from signals.schemas import Listing, parse_record
 
     listing = parse_record(Listing, _listing_of(rec, "x", "x"))
@@ -594,7 +594,7 @@ def er_dataset(name: str, paths: dict[str, Path], tmp: Path, emb: Any, quick: bo
     from indexes.pair_features import feature_matrix
     from indexes.pair_scorer import PairScorer, best_f1_threshold
     from indexes.vector import VectorIndex
-    from serving.batch_catalogue import load_catalogue
+    from serving.batch.catalogue import load_catalogue
 
     t0 = time.perf_counter()
     splits = {s: load_pairs(p) for s, p in paths.items()}

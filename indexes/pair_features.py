@@ -4,7 +4,7 @@ Each record is parsed once (:meth:`ParsedRecords.parse`) into Arrow columns: the
 title's and the whole text's distinct tokens, the title's character trigrams with
 their counts, identifier codes, numbers, quantities with a unit, the text squashed
 to letters and digits, and the price. A catalogue's parse is a file read through a
-memory map (``serving.batch_pairs``); a request parses its one listing.
+memory map (``serving.batch.pairs``); a request parses its one listing.
 
 :func:`pair_feature_matrix` then computes :data:`BASE_FEATURES` for many pairs of
 parsed rows at once: every set overlap (tokens, trigrams, numbers, codes,

@@ -3,7 +3,7 @@
 ``marketguard extract listing|review FILE`` prints the signals of one record (or of
 each record of a JSON array or a JSONL file) as JSON lines, in process;
 ``marketguard batch listings|reviews --input PATH --out DIR`` runs the Ray job over a
-whole catalogue (:mod:`serving.batch_job`). Both use the same extractor objects as
+whole catalogue (:mod:`serving.batch.job`). Both use the same extractor objects as
 the HTTP service. Bad input exits
 non-zero with a message naming the field, never a traceback.
 """
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from serving.batch_inputs import resolve_image_paths
+from serving.batch.inputs import resolve_image_paths
 from serving.config import MarketGuardConfig, load_config
 from serving.image_fetch import url_fetcher_for
 from signals.errors import InvalidInput
@@ -126,7 +126,7 @@ def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,
 
 def _cmd_batch(args: argparse.Namespace, config: MarketGuardConfig,
                out: TextIO, err: TextIO) -> int:
-    from serving.batch_job import BatchRequest, run_batch
+    from serving.batch.job import BatchRequest, run_batch
 
     logging.getLogger("serving").setLevel(logging.INFO)
     summary = run_batch(BatchRequest(args.kind, args.input, args.out, args.address, args.restart,

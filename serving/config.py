@@ -26,7 +26,7 @@ ENV_DATA_DIR = "MARKETGUARD_DATA_DIR"
 
 
 class BatchConfig(BaseModel):
-    """The batch Ray job over a catalogue (``marketguard batch``, ``serving/batch_job.py``)."""
+    """The batch Ray job over a catalogue (``marketguard batch``, ``serving/batch/job.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.batch_inputs import (
+from serving.batch.inputs import (
     RawRow,
     Unit,
     discover_inputs,

@@ -12,7 +12,7 @@ accepted record (global row numbers follow the input's order), with
   ``pdq_quality.f32``, ``sscd.f32``: one row per image with features.
 
 A record id seen twice in one tenant is rejected the second time ("duplicate"); the
-keys seen are kept as digests (:class:`serving.seen_ids.SeenIds`, ~24-70 bytes a key,
+keys seen are kept as digests (:class:`serving.batch.seen_ids.SeenIds`, ~24-70 bytes a key,
 not a Python dict's ~350).
 Rejections are written to ``rejected.jsonl`` here, in input order, and the extractor
 errors of accepted records (an image that failed to decode, say: the record keeps its
@@ -37,9 +37,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from indexes.atomic import fsync_dir, read_json, write_json_atomic
-from serving.batch_extract import Kind, iter_parts, part_path
-from serving.batch_inputs import Unit
-from serving.seen_ids import SeenIds
+from serving.batch.extract import Kind, iter_parts, part_path
+from serving.batch.inputs import Unit
+from serving.batch.seen_ids import SeenIds
 
 TEXT_CHARS = 2000  # of a description kept for the pair scorer (it reads the start)
 

@@ -27,13 +27,13 @@ from indexes.near_duplicates import TextNearDuplicates
 from indexes.pair_features import PairRecord, ParsedRecords
 from indexes.persistence import DurableIndex
 from indexes.vector import VectorIndex
-from serving.batch_job import BatchRequest, run_batch
+from serving.batch.job import BatchRequest, run_batch
 from serving.config import MarketGuardConfig
 from signals.errors import InvalidInput
 from signals.registry import build_registry
 from signals.schemas import Listing, Review, parse_record
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "serving" / "demo"
 
 pytestmark = pytest.mark.slow
@@ -240,7 +240,7 @@ def test_pairs_are_what_the_service_would_decide(jsonl_run: tuple[Path, dict[str
 def test_each_record_is_parsed_once_for_the_pair_scorer(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
     """The pairs stage reads one parse a record from work/pair_records.arrow, row for row."""
     out, _, _ = jsonl_run
-    from serving.batch_catalogue import load_catalogue
+    from serving.batch.catalogue import load_catalogue
 
     cat = load_catalogue(out / "work" / "catalogue", "listing")
     stored = ParsedRecords(ipc.open_file(pa.memory_map(str(out / "work" / "pair_records.arrow"))).read_all())
@@ -439,7 +439,7 @@ def test_two_node_cluster_gives_the_same_results(tmp_path: Path, data_dir: Path,
 def test_progress_lines_in_logs(capsys: pytest.CaptureFixture[str]) -> None:
     import io
 
-    from serving.batch_progress import Progress
+    from serving.batch.progress import Progress
 
     buf = io.StringIO()
     stage = Progress(buf, "auto", interval=0.0).stage("extract", 4, done=1)
@@ -451,7 +451,7 @@ def test_progress_lines_in_logs(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_vectors_and_clusters_stay_memory_mapped(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
-    from serving.batch_catalogue import load_catalogue
+    from serving.batch.catalogue import load_catalogue
 
     out, _, _ = jsonl_run
     cat = load_catalogue(out / "work" / "catalogue", "listing")
@@ -515,7 +515,7 @@ def test_no_second_implementation_of_a_signal() -> None:
             if isinstance(node, ast.ClassDef):
                 bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
                 assert not bases & {"Extractor", "ImageExtractor"}, f"{path.name} defines an extractor"
-    source = (ROOT / "serving" / "batch_extract.py").read_text()
+    source = (ROOT / "serving" / "batch" / "extract.py").read_text()
     assert "build_registry(" in source  # the service's registry, not a list of its own
 
 
@@ -529,7 +529,7 @@ def test_no_second_implementation_of_a_signal() -> None:
 ])
 def test_actor_pool_always_leaves_room_for_the_reads(cpus: float, actor_cpus: float, wanted: int | None,
                                                      units: int, expected: tuple[int, float]) -> None:
-    from serving.batch_extract import READ_TASK_CPUS, actor_pool
+    from serving.batch.extract import READ_TASK_CPUS, actor_pool
 
     actors, each = actor_pool(cpus, actor_cpus, wanted, units)
     assert (actors, each) == expected
@@ -538,7 +538,7 @@ def test_actor_pool_always_leaves_room_for_the_reads(cpus: float, actor_cpus: fl
 
 def test_pairs_parquet_is_written_a_chunk_of_pairs_at_a_time(tmp_path: Path, monkeypatch) -> None:
     from indexes.clustering import Pairs
-    from serving import batch_job
+    from serving.batch import job as batch_job
 
     monkeypatch.setattr(batch_job, "_PAIRS_CHUNK", 3)
     meta = pa.Table.from_batches([  # two record batches, as the catalogue's Arrow file has

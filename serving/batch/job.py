@@ -3,15 +3,15 @@
 Stages, each checkpointed in ``DIR`` so a killed job re-run with the same arguments
 finishes without redoing finished work and writes what an uninterrupted run writes:
 
-1. extract (Ray Data, :mod:`serving.batch_extract`): read + validate each input unit,
+1. extract (Ray Data, :mod:`serving.batch.extract`): read + validate each input unit,
    run the service's extractors in an actor pool -> ``work/units/<unit>.parquet``;
-2. catalogue (:mod:`serving.batch_catalogue`): fold the parts into memory-mapped
+2. catalogue (:mod:`serving.batch.catalogue`): fold the parts into memory-mapped
    columns -> ``work/catalogue/``, ``rejected.jsonl``;
-3. indexes (:mod:`serving.batch_pairs`): the service's index snapshots ->
+3. indexes (:mod:`serving.batch.pairs`): the service's index snapshots ->
    ``indexes/<tenant>/<modality>/``;
 4. pairs: the catalogue searched against itself, block by block ->
    ``work/pairs/<tenant>/<modality>/<block>.parquet``;
-5. outputs (:mod:`serving.batch_signals`): ``pairs.parquet``, ``clusters.parquet``,
+5. outputs (:mod:`serving.batch.signals`): ``pairs.parquet``, ``clusters.parquet``,
    ``signals.jsonl``, then ``summary.json`` last: its presence means the run is complete.
 
 ``manifest.json`` records the input's files (size, mtime), the settings that shape
@@ -44,10 +44,10 @@ from indexes.atomic import read_json, write_file_atomic, write_json_atomic
 from indexes.clustering import Pairs
 from indexes.config import Modality
 from indexes.near_duplicates import TextNearDuplicates
-from serving.batch_catalogue import Catalogue, build_catalogue
-from serving.batch_extract import Kind, part_path, run_extract, write_parquet_atomic
-from serving.batch_inputs import Unit, discover_inputs, fingerprint, plan_units
-from serving.batch_pairs import (
+from serving.batch.catalogue import Catalogue, build_catalogue
+from serving.batch.extract import Kind, part_path, run_extract, write_parquet_atomic
+from serving.batch.inputs import Unit, discover_inputs, fingerprint, plan_units
+from serving.batch.pairs import (
     ModalityView,
     block_path,
     build_index,
@@ -60,8 +60,8 @@ from serving.batch_pairs import (
     tenants,
     write_block,
 )
-from serving.batch_progress import Progress
-from serving.batch_signals import (
+from serving.batch.progress import Progress
+from serving.batch.signals import (
     Adjacency,
     SignalTally,
     bank_hits,
@@ -70,7 +70,7 @@ from serving.batch_signals import (
     write_jsonl,
 )
 from serving.config import MarketGuardConfig
-from serving.memory_release import release_free_memory
+from serving.batch.memory_release import release_free_memory
 from signals.errors import InvalidInput
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from indexes.atomic import write_file_atomic
 from indexes.banks import BankStore
 from indexes.clustering import ClusterResult, Pairs, cluster_pairs
 from indexes.config import IndexesConfig, Modality
-from serving.batch_catalogue import Catalogue
-from serving.batch_extract import rewrite_observed_at
+from serving.batch.catalogue import Catalogue
+from serving.batch.extract import rewrite_observed_at
 from signals.derived import BankHit, Match, bank_match_signal, review_bank_similarity_signal
 from signals.near_duplicate import listing_near_duplicate_signals, review_near_duplicate_signal
 from signals.price_anomaly import PriceReference, price_anomaly_signal

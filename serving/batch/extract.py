@@ -2,7 +2,7 @@
 
 The pipeline is ``units -> read + validate (tasks) -> extractors (actor pool) -> driver``:
 
-* a read task reads one :class:`~serving.batch_inputs.Unit` and validates each row
+* a read task reads one :class:`~serving.batch.inputs.Unit` and validates each row
   with :func:`signals.schemas.parse_record`, the same boundary the HTTP path uses;
   an invalid row travels on as a rejection (its reason named), it never fails the job;
 * an actor pool runs the very :class:`~signals.registry.ExtractorRegistry` the
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexes.atomic import write_file_atomic
-from serving.batch_inputs import Unit, read_unit
+from serving.batch.inputs import Unit, read_unit
 from serving.config import MarketGuardConfig
 from signals.errors import InvalidInput
 from signals.schemas import Listing, Review, parse_record
@@ -267,7 +267,7 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
         return
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are noise here
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the job draws its own (serving/batch_progress.py)
+    ctx.enable_progress_bars = False  # the job draws its own (serving/batch/progress.py)
     ctx.enable_operator_progress_bars = False
     cpus = float(ray.cluster_resources().get("CPU", 1))
     cfg = config.batch

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.batch_catalogue import build_catalogue
-from serving.batch_extract import PART_SCHEMA, part_path
-from serving.batch_inputs import Unit
-from serving.seen_ids import SeenIds
+from serving.batch.catalogue import build_catalogue
+from serving.batch.extract import PART_SCHEMA, part_path
+from serving.batch.inputs import Unit
+from serving.batch.seen_ids import SeenIds
 
 
 def test_seen_ids_finds_each_repeat_with_its_first_tag_across_growth() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, VectorIndexConfig
-from serving.batch_pairs import build_index, read_pairs, write_block
+from serving.batch.pairs import build_index, read_pairs, write_block
 from signals.errors import InvalidInput
 from tests.indexes.conftest import random_vectors
 

@@ -45,8 +45,8 @@ from indexes.pair_features import PARSED_SCHEMA, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
 from indexes.persistence import read_index, write_snapshot
 from indexes.vector import VectorIndex
-from serving.batch_catalogue import Catalogue
-from serving.batch_extract import write_parquet_atomic
+from serving.batch.catalogue import Catalogue
+from serving.batch.extract import write_parquet_atomic
 from signals.errors import InvalidInput
 
 log = logging.getLogger(__name__)
