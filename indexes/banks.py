@@ -25,23 +25,24 @@ import csv
 import json
 import re
 import shutil
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexes.atomic import read_json, write_json_atomic
-from indexes.config import BanksConfig, Modality, PdqIndexConfig, ThresholdsConfig, VectorIndexConfig
-from indexes.pdq import PdqIndex, pdq_from_hex, pdq_to_hex
+from indexes.config import BanksConfig, PdqIndexConfig, ThresholdsConfig, VectorIndexConfig
+from indexes.pdq import PdqIndex
 from indexes.persistence import DurableIndex
 from indexes.vector import VectorIndex
+from signals.derived import BankHit
 from signals.errors import InvalidInput, from_pydantic
+from signals.pdq_hash import pdq_from_hex, pdq_to_hex
+from signals.vocabulary import BankKind, Modality
 
-BankKind = Literal["fraud", "benign"]
 BANK_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 _HMA_TIME = "%Y-%m-%dT%H:%M:%S+0000"
 
@@ -99,21 +100,6 @@ class BankInfo(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-@dataclass(frozen=True, slots=True)
-class BankMatch:
-    """A query matched a bank item: which bank, which item, how far.
-
-    ``distance`` is ``1 - cosine`` for vectors and Hamming bits for PDQ;
-    ``similarity`` is the cosine, or ``1 - bits / 256`` for PDQ.
-    """
-
-    bank: str
-    kind: BankKind
-    item_id: str
-    distance: float
-    similarity: float
-
-
 class Bank:
     """One open bank: its settings and its durable index of items."""
 
@@ -126,7 +112,8 @@ class Bank:
                 directory / "index", lambda: PdqIndex(pcfg), lambda p: PdqIndex.load(p, pcfg)
             )
         else:
-            assert info.dim is not None
+            if info.dim is None:
+                raise InvalidInput("bank.dim", f"vector bank {info.name!r} has no dim in bank.json")
             # Banks are small and exported: keep exact, unquantised vectors.
             vcfg = VectorIndexConfig(dim=info.dim, quantization="none", exact_max=50_000)
             self.store = DurableIndex(
@@ -282,16 +269,19 @@ class BankStore:
         modality: Modality,
         queries: np.ndarray | list[str],
         threshold: float | None = None,
-    ) -> list[list[BankMatch]]:
+    ) -> list[list[BankHit]]:
         """Match a batch against every enabled bank of a modality, closest first.
 
         Vectors match at similarity >= threshold, PDQ at Hamming distance <= threshold
         (default: the modality's threshold from config), at most ``top_k`` per bank.
+        Each hit is a :class:`~signals.derived.BankHit`, ready for the bank signals:
+        ``distance`` is ``1 - cosine`` for vectors and Hamming bits for PDQ,
+        ``similarity`` the cosine, or ``1 - bits / 256`` for PDQ.
         """
         thr = self.thresholds.for_modality(modality) if threshold is None else threshold
         banks = [b for b in self._banks.values() if b.info.modality == modality and b.info.enabled]
         n = len(queries)
-        out: list[list[BankMatch]] = [[] for _ in range(n)]
+        out: list[list[BankHit]] = [[] for _ in range(n)]
         for b in banks:
             if not len(b):
                 continue
@@ -299,14 +289,15 @@ class BankStore:
                 res = b.store.index.range_search(queries, int(thr))
                 for qi, hits in enumerate(res):
                     out[qi].extend(
-                        BankMatch(b.info.name, b.info.kind, h.id, float(h.distance), 1 - h.distance / 256)
+                        BankHit(b.info.name, b.info.kind, h.id, modality, float(h.distance),
+                                1 - h.distance / 256)
                         for h in hits[: self.config.top_k]
                     )
             else:
                 res = b.store.index.range_search(queries, float(thr))
                 for qi, hits in enumerate(res):
                     out[qi].extend(
-                        BankMatch(b.info.name, b.info.kind, h.id, 1.0 - h.score, h.score)
+                        BankHit(b.info.name, b.info.kind, h.id, modality, 1.0 - h.score, h.score)
                         for h in hits[: self.config.top_k]
                     )
         for row in out:

@@ -60,7 +60,8 @@ def iter_pair_blocks(vectors: np.ndarray, threshold: float, block_size: int = 40
     radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))
     for start in range(0, len(x), block_size):
         lims, sims, labels = index.range_search(x[start : start + block_size], radius)
-        counts = np.diff(lims.astype(np.int64))
+        bounds = lims.astype(np.int64)
+        counts = bounds[1:] - bounds[:-1]
         rows = np.repeat(np.arange(start, start + len(counts), dtype=np.int64), counts)
         keep = labels > rows  # each unordered pair once, no self pairs
         yield Pairs(rows[keep], labels[keep], sims[keep])
@@ -128,9 +129,11 @@ class UnionFind:
         self._views()
 
     def _views(self) -> None:
-        self._p = memoryview(self._parent)
-        self._s = memoryview(self._size)
-        self._nx = memoryview(self._next)
+        # ``.data`` is the array's memoryview (typed as one: numpy's stubs give ndarray no
+        # buffer protocol below Python 3.12).
+        self._p = self._parent.data
+        self._s = self._size.data
+        self._nx = self._next.data
 
     def __len__(self) -> int:
         return self._n
@@ -226,9 +229,9 @@ class UnionFind:
         if self._src is not None:
             rows.sort()  # memmap reads in file order
             return np.asarray(self._src[rows], dtype=np.float64).sum(axis=0)
-        if not self._has[rows].all():
+        if self._buf is None or not self._has[rows].all():
             return None
-        return self._buf[rows].astype(np.float64).sum(axis=0)  # type: ignore[index]
+        return self._buf[rows].astype(np.float64).sum(axis=0)
 
     def centroid(self, root: int) -> np.ndarray | None:
         """The unit mean direction of a set (None without vectors)."""
@@ -321,7 +324,8 @@ class ClusterResult:
         return out
 
 
-def _check_pairs(n: int, pairs: Pairs, strong: np.ndarray | None) -> tuple[np.ndarray, ...]:
+def _check_pairs(n: int, pairs: Pairs, strong: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     a, b, score = (np.asarray(v).reshape(-1) for v in (pairs.a, pairs.b, pairs.score))
     for name, v in (("pairs.a", a), ("pairs.b", b)):
         if len(v) and v.dtype.kind not in "iu":

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Modality = Literal["listing_text", "review_text", "image_sscd", "image_pdq"]
-MODALITIES: tuple[Modality, ...] = ("listing_text", "review_text", "image_sscd", "image_pdq")
+from signals.vocabulary import Modality
+
 Quantization = Literal["none", "sq8", "fp16"]
 
 

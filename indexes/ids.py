@@ -191,12 +191,12 @@ class IdMap:
 
     def ids(self) -> list[str]:
         """All ids, in label order."""
-        return self.ids_of(self.alive_labels())  # type: ignore[return-value]
+        return self.mapped_ids(self.alive_labels())
 
     def items(self) -> list[tuple[str, int]]:
         """(id, label) pairs, in label order."""
         labels = self.alive_labels()
-        return list(zip(self.ids_of(labels), labels.tolist(), strict=True))  # type: ignore[arg-type]
+        return list(zip(self.mapped_ids(labels), labels.tolist(), strict=True))
 
     def memory_bytes(self) -> int:
         """Bytes allocated by the map's arrays."""
@@ -243,8 +243,10 @@ class IdMap:
             return np.zeros(0, dtype=np.int64)
         if len(set(ids)) != n:
             seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise KeyError(dup)
+            for i in ids:
+                if i in seen:
+                    raise KeyError(i)
+                seen.add(i)
         if self._next + n > _LABEL_MASK:
             raise OverflowError(f"an IdMap holds at most {_LABEL_MASK} labels")
         data, lengths = _encode(ids)
@@ -291,9 +293,30 @@ class IdMap:
     def ids_of(self, labels: Sequence[int] | np.ndarray) -> list[str | None]:
         """The id of each label (``None`` for a dropped, unknown or negative label)."""
         labs = np.asarray(labels, dtype=np.int64).ravel()
+        ok = self._mapped(labs)
+        parts = self._decode(labs[ok])
+        if ok.all():
+            return list[str | None](parts)
+        out: list[str | None] = [None] * len(labs)
+        for pos, item in zip(np.flatnonzero(ok).tolist(), parts, strict=True):
+            out[pos] = item
+        return out
+
+    def mapped_ids(self, labels: Sequence[int] | np.ndarray) -> list[str]:
+        """The id of each label, every one of which must be mapped (KeyError naming the first
+        that is not): for labels that come from this map or from an index kept in step with it."""
+        labs = np.asarray(labels, dtype=np.int64).ravel()
+        ok = self._mapped(labs)
+        if not ok.all():
+            raise KeyError(int(labs[np.argmin(ok)]))
+        return self._decode(labs)
+
+    def _mapped(self, labs: np.ndarray) -> np.ndarray:
         ok = (labs >= 0) & (labs < self._next)
         ok[ok] = self._alive[labs[ok]]
-        good = labs[ok]
+        return ok
+
+    def _decode(self, good: np.ndarray) -> list[str]:
         a, b = self._off[good], self._off[good + 1]
         lengths = b - a
         total = int(lengths.sum())
@@ -303,15 +326,8 @@ class IdMap:
         text = raw.decode("utf-8")
         bounds = [0, *ends.tolist()]
         if len(text) == len(raw):  # ASCII: byte offsets are str offsets
-            parts: list[str] = [text[bounds[k] : bounds[k + 1]] for k in range(len(good))]
-        else:
-            parts = [raw[bounds[k] : bounds[k + 1]].decode("utf-8") for k in range(len(good))]
-        if ok.all():
-            return parts  # type: ignore[return-value]
-        out: list[str | None] = [None] * len(labs)
-        for pos, item in zip(np.flatnonzero(ok).tolist(), parts, strict=True):
-            out[pos] = item
-        return out
+            return [text[bounds[k] : bounds[k + 1]] for k in range(len(good))]
+        return [raw[bounds[k] : bounds[k + 1]].decode("utf-8") for k in range(len(good))]
 
     def take(self, labels: np.ndarray) -> IdMap:
         """A new map holding the ids of ``labels`` (alive), relabelled ``0..len-1`` in that order."""

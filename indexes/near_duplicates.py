@@ -87,8 +87,11 @@ class TextNearDuplicates:
         candidate list; only the scorer reads them (``None`` will do without one).
         ``parsed_of(ids)``: the parsed records of candidate ids, one row per id, in order.
         """
-        if self.scorer is not None and queries is None:
-            raise InvalidInput("queries", "the pair scorer needs the queries' parsed records")
+        scoring: tuple[PairScorer, ParsedRecords] | None = None
+        if self.scorer is not None:
+            if queries is None:
+                raise InvalidInput("queries", "the pair scorer needs the queries' parsed records")
+            scoring = (self.scorer, queries)
         if queries is not None and len(queries) != len(candidates):
             raise InvalidInput("candidates", f"{len(candidates)} candidate lists for {len(queries)} queries")
         flat = [(qi, h) for qi, hits in enumerate(candidates) for h in hits]
@@ -96,10 +99,10 @@ class TextNearDuplicates:
         if not flat:
             return out
         cosines = np.array([h.score for _, h in flat], dtype=np.float64)
-        if self.scorer is None:
+        if scoring is None:
             scores, keep = cosines, cosines >= _f32(self.cosine_threshold)
         else:
-            assert queries is not None
+            scorer, parsed_queries = scoring
             scores = np.empty(len(flat), dtype=np.float64)
             query_rows = np.array([qi for qi, _ in flat], dtype=np.int64)
             # In chunks: one chunk's candidate records are materialised at a time.
@@ -110,10 +113,10 @@ class TextNearDuplicates:
                     raise InvalidInput("parsed_of", f"{len(others)} parsed records for {len(part)} ids")
                 # This chunk's queries, then one candidate a pair: every row is used once.
                 asked, which = np.unique(query_rows[start:start + len(part)], return_inverse=True)
-                both = ParsedRecords.concat([queries.take(asked), others])
-                scores[start:start + len(part)] = self.scorer.score_parsed(
+                both = ParsedRecords.concat([parsed_queries.take(asked), others])
+                scores[start:start + len(part)] = scorer.score_parsed(
                     both, which, len(asked) + np.arange(len(part)), cosines[start:start + len(part)])
-            keep = scores >= self.scorer.threshold
+            keep = scores >= scorer.threshold
             copy = self.config.text_copy_cosine
             if copy is not None:
                 copies = cosines >= _f32(copy)

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -227,7 +227,7 @@ class ParsedRecords:
         """Parse records (~50 us a listing with a short description on a 2-core Xeon)."""
         with _gc_paused():
             rows = [_parse_one(r) for r in records]
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in PARSED_SCHEMA]
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in PARSED_SCHEMA]
         return cls(pa.table([pa.array(list(c), type=f.type) for c, f in zip(columns, PARSED_SCHEMA,
                                                                             strict=True)],
                             schema=PARSED_SCHEMA))

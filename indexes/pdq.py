@@ -23,7 +23,6 @@ Structure (measured against FAISS's binary indexes in ``benchmarks/index.py``):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from indexes.atomic import fsync_dir, read_snapshot_meta, write_bytes_atomic, wr
 from indexes.config import PdqIndexConfig
 from indexes.ids import IdMap, check_ids
 from signals.errors import InvalidInput
+from signals.pdq_hash import PDQ_BYTES, hamming, pdq_from_hex
 
-PDQ_BYTES = 32
 _FORMAT = "marketguard.pdq_index/2"  # /2: ids in ids.npz (compact IdMap), rows incl. dead
 _TABLES = 16  # 16 chunks of 16 bits
 _BUCKETS = 1 << 16
@@ -47,28 +46,6 @@ class PdqHit:
 
     id: str
     distance: int
-
-
-def pdq_from_hex(value: str, field: str = "pdq") -> np.ndarray:
-    """Parse a 64-hex-digit PDQ hash into 32 bytes.
-
-    Exactly 64 hex digits, nothing else: ``bytes.fromhex`` alone would skip
-    whitespace and turn a spaced 64-character string into fewer than 32 bytes.
-    """
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-        raise InvalidInput(field, f"a PDQ hash is exactly 64 hex digits, got {value!r:.80}")
-    return np.frombuffer(bytes.fromhex(value), dtype=np.uint8).copy()
-
-
-def pdq_to_hex(row: np.ndarray) -> str:
-    """32 bytes back to the 64-hex-digit form ThreatExchange uses."""
-    return bytes(np.asarray(row, dtype=np.uint8)).hex()
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Hamming distances between uint8[n, 32] arrays (b may be one row)."""
-    x = np.bitwise_xor(a.view(np.uint64), np.asarray(b, dtype=np.uint8).view(np.uint64))
-    return np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
 
 
 def _flip_masks(max_flips: int) -> np.ndarray:
@@ -138,7 +115,8 @@ class PdqIndex:
             grown[: self._n] = self._hashes[: self._n]
             self._hashes = grown
         rows = self._ids.assign_batch(ids)
-        assert rows[0] == self._n and self._ids.next_label == need, "rows and labels diverged"
+        if rows[0] != self._n or self._ids.next_label != need:
+            raise RuntimeError(f"PDQ rows ({self._n}) and id-map labels ({rows[0]}) diverged")
         self._hashes[self._n : need] = arr
         self._n = need
         self._maybe_rebuild()
@@ -218,7 +196,8 @@ class PdqIndex:
             flips = t // _TABLES
             # Past 3 flips a table probes thousands of buckets: scanning is cheaper.
             full = flips >= 4
-            cand = np.arange(self._built, dtype=np.int64) if full else self._candidates(q, flips)
+            cand = (np.arange(self._built, dtype=np.int64) if full
+                    else self._candidates(q, flips, self._order, self._starts))
             d = hamming(self._hashes[cand], q)
             ok = (d <= t) & alive[cand]
             # A row can come from several tables; dedupe the few matches, not the candidates.
@@ -235,21 +214,22 @@ class PdqIndex:
             return []
         rows = np.concatenate(parts_rows)
         dist = np.concatenate(parts_dist)
-        names = self._ids.ids_of(rows)
-        hits = [PdqHit(i, dd) for i, dd in zip(names, dist.tolist(), strict=True)]  # type: ignore[arg-type]
+        names = self._ids.mapped_ids(rows)  # alive rows only
+        hits = [PdqHit(i, dd) for i, dd in zip(names, dist.tolist(), strict=True)]
         hits.sort(key=lambda h: (h.distance, h.id))
         return hits
 
-    def _candidates(self, q: np.ndarray, flips: int) -> np.ndarray:
-        assert self._order is not None and self._starts is not None
+    def _candidates(self, q: np.ndarray, flips: int, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Rows with a 16-bit chunk at most ``flips`` bits from the query's same chunk,
+        from the tables ``order`` and ``starts`` that :meth:`_build_tables` made."""
         masks = self._masks.get(flips)
         if masks is None:
             masks = self._masks[flips] = _flip_masks(flips)
         keys = q.view(np.uint16)  # [16]
         probes = (keys[:, None] ^ masks[None, :]).astype(np.int64)  # [16, P]
         tables = np.arange(_TABLES)[:, None]
-        lo = self._starts[tables, probes].ravel()
-        hi = self._starts[tables, probes + 1].ravel()
+        lo = starts[tables, probes].ravel()
+        hi = starts[tables, probes + 1].ravel()
         lengths = hi - lo
         total = int(lengths.sum())
         if total == 0:
@@ -259,7 +239,7 @@ class PdqIndex:
         ends = np.cumsum(lengths)
         pos = np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
         pos += np.repeat(base, lengths)
-        return self._order.ravel()[pos].astype(np.int64)
+        return order.ravel()[pos].astype(np.int64)
 
     def memory_bytes(self) -> int:
         """Bytes of hashes and tables (allocated; the id map is extra: :meth:`id_map_bytes`)."""

@@ -143,6 +143,15 @@ def read_records(path: Path) -> tuple[list[tuple[dict[str, Any], np.ndarray | No
     return out, pos
 
 
+def _read_generation(current: Path) -> int:
+    """The generation a ``CURRENT`` file names (``{"generation": n}``); InvalidInput if it is bad."""
+    data = read_json(current)
+    gen = data.get("generation") if isinstance(data, dict) else None
+    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+        raise InvalidInput(current.name, f"expected {{\"generation\": n >= 0}}, got {data!r:.80}")
+    return gen
+
+
 def read_index(directory: Path, empty: Callable[[], IndexT], load: Callable[[Path], IndexT]) -> IndexT:
     """The index of a durable directory, read-only: snapshot plus log, without the metadata.
 
@@ -150,7 +159,7 @@ def read_index(directory: Path, empty: Callable[[], IndexT], load: Callable[[Pat
     the per-item metadata, as large as the index's id map again, is never loaded.
     """
     directory = Path(directory)
-    gen = int(read_json(directory / "CURRENT")["generation"])  # type: ignore[index]
+    gen = _read_generation(directory / "CURRENT")
     snap = directory / f"snap-{gen}"
     index = load(snap) if snap.exists() else empty()
     records, _ = read_records(directory / f"log-{gen}.bin")
@@ -240,7 +249,7 @@ class DurableIndex(Generic[IndexT]):
     def _open(self) -> None:
         current = self.directory / "CURRENT"
         if current.exists():
-            gen = int(read_json(current)["generation"])  # type: ignore[index]
+            gen = _read_generation(current)
         else:
             gen = 0
             (self.directory / "log-0.bin").touch()
@@ -301,13 +310,19 @@ class DurableIndex(Generic[IndexT]):
         else:
             raise InvalidInput("log", f"unknown op {header['op']!r}")
 
+    def _log(self) -> int:
+        """The open log's file descriptor; RuntimeError once the index is closed."""
+        if self._log_fd is None:
+            raise RuntimeError(f"the durable index at {self.directory} is closed")
+        return self._log_fd
+
     def _append(self, record: bytes) -> None:
-        assert self._log_fd is not None, "closed"
+        fd = self._log()
         view = memoryview(record)
         while view:  # os.write may write less than asked
-            view = view[os.write(self._log_fd, view) :]
+            view = view[os.write(fd, view) :]
         if self.config.fsync:
-            os.fsync(self._log_fd)
+            os.fsync(fd)
         self._log_bytes += len(record)
 
     def _commit(self, record: bytes) -> None:
@@ -327,9 +342,9 @@ class DurableIndex(Generic[IndexT]):
             raise
 
     def _rollback(self, length: int) -> None:
-        assert self._log_fd is not None, "closed"
-        os.ftruncate(self._log_fd, length)
-        os.fsync(self._log_fd)
+        fd = self._log()
+        os.ftruncate(fd, length)
+        os.fsync(fd)
         self._log_bytes = length
         self._load_state()  # the failed apply may have changed memory part-way
 

@@ -51,7 +51,11 @@ class ShardedIndex(Generic[S]):
 
     def add(self, ids: list[str], data: np.ndarray | list[str]) -> None:
         """Route each item to its shard (validated as a whole batch first)."""
-        ids, arr = self.shards[0].prepare(ids, data)
+        first = self.shards[0]
+        if isinstance(first, PdqIndex):
+            ids, arr = first.prepare(ids, data)  # hashes as an array or hex strings
+        else:
+            ids, arr = first.prepare(ids, np.asarray(data))  # strings fail its dtype check
         for s, pos in self._split(ids).items():
             self.shards[s].add([ids[p] for p in pos], arr[pos])
 
@@ -59,9 +63,24 @@ class ShardedIndex(Generic[S]):
         """Remove ids from their shards; returns how many were present."""
         return sum(self.shards[s].remove([ids[p] for p in pos]) for s, pos in self._split(ids).items())
 
+    def _vector_shards(self) -> list[VectorIndex]:
+        out: list[VectorIndex] = []
+        for s in self.shards:
+            if not isinstance(s, VectorIndex):
+                raise InvalidInput("search", "top-k search needs vector shards; PDQ shards: range_search")
+            out.append(s)
+        return out
+
+    def _pdq_shards(self) -> list[PdqIndex]:
+        out: list[PdqIndex] = []
+        for s in self.shards:
+            if isinstance(s, PdqIndex):
+                out.append(s)
+        return out
+
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Top-k over all shards (vector shards only)."""
-        per_shard = [s.search(queries, k) for s in self.shards]  # type: ignore[union-attr]
+        per_shard = [s.search(queries, k) for s in self._vector_shards()]
         out = []
         for qi in range(len(per_shard[0])):
             merged = heapq.nsmallest(
@@ -74,16 +93,17 @@ class ShardedIndex(Generic[S]):
         self, queries: np.ndarray | list[str], threshold: float | int | None = None
     ) -> list[list[Hit]] | list[list[PdqHit]]:
         """Everything within the threshold, over all shards, best first."""
-        if isinstance(self.shards[0], PdqIndex):
+        pdq_shards = self._pdq_shards()
+        if pdq_shards:
             t = None if threshold is None else int(threshold)
-            parts_p = [s.range_search(queries, t) for s in self.shards]  # type: ignore[arg-type]
+            parts_p = [s.range_search(queries, t) for s in pdq_shards]
             return [
                 sorted((h for res in parts_p for h in res[qi]), key=lambda h: (h.distance, h.id))
                 for qi in range(len(parts_p[0]))
             ]
         if threshold is None:
             raise InvalidInput("threshold", "a vector range search needs a similarity threshold")
-        parts_v = [s.range_search(queries, float(threshold)) for s in self.shards]  # type: ignore[arg-type]
+        parts_v = [s.range_search(np.asarray(queries), float(threshold)) for s in self._vector_shards()]
         return [
             sorted((h for res in parts_v for h in res[qi]), key=lambda h: (-h.score, h.id))
             for qi in range(len(parts_v[0]))

@@ -26,6 +26,7 @@ snapshot is ``index.faiss`` + ``ids.npz`` + ``meta.json``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,13 @@ from signals.errors import InvalidInput
 
 Structure = Literal["flat", "ivf"]
 _FORMAT = "marketguard.vector_index/2"  # /2: ids in ids.npz (compact IdMap), not meta.json
+# The IVF's id -> entry map as a hash table (removals by id). faiss's stubs lack DirectMap.
+_DIRECT_MAP_HASHTABLE: int = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # not in faiss's stubs
+
+
+def _callback_writer(write: Callable[[bytes], Any]) -> faiss.IOWriter:
+    """A FAISS writer that hands each chunk to ``write`` (streams an index into a file object)."""
+    return faiss.PyCallbackIOWriter(write)  # type: ignore[attr-defined]  # not in faiss's stubs
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +165,16 @@ class VectorIndex:
         if not len(labels):
             return
         arr = np.ascontiguousarray(labels, dtype=np.int64)
+        sel: faiss.IDSelector
         if self._structure == "ivf":
             # The hashtable direct map only takes an IDSelectorArray.
             sel = faiss.IDSelectorArray(len(arr), faiss.swig_ptr(arr))
         else:
             sel = faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr))
         removed = self._index.remove_ids(sel)
-        assert removed == len(arr), (removed, len(arr))
+        if removed != len(arr):
+            raise RuntimeError(
+                f"FAISS removed {removed} of {len(arr)} vectors: the index and its id map diverged")
 
     def build(self, ids: list[str], vectors: np.ndarray, *, expected_size: int | None = None) -> None:
         """Bulk-load an empty index, training the IVF on the whole batch when it is large.
@@ -222,12 +233,12 @@ class VectorIndex:
         # FAISS keeps similarities strictly above the radius; step just below to get >=.
         radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))
         lims, sims, labels = self._index.range_search(q, radius)
-        names = self._ids.ids_of(labels)
+        names = self._ids.mapped_ids(labels)  # FAISS holds mapped labels only
         out: list[list[Hit]] = []
         sims_l = sims.tolist()
         for i in range(q.shape[0]):
             a, b = int(lims[i]), int(lims[i + 1])
-            row = [Hit(n, s) for s, n in zip(sims_l[a:b], names[a:b], strict=True)]  # type: ignore[arg-type]
+            row = [Hit(n, s) for s, n in zip(sims_l[a:b], names[a:b], strict=True)]
             row.sort(key=lambda h: (-h.score, h.id))
             out.append(row)
         return out
@@ -262,6 +273,7 @@ class VectorIndex:
         nlist = self._nlist_for(size, n)
         quantizer = faiss.IndexFlatIP(self.dim)
         qtype = _sq_type(self.config.quantization)
+        index: faiss.IndexIVF
         if qtype is None:
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
@@ -278,10 +290,11 @@ class VectorIndex:
         # doubling while adding, ~130 bytes a vector at 384-d SQ8 (measured: RSS 585 vs
         # 451 bytes a vector at 300k). A serialise/deserialise round trip re-reads every
         # list at its exact size, at the cost of a transient copy of the index.
-        index = faiss.deserialize_index(faiss.serialize_index(index))
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        index.nprobe = min(self.config.nprobe, nlist)
-        self._index = index
+        restored = faiss.deserialize_index(faiss.serialize_index(index))
+        ivf = faiss.extract_index_ivf(restored)  # a view: ``restored`` owns the index
+        ivf.set_direct_map_type(_DIRECT_MAP_HASHTABLE)
+        ivf.nprobe = min(self.config.nprobe, nlist)
+        self._index = restored
         self._structure = "ivf"
         self._trained_for = size
 
@@ -290,7 +303,7 @@ class VectorIndex:
         if nprobe < 1:
             raise InvalidInput("nprobe", f"nprobe must be >= 1, got {nprobe!r}")
         if self._structure == "ivf":
-            self._index.nprobe = nprobe
+            faiss.extract_index_ivf(self._index).nprobe = nprobe
 
     def memory_bytes(self) -> int:
         """Bytes of the FAISS structure (its serialised size; the id map is extra)."""
@@ -308,7 +321,7 @@ class VectorIndex:
         # Streamed through FAISS's writer: no in-memory copy of the index (two copies,
         # ~0.8 GB at 1M x 384 SQ8, when it went through serialize_index and bytes).
         write_file_atomic(directory / "index.faiss",
-                          lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write)))
+                          lambda f: faiss.write_index(self._index, _callback_writer(f.write)))
         self._ids.save(directory / "ids.npz")
         meta = {
             "format": _FORMAT,
@@ -333,9 +346,10 @@ class VectorIndex:
         self._trained_for = int(meta["trained_for"])
         self._ids = IdMap.load(directory / "ids.npz")
         if self._structure == "ivf":
-            self._index.nprobe = self.config.nprobe
+            ivf = faiss.extract_index_ivf(self._index)  # a view: self._index owns the index
+            ivf.nprobe = self.config.nprobe
             # The direct map is not serialised as a hashtable in every version; make sure.
-            self._index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            ivf.set_direct_map_type(_DIRECT_MAP_HASHTABLE)
         if self._index.ntotal != len(self._ids):
             raise InvalidInput(
                 "index.faiss", f"{self._index.ntotal} vectors but {len(self._ids)} ids in ids.npz"

@@ -90,6 +90,27 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--progress", choices=["auto", "bar", "lines", "off"], default="auto",
                        help="a bar on a terminal, plain lines in logs (default: auto)")
     batch.set_defaults(handler=_cmd_batch)
+
+    serve_cmd = sub.add_parser(
+        "serve", parents=[common],
+        help="the HTTP service (Ray Serve): score listings and reviews as they arrive",
+        description="Start the HTTP service on a local Ray: POST /v1/listings and /v1/reviews, entity "
+                    "signals, banks, labels, /healthz, /readyz, /metrics; OpenAPI at /docs. Without API "
+                    "keys it listens on loopback only (local mode).")
+    serve_cmd.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve_cmd.add_argument("--demo", action="store_true",
+                           help="seed a NEW data dir with the bundled demo catalogue and scam bank")
+    serve_cmd.add_argument("--from-batch", type=Path, default=None, metavar="RUN_DIR",
+                           help="start from a batch run's index snapshots (not available yet: see docs/serving.md)")
+    serve_cmd.set_defaults(handler=_cmd_serve)
+
+    reindex = sub.add_parser(
+        "reindex", parents=[common],
+        help="rebuild the indexes from the stored records with the configured models",
+        description="Rebuild every tenant's indexes from the signal store (after a model change). The "
+                    "service must be stopped.")
+    reindex.set_defaults(handler=_cmd_reindex)
     return parser
 
 
@@ -135,6 +156,31 @@ def _cmd_batch(args: argparse.Namespace, config: MarketGuardConfig,
                           "rejected": summary["rejected"], "pairs": summary["pairs"],
                           "clusters": summary["clusters"], "signals": summary["signals"]}) + "\n")
     out.flush()
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace, config: MarketGuardConfig,
+               out: TextIO, err: TextIO) -> int:
+    from serving.deployments.run import serve_forever
+
+    updates: dict[str, Any] = {}
+    if args.host is not None:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if args.from_batch is not None:
+        raise InvalidInput("--from-batch", "starting from a batch run is not available yet (docs/serving.md)")
+    config = config.model_copy(update={"service": config.service.model_copy(update=updates)})
+    logging.getLogger("marketguard").setLevel(logging.INFO)
+    return serve_forever(config, demo=args.demo)
+
+
+def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,
+                 out: TextIO, err: TextIO) -> int:
+    from serving.scoring.reindex import reindex
+
+    counts = reindex(config)
+    out.write(json.dumps(counts, sort_keys=True) + "\n")
     return EXIT_OK
 
 

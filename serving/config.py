@@ -2,7 +2,8 @@
 
 This is the only module that reads environment variables:
 ``MARKETGUARD_CONFIG`` (path of a YAML or JSON config file) and
-``MARKETGUARD_DATA_DIR`` (overrides ``data_dir``). Command-line flags override both.
+``MARKETGUARD_DATA_DIR`` (overrides ``data_dir``) and ``MARKETGUARD_API_KEYS``
+(``tenant:key`` pairs, added to ``service.api_keys``). Command-line flags override them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from signals.errors import InvalidInput, field_path
 
 ENV_CONFIG = "MARKETGUARD_CONFIG"
 ENV_DATA_DIR = "MARKETGUARD_DATA_DIR"
+ENV_API_KEYS = "MARKETGUARD_API_KEYS"
 
 
 class BatchConfig(BaseModel):
@@ -41,6 +43,71 @@ class BatchConfig(BaseModel):
     top: int = Field(default=10, ge=1, le=1000, description="clusters and sellers listed in the summary")
 
 
+class ApiKey(BaseModel):
+    """An API key and the tenant it acts for. Give ``key`` (kept in memory) or its SHA-256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+    key: str | None = Field(default=None, min_length=16, description="the secret itself (>= 16 chars)")
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class RateLimitConfig(BaseModel):
+    """Per tenant, per ingress replica (a token bucket in each replica's memory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float = Field(default=200.0, gt=0)
+    burst: int = Field(default=400, ge=1)
+
+
+class IngressDeploymentConfig(BaseModel):
+    """The HTTP ingress: validation, auth, limits and the fast extractors (in-process, batched)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(default=1, ge=1, le=1024)
+    num_cpus: float = Field(default=0.5, gt=0, le=64, description="logical CPUs reserved per replica")
+    max_ongoing_requests: int = Field(default=64, ge=1, description="requests a replica works on at once")
+    max_in_flight: int = Field(default=64, ge=1, description="past this many requests a replica answers 503")
+    batch_max_size: int = Field(default=16, ge=1, le=256, description="records per extractor call (@serve.batch)")
+    batch_wait_s: float = Field(default=0.002, ge=0, le=1, description="wait to fill an extractor batch")
+
+
+class CatalogueDeploymentConfig(BaseModel):
+    """The index and store owner: one writer per shard; tenants spread over shards by hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: int = Field(default=1, ge=1, le=4096, description="catalogue deployments; a tenant lives on one")
+    num_cpus: float = Field(default=0.5, gt=0, le=64)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+    compact_interval_s: float = Field(default=300.0, gt=0, description="index snapshots, off the request path")
+
+
+class ServiceConfig(BaseModel):
+    """The HTTP service (``marketguard serve``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_keys: list[ApiKey] = Field(default_factory=list,
+                                   description="with keys the key decides the tenant; without, local mode")
+    max_body_bytes: int = Field(default=32 << 20, ge=1024, description="a larger body is a 413")
+    max_items: int = Field(default=256, ge=1, le=4096, description="records in one {items: [...]} body")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    retention_days: float | None = Field(default=None, gt=0,
+                                         description="content not written for this long is deleted")
+    global_banks: dict[str, list[str]] = Field(
+        default_factory=lambda: {"*": ["*"]},
+        description="tenant -> global banks it matches against ('*': every tenant / every bank)")
+    ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local Ray (default: all)")
+    ingress: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
+    catalogue: CatalogueDeploymentConfig = Field(default_factory=CatalogueDeploymentConfig)
+
+
 class MarketGuardConfig(BaseModel):
     """Everything a MarketGuard process needs to know, with embedded defaults."""
 
@@ -53,6 +120,7 @@ class MarketGuardConfig(BaseModel):
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     indexes: IndexesConfig = Field(default_factory=IndexesConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
 
 def load_config(
@@ -73,6 +141,17 @@ def load_config(
         raw["data_dir"] = env[ENV_DATA_DIR]
     if data_dir is not None:
         raw["data_dir"] = str(data_dir)
+    if env.get(ENV_API_KEYS):
+        # "tenant:key,tenant2:key2": keys from a secret store, never in the config file.
+        service = dict(raw.get("service") or {})
+        keys = list(service.get("api_keys") or [])
+        for part in env[ENV_API_KEYS].split(","):
+            tenant, sep, key = part.strip().partition(":")
+            if not sep:
+                raise InvalidInput(ENV_API_KEYS, "must be tenant:key pairs separated by commas")
+            keys.append({"tenant": tenant, "key": key})
+        service["api_keys"] = keys
+        raw["service"] = service
     try:
         return MarketGuardConfig.model_validate(raw)
     except pydantic.ValidationError as exc:

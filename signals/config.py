@@ -121,6 +121,12 @@ class ImageDecodeConfig(_Config):
     url_user_agent: str = Field(
         default="MarketGuard/0.1 image fetcher", min_length=1, max_length=200,
         pattern=r"^[\x20-\x7e]+$", description="User-Agent header of URL fetches")
+    url_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDR blocks where non-public addresses may be fetched (private, loopback are refused "
+                    "otherwise, so DNS cannot be used to reach inside)")
+    url_connect_timeout_s: float = Field(default=3.0, gt=0.0, le=60.0, description="connect deadline")
+    url_max_concurrency: int = Field(default=8, ge=1, le=1024, description="URL fetches at once per fetcher")
 
 
 class PdqConfig(_Config):

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -247,7 +248,8 @@ class Finding:
     normalized: str  # canonical form: E.164, lower-case email/host, "whatsapp:@name"
     weight: float  # how strongly it alone means off-platform contact (0..1)
     techniques: tuple[str, ...] = ()
-    detail: dict[str, Any] = field(default_factory=dict)
+    # dataclass_field: the name ``field`` is this class's attribute above.
+    detail: dict[str, Any] = dataclass_field(default_factory=dict)
 
     def to_evidence(self) -> dict[str, Any]:
         return {"kind": self.kind, "field": self.field, "start": self.start, "end": self.end,
@@ -724,7 +726,8 @@ def terms_score(n_terms: int) -> float:
 _MAX_EVIDENCE = 20
 
 
-class ContentRulesExtractor(Extractor[Listing | Review]):  # type: ignore[type-var]
+# ItemT is Listing or Review, one per subclass; this extractor reads both kinds.
+class ContentRulesExtractor(Extractor[Listing | Review]):  # type: ignore[type-var]  # see the line above
     """Off-platform contact, obfuscation and prohibited terms for listings and reviews."""
 
     name: ClassVar[str] = "content_rules"

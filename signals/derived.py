@@ -1,4 +1,4 @@
-"""Signals derived from index lookups: the shared vocabulary, and the bank-match signals.
+"""Signals derived from index lookups: the facts they are built from, and the bank-match signals.
 
 The near-duplicate, bank-match, price and roll-up signals are computed from facts that
 the FAISS indexes find (``indexes/`` and ``serving/`` do the lookups). These pure
@@ -11,6 +11,8 @@ compares its outputs byte for byte).
 - :mod:`signals.derived` (this module): :class:`Match`, :class:`BankHit`, the
   :class:`DerivedSource` declarations, :func:`bank_match_signal` (``bank.match``) and
   :func:`review_bank_similarity_signal` (``review.bank_similarity``).
+- :mod:`signals.vocabulary`: the shared words, :data:`~signals.vocabulary.Modality` and
+  :data:`~signals.vocabulary.BankKind`.
 - :mod:`signals.near_duplicate`: ``near_duplicate.*``, ``image.reused_across_sellers``,
   ``review.near_duplicate_count``.
 - :mod:`signals.price_anomaly`: ``price.anomaly``.
@@ -36,15 +38,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
 from signals.catalogue import CATALOGUE
 from signals.schemas import EntityType, Listing, Review, Signal, SignalValue
-
-Modality = Literal["listing_text", "review_text", "image_pdq", "image_sscd"]
-MODALITIES: tuple[Modality, ...] = get_args(Modality)
-IMAGE_MODALITIES: tuple[Modality, ...] = ("image_pdq", "image_sscd")
-BankKind = Literal["fraud", "benign"]
+from signals.vocabulary import BANK_KINDS, MODALITIES, BankKind, Modality
 
 MAX_EVIDENCE_MATCHES = 20
 """At most this many matches are listed in a signal's evidence (the best ones)."""
@@ -101,8 +99,8 @@ class BankHit:
     similarity: float
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fraud", "benign"):
-            raise ValueError(f"kind must be 'fraud' or 'benign', not {self.kind!r}")
+        if self.kind not in BANK_KINDS:
+            raise ValueError(f"kind must be one of {BANK_KINDS}, not {self.kind!r}")
         _check_modality(self.modality)
         _check_finite("distance", self.distance)
         _check_finite("similarity", self.similarity)

@@ -17,6 +17,7 @@ ErrorCode = Literal[
     "unsupported_media_type",  # 415: an image format or content type we do not take
     "not_found",  # 404: a referenced file, entity or bank does not exist
     "fetch_failed",  # 422: an allow-listed image URL could not be fetched (timeout, status, TLS)
+    "malformed",  # 400: the body is not JSON at all
 ]
 
 
@@ -57,9 +58,10 @@ def from_pydantic(exc: pydantic.ValidationError) -> InvalidInput:
     ctx_error = (first.get("ctx") or {}).get("error")
     loc = tuple(first.get("loc", ()))
     if isinstance(ctx_error, InvalidInput):
-        field = field_path(loc) or ctx_error.field
-        if ctx_error.field and loc and ctx_error.field not in field:
-            field = f"{field}.{ctx_error.field}"
+        path = field_path(loc)
+        field = path or ctx_error.field
+        if ctx_error.field and path and ctx_error.field not in path:
+            field = f"{path}.{ctx_error.field}"
         err = InvalidInput(field, ctx_error.reason, ctx_error.code)
     else:
         kind = first.get("type", "")

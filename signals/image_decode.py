@@ -214,22 +214,20 @@ class ImageDecoder:
         return [self.decode_ref(ref, i) for i, ref in enumerate(listing.images)]
 
     def decode_ref(self, ref: ImageRef, index: int) -> DecodedImage:
-        hit = None
-        digest = self._known_digest(ref)
-        if digest is not None:
-            hit = self._cached(digest)
+        known = self._known_digest(ref)
+        hit = None if known is None else self._cached(known)
         if hit is None:
             data = self.load_bytes(ref, index)
             self.reads += 1
             digest = hashlib.sha256(data).hexdigest()
             self._note_digest(ref, digest)
             hit = self._cached(digest)
-        if hit is None:
-            try:
-                hit = _decode(data, digest, self.config, 0)
-            except InvalidInput as exc:
-                hit = exc
-            self._remember(digest, hit)
+            if hit is None:
+                try:
+                    hit = _decode(data, digest, self.config, 0)
+                except InvalidInput as exc:
+                    hit = exc
+                self._remember(digest, hit)
         if isinstance(hit, InvalidInput):
             raise InvalidInput(f"images[{index}]", hit.reason, hit.code)
         return hit if hit.index == index else replace(hit, index=index)

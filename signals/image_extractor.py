@@ -79,8 +79,9 @@ class ImageExtractor(Extractor[Listing], Generic[OutT]):
             pos += len(good)
             if bad:
                 first = bad[0]
-                more = f" (and {len(bad) - 1} more image(s))" if len(bad) > 1 else ""
+                more = "".join(f"; {b.field}: {b.reason}" for b in bad[1:])
+                # The good images keep their features: one undecodable image must not hide
+                # the listing's other photos from matching (an evasion hole).
                 result.error = ItemError(self.name, first.reason + more, first.field, first.code)
-                result.features = {}
             results.append(result)
         return results

@@ -5,7 +5,9 @@ bit 255 of ThreatExchange's ``Hash256`` (``w[15] >> 15``). ThreatExchange and
 HMA print a hash as 64 lower-case hex digits, ``w[15]`` first (``Hash256::format``
 in C++; ``"%0*X" % (64, int(bits, 2))`` in python-threatexchange). Packing the
 bits big-endian therefore gives the same bytes and the same hex, so banks
-exchanged as HMA CSV interoperate: :func:`pdq_hex` / :func:`pdq_from_hex`.
+exchanged as HMA CSV interoperate: :func:`signals.pdq_hash.pdq_to_hex` /
+:func:`signals.pdq_hash.pdq_from_hex` (with :func:`~signals.pdq_hash.hamming`, the one
+implementation, shared with ``indexes/``).
 
 Quality (0-100) below :data:`PDQ_WEAK_QUALITY` means a flat or featureless image
 whose hash matches too easily: kept, but matching must treat it as weak.
@@ -38,6 +40,7 @@ import numpy as np
 from signals.extractor import ItemResult
 from signals.image_decode import DecodedImage, trim_borders
 from signals.image_extractor import ImageExtractor
+from signals.pdq_hash import pdq_to_hex
 from signals.schemas import Listing
 
 PDQ_WEAK_QUALITY = 50
@@ -59,7 +62,7 @@ class PdqHash:
 
     @property
     def hex(self) -> str:
-        return pdq_hex(self.bits)
+        return pdq_to_hex(self.bits)
 
     @property
     def weak(self) -> bool:
@@ -72,27 +75,6 @@ def pack_bits(vector: np.ndarray) -> np.ndarray:
     if v.shape != (256,):
         raise ValueError(f"a PDQ bit vector has 256 elements, not {v.shape}")
     return np.packbits(v.astype(np.uint8) & 1)
-
-
-def pdq_hex(packed: np.ndarray) -> str:
-    """The 64-hex-digit ThreatExchange/HMA form of a packed hash."""
-    p = np.asarray(packed, dtype=np.uint8)
-    if p.shape != (32,):
-        raise ValueError(f"a packed PDQ hash has 32 bytes, not {p.shape}")
-    return p.tobytes().hex()
-
-
-def pdq_from_hex(text: str) -> np.ndarray:
-    """Parse a ThreatExchange/HMA hex hash (64 hex digits, either case) into 32 bytes."""
-    s = text.strip().lower()
-    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
-        raise ValueError(f"a PDQ hash is 64 hex digits, got {text!r}")
-    return np.frombuffer(bytes.fromhex(s), dtype=np.uint8).copy()
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> int:
-    """Hamming distance between two packed hashes (0-256)."""
-    return int(np.unpackbits(np.bitwise_xor(np.asarray(a, np.uint8), np.asarray(b, np.uint8))).sum())
 
 
 def pdq_of_rgb(rgb: np.ndarray) -> PdqHash:

@@ -42,17 +42,16 @@ from datetime import datetime
 from typing import Any, Literal
 
 from signals.derived import (
-    IMAGE_MODALITIES,
     LISTING_NEAR_DUPLICATE,
     MAX_EVIDENCE_MATCHES,
     REVIEW_NEAR_DUPLICATE,
     Match,
-    Modality,
     rounded,
     saturate,
     unit,
 )
 from signals.schemas import Listing, Review, Signal
+from signals.vocabulary import IMAGE_MODALITIES, Modality
 
 COUNT_SCALE = 5.0
 """``near_duplicate.count`` score: ``1 - exp(-count / COUNT_SCALE)``."""

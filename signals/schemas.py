@@ -13,14 +13,14 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo
 
 from signals.errors import InvalidInput, from_pydantic
 
-SIGNAL_SCHEMA = "marketguard.signal/v1"
+SIGNAL_SCHEMA: Final = "marketguard.signal/v1"
 
 EntityType = Literal["listing", "seller", "review", "reviewer", "product"]
 RecordKind = Literal["listing", "review"]
@@ -75,7 +75,8 @@ DEFAULT_LIMITS = Limits()
 def _limits(info: ValidationInfo) -> Limits:
     ctx = info.context or {}
     limits = ctx.get("limits", DEFAULT_LIMITS)
-    assert isinstance(limits, Limits)
+    if not isinstance(limits, Limits):
+        raise TypeError(f"validation context 'limits' must be a Limits, got {type(limits).__name__}")
     return limits
 
 

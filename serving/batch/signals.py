@@ -27,11 +27,19 @@ from indexes.clustering import ClusterResult, Pairs, cluster_pairs
 from indexes.config import IndexesConfig, Modality
 from serving.batch.catalogue import Catalogue
 from serving.batch.extract import rewrite_observed_at
-from signals.derived import BankHit, Match, bank_match_signal, review_bank_similarity_signal
-from signals.near_duplicate import listing_near_duplicate_signals, review_near_duplicate_signal
-from signals.price_anomaly import PriceReference, price_anomaly_signal
+from signals.derived import BankHit, Match
+from signals.entity_signals import (
+    CLUSTER_PRICES_EXACT_UP_TO,
+    ListingFacts,
+    ReviewFacts,
+    category_prices_key,
+    cluster_price_reference,
+    listing_signals,
+    review_signals,
+)
+from signals.price_anomaly import PriceReference
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
-from signals.schemas import Listing, Review
+from signals.schemas import Listing, Review, Signal
 
 _CHUNK = 4096
 
@@ -147,10 +155,8 @@ def _match(store: BankStore, modality: Modality, data: np.ndarray, rows: np.ndar
         idx = np.flatnonzero(keep)
         if not len(idx):
             continue
-        for i, matches in zip(idx.tolist(), store.match(modality, chunk[idx]), strict=True):
-            for mt in matches:
-                out[int(rows[start + i])].append(BankHit(mt.bank, mt.kind, mt.item_id, modality,
-                                                         float(mt.distance), float(mt.similarity)))
+        for i, hits in zip(idx.tolist(), store.match(modality, chunk[idx]), strict=True):
+            out[int(rows[start + i])].extend(hits)
 
 
 def price_references(cat: Catalogue) -> dict[tuple[str, str | None, str], PriceReference]:
@@ -168,30 +174,24 @@ def price_references(cat: Catalogue) -> dict[tuple[str, str | None, str], PriceR
 
 
 class ClusterPrices:
-    """Cluster price references: each member's is its cluster-mates' prices (its own left
-    out) up to ``EXACT_UP_TO`` members; past that, one reference per cluster and currency,
-    computed once (one member's own price barely moves a big cluster's median), so a
-    giant cluster costs O(size), not O(size^2)."""
+    """Cluster price references of members (:func:`signals.entity_signals.cluster_price_reference`),
+    the one shared by every member of a big cluster computed once per cluster and currency."""
 
-    EXACT_UP_TO = 50
-
-    def __init__(self) -> None:
+    def __init__(self, prices: Any, currencies: Any) -> None:
+        self._prices, self._currencies = prices, currencies
         self._big: dict[tuple[int, str], PriceReference | None] = {}
 
-    def get(self, root: int, row: int, currency: str, prices: Any, currencies: Any,
-            members: np.ndarray) -> PriceReference | None:
+    def get(self, root: int, row: int, currency: str, members: np.ndarray) -> PriceReference | None:
         """The reference for ``row``, a member of the cluster ``root`` (its rows: ``members``)."""
-        def prices_of(rows: list[int]) -> list[float]:
-            return [float(prices[r].as_py()) for r in rows
-                    if prices[r].is_valid and currencies[r].as_py() == currency]
-
-        if len(members) <= self.EXACT_UP_TO:
-            others = [r for r in members.tolist() if r != row]
-            return PriceReference.of("cluster", currency, prices_of(others))
-        key = (root, currency)
-        if key not in self._big:
-            self._big[key] = PriceReference.of("cluster", currency, prices_of(members.tolist()))
-        return self._big[key]
+        big = len(members) > CLUSTER_PRICES_EXACT_UP_TO
+        if big and (root, currency) in self._big:
+            return self._big[(root, currency)]
+        rows = members.tolist()
+        ref = cluster_price_reference(currency, row, [
+            (r, self._prices[r].as_py(), self._currencies[r].as_py()) for r in rows])
+        if big:
+            self._big[(root, currency)] = ref
+        return ref
 
 
 def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict[int, list[BankHit]],
@@ -204,7 +204,7 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
     in_clusters = clusters.member_rows() if listing else np.zeros(0, dtype=np.int64)
     member_roots = clusters.root[in_clusters]  # a cluster's members: one searchsorted slice
     products: dict[tuple[str, str], ProductStats] = {}
-    cluster_refs = ClusterPrices()
+    cluster_refs = ClusterPrices(prices, currencies)
     for start in range(0, cat.n, _CHUNK):
         chunk = cat.meta.slice(start, _CHUNK)
         for offset, (record, extracted) in enumerate(zip(chunk.column("record").to_pylist(),
@@ -215,39 +215,35 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
             matches = [Match(ids[d].as_py(), m, float(s), owners[d].as_py())  # type: ignore[arg-type]
                        for d, m, s in zip(dst.tolist(), mods, scores.tolist(), strict=True)]
             hits = banks.get(row, [])
+            derived: list[Signal]
             if listing:
                 item = Listing.model_validate_json(record)
                 size = int(clusters.size[row])
-                derived = listing_near_duplicate_signals(item, matches, size, observed_at)
-                refs = []
                 root = int(clusters.root[row])
+                refs = []
                 if size >= 2 and item.currency:
                     lo, hi = np.searchsorted(member_roots, (root, root + 1))
-                    ref = cluster_refs.get(root, row, item.currency, prices, currencies,
-                                           in_clusters[lo:hi])
+                    ref = cluster_refs.get(root, row, item.currency, in_clusters[lo:hi])
                     if ref is not None:
                         refs.append(ref)
-                cref = category_refs.get((item.tenant, item.category, item.currency or ""))
+                cref = category_refs.get(category_prices_key(item))
                 if cref is not None:
                     refs.append(cref)
-                price = price_anomaly_signal(item, refs, observed_at)
-                if price is not None:
-                    derived.append(price)
-                derived.append(bank_match_signal(item, hits, observed_at))
-                dup = int(derived[0].value or 0)
-                fraud = sum(1 for h in hits if h.kind == "fraud")
+                outcome = listing_signals(ListingFacts(item, matches, ids[root].as_py(), size, refs, hits),
+                                          observed_at)
+                derived = outcome.signals
                 key = (item.tenant, item.seller_id)
                 stats = tally.by_owner.setdefault(key, SellerStats(item.tenant, item.seller_id))
-                stats.add_listing(near_duplicates=dup, cluster_id=ids[root].as_py() if size >= 2 else None,
-                                  cluster_size=size, bank_matches=1 if fraud else 0)
-                tally.cross_seller[key] += int(derived[1].value or 0)
+                stats.add_listing(near_duplicates=outcome.near_duplicates, cluster_id=outcome.cluster_id,
+                                  cluster_size=size, bank_matches=outcome.fraud_bank_matches)
+                tally.cross_seller[key] += outcome.cross_seller
             else:
                 review = Review.model_validate_json(record)
-                derived = [review_near_duplicate_signal(review, matches, observed_at),
-                           review_bank_similarity_signal(review, hits, observed_at)]
+                routcome = review_signals(ReviewFacts(review, matches, hits), observed_at)
+                derived = routcome.signals
                 pkey = (review.tenant, review.product_id)
                 pstats = products.setdefault(pkey, ProductStats(review.tenant, review.product_id))
-                pstats.add_review(near_duplicates=int(derived[0].value or 0))
+                pstats.add_review(near_duplicates=routcome.near_duplicates)
             for s in derived:
                 yield s.to_json_dict()
     for key in sorted(tally.by_owner):

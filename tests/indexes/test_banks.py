@@ -10,6 +10,7 @@ import pytest
 
 from indexes.banks import BankStore
 from indexes.config import BanksConfig
+from signals.derived import BankHit
 from signals.errors import InvalidInput
 from tests.indexes.conftest import flip_bits, random_vectors
 
@@ -35,6 +36,9 @@ def test_vector_banks_match_by_modality_kind_and_enabled(tmp_path: Path) -> None
         ("good-titles", "benign", "g1"),
     }
     assert res[1] == [] and res[0][0].distance == pytest.approx(0, abs=1e-5)
+    # The store's hits are the bank signals' input as they are: BankHit, modality included.
+    assert all(isinstance(m, BankHit) and m.modality == "listing_text" for m in res[0])
+    assert res[0][0].similarity == pytest.approx(1 - res[0][0].distance)
     store.set_enabled("good-titles", False)
     assert [m.bank for m in store.match("listing_text", v[:1])[0]] == ["scam-titles"]
     store.remove_items("scam-titles", ["s1"])
@@ -56,6 +60,7 @@ def test_pdq_bank_matches_within_threshold(tmp_path: Path) -> None:
     near, far = flip_bits(h[0], 20, rng), flip_bits(h[1], 40, rng)
     res = store.match("image_pdq", np.stack([near, far]))
     assert [(m.item_id, m.distance) for m in res[0]] == [("p0", 20.0)]
+    assert res[0][0] == BankHit("csam-like", "fraud", "p0", "image_pdq", 20.0, 1 - 20 / 256)
     assert res[1] == []
     assert store.match("image_pdq", np.stack([far]), threshold=40)[0][0].item_id == "p1"
     store.close()

@@ -7,8 +7,9 @@ import pytest
 
 from indexes import pdq as pdq_mod
 from indexes.config import PdqIndexConfig
-from indexes.pdq import PdqIndex, hamming, pdq_from_hex, pdq_to_hex
+from indexes.pdq import PdqIndex
 from signals.errors import InvalidInput
+from signals.pdq_hash import hamming, pdq_from_hex, pdq_to_hex
 from tests.indexes.conftest import flip_bits
 
 

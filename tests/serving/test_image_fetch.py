@@ -4,21 +4,30 @@ One ``ThreadingHTTPServer`` on 127.0.0.1 (a free port) serves an image and every
 a URL can go wrong: too big, lying about its length, 404, redirects (allowed, to
 another host, to another scheme, in a loop, too many), slow or trickling answers.
 Only ``127.0.0.1`` is allow-listed, so ``localhost`` (the same server) is "another host".
+``127.0.0.1`` written on the allow-list is allowed as the address it is; a *name* that
+resolves to a loopback address needs its network allowed (``allow_networks``). Names
+like ``images.test`` exist in no DNS: a fake resolver answers for them, so a fetch
+that reaches the server proves the fetcher connected to the address it checked.
+Nothing leaves 127.0.0.1; every server stops with its module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime
+import gzip
 import io
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +38,13 @@ import pydantic
 import pytest
 from PIL import Image
 
-from serving.image_fetch import ImageUrlFetcher, url_fetcher_for
+from serving.image_fetch import (
+    ImageUrlFetcher,
+    Resolver,
+    address_refusal,
+    parse_networks,
+    url_fetcher_for,
+)
 from signals.config import ImageDecodeConfig, SignalsConfig
 from signals.errors import InvalidInput
 from signals.registry import build_image_extractors, build_registry
@@ -37,6 +52,8 @@ from signals.schemas import Listing, parse_record
 
 TIMEOUT_S = 0.5  # the slow endpoints take well past it
 SLOW_S = 1.5
+WAIT_S = 0.2  # /wait: long enough to see fetches overlap
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
 def _png() -> bytes:
@@ -57,6 +74,10 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, headers) as received
         self.http_port = 0  # of the plain-http server, for the https one's redirect to it
+        self.sni: list[str | None] = []  # TLS server names asked for (the https server)
+        self.lock = threading.Lock()
+        self.in_flight = 0  # /wait requests being answered now, and the most at once
+        self.peak = 0
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # refused TLS handshakes and hung-up clients are what these tests provoke
@@ -137,6 +158,29 @@ def _drip_headers(h: _Handler) -> None:
         time.sleep(0.05)
 
 
+def _wait(h: _Handler) -> None:
+    server = h.server
+    with server.lock:
+        server.in_flight += 1
+        server.peak = max(server.peak, server.in_flight)
+    try:
+        time.sleep(WAIT_S)
+    finally:
+        with server.lock:
+            server.in_flight -= 1
+    h.body(PNG)
+
+
+def _gzip(h: _Handler) -> None:
+    data = gzip.compress(b"\0" * 1_000_000)  # 1 MB of zeros in about 1 KB
+    h.send_response(200)
+    h.send_header("Content-Type", "image/png")
+    h.send_header("Content-Encoding", "gzip")
+    h.send_header("Content-Length", str(len(data)))
+    h.end_headers()
+    h.wfile.write(data)
+
+
 ROUTES: dict[str, Callable[[_Handler], None]] = {
     "/img.png": lambda h: h.body(PNG),
     "/huge": _huge,
@@ -156,6 +200,8 @@ ROUTES: dict[str, Callable[[_Handler], None]] = {
     "/slow": _slow,
     "/drip-body": _drip_body,
     "/drip-headers": _drip_headers,
+    "/wait": _wait,
+    "/gzip": _gzip,
 }
 
 
@@ -195,7 +241,7 @@ def site() -> Iterator[Site]:
 
 
 def _self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files (needs ``cryptography``)."""
+    """A certificate for 127.0.0.1 and images.test, and its key, as PEM files (needs ``cryptography``)."""
     pytest.importorskip("cryptography")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -210,7 +256,8 @@ def _self_signed_cert(folder: Path) -> tuple[Path, Path]:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("images.test")]),
+                critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
@@ -233,6 +280,7 @@ def tls_site(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     context.load_cert_chain(cert, key)
     server = _Server()
     server.http_port = site.port
+    context.sni_callback = lambda _sock, name, _ctx: server.sni.append(name)
     # The handshake happens in the handler's thread, not in the accepting one.
     server.socket = context.wrap_socket(server.socket, server_side=True,
                                         do_handshake_on_connect=False)
@@ -247,10 +295,25 @@ def trusting(tls_site: Site, **settings: Any) -> ImageUrlFetcher:
     return ImageUrlFetcher(config, tls_context=ssl.create_default_context(cafile=tls_site.cafile))
 
 
-def fetcher(**settings: Any) -> ImageUrlFetcher:
+def fetcher(*, allow_networks: Sequence[str] | None = None, max_concurrency: int | None = None,
+            resolver: Resolver | None = None, **settings: Any) -> ImageUrlFetcher:
+    """A fetcher of ``http`` and ``https`` on 127.0.0.1 (``settings``: ``ImageDecodeConfig``'s)."""
     base: dict[str, Any] = {"url_allow_hosts": ["127.0.0.1"], "url_allow_http": True,
                             "url_timeout_s": TIMEOUT_S}
-    return ImageUrlFetcher(ImageDecodeConfig(**{**base, **settings}))
+    return ImageUrlFetcher(ImageDecodeConfig(**{**base, **settings}), allow_networks=allow_networks,
+                           max_concurrency=max_concurrency, resolver=resolver)
+
+
+def answering(table: dict[str, list[str]], calls: list[str] | None = None) -> Resolver:
+    """A resolver answering from ``table`` (a list per name, one per call, the last one repeated)."""
+    async def resolve(host: str, port: int) -> list[str]:
+        if calls is not None:
+            calls.append(host)
+        answers = table.get(host)
+        if not answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [answers.pop(0) if len(answers) > 1 else answers[0]]
+    return resolve
 
 
 def refused(fetch: ImageUrlFetcher, url: str, max_bytes: int = 1 << 20) -> InvalidInput:
@@ -268,7 +331,7 @@ def test_fetches_an_allow_listed_image_on_any_port(site: Site) -> None:
 
 
 def test_host_match_is_exact_and_case_insensitive(site: Site) -> None:
-    fetch = fetcher(url_allow_hosts=["LocalHost"])
+    fetch = fetcher(url_allow_hosts=["LocalHost"], allow_networks=LOOPBACK)
     assert fetch(site.url("/img.png", host="LOCALHOST"), 1 << 20) == PNG
     before = len(site.server.requests)
     for host in ("127.0.0.1", "localhost.evil.example", "evil.localhost"):
@@ -431,6 +494,191 @@ def test_a_refused_connection_is_a_failed_fetch() -> None:
     assert "refused" in err.reason
 
 
+def test_dns_is_inside_the_deadline() -> None:
+    async def never(host: str, port: int) -> list[str]:
+        await asyncio.sleep(SLOW_S)
+        return ["127.0.0.1"]
+
+    start = time.monotonic()
+    err = refused(fetcher(url_allow_hosts=["images.test"], allow_networks=LOOPBACK, resolver=never),
+                  "http://images.test/img.png")
+    assert err.code == "fetch_failed" and "timed out" in err.reason
+    assert time.monotonic() - start < SLOW_S * 0.8
+
+
+def test_a_name_that_does_not_resolve_is_a_failed_fetch() -> None:
+    err = refused(fetcher(url_allow_hosts=["images.test"], resolver=answering({})),
+                  "http://images.test/img.png")
+    assert err.code == "fetch_failed" and "could not resolve 'images.test'" in err.reason
+    assert "name or service not known" in err.reason
+
+
+# --- addresses: what a name resolves to is checked, and connected to ---------------------------
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("10.1.2.3", "private"),
+    ("172.16.0.1", "private"), ("192.168.1.1", "private"), ("169.254.169.254", "link-local"),
+    ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"),
+    ("240.0.0.1", "reserved"), ("255.255.255.255", "reserved"), ("100.64.0.1", "not globally"),
+    ("198.18.0.1", "private"), ("192.0.2.1", "private"),
+    ("::1", "loopback"), ("::", "unspecified"), ("fe80::1", "link-local"), ("fc00::1", "private"),
+    ("fd12:3456::1", "private"), ("ff02::1", "multicast"), ("fec0::1", "site-local"),
+    ("2001:db8::1", "private"),
+    ("::ffff:127.0.0.1", "loopback 127.0.0.1 as IPv4-mapped"),
+    ("::ffff:10.0.0.1", "private 10.0.0.1 as IPv4-mapped"),
+    ("::ffff:169.254.169.254", "link-local"),
+    ("64:ff9b::a9fe:a9fe", "link-local 169.254.169.254 as NAT64"),
+    ("2002:7f00:1::1", "loopback 127.0.0.1 as 6to4"),
+])
+def test_non_public_addresses_are_refused(address: str, why: str) -> None:
+    reason = address_refusal(ipaddress.ip_address(address))
+    assert reason is not None and reason.startswith(why), reason
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111",
+                                     "::ffff:8.8.8.8", "64:ff9b::808:808"])
+def test_public_addresses_pass(address: str) -> None:
+    assert address_refusal(ipaddress.ip_address(address)) is None
+
+
+def test_allowed_networks_let_their_addresses_through_and_no_other() -> None:
+    nets = parse_networks(["127.0.0.0/8", "fd00:1::/64", "10.9.8.7"])
+    for ok in ("127.0.0.5", "::ffff:127.0.0.1", "fd00:1::42", "10.9.8.7"):
+        assert address_refusal(ipaddress.ip_address(ok), nets) is None, ok
+    for bad in ("10.9.8.6", "::1", "fd00:2::1", "169.254.169.254"):
+        assert address_refusal(ipaddress.ip_address(bad), nets) is not None, bad
+    for wrong in ("10.0.0.1/8", "nonsense", "300.0.0.0/8"):
+        with pytest.raises(ValueError, match=re.escape(repr(wrong))):
+            parse_networks([wrong])
+
+
+def test_a_name_resolving_to_loopback_is_refused_unless_its_network_is_allowed(site: Site) -> None:
+    before = len(site.server.requests)
+    err = refused(fetcher(url_allow_hosts=["localhost"]), site.url("/img.png", host="localhost"))
+    assert err.code == "invalid" and "resolves to a private address" in err.reason
+    assert "loopback" in err.reason and "'localhost'" in err.reason
+    assert len(site.server.requests) == before  # refused before connecting
+    allowed = fetcher(url_allow_hosts=["localhost"], allow_networks=LOOPBACK)
+    assert allowed(site.url("/img.png", host="localhost"), 1 << 20) == PNG
+    # An address written on the allow-list is allowed as itself: no DNS can change it.
+    assert fetcher(url_allow_hosts=["127.0.0.1"])(site.url("/img.png"), 1 << 20) == PNG
+
+
+def test_the_checked_address_is_the_one_connected_to(site: Site) -> None:
+    # images.test is in no DNS: reaching the server proves the fetcher used its own answer,
+    # and the server sees the name (Host), not the address.
+    calls: list[str] = []
+    resolve = answering({"images.test": ["127.0.0.1", "10.9.9.9"]}, calls)  # then rebinds
+    fetch = fetcher(url_allow_hosts=["images.test"], allow_networks=LOOPBACK, resolver=resolve)
+    body = fetch(site.url("/headers", host="images.test"), 1 << 20)
+    assert json.loads(body)["Host"] == f"images.test:{site.port}"
+    assert calls == ["images.test"]  # asked once for the fetch
+    # The next connection's answer is checked again: the rebinding to 10.9.9.9 is refused.
+    err = refused(fetch, site.url("/img.png", host="images.test"))
+    assert err.code == "invalid" and "10.9.9.9: private" in err.reason
+
+
+def test_one_bad_address_refuses_the_name(site: Site) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1", "169.254.169.254"]
+
+    before = len(site.server.requests)
+    err = refused(fetcher(url_allow_hosts=["images.test"], allow_networks=LOOPBACK,
+                          resolver=resolve), site.url("/img.png", host="images.test"))
+    assert err.code == "invalid" and "169.254.169.254: link-local" in err.reason
+    assert len(site.server.requests) == before
+
+
+def test_a_redirect_to_an_allow_listed_name_is_checked_where_it_resolves(site: Site) -> None:
+    before = len(site.server.requests)
+    err = refused(fetcher(url_allow_hosts=["127.0.0.1", "localhost"]), site.url("/redirect-away"))
+    assert err.code == "invalid" and "resolves to a private address" in err.reason
+    assert site.paths_seen()[before:] == ["/redirect-away"]
+
+
+def test_the_connection_layer_refuses_hosts_off_the_allow_list() -> None:
+    # Below the URL checks: whatever a parser made of a URL, no socket opens to another host.
+    fetch = fetcher()
+    with pytest.raises(InvalidInput, match="not on the image URL allow-list"):
+        asyncio.run(fetch.checked_addresses("localhost", 80))
+    assert asyncio.run(fetch.checked_addresses("127.0.0.1", 80)) == ["127.0.0.1"]
+
+
+def test_https_by_name_connects_to_the_address_and_verifies_the_name(tls_site: Site) -> None:
+    resolve = answering({"images.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    fetch = ImageUrlFetcher(ImageDecodeConfig(url_allow_hosts=["images.test", "other.test"],
+                                              url_timeout_s=TIMEOUT_S),
+                            allow_networks=LOOPBACK, resolver=resolve,
+                            tls_context=ssl.create_default_context(cafile=tls_site.cafile))
+    assert fetch(tls_site.url("/img.png", host="images.test"), 1 << 20) == PNG
+    assert tls_site.server.sni[-1] == "images.test"  # SNI is the name, not the address
+    # The certificate also names 127.0.0.1, so this fails only because the name is verified.
+    err = refused(fetch, tls_site.url("/img.png", host="other.test"))
+    assert err.code == "fetch_failed" and "certificate not accepted" in err.reason
+
+
+# --- the async API -------------------------------------------------------------------------------
+
+def test_fetch_is_awaitable_and_caps_at_max_image_bytes_by_default(site: Site) -> None:
+    fetch = fetcher()
+    assert asyncio.run(fetch.fetch(site.url("/img.png"))) == PNG
+    with pytest.raises(InvalidInput) as info:
+        asyncio.run(fetcher(max_image_bytes=1024).fetch(site.url("/img.png")))
+    assert info.value.code == "too_large" and "1024 bytes" in info.value.reason
+    with pytest.raises(InvalidInput, match="HTTP 404"):
+        asyncio.run(fetch.fetch(site.url("/gone.png")))
+
+
+def test_fetch_many_bounds_concurrency_and_answers_in_order(site: Site) -> None:
+    urls = [site.url(f"/wait?i={i}") for i in range(6)]
+    urls[3:3] = [site.url("/missing.png"), site.url("/redirect-away")]
+    urls.append(urls[0])  # a repeat: fetched once
+    before = len(site.server.requests)
+    site.server.peak = 0
+    start = time.monotonic()
+    results = asyncio.run(fetcher(max_concurrency=2).fetch_many(urls))
+    elapsed = time.monotonic() - start
+    assert len(results) == len(urls)
+    assert [r == PNG for r in results] == [True] * 3 + [False] * 2 + [True] * 4
+    missing, away = results[3], results[4]
+    assert isinstance(missing, InvalidInput) and missing.code == "not_found"
+    assert isinstance(away, InvalidInput) and "allow-list" in away.reason
+    assert site.server.peak == 2
+    assert elapsed >= 3 * WAIT_S * 0.9  # six waits, two at a time
+    assert sum(p.startswith("/wait") for p in site.paths_seen()[before:]) == 6
+    site.server.peak = 0
+    assert asyncio.run(fetcher(max_concurrency=6).fetch_many(urls[:3])) == [PNG] * 3
+    assert site.server.peak > 2  # and they do overlap when allowed to
+    assert asyncio.run(fetcher().fetch_many([])) == []
+
+
+def test_fetch_many_gives_each_url_its_own_deadline(site: Site) -> None:
+    results = asyncio.run(fetcher().fetch_many([site.url("/slow"), site.url("/img.png")]))
+    slow, good = results
+    assert isinstance(slow, InvalidInput) and "timed out" in slow.reason
+    assert good == PNG
+
+
+def test_a_compressed_body_is_taken_as_sent_never_expanded(site: Site) -> None:
+    body = fetcher()(site.url("/gzip"), 100_000)  # 1 MB if it were decompressed
+    assert len(body) < 100_000 and gzip.decompress(body) == b"\0" * 1_000_000
+
+
+# --- the sync wrapper ----------------------------------------------------------------------------
+
+def test_the_sync_call_works_from_threads_and_inside_a_running_loop(site: Site) -> None:
+    fetch = fetcher()
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: fetch(site.url("/img.png"), 1 << 20), range(8))) == [PNG] * 8
+
+    async def sync_code_in_async_code() -> bytes:
+        return fetch(site.url("/img.png"), 1 << 20)
+
+    assert asyncio.run(sync_code_in_async_code()) == PNG
+    with pytest.raises(ValueError, match="max_bytes"):
+        fetch(site.url("/img.png"), 0)
+
+
 # --- config and factory --------------------------------------------------------------------------
 
 def test_settings_are_validated() -> None:
@@ -443,8 +691,19 @@ def test_settings_are_validated() -> None:
 
 def test_url_fetcher_for_needs_an_allow_list() -> None:
     assert url_fetcher_for(ImageDecodeConfig()) is None
-    fetch = url_fetcher_for(ImageDecodeConfig(url_allow_hosts=["CDN.example"]))
-    assert isinstance(fetch, ImageUrlFetcher) and fetch.allow_hosts == {"cdn.example"}
+    fetch = url_fetcher_for(ImageDecodeConfig(url_allow_hosts=["CDN.example", "[::1]", "Bücher.example"]))
+    assert isinstance(fetch, ImageUrlFetcher)
+    assert fetch.allow_hosts == {"cdn.example", "::1", "xn--bcher-kva.example"}
+    assert fetch.allow_networks == () and fetch.max_concurrency == 8
+    assert fetch.connect_timeout_s == 3.0
+
+
+def test_fetcher_settings_are_validated() -> None:
+    config = ImageDecodeConfig(url_allow_hosts=["cdn.example"], url_timeout_s=2.0)
+    assert ImageUrlFetcher(config, connect_timeout_s=10).connect_timeout_s == 2.0  # within the total
+    for bad in ({"max_concurrency": 0}, {"connect_timeout_s": 0}, {"allow_networks": ["10.0.0.1/8"]}):
+        with pytest.raises(ValueError, match=next(iter(bad))[:12]):
+            ImageUrlFetcher(config, **bad)
 
 
 # --- end to end: the decoder and the registry ----------------------------------------------------

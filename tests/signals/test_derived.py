@@ -20,7 +20,6 @@ from signals.derived import (
     BANK_MATCH,
     BENIGN_DISCOUNT,
     DERIVED_SOURCES,
-    IMAGE_MODALITIES,
     LISTING_NEAR_DUPLICATE,
     MAX_EVIDENCE_MATCHES,
     BankHit,
@@ -48,6 +47,7 @@ from signals.rollups import (
     seller_rollup_signals,
 )
 from signals.schemas import Listing, Review, Signal
+from signals.vocabulary import IMAGE_MODALITIES
 
 NOW = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 LISTING_NAMES = ["near_duplicate.count", "near_duplicate.cross_seller_count",

@@ -21,12 +21,14 @@ def test_bad_image_is_named_and_the_good_ones_still_count() -> None:
     assert res_clean.ok and res_clean.signals[0].name == "image.nsfw"
 
 
-def test_features_are_dropped_when_rows_would_not_line_up() -> None:
+def test_an_undecodable_image_is_named_and_the_good_ones_keep_their_features() -> None:
     good = encode(photo(2))
     ex = PdqExtractor(decoder())
-    mixed, clean = ex.extract_batch([listing("L1", images=[b"GIF89a-truncated", good]),
+    mixed, clean = ex.extract_batch([listing("L1", images=[b"GIF89a-truncated", good, b"junk"]),
                                      listing("L2", images=[good, good])])
-    assert not mixed.ok and mixed.features == {}
+    assert not mixed.ok and mixed.features["image_pdq"].shape == (1, 32)  # the good photo still matches
+    assert mixed.error is not None and mixed.error.field == "images[0]"
+    assert "images[2]" in mixed.error.reason  # every bad image is named
     assert clean.ok and clean.features["image_pdq"].shape == (2, 32)
 
 

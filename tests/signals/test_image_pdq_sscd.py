@@ -11,16 +11,11 @@ import pdqhash
 import pytest
 from PIL import Image, ImageEnhance
 
+from signals.errors import InvalidInput
 from signals.extractor import Extractor
-from signals.image_pdq import (
-    PdqExtractor,
-    hamming,
-    pack_bits,
-    pdq_from_hex,
-    pdq_hex,
-    pdq_of_rgb,
-)
+from signals.image_pdq import PdqExtractor, pack_bits, pdq_of_rgb
 from signals.image_sscd import SscdDistilledExtractor, SscdExtractor, SscdModel
+from signals.pdq_hash import hamming, pdq_from_hex, pdq_to_hex
 from signals.schemas import Listing
 from tests.signals.extractor_contract import ExtractorContract
 from tests.signals.image_helpers import (
@@ -86,7 +81,7 @@ class TestSscdDistilledContract(ExtractorContract):
 def test_known_threatexchange_vector_hex_round_trip() -> None:
     assert len(KNOWN_BITS) == 256
     packed = pack_bits(KNOWN_BITS)
-    hex_ = pdq_hex(packed)
+    hex_ = pdq_to_hex(packed)
     # HMA/python-threatexchange's conversion: the bits as one big-endian integer, 64 hex digits.
     assert hex_ == format(int("".join(map(str, KNOWN_BITS)), 2), "064x")
     assert hex_ == KNOWN_HEX
@@ -94,8 +89,28 @@ def test_known_threatexchange_vector_hex_round_trip() -> None:
     assert hex_ == "".join(format(w, "04x") for w in words)
     assert np.array_equal(pdq_from_hex(hex_.upper()), packed)
     assert np.array_equal(np.unpackbits(pdq_from_hex(hex_)), KNOWN_BITS)
-    with pytest.raises(ValueError):
-        pdq_from_hex("abc")
+    with pytest.raises(InvalidInput) as e:
+        pdq_from_hex("abc", "images[0].pdq")
+    assert e.value.field == "images[0].pdq"
+    with pytest.raises(InvalidInput) as e:
+        pdq_to_hex(packed[:31])
+    assert e.value.field == "pdq"
+
+
+def test_hamming_of_two_hashes_and_of_rows_against_one() -> None:
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 256, (6, 32), dtype=np.uint8)
+    want = [int(np.unpackbits(r ^ rows[0]).sum()) for r in rows]
+    assert hamming(rows, rows[0]).tolist() == want
+    assert int(hamming(rows[1], rows[0])) == want[1]
+    assert hamming(rows[0], rows[0]) == 0
+    assert int(hamming(np.zeros(32, np.uint8), np.full(32, 255, np.uint8))) == 256
+    with pytest.raises(InvalidInput) as e:
+        hamming(rows.astype(np.int64), rows[0])
+    assert e.value.field == "a"
+    with pytest.raises(InvalidInput) as e:
+        hamming(rows, rows[0, :16])
+    assert e.value.field == "b"
 
 
 def test_pdq_of_an_image_matches_pdqhash_and_flags_weak_hashes() -> None:

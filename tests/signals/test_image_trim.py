@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from signals.image_decode import content_box, trim_borders
-from signals.image_pdq import hamming, pdq_of_rgb
+from signals.image_pdq import pdq_of_rgb
+from signals.pdq_hash import hamming
 from tests.signals.image_helpers import font, real_photo, sscd_embedder, textured_photo
 
 

@@ -61,14 +61,14 @@ def test_release_free_memory_hands_freed_heap_pages_back() -> None:
 def test_cluster_prices_leave_the_member_out_in_small_clusters_and_share_one_in_big() -> None:
     prices = pa.chunked_array([pa.array([10.0, 20.0, 30.0, None, 40.0, 50.0] + [100.0] * 60)])
     currencies = pa.chunked_array([pa.array(["USD", "USD", "USD", "USD", "EUR", "USD"] + ["USD"] * 60)])
-    refs = ClusterPrices()
+    refs = ClusterPrices(prices, currencies)
     small = np.arange(6)  # row 3 has no price, row 4 another currency: neither counts
-    ref = refs.get(0, 0, "USD", prices, currencies, small)
+    ref = refs.get(0, 0, "USD", small)
     assert ref is not None and ref.n == 3 and ref.median == pytest.approx(30.0)  # 20, 30, 50: not its own 10
     big = np.arange(6, 66)
-    first = refs.get(6, 6, "USD", prices, currencies, big)
+    first = refs.get(6, 6, "USD", big)
     assert first is not None and first.n == 60 and first.median == pytest.approx(100.0)
-    assert refs.get(6, 65, "USD", prices, currencies, big) is first  # computed once per cluster
+    assert refs.get(6, 65, "USD", big) is first  # computed once per cluster
 
 
 def test_cluster_member_rows_are_grouped_by_cluster_rows_ascending_singletons_left_out() -> None:

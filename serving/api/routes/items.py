@@ -1,0 +1,80 @@
+"""Scoring listings and reviews: one record or ``{"items": [...]}``; shared by both routers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from serving.api.app import ApiState
+from serving.api.auth import Caller
+from serving.api.errors import ApiError, invalid_body
+from signals.errors import InvalidInput
+from signals.schemas import Listing, RecordKind, Review, parse_record
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise InvalidInput(None, f"send application/json, not {ctype}", "unsupported_media_type")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(None, f"the body is not valid JSON ({exc})", "malformed") from None
+
+
+def _record(kind: RecordKind, raw: Any, caller: Caller, field_prefix: str = "") -> Listing | Review:
+    if not isinstance(raw, dict):
+        raise InvalidInput(field_prefix.rstrip(".") or None, f"a {kind} must be a JSON object")
+    requested = raw.get("tenant")
+    tenant = caller.resolve(requested if isinstance(requested, str) else None, f"{field_prefix}tenant")
+    model = Listing if kind == "listing" else Review
+    try:
+        return parse_record(model, {**raw, "tenant": tenant})  # type: ignore[return-value]
+    except InvalidInput as exc:
+        field = f"{field_prefix}{exc.field}" if exc.field else (field_prefix.rstrip(".") or None)
+        raise InvalidInput(field, exc.reason, exc.code) from None
+
+
+async def score_body(kind: RecordKind, request: Request, state: ApiState, caller: Caller) -> dict[str, Any]:
+    body = await read_json(request)
+    id_field = "listing_id" if kind == "listing" else "review_id"
+    if isinstance(body, dict) and "items" in body and id_field not in body:
+        items = body["items"]
+        if not isinstance(items, list):
+            raise InvalidInput("items", "must be a list")
+        if len(items) > state.config.max_items:
+            raise InvalidInput("items", f"at most {state.config.max_items} items", "too_large")
+        if not items:
+            raise InvalidInput("items", "must not be empty")
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        good: list[tuple[int, Listing | Review]] = []
+        for k, raw in enumerate(items):
+            try:
+                good.append((k, _record(kind, raw, caller, f"items[{k}].")))
+            except InvalidInput as exc:
+                results[k] = invalid_body(exc)
+            except ApiError as exc:
+                results[k] = {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+        for tenant in {r.tenant for _, r in good}:
+            state.limiter.take(tenant, cost=1.0)
+        scored = await state.backend.score(kind, [r for _, r in good]) if good else []
+        for (k, _), s in zip(good, scored, strict=True):
+            results[k] = _answer(id_field, s)
+        state.metrics.batch_size.labels(kind).observe(len(good))
+        return {"items": results}
+    record = _record(kind, body, caller)
+    state.limiter.take(record.tenant)
+    scored = (await state.backend.score(kind, [record]))[0]
+    if scored.error is not None:
+        raise scored.error
+    state.metrics.batch_size.labels(kind).observe(1)
+    return _answer(id_field, scored)
+
+
+def _answer(id_field: str, scored: Any) -> dict[str, Any]:
+    if scored.error is not None:
+        return invalid_body(scored.error)
+    return {id_field: scored.entity_id, "signals": scored.signals, "pending": scored.pending}

@@ -1,0 +1,1 @@
+"""The Ray Serve deployments and the typed builder of the application graph."""

@@ -1,0 +1,36 @@
+"""The typed builder of the application graph: ingress -> catalogue shards, wired at bind time."""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from serving.config import MarketGuardConfig
+from serving.deployments.catalogue import Catalogue
+from serving.deployments.ingress import Ingress
+from serving.scoring.extraction import FastExtraction
+
+APP_NAME = "marketguard"
+
+
+def build_app(config: MarketGuardConfig) -> Application:
+    """The Serve application for ``config``: every knob (replicas, CPUs, batching) from config.
+
+    Every deployment declares fractional ``num_cpus`` so the graph fits two cores with room
+    for Ray itself; stateless ingress replicas scale by ``service.ingress.num_replicas``,
+    catalogue shards (one writer each) by ``service.catalogue.shards``.
+    """
+    svc = config.service
+    # Model ids stamp the indexes; the registry's constructors are cheap (models load lazily).
+    models, dims = FastExtraction.build(config.signals, config.data_dir).models()
+    shards = [
+        Catalogue.options(name=f"catalogue-{i}" if svc.catalogue.shards > 1 else "catalogue",
+                          num_replicas=1, max_ongoing_requests=svc.catalogue.max_ongoing_requests,
+                          ray_actor_options={"num_cpus": svc.catalogue.num_cpus}
+                          ).bind(config, models, dims, i, svc.catalogue.shards)
+        for i in range(svc.catalogue.shards)
+    ]
+    ingress = Ingress.options(
+        num_replicas=svc.ingress.num_replicas, max_ongoing_requests=svc.ingress.max_ongoing_requests,
+        ray_actor_options={"num_cpus": svc.ingress.num_cpus},
+        user_config={"batch_max_size": svc.ingress.batch_max_size, "batch_wait_s": svc.ingress.batch_wait_s})
+    return ingress.bind(config, shards)

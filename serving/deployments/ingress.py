@@ -1,0 +1,121 @@
+"""The HTTP ingress deployment: the FastAPI app, and the fast extractors in-process behind
+``@serve.batch`` (one DeploymentHandle hop fewer than a separate extractor deployment; the
+measurement behind that choice is in docs/serving.md).
+
+Concurrent requests' records are gathered into one extractor call (``batch_max_size``,
+``batch_wait_s`` from ``user_config``), then each request's records go to the catalogue
+shard that owns their tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from indexes.config import Modality
+from serving.api.app import create_app
+from serving.api.backend import bank_items
+from serving.config import MarketGuardConfig
+from serving.scoring.engine import Extracted, Scored
+from serving.scoring.extraction import FastExtraction
+from signals.errors import InvalidInput
+from signals.schemas import EntityType, Label, Listing, RecordKind, Review
+
+
+def shard_of(tenant: str, shards: int) -> int:
+    """The shard that owns a tenant: a stable hash, the same in every replica and process."""
+    return zlib.crc32(tenant.encode()) % shards
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class Ingress:
+    """FastAPI ingress; implements :class:`~serving.api.backend.Backend` with the catalogue handles."""
+
+    def __init__(self, config: MarketGuardConfig, catalogues: list[DeploymentHandle]) -> None:
+        from serving.image_fetch import url_fetcher_for
+
+        self.config = config
+        self.catalogues = catalogues
+        self.extraction = FastExtraction.build(config.signals, config.data_dir,
+                                               fetch_url=url_fetcher_for(config.signals.images.decode))
+        self.extraction.warm_up()  # readiness means the models are loaded, not loading on request 1
+        self._ready = False
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self, self.config.service)  # type: ignore[arg-type]  # self is the Backend
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._extract.set_max_batch_size(int(user_config.get("batch_max_size", 16)))  # type: ignore[attr-defined]
+        self._extract.set_batch_wait_timeout_s(float(user_config.get("batch_wait_s", 0.002)))  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _extract(self, items: list[tuple[RecordKind, Listing | Review]]) -> list[Extracted]:
+        out: list[Extracted | None] = [None] * len(items)
+        for kind in ("listing", "review"):
+            idx = [i for i, (k, _) in enumerate(items) if k == kind]
+            if idx:
+                done = await asyncio.to_thread(self.extraction.extract, kind, [items[i][1] for i in idx])
+                for i, e in zip(idx, done, strict=True):
+                    out[i] = e
+        return [e for e in out if e is not None]
+
+    def _shard(self, tenant: str) -> DeploymentHandle:
+        return self.catalogues[shard_of(tenant, len(self.catalogues))]
+
+    # ------------------------------------------------------------- Backend
+    async def score(self, kind: RecordKind, records: Sequence[Listing | Review]) -> list[Scored]:
+        extracted = await asyncio.gather(*(self._extract((kind, r)) for r in records))
+        by_shard: dict[int, list[int]] = {}
+        for i, r in enumerate(records):
+            by_shard.setdefault(shard_of(r.tenant, len(self.catalogues)), []).append(i)
+        out: list[Scored | None] = [None] * len(records)
+        for shard, idx in by_shard.items():
+            done = await self.catalogues[shard].score.remote(kind, [extracted[i] for i in idx])
+            for i, s in zip(idx, done, strict=True):
+                out[i] = s
+        return [s for s in out if s is not None]
+
+    async def delete(self, tenant: str, kind: RecordKind, item_id: str) -> bool:
+        return bool(await self._shard(tenant).delete.remote(tenant, kind, item_id))
+
+    async def entity(self, tenant: str, entity_type: EntityType, entity_id: str,
+                     history: bool) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._shard(tenant).entity.remote(tenant, entity_type, entity_id, history)
+        return found
+
+    async def add_label(self, label: Label) -> int:
+        return int(await self._shard(label.tenant).add_label.remote(label))
+
+    async def labels(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self._shard(tenant).labels.remote(tenant, entity_type, entity_id)
+        return found
+
+    async def bank_add(self, tenant: str, bank: str, modality: Modality | None, kind: str,
+                       items: list[dict[str, Any]]) -> int:
+        shard = self._shard(tenant)
+        modality = modality or await shard.bank_modality.remote(tenant, bank)
+        if modality is None:
+            raise InvalidInput("modality", f"bank {bank!r} does not exist yet: say its modality", "missing")
+        parsed = await asyncio.to_thread(bank_items, self.extraction, modality, items)
+        return int(await shard.bank_add.remote(tenant, bank, modality, kind, parsed))
+
+    async def bank_remove(self, tenant: str, bank: str, item_id: str) -> int:
+        return int(await self._shard(tenant).bank_remove.remote(tenant, bank, item_id))
+
+    async def ready(self) -> bool:
+        if not self._ready:
+            self._ready = all(await asyncio.gather(*(c.ready.remote() for c in self.catalogues)))
+        return self._ready
+
+    async def index_sizes(self) -> dict[tuple[str, str], int]:
+        sizes: dict[tuple[str, str], int] = {}
+        for part in await asyncio.gather(*(c.index_sizes.remote() for c in self.catalogues)):
+            sizes.update(part)
+        return sizes

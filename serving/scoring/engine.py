@@ -1,0 +1,696 @@
+"""The service's write path: a scored item searched, decided, stored, indexed, its partners updated.
+
+:class:`CatalogueEngine` owns one shard's store and indexes (every tenant's) and is the
+one writer of both. It is plain Python, no Ray: the catalogue deployment wraps it, the
+tests and the in-process benchmark call it directly. Extraction has already happened
+(the ingress ran the extractor registry); the engine gets each record with its features.
+
+For a listing, in order:
+
+1. re-posted ids first lose their old index entries and edges (roll-ups never count twice);
+2. the tenant's indexes are searched and :mod:`indexes.near_duplicates` decides, the
+   batch job's rule (text candidates decided by the pair scorer plus the copy rule;
+   PDQ with variants and the quality gate; SSCD cosine); banks are matched;
+3. the listing's edges are stored both ways, so an older listing learns of its copy;
+4. its cluster (connected near-duplicate edges, walked up to ``cluster_walk_limit``)
+   is found; every member of a changed cluster, and every old partner that lost an
+   edge, gets its signals rebuilt from the store by :func:`signals.entity_signals.listing_signals`,
+   the function the batch job calls; the sellers touched get their roll-ups refolded
+   from their stored listings' facts;
+5. all of it commits in ONE store transaction; only then is the index change logged
+   (:class:`~indexes.persistence.DurableIndex`). A crash between the two is repaired at
+   start-up by :meth:`CatalogueEngine.reconcile` (the store is authoritative).
+
+Reviews follow the same steps with the review index, ``review.near_duplicate_count``
+(other reviewers only), ``review.bank_similarity`` and the product roll-up;
+``review_behaviour`` is the seam where the behavioural review signals plug in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from indexes.banks import BankItem, BankStore
+from indexes.config import IndexesConfig, Modality
+from indexes.near_duplicates import TextNearDuplicates, pdq_near_duplicates, vector_near_duplicates
+from indexes.pair_features import PairRecord, ParsedRecords
+from indexes.pdq import PdqIndex
+from indexes.vector import VectorIndex
+from serving.scoring.indexes import TenantIndexes
+from serving.store.base import Edge, ItemKind, SignalStore, StoredItem, WriteBatch
+from signals.derived import BankHit, Match
+from signals.entity_signals import (
+    ImageProblem,
+    ListingFacts,
+    ReviewFacts,
+    cluster_price_reference,
+    listing_signals,
+    review_signals,
+)
+from signals.errors import InvalidInput
+from signals.extractor import ItemError
+from signals.price_anomaly import PriceReference
+from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
+from signals.schemas import EntityType, Label, Listing, Review, Signal
+
+log = logging.getLogger(__name__)
+
+PDQ_FEATURES = ("image_pdq", "image_pdq_flip", "image_pdq_trimmed")
+SSCD_FEATURES = ("image_sscd", "image_sscd_distilled")
+PAIR_TEXT_CHARS = 2000
+"""Of a description, what the pair scorer reads (the batch job keeps the same)."""
+
+
+@dataclass
+class Extracted:
+    """A validated record with what the extractor registry produced for it."""
+
+    record: Listing | Review
+    signals: list[Signal]
+    features: dict[str, np.ndarray]
+    errors: list[ItemError] = field(default_factory=list)
+
+
+@dataclass
+class Scored:
+    """The answer for one record: its signals after the write, or its error."""
+
+    entity_id: str
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    error: InvalidInput | None = None
+
+
+class ReviewBehaviour(Protocol):
+    """The seam for behavioural review signals (velocity, bursts, rings): called with each
+    review being written and the store, returns extra signals for any entity."""
+
+    def signals(self, review: Review, store: SignalStore, observed_at: datetime) -> list[Signal]: ...
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Bounds on the work one write may cause (giant clusters of stock photos)."""
+
+    cluster_walk_limit: int = 2000
+    """Cluster members walked; a bigger cluster reports this size (documented in docs/serving.md)."""
+    partner_update_limit: int = 200
+    """Cluster members whose signals are rebuilt on a change; past it, direct partners only."""
+    category_prices: int = 5000
+    """Most recent prices of a category read for its price reference."""
+
+
+def pair_record(listing: Listing) -> PairRecord:
+    return PairRecord(listing.title, (listing.description or "")[:PAIR_TEXT_CHARS], listing.price)
+
+
+def text_feature(features: dict[str, np.ndarray]) -> np.ndarray | None:
+    for name, vec in features.items():
+        if name.startswith("text_"):
+            return np.asarray(vec, dtype=np.float32).reshape(-1)
+    return None
+
+
+def _sscd_feature(features: dict[str, np.ndarray]) -> np.ndarray | None:
+    for name in SSCD_FEATURES:
+        if name in features and len(features[name]):
+            return np.asarray(features[name], dtype=np.float32)
+    return None
+
+
+def image_problems(errors: Sequence[ItemError]) -> list[ImageProblem]:
+    """The per-image errors among an item's extractor errors, one per image field."""
+    seen: dict[str | None, ImageProblem] = {}
+    for e in errors:
+        if e.field is not None and e.field.startswith("images[") and e.field not in seen:
+            seen[e.field] = ImageProblem(e.field, str(e.code), e.reason)
+    return list(seen.values())
+
+
+class CatalogueEngine:
+    """One shard's store and indexes, and the one implementation of the service's write path."""
+
+    def __init__(self, store: SignalStore, index_root: Path, banks_root: Path, config: IndexesConfig,
+                 models: dict[Modality, str], dims: dict[Modality, int], *,
+                 global_banks: dict[str, list[str]] | None = None, limits: EngineLimits | None = None,
+                 review_behaviour: Sequence[ReviewBehaviour] = (),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.config = config
+        self.indexes = TenantIndexes(index_root, config, models, dims)
+        self.text_rule = TextNearDuplicates.from_config(config)
+        self.banks_root = Path(banks_root)
+        # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
+        # use), <banks_root>/../tenant-banks/<tenant>/ each tenant's own.
+        self.global_banks = BankStore(self.banks_root, config.banks, config.thresholds)
+        self._tenant_banks: dict[str, BankStore] = {}
+        self.global_bank_access = global_banks if global_banks is not None else {"*": ["*"]}
+        self.limits = limits or EngineLimits()
+        self.review_behaviour = list(review_behaviour)
+        self.clock = clock
+
+    # ------------------------------------------------------------------ banks
+    def tenant_banks(self, tenant: str) -> BankStore:
+        if tenant not in self._tenant_banks:
+            self._tenant_banks[tenant] = BankStore(self.banks_root.parent / "tenant-banks" / tenant, self.config.banks,
+                                                   self.config.thresholds)
+        return self._tenant_banks[tenant]
+
+    def _global_allowed(self, tenant: str, bank: str) -> bool:
+        names = self.global_bank_access.get(tenant, self.global_bank_access.get("*", []))
+        return "*" in names or bank in names
+
+    def match_banks(self, tenant: str, modality: Modality, queries: np.ndarray) -> list[list[BankHit]]:
+        """Hits of each query in the tenant's own banks and the global banks it enables."""
+        out: list[list[BankHit]] = [[] for _ in range(len(queries))]
+        if not len(queries):
+            return out
+        for store, check in ((self.tenant_banks(tenant), None), (self.global_banks, tenant)):
+            if not any(store.get(b).info.modality == modality for b in store.names()):
+                continue
+            for row, hits in zip(out, store.match(modality, queries), strict=True):
+                row.extend(h for h in hits if check is None or self._global_allowed(check, h.bank))
+        return out
+
+    def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str,
+                 items: list[BankItem]) -> int:
+        store = self.tenant_banks(tenant)
+        store.create(bank, modality, kind)  # type: ignore[arg-type]  # kind validated at the API
+        return store.add_items(bank, items)
+
+    def bank_remove(self, tenant: str, bank: str, item_id: str) -> int:
+        return self.tenant_banks(tenant).remove_items(bank, [item_id])
+
+    def bank_modality(self, tenant: str, bank: str) -> Modality | None:
+        store = self.tenant_banks(tenant)
+        return store.get(bank).info.modality if bank in store.names() else None
+
+    # --------------------------------------------------------------- listings
+    def score_listings(self, items: Sequence[Extracted]) -> list[Scored]:
+        """Write each listing in order (a later one can match an earlier one of the batch)."""
+        return [self._guarded(self._score_listing, it) for it in items]
+
+    def score_reviews(self, items: Sequence[Extracted]) -> list[Scored]:
+        return [self._guarded(self._score_review, it) for it in items]
+
+    def _guarded(self, fn: Callable[[Extracted], Scored], item: Extracted) -> Scored:
+        try:
+            return fn(item)
+        except InvalidInput as exc:
+            return Scored(item.record.entity_id, error=exc)
+
+    def _score_listing(self, item: Extracted) -> Scored:
+        listing = item.record
+        if not isinstance(listing, Listing):
+            raise InvalidInput(None, "not a listing")
+        t, lid = listing.tenant, listing.listing_id
+        now = self.clock()
+        old = self.store.get_item(t, "listing", lid)
+        text = text_feature(item.features)
+        sscd = _sscd_feature(item.features)
+        pdq = [np.asarray(item.features[f], dtype=np.uint8) for f in PDQ_FEATURES] \
+            if all(f in item.features for f in PDQ_FEATURES) and len(item.features["image_pdq"]) else None
+        quality = np.asarray(item.features.get("image_pdq_quality", np.zeros(0)), dtype=np.float32)
+        features: dict[str, np.ndarray] = {}
+        if text is not None:
+            features["text"] = text
+        if pdq is not None:
+            for name, arr in zip(PDQ_FEATURES, pdq, strict=True):
+                features[name] = arr
+            features["image_pdq_quality"] = quality
+        if sscd is not None:
+            features["image_sscd"] = sscd
+
+        # 1-2. search and decide (the item's own entries excluded, so a re-post never matches itself)
+        edges: list[Edge] = []
+        if text is not None:
+            idx = self.indexes.get(t, "listing_text")
+            assert idx is not None
+            index = idx.index
+            if not isinstance(index, VectorIndex):
+                raise TypeError("listing_text index is not a vector index")
+            cands = self.text_rule.candidates(index, text[None, :], [lid])
+            decided = self.text_rule.decide(ParsedRecords.parse([pair_record(listing)]), cands,
+                                            lambda ids: self._parsed(t, ids))
+            edges += [Edge(lid, h.id, "listing_text", h.score) for h in decided[0]]
+        edges += self._image_edges(t, lid, pdq, quality, sscd)
+        hits = self._listing_bank_hits(t, text, pdq, quality, sscd)
+        problems = image_problems(item.errors)
+
+        # 3. the new item and its edges (the previous partners keep theirs only if found again)
+        stored = StoredItem(t, "listing", lid, listing.seller_id, listing.category, listing.price,
+                            listing.currency, listing.model_dump_json(exclude={"images"}), features,
+                            facts={"bank_hits": [_hit_dict(h) for h in hits],
+                                   "image_problems": [p.to_dict() for p in problems]})
+        old_partners = {e.b for e in self.store.edges_of(t, "listing", [lid])[lid]} if old else set()
+        best = _best_edges(edges)
+        partners = {e.b for e in best}
+        batch = WriteBatch(t, "listing", upsert=[stored], edges={lid: best})
+        # 4. who changes: the item, its cluster, and old partners that lost it
+        pending_edges = {lid: best}
+        signals, facts = self._rebuild_listings(t, lid, stored, partners | old_partners, pending_edges, now)
+        batch.signals = list(item.signals) + signals
+        batch.facts = facts
+        if lid in facts:
+            stored.facts.update(facts.pop(lid))
+            batch.facts = facts
+        # 5. commit, then log the index change
+        self.store.write(batch)
+        self._index_listing(t, lid, old, listing.seller_id, listing, text, pdq, quality, sscd)
+        own = [s.to_json_dict() for s in batch.signals if s.entity_type == "listing" and s.entity_id == lid]
+        return Scored(lid, own)
+
+    def _parsed(self, tenant: str, ids: list[str]) -> ParsedRecords:
+        found = self.store.get_items(tenant, "listing", ids)
+        records = []
+        for i in ids:
+            it = found.get(i)
+            if it is None:  # indexed but gone from the store: reconciled at start-up
+                records.append(PairRecord(""))
+            else:
+                records.append(pair_record(Listing.model_validate_json(it.record)))
+        return ParsedRecords.parse(records)
+
+    def _image_edges(self, t: str, lid: str, pdq: list[np.ndarray] | None, quality: np.ndarray,
+                     sscd: np.ndarray | None) -> list[Edge]:
+        nd = self.config.near_duplicates
+        out: list[Edge] = []
+        if pdq is not None:
+            good = np.flatnonzero(quality >= nd.pdq_min_quality)
+            idx = self.indexes.get(t, "image_pdq")
+            if len(good) and idx is not None and len(idx.index):
+                variants = [v[good] for v in (pdq if nd.pdq_variants else pdq[:1])]
+                found = pdq_near_duplicates(idx.index, variants,  # type: ignore[arg-type]  # a PdqIndex here
+                                            self.config.thresholds.image_pdq, [None] * len(good), nd.max_neighbours)
+                out += self._image_hits(idx.meta, lid, "image_pdq", found)
+        if sscd is not None:
+            idx = self.indexes.get(t, "image_sscd")
+            if idx is not None and len(idx.index):
+                found = vector_near_duplicates(idx.index, sscd,  # type: ignore[arg-type]  # a VectorIndex here
+                                               self.config.thresholds.image_sscd, [None] * len(sscd),
+                                               nd.max_neighbours)
+                out += self._image_hits(idx.meta, lid, "image_sscd", found)
+        return out
+
+    @staticmethod
+    def _image_hits(meta: dict[str, Any], lid: str, modality: str, found: list[list[Any]]) -> list[Edge]:
+        out = []
+        for hits in found:
+            for h in hits:
+                other = (meta.get(h.id) or {}).get("record_id") or h.id.rsplit("/", 1)[0]
+                if other != lid:
+                    out.append(Edge(lid, other, modality, float(h.score)))
+        return out
+
+    def _listing_bank_hits(self, t: str, text: np.ndarray | None, pdq: list[np.ndarray] | None,
+                           quality: np.ndarray, sscd: np.ndarray | None) -> list[BankHit]:
+        hits: list[BankHit] = []
+        if text is not None:
+            hits += self.match_banks(t, "listing_text", text[None, :])[0]
+        if pdq is not None:
+            good = np.flatnonzero(quality >= self.config.near_duplicates.pdq_min_quality)
+            for row in self.match_banks(t, "image_pdq", pdq[0][good]):
+                hits += row
+        if sscd is not None:
+            for row in self.match_banks(t, "image_sscd", sscd):
+                hits += row
+        return hits
+
+    def _index_listing(self, t: str, lid: str, old: StoredItem | None, seller: str, listing: Listing,
+                       text: np.ndarray | None, pdq: list[np.ndarray] | None, quality: np.ndarray,
+                       sscd: np.ndarray | None) -> None:
+        if old is not None:
+            self._unindex_listing(t, lid, old)
+        if text is not None:
+            idx = self.indexes.get(t, "listing_text")
+            assert idx is not None
+            idx.add([lid], text[None, :], [{"owner": seller, "price": listing.price, "currency": listing.currency,
+                                            "category": listing.category}])
+        if pdq is not None:
+            good = np.flatnonzero(quality >= self.config.near_duplicates.pdq_min_quality)
+            if len(good):
+                idx = self.indexes.get(t, "image_pdq")
+                assert idx is not None
+                idx.add([f"{lid}/{k}" for k in good.tolist()], pdq[0][good],
+                        [{"owner": seller, "record_id": lid}] * len(good))
+        if sscd is not None:
+            idx = self.indexes.get(t, "image_sscd")
+            assert idx is not None
+            idx.add([f"{lid}/{k}" for k in range(len(sscd))], sscd, [{"owner": seller, "record_id": lid}] * len(sscd))
+
+    def _unindex_listing(self, t: str, lid: str, old: StoredItem) -> None:
+        for modality in ("listing_text", "image_pdq", "image_sscd"):
+            idx = self.indexes.get(t, modality, create=False)  # type: ignore[arg-type]
+            if idx is None:
+                continue
+            if modality == "listing_text":
+                idx.remove([lid])
+            else:
+                n = len(old.features.get(modality, ()))
+                idx.remove([f"{lid}/{k}" for k in range(n)])
+
+    def _cluster(self, t: str, start: str, pending: dict[str, list[Edge]]) -> list[str]:
+        """The members of ``start``'s cluster: its edges as stored, ``pending``'s items' edges
+        replaced by the pending ones (from both sides)."""
+        seen = {start}
+        todo = deque([start])
+        while todo and len(seen) < self.limits.cluster_walk_limit:
+            batch = [todo.popleft() for _ in range(min(len(todo), 256))]
+            stored = self.store.edges_of(t, "listing", [b for b in batch if b not in pending])
+            for node in batch:
+                out = pending[node] if node in pending else [
+                    e for e in stored.get(node, []) if e.b not in pending]
+                back = [Edge(node, src, e.modality, e.score) for src, es in pending.items()
+                        if node not in pending for e in es if e.b == node]
+                for e in [*out, *back]:
+                    if e.b not in seen and len(seen) < self.limits.cluster_walk_limit:
+                        seen.add(e.b)
+                        todo.append(e.b)
+        return sorted(seen)
+
+    def _rebuild_listings(self, t: str, lid: str, new_item: StoredItem | None, extra: set[str],
+                          pending: dict[str, list[Edge]], now: datetime
+                          ) -> tuple[list[Signal], dict[str, dict[str, Any]]]:
+        """Signals and facts of ``lid`` (unless deleted: ``new_item`` None), the members of its
+        cluster and of ``extra``'s clusters, and the roll-ups of every seller touched."""
+        clusters: list[list[str]] = []
+        done: set[str] = set()
+        for start in ([lid] if new_item is not None else []) + sorted(extra - {lid}):
+            if start in done:
+                continue
+            members = self._cluster(t, start, pending)
+            done.update(members)
+            clusters.append(members)
+        affected: dict[str, list[str]] = {}
+        for members in clusters:
+            limit = self.limits.partner_update_limit
+            chosen = members if len(members) <= limit else sorted(({lid} | extra) & set(members))
+            for m in chosen:
+                affected[m] = members
+        items = self.store.get_items(t, "listing", [m for ms in clusters for m in ms])
+        if new_item is not None:
+            items[lid] = new_item
+        else:
+            items.pop(lid, None)
+        edge_lists = self.store.edges_of(t, "listing", [a for a in affected if a not in pending])
+        edge_lists.update({k: v for k, v in pending.items() if k in affected})
+        for k in list(edge_lists):
+            if k != lid:  # the others see the item's new edges (none once deleted) from their side
+                edge_lists[k] = [x for x in edge_lists[k] if x.b != lid] + [
+                    Edge(k, lid, e.modality, e.score) for e in pending.get(lid, []) if e.b == k]
+        signals: list[Signal] = []
+        facts: dict[str, dict[str, Any]] = {}
+        sellers: set[str] = set()
+        category_refs: dict[tuple[str | None, str], PriceReference | None] = {}
+        for m, members in sorted(affected.items()):
+            it = items.get(m)
+            if it is None:
+                continue
+            listing = Listing.model_validate_json(it.record)
+            live = [x for x in members if x in items]
+            root = min(live, key=lambda x: (items[x].seq or 1 << 62, x))
+            matches = [Match(e.b, e.modality, e.score, items[e.b].owner if e.b in items else None)  # type: ignore[arg-type]
+                       for e in edge_lists.get(m, []) if e.b in items]
+            refs: list[PriceReference] = []
+            if len(live) >= 2 and listing.currency:
+                ref = cluster_price_reference(listing.currency, m,
+                                              [(x, items[x].price, items[x].currency) for x in live])
+                if ref is not None:
+                    refs.append(ref)
+            if listing.currency:
+                key = (listing.category, listing.currency)
+                if key not in category_refs:
+                    category_refs[key] = PriceReference.of("category", listing.currency, self.store.group_prices(
+                        t, listing.category, listing.currency, self.limits.category_prices)
+                        + ([listing.price] if m == lid and listing.price and new_item is not None
+                           and self.store.get_item(t, "listing", lid) is None else []))
+                if category_refs[key] is not None:
+                    refs.append(category_refs[key])  # type: ignore[arg-type]
+            hits = [BankHit(**h) for h in it.facts.get("bank_hits", [])]
+            problems = [ImageProblem(p["field"], p["code"], p["message"]) for p in it.facts.get("image_problems", [])]
+            outcome = listing_signals(ListingFacts(listing, matches, root, len(live), refs, hits, problems), now)
+            signals += outcome.signals
+            facts[m] = {**it.facts, "near_duplicates": outcome.near_duplicates, "cluster_id": outcome.cluster_id,
+                        "cluster_size": outcome.cluster_size, "fraud_bank_matches": outcome.fraud_bank_matches}
+            sellers.add(it.owner)
+        if new_item is None:
+            old = self.store.get_item(t, "listing", lid)
+            if old is not None:
+                sellers.add(old.owner)
+        for seller in sorted(sellers):
+            signals += self._seller_rollup(t, seller, facts, lid if new_item is None else None,
+                                           new_item if new_item is not None and new_item.owner == seller else None,
+                                           now)
+        return signals, facts
+
+    def _seller_rollup(self, t: str, seller: str, facts: dict[str, dict[str, Any]], deleted: str | None,
+                       new_item: StoredItem | None, now: datetime) -> list[Signal]:
+        stats = SellerStats(t, seller)
+        listed = {it.item_id: it for it in self.store.items_of_owner(t, "listing", seller)}
+        if new_item is not None:
+            listed[new_item.item_id] = new_item
+        for item_id, it in sorted(listed.items(), key=lambda kv: (kv[1].seq or 1 << 62, kv[0])):
+            if item_id == deleted:
+                continue
+            f = facts.get(item_id, it.facts)
+            stats.add_listing(near_duplicates=int(f.get("near_duplicates", 0)), cluster_id=f.get("cluster_id"),
+                              cluster_size=int(f.get("cluster_size", 1)),
+                              bank_matches=int(f.get("fraud_bank_matches", 0)))
+        return seller_rollup_signals(stats, now)
+
+    # ---------------------------------------------------------------- reviews
+    def _score_review(self, item: Extracted) -> Scored:
+        review = item.record
+        if not isinstance(review, Review):
+            raise InvalidInput(None, "not a review")
+        t, rid = review.tenant, review.review_id
+        now = self.clock()
+        old = self.store.get_item(t, "review", rid)
+        text = text_feature(item.features)
+        edges: list[Edge] = []
+        hits: list[BankHit] = []
+        if text is not None:
+            idx = self.indexes.get(t, "review_text")
+            assert idx is not None
+            if len(idx.index):
+                found = vector_near_duplicates(idx.index, text[None, :],  # type: ignore[arg-type]  # vectors
+                                               self.config.thresholds.review_text, [rid],
+                                               self.config.near_duplicates.max_neighbours)
+                edges = [Edge(rid, h.id, "review_text", h.score) for h in found[0]]
+            hits = self.match_banks(t, "review_text", text[None, :])[0]
+        stored = StoredItem(t, "review", rid, review.reviewer_id, review.product_id, None, None,
+                            review.model_dump_json(), {"text": text} if text is not None else {},
+                            facts={"bank_hits": [_hit_dict(h) for h in hits]})
+        old_partners = {e.b for e in self.store.edges_of(t, "review", [rid])[rid]} if old else set()
+        best = _best_edges(edges)
+        signals, facts = self._rebuild_reviews(t, rid, stored, {e.b for e in best} | old_partners, best, now,
+                                               old.group if old is not None else None)
+        if rid in facts:
+            stored.facts.update(facts.pop(rid))
+        for behaviour in self.review_behaviour:
+            signals += behaviour.signals(review, self.store, now)
+        batch = WriteBatch(t, "review", upsert=[stored], edges={rid: best}, facts=facts,
+                           signals=list(item.signals) + signals)
+        self.store.write(batch)
+        idx = self.indexes.get(t, "review_text")
+        if idx is not None:
+            if old is not None:
+                idx.remove([rid])
+            if text is not None:
+                idx.add([rid], text[None, :], [{"owner": review.reviewer_id, "product_id": review.product_id}])
+        own = [s.to_json_dict() for s in batch.signals if s.entity_type == "review" and s.entity_id == rid]
+        return Scored(rid, own)
+
+    def _rebuild_reviews(self, t: str, rid: str, new_item: StoredItem | None, partners: set[str],
+                         new_edges: list[Edge], now: datetime, old_product: str | None
+                         ) -> tuple[list[Signal], dict[str, dict[str, Any]]]:
+        targets = sorted(partners | ({rid} if new_item is not None else set()))
+        items = self.store.get_items(t, "review", targets)
+        if new_item is not None:
+            items[rid] = new_item
+        else:
+            items.pop(rid, None)
+        edge_lists = self.store.edges_of(t, "review", [x for x in targets if x != rid])
+        edge_lists[rid] = list(new_edges)
+        for k in list(edge_lists):
+            if k == rid:
+                continue
+            edge_lists[k] = [x for x in edge_lists[k] if x.b != rid]
+            if new_item is not None:
+                edge_lists[k] += [Edge(k, rid, e.modality, e.score) for e in new_edges if e.b == k]
+        owners = self.store.get_items(t, "review", sorted({e.b for es in edge_lists.values() for e in es} - {rid}))
+        if new_item is not None:
+            owners[rid] = new_item
+        signals: list[Signal] = []
+        facts: dict[str, dict[str, Any]] = {}
+        products: set[str] = set()
+        for r in targets:
+            it = items.get(r)
+            if it is None:
+                continue
+            review = Review.model_validate_json(it.record)
+            matches = [Match(e.b, "review_text", e.score, owners[e.b].owner if e.b in owners else None)
+                       for e in edge_lists.get(r, []) if e.b in owners]
+            hits = [BankHit(**h) for h in it.facts.get("bank_hits", [])]
+            outcome = review_signals(ReviewFacts(review, matches, hits), now)
+            signals += outcome.signals
+            facts[r] = {**it.facts, "near_duplicates": outcome.near_duplicates}
+            if it.group is not None:
+                products.add(it.group)
+        if old_product is not None:
+            products.add(old_product)
+        for product in sorted(products):
+            stats = ProductStats(t, product)
+            listed = {x.item_id: x for x in self.store.items_of_group(t, "review", product)}
+            if new_item is not None and new_item.group == product:
+                listed[rid] = new_item
+            if new_item is None:
+                listed.pop(rid, None)
+            elif new_item.group != product:
+                listed.pop(rid, None)
+            for x_id, x in sorted(listed.items()):
+                f = facts.get(x_id, x.facts)
+                stats.add_review(near_duplicates=int(f.get("near_duplicates", 0)))
+            signals += product_rollup_signals(stats, now)
+        return signals, facts
+
+    # ---------------------------------------------------------------- deletes
+    def delete(self, tenant: str, kind: ItemKind, item_id: str) -> bool:
+        """Take an item down: out of the indexes and the store, partners and roll-ups updated,
+        its signal history kept under a tombstone. False when it is not there."""
+        old = self.store.get_item(tenant, kind, item_id)
+        if old is None:
+            return False
+        now = self.clock()
+        partners = {e.b for e in self.store.edges_of(tenant, kind, [item_id])[item_id]}
+        entity: EntityType = "listing" if kind == "listing" else "review"
+        if kind == "listing":
+            pending: dict[str, list[Edge]] = {item_id: []}
+            signals, facts = self._rebuild_listings(tenant, item_id, None, partners, pending, now)
+        else:
+            signals, facts = self._rebuild_reviews(tenant, item_id, None, partners, [], now, old.group)
+        facts.pop(item_id, None)
+        self.store.write(WriteBatch(tenant, kind, delete=[item_id], facts=facts, signals=signals,
+                                    retract=[(entity, item_id)]))
+        if kind == "listing":
+            self._unindex_listing(tenant, item_id, old)
+        else:
+            idx = self.indexes.get(tenant, "review_text", create=False)
+            if idx is not None:
+                idx.remove([item_id])
+        return True
+
+    def expire(self, before: datetime, limit: int = 1000) -> int:
+        """Delete content last written before ``before`` (the retention setting); returns how many."""
+        n = 0
+        for tenant, kind, item_id in self.store.expired(before, limit):
+            n += int(self.delete(tenant, kind, item_id))
+        return n
+
+    # ------------------------------------------------------------------ reads
+    def entity_signals(self, tenant: str, entity_type: EntityType, entity_id: str, history: bool,
+                       limit: int = 1000) -> dict[str, Any] | None:
+        latest = self.store.latest(tenant, entity_type, entity_id)
+        gone = self.store.tombstone(tenant, entity_type, entity_id)
+        if not latest and gone is None:
+            return None
+        out: dict[str, Any] = {"tenant": tenant, "entity_type": entity_type, "entity_id": entity_id,
+                               "signals": latest}
+        if gone is not None:
+            out["deleted_at"] = gone.isoformat().replace("+00:00", "Z")
+        if history:
+            out["history"] = self.store.history(tenant, entity_type, entity_id, limit)
+        return out
+
+    def add_label(self, label: Label) -> int:
+        return self.store.add_label(label)
+
+    # --------------------------------------------------------- start-up repair
+    def reconcile(self) -> dict[str, int]:
+        """Make the indexes agree with the store (authoritative): add what the store has and an
+        index lacks (a crash after the commit), drop what an index has and the store does not
+        (a crash before it). Returns how many entries were added and removed."""
+        added = removed = 0
+        wanted: dict[tuple[str, Modality], dict[str, tuple[np.ndarray, dict[str, Any]]]] = {}
+        for it in self.store.iter_items():
+            t = it.tenant
+            f = it.features
+            if it.kind == "review":
+                if "text" in f:
+                    wanted.setdefault((t, "review_text"), {})[it.item_id] = (
+                        f["text"], {"owner": it.owner, "product_id": it.group})
+                continue
+            if "text" in f:
+                wanted.setdefault((t, "listing_text"), {})[it.item_id] = (
+                    f["text"], {"owner": it.owner, "price": it.price, "currency": it.currency, "category": it.group})
+            meta = {"owner": it.owner, "record_id": it.item_id}
+            if "image_pdq" in f:
+                q = f.get("image_pdq_quality", np.zeros(len(f["image_pdq"])))
+                for k in np.flatnonzero(q >= self.config.near_duplicates.pdq_min_quality).tolist():
+                    wanted.setdefault((t, "image_pdq"), {})[f"{it.item_id}/{k}"] = (f["image_pdq"][k], meta)
+            if "image_sscd" in f:
+                for k in range(len(f["image_sscd"])):
+                    wanted.setdefault((t, "image_sscd"), {})[f"{it.item_id}/{k}"] = (f["image_sscd"][k], meta)
+        keys = set(wanted) | {(t, m) for t in self.indexes.tenants()
+                              for m in ("listing_text", "review_text", "image_pdq", "image_sscd")}
+        for t, m in sorted(keys):
+            idx = self.indexes.get(t, m, create=(t, m) in wanted)  # type: ignore[arg-type]
+            if idx is None:
+                continue
+            want = wanted.get((t, m), {})
+            have = set(idx.meta) | set(_index_ids(idx.index))
+            extra = sorted(have - set(want))
+            if extra:
+                removed += idx.remove(extra)
+            missing = sorted(set(want) - have)
+            for start in range(0, len(missing), 1000):
+                part = missing[start:start + 1000]
+                data = np.stack([want[i][0] for i in part])
+                idx.add(part, data, [want[i][1] for i in part])
+                added += len(part)
+        if added or removed:
+            log.warning("reconciled the indexes with the store: %d entries added, %d removed", added, removed)
+        return {"added": added, "removed": removed}
+
+    def index_sizes(self) -> dict[tuple[str, str], int]:
+        return self.indexes.sizes()
+
+    def compact(self) -> None:
+        """Snapshot every open index whose log grew (off the request path: a timer calls it)."""
+        for _, _, idx in self.indexes.opened():
+            if idx._log_bytes:  # noqa: SLF001 - the durable index exposes no public size of its log
+                idx.compact()
+
+    def close(self) -> None:
+        self.indexes.close()
+        self.global_banks.close()
+        for b in self._tenant_banks.values():
+            b.close()
+        self.store.close()
+
+
+def _index_ids(index: VectorIndex | PdqIndex) -> list[str]:
+    return list(index.ids())
+
+
+def _best_edges(edges: Sequence[Edge]) -> list[Edge]:
+    """One edge per (partner, modality) at its best score, in a stable order."""
+    best: dict[tuple[str, str], Edge] = {}
+    for e in edges:
+        k = (e.b, e.modality)
+        if k not in best or e.score > best[k].score:
+            best[k] = e
+    return sorted(best.values(), key=lambda e: (e.b, e.modality))
+
+
+def _hit_dict(h: BankHit) -> dict[str, Any]:
+    return {"bank": h.bank, "kind": h.kind, "item_id": h.item_id, "modality": h.modality,
+            "distance": float(h.distance), "similarity": float(h.similarity)}

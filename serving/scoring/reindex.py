@@ -1,0 +1,91 @@
+"""``marketguard reindex``: rebuild the text indexes from the stored records with the configured model.
+
+After a text model change the stored vectors and the index stamps name the old model and
+the service refuses to start. Reindex embeds every stored listing and review again, writes
+the new vectors into the store, and rebuilds each tenant's ``listing_text`` / ``review_text``
+index stamped with the new model. PDQ hashes do not depend on a model; SSCD vectors need the
+image bytes, which the store does not keep: an SSCD index made by another model is dropped
+(its listings match again as they are re-posted) and the count is reported.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import numpy as np
+
+from indexes.config import Modality
+from serving.config import MarketGuardConfig
+from serving.deployments.catalogue import shard_dir
+from serving.scoring.engine import CatalogueEngine
+from serving.scoring.extraction import FastExtraction
+from serving.scoring.indexes import MODEL_STAMP
+from serving.store.base import ItemKind
+from serving.store.sqlite import SqliteSignalStore
+from signals.schemas import Listing, Review
+
+_CHUNK = 64
+
+
+def reindex(config: MarketGuardConfig) -> dict[str, Any]:
+    extraction = FastExtraction.build(config.signals, config.data_dir)
+    models, dims = extraction.models()
+    counts: dict[str, Any] = {"embedded": 0, "sscd_indexes_dropped": 0}
+    for shard in range(config.service.catalogue.shards):
+        root = shard_dir(config.data_dir, shard, config.service.catalogue.shards)
+        if not (root / "store.sqlite3").exists():
+            continue
+        store = SqliteSignalStore(root / "store.sqlite3")
+        try:
+            for tenant in store.tenants():
+                for kind, modality in (("listing", "listing_text"), ("review", "review_text")):
+                    counts["embedded"] += _reembed(extraction, store, tenant, kind, modality)  # type: ignore[arg-type]
+                    shutil.rmtree(root / "indexes" / tenant / modality, ignore_errors=True)
+                sscd = root / "indexes" / tenant / "image_sscd"
+                stamp = sscd / MODEL_STAMP
+                if stamp.exists() and models.get("image_sscd", "") not in stamp.read_text(encoding="utf-8"):
+                    shutil.rmtree(sscd)
+                    counts["sscd_indexes_dropped"] += 1
+        finally:
+            store.close()
+        # The engine's start-up reconciliation rebuilds the dropped indexes from the store.
+        engine = CatalogueEngine(SqliteSignalStore(root / "store.sqlite3"), root / "indexes", root / "banks",
+                                 config.indexes, models, dims)
+        try:
+            counts.setdefault("indexed", 0)
+            counts["indexed"] += engine.reconcile()["added"]
+        finally:
+            engine.close()
+    counts["models"] = dict(models)
+    return counts
+
+
+def _reembed(extraction: FastExtraction, store: SqliteSignalStore, tenant: str, kind: ItemKind,
+             modality: Modality) -> int:
+    n = 0
+    batch: list[tuple[str, Listing | Review, dict[str, np.ndarray]]] = []
+
+    def flush() -> None:
+        nonlocal n
+        if not batch:
+            return
+        done = extraction.extract(kind, [r for _, r, _ in batch])
+        updates = {}
+        for (item_id, _, feats), ext in zip(batch, done, strict=True):
+            vec = next((v for name, v in ext.features.items() if name.startswith("text_")), None)
+            feats = {k: v for k, v in feats.items() if k != "text"}
+            if vec is not None:
+                feats["text"] = np.asarray(vec, dtype=np.float32)
+            updates[item_id] = feats
+        store.set_features(tenant, kind, updates)
+        n += len(batch)
+        batch.clear()
+
+    for it in store.iter_items(tenant, kind):
+        record: Listing | Review = (Listing if kind == "listing" else Review).model_validate_json(it.record)
+        batch.append((it.item_id, record, it.features))
+        if len(batch) >= _CHUNK:
+            flush()
+    flush()
+    return n

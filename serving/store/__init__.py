@@ -1,0 +1,1 @@
+"""The signal store: the authoritative record of items, edges, signals and labels."""

@@ -1,0 +1,119 @@
+"""What the service keeps, as a small interface a second backend can implement.
+
+The store is authoritative: an item's record and features, its near-duplicate edges,
+the facts its owner's roll-up folds in, the latest signal of every key with every value
+in the history, and labels. One :meth:`SignalStore.write` commits everything one request
+changed, atomically: a 2xx is sent only after it returns, and the indexes are reconciled
+with the store at start-up (:mod:`serving.scoring.engine`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from signals.errors import InvalidInput
+from signals.schemas import EntityType, Label, Signal
+
+ItemKind = Literal["listing", "review"]
+
+
+@dataclass
+class StoredItem:
+    """One live listing or review as the store keeps it.
+
+    ``record``: the record's JSON without image bytes; ``features``: what the indexes
+    hold for it (so an index can be rebuilt from the store); ``facts``: what the item's
+    derived signals and its owner's roll-up were computed from (bank hits, image
+    problems, near-duplicate counts, cluster).
+    """
+
+    tenant: str
+    kind: ItemKind
+    item_id: str
+    owner: str
+    group: str | None
+    price: float | None
+    currency: str | None
+    record: str
+    features: dict[str, np.ndarray]
+    facts: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A decided near-duplicate pair seen from ``a``: ``b`` matched through ``modality``."""
+
+    a: str
+    b: str
+    modality: str
+    score: float
+
+
+@dataclass
+class WriteBatch:
+    """Everything one request changes, committed together by :meth:`SignalStore.write`."""
+
+    tenant: str
+    kind: ItemKind
+    upsert: list[StoredItem] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    """Item ids taken down: their record, features and edges go, their history stays."""
+    edges: dict[str, list[Edge]] = field(default_factory=dict)
+    """Item id -> its complete edge list (replaces the stored one; both directions are kept)."""
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Item id -> its new facts."""
+    signals: list[Signal] = field(default_factory=list)
+    retract: list[tuple[EntityType, str]] = field(default_factory=list)
+    """Entities whose latest signals are withdrawn (a deleted item): history kept."""
+
+
+class SignalStore(Protocol):
+    """The store behind the service (SQLite here; PostgreSQL with the publishing issue)."""
+
+    def write(self, batch: WriteBatch) -> None: ...
+    def get_item(self, tenant: str, kind: ItemKind, item_id: str) -> StoredItem | None: ...
+    def get_items(self, tenant: str, kind: ItemKind, item_ids: Sequence[str]) -> dict[str, StoredItem]: ...
+    def edges_of(self, tenant: str, kind: ItemKind, item_ids: Sequence[str]) -> dict[str, list[Edge]]: ...
+    def items_of_owner(self, tenant: str, kind: ItemKind, owner: str) -> list[StoredItem]: ...
+    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None) -> list[StoredItem]: ...
+    def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]: ...
+    def iter_items(self, tenant: str | None = None, kind: ItemKind | None = None,
+                   with_features: bool = True) -> Iterable[StoredItem]: ...
+    def tenants(self) -> list[str]: ...
+    def expired(self, before: datetime, limit: int) -> list[tuple[str, ItemKind, str]]: ...
+    def latest(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]: ...
+    def history(self, tenant: str, entity_type: EntityType, entity_id: str,
+                limit: int) -> list[dict[str, Any]]: ...
+    def tombstone(self, tenant: str, entity_type: EntityType, entity_id: str) -> datetime | None: ...
+    def add_label(self, label: Label) -> int: ...
+    def labels(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]: ...
+    def counts(self) -> dict[tuple[str, str], int]: ...
+    def set_features(self, tenant: str, kind: ItemKind, features: dict[str, dict[str, np.ndarray]]) -> None: ...
+    def close(self) -> None: ...
+
+
+def encode_features(features: dict[str, np.ndarray]) -> bytes:
+    """Feature arrays as one ``.npz`` blob (numeric arrays only: never pickled objects)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in features.items()})
+    return buf.getvalue()
+
+
+def decode_features(blob: bytes | None) -> dict[str, np.ndarray]:
+    """The arrays of :func:`encode_features`; refuses pickled content."""
+    if not blob:
+        return {}
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError) as exc:
+        raise InvalidInput("features", f"stored features are unreadable: {exc}") from None

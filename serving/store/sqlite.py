@@ -1,0 +1,273 @@
+"""The embedded signal store: one SQLite file in WAL mode (``<data_dir>/store.sqlite3``).
+
+One writer (the catalogue deployment) and any number of readers. Every
+:meth:`SqliteSignalStore.write` is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)
+with ``synchronous=FULL``: when it returns, a power cut cannot lose it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.store.base import Edge, ItemKind, StoredItem, WriteBatch, decode_features, encode_features
+from signals.schemas import EntityType, Label
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, item_id TEXT NOT NULL,
+    owner TEXT NOT NULL, grp TEXT, price REAL, currency TEXT,
+    record TEXT NOT NULL, features BLOB, facts TEXT NOT NULL DEFAULT '{}',
+    seq INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, kind, item_id));
+CREATE INDEX IF NOT EXISTS items_owner ON items (tenant, kind, owner);
+CREATE INDEX IF NOT EXISTS items_group ON items (tenant, kind, grp, currency);
+CREATE INDEX IF NOT EXISTS items_updated ON items (updated_at);
+CREATE TABLE IF NOT EXISTS edges (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, a TEXT NOT NULL, b TEXT NOT NULL,
+    modality TEXT NOT NULL, score REAL NOT NULL,
+    PRIMARY KEY (tenant, kind, a, b, modality));
+CREATE TABLE IF NOT EXISTS latest (
+    tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL,
+    name TEXT NOT NULL, source TEXT NOT NULL, signal TEXT NOT NULL, observed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, entity_type, entity_id, name, source));
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL,
+    name TEXT NOT NULL, source TEXT NOT NULL, signal TEXT NOT NULL, observed_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS history_entity ON history (tenant, entity_type, entity_id, id);
+CREATE TABLE IF NOT EXISTS tombstones (
+    tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, deleted_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, entity_type, entity_id));
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, label TEXT NOT NULL,
+    record TEXT NOT NULL, received_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS labels_entity ON labels (tenant, entity_type, entity_id, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class SqliteSignalStore:
+    """The :class:`~serving.store.base.SignalStore` on SQLite (WAL, fsynced commits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The connection is used from the deployment's event-loop thread and its worker
+        # threads, one at a time (the lock), so SQLite's same-thread check is off.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db.executescript(SCHEMA)
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()
+        meta = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        self._seq = max(int(row[0]), int(meta[0]) if meta else 0)
+        # Reads have their own connection: in WAL mode they see the last commit and never
+        # wait for a write transaction in progress (a GET is not held up by a POST).
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+
+    # ------------------------------------------------------------------ writing
+    def write(self, batch: WriteBatch) -> None:
+        """Commit one request's changes atomically (all or nothing)."""
+        t, k = batch.tenant, batch.kind
+        now = _now()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for item_id in batch.delete:
+                    self._drop_edges(t, k, item_id)
+                    db.execute("DELETE FROM items WHERE tenant=? AND kind=? AND item_id=?", (t, k, item_id))
+                    db.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?,?,?)", (t, k, item_id, now))
+                for it in batch.upsert:
+                    old = db.execute("SELECT seq, created_at FROM items WHERE tenant=? AND kind=? AND item_id=?",
+                                     (t, k, it.item_id)).fetchone()
+                    if old is None:
+                        self._seq += 1
+                        seq, created = self._seq, now
+                    else:
+                        seq, created = int(old[0]), str(old[1])  # a re-post keeps its place
+                    it.seq = seq
+                    db.execute(
+                        "INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (t, k, it.item_id, it.owner, it.group, it.price, it.currency, it.record,
+                         encode_features(it.features), json.dumps(it.facts, sort_keys=True), seq, created, now))
+                    db.execute("DELETE FROM tombstones WHERE tenant=? AND entity_type=? AND entity_id=?",
+                               (t, k, it.item_id))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(self._seq),))
+                for item_id, edges in batch.edges.items():
+                    self._drop_edges(t, k, item_id)
+                    for e in edges:
+                        for a, b in ((e.a, e.b), (e.b, e.a)):
+                            db.execute("INSERT OR REPLACE INTO edges VALUES (?,?,?,?,?,?)",
+                                       (t, k, a, b, e.modality, float(e.score)))
+                for item_id, facts in batch.facts.items():
+                    db.execute("UPDATE items SET facts=? WHERE tenant=? AND kind=? AND item_id=?",
+                               (json.dumps(facts, sort_keys=True), t, k, item_id))
+                for etype, eid in batch.retract:
+                    db.execute("DELETE FROM latest WHERE tenant=? AND entity_type=? AND entity_id=?",
+                               (t, etype, eid))
+                for s in batch.signals:
+                    wire = s.to_json_dict()
+                    body = json.dumps(wire, sort_keys=True, ensure_ascii=False)
+                    row = (s.tenant, s.entity_type, s.entity_id, s.name, s.source, body, wire["observed_at"])
+                    db.execute("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?)", row)
+                    db.execute("INSERT INTO history (tenant, entity_type, entity_id, name, source, signal, "
+                               "observed_at) VALUES (?,?,?,?,?,?,?)", row)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def set_features(self, tenant: str, kind: ItemKind, features: dict[str, dict[str, np.ndarray]]) -> None:
+        """Replace stored items' features (``marketguard reindex`` after a model change), one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for item_id, feats in features.items():
+                    self._db.execute("UPDATE items SET features=? WHERE tenant=? AND kind=? AND item_id=?",
+                                     (encode_features(feats), tenant, kind, item_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _drop_edges(self, t: str, k: str, item_id: str) -> None:
+        self._db.execute("DELETE FROM edges WHERE tenant=? AND kind=? AND (a=? OR b=?)", (t, k, item_id, item_id))
+
+    # ------------------------------------------------------------------ reading
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, tuple(args)).fetchall()
+
+    _ITEM_COLS = "tenant, kind, item_id, owner, grp, price, currency, record, {feat}, facts, seq, created_at, updated_at"
+
+    def _items(self, where: str, args: Sequence[Any], with_features: bool = True) -> list[StoredItem]:
+        cols = self._ITEM_COLS.format(feat="features" if with_features else "NULL")
+        return [self._item(r) for r in self._rows(f"SELECT {cols} FROM items WHERE {where}", args)]
+
+    @staticmethod
+    def _item(r: tuple[Any, ...]) -> StoredItem:
+        return StoredItem(tenant=r[0], kind=r[1], item_id=r[2], owner=r[3], group=r[4], price=r[5],
+                          currency=r[6], record=r[7], features=decode_features(r[8]), facts=json.loads(r[9]),
+                          seq=int(r[10]), created_at=datetime.fromisoformat(r[11]),
+                          updated_at=datetime.fromisoformat(r[12]))
+
+    def get_item(self, tenant: str, kind: ItemKind, item_id: str) -> StoredItem | None:
+        found = self._items("tenant=? AND kind=? AND item_id=?", (tenant, kind, item_id))
+        return found[0] if found else None
+
+    def get_items(self, tenant: str, kind: ItemKind, item_ids: Sequence[str],
+                  with_features: bool = False) -> dict[str, StoredItem]:
+        out: dict[str, StoredItem] = {}
+        ids = list(dict.fromkeys(item_ids))
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for it in self._items(f"tenant=? AND kind=? AND item_id IN ({marks})", (tenant, kind, *part),
+                                  with_features):
+                out[it.item_id] = it
+        return out
+
+    def edges_of(self, tenant: str, kind: ItemKind, item_ids: Sequence[str]) -> dict[str, list[Edge]]:
+        out: dict[str, list[Edge]] = {i: [] for i in item_ids}
+        ids = list(out)
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for a, b, m, s in self._rows(
+                    f"SELECT a, b, modality, score FROM edges WHERE tenant=? AND kind=? AND a IN ({marks}) "
+                    "ORDER BY a, b, modality", (tenant, kind, *part)):
+                out[a].append(Edge(a, b, m, float(s)))
+        return out
+
+    def items_of_owner(self, tenant: str, kind: ItemKind, owner: str) -> list[StoredItem]:
+        return self._items("tenant=? AND kind=? AND owner=? ORDER BY seq", (tenant, kind, owner), False)
+
+    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None) -> list[StoredItem]:
+        return self._items("tenant=? AND kind=? AND grp IS ? ORDER BY seq", (tenant, kind, group), False)
+
+    def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]:
+        rows = self._rows("SELECT price FROM items WHERE tenant=? AND kind='listing' AND grp IS ? AND currency=? "
+                          "AND price > 0 ORDER BY seq DESC LIMIT ?", (tenant, group, currency, limit))
+        return [float(r[0]) for r in rows]
+
+    def iter_items(self, tenant: str | None = None, kind: ItemKind | None = None,
+                   with_features: bool = True) -> Iterator[StoredItem]:
+        where, args = ["1=1"], []
+        if tenant is not None:
+            where.append("tenant=?")
+            args.append(tenant)
+        if kind is not None:
+            where.append("kind=?")
+            args.append(kind)
+        last = -1
+        while True:  # pages by seq: memory stays one page whatever the store holds
+            page = self._items(" AND ".join([*where, "seq > ?"]) + " ORDER BY seq LIMIT 1000",
+                               (*args, last), with_features)
+            if not page:
+                return
+            yield from page
+            last = page[-1].seq
+
+    def tenants(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT DISTINCT tenant FROM items ORDER BY tenant", ())]
+
+    def expired(self, before: datetime, limit: int) -> list[tuple[str, ItemKind, str]]:
+        rows = self._rows("SELECT tenant, kind, item_id FROM items WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
+                          (before.astimezone(UTC).isoformat(), limit))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def latest(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT signal FROM latest WHERE tenant=? AND entity_type=? AND entity_id=? "
+                          "ORDER BY name, source", (tenant, entity_type, entity_id))
+        return [json.loads(r[0]) for r in rows]
+
+    def history(self, tenant: str, entity_type: EntityType, entity_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT signal FROM history WHERE tenant=? AND entity_type=? AND entity_id=? "
+                          "ORDER BY id DESC LIMIT ?", (tenant, entity_type, entity_id, limit))
+        return [json.loads(r[0]) for r in reversed(rows)]
+
+    def tombstone(self, tenant: str, entity_type: EntityType, entity_id: str) -> datetime | None:
+        rows = self._rows("SELECT deleted_at FROM tombstones WHERE tenant=? AND entity_type=? AND entity_id=?",
+                          (tenant, entity_type, entity_id))
+        return datetime.fromisoformat(rows[0][0]) if rows else None
+
+    def add_label(self, label: Label) -> int:
+        body = label.model_dump_json()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at) VALUES (?,?,?,?,?,?)",
+                (label.tenant, label.entity_type, label.entity_id, label.label, body, _now()))
+            return int(cur.lastrowid or 0)
+
+    def labels(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT id, record, received_at FROM labels WHERE tenant=? AND entity_type=? "
+                          "AND entity_id=? ORDER BY id", (tenant, entity_type, entity_id))
+        return [{"id": r[0], **json.loads(r[1]), "received_at": r[2]} for r in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Live items per (tenant, kind)."""
+        rows = self._rows("SELECT tenant, kind, COUNT(*) FROM items GROUP BY tenant, kind", ())
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def close(self) -> None:
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._db.close()
+
