@@ -39,7 +39,10 @@ class VectorIndexConfig(_Config):
         default=4.0, ge=1.5, description="compaction re-trains the IVF once n grew by this factor"
     )
     norm_tolerance: float = Field(default=1e-3, gt=0, lt=1, description="allowed | ||v|| - 1 |")
-    threads: int | None = Field(default=None, ge=1, le=256, description="faiss OpenMP threads")
+    threads: int | None = Field(
+        default=None, ge=1, le=256,
+        description="faiss OpenMP threads, process-wide: applied at start-up by "
+                    "indexes.runtime.configure_process(faiss_threads=...), never by an index")
 
 
 class PdqIndexConfig(_Config):

@@ -72,9 +72,9 @@ class VectorIndex:
     """Top-k and threshold search over unit vectors, keyed by string ids."""
 
     def __init__(self, config: VectorIndexConfig | None = None) -> None:
+        # config.threads is process-wide (FAISS's OpenMP pool): indexes.runtime.configure_process
+        # applies it at start-up; an index never changes it.
         self.config = config or VectorIndexConfig()
-        if self.config.threads is not None:
-            faiss.omp_set_num_threads(self.config.threads)
         self._ids = IdMap()
         self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.config.dim))
         self._structure: Structure = "flat"

@@ -4,8 +4,9 @@ Everything that turns listing image bytes into pixels goes through here, so the
 defences live in one place:
 
 - a byte cap (``data_b64`` is capped at validation; paths are read with a cap);
-- a pixel cap checked on the header before any pixel is decoded, and Pillow's
-  ``DecompressionBombWarning`` turned into an error: a bomb raises, never warns;
+- a pixel cap checked on the header before any pixel is decoded, never above Pillow's
+  own ``MAX_IMAGE_PIXELS``: a bomb raises InvalidInput, in the band where Pillow only
+  warns too (no warning filter is changed: filters are process-wide);
 - a format allow-list (JPEG, PNG, WebP, GIF first frame, BMP): anything else,
   including non-images, is ``unsupported_media_type``;
 - truncated or corrupt files are an :class:`InvalidInput` naming the image
@@ -32,7 +33,6 @@ import io
 import os
 import stat
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -85,37 +85,40 @@ def decode_image_bytes(data: bytes, config: ImageDecodeConfig, index: int = 0) -
 
 def _decode(data: bytes, digest: str, config: ImageDecodeConfig, index: int) -> DecodedImage:
     field = f"images[{index}]"
-    with warnings.catch_warnings():
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we never accept a warning.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    # No warnings.catch_warnings() here: warning filters are process-wide (and catch_warnings
+    # is not thread-safe before Python 3.14), so Pillow's bomb warning is refused by the
+    # size check below, not by turning warnings into errors.
+    try:
+        im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            field, f"not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})",
+            "unsupported_media_type") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # The warning, where the process's own filters make it an error.
+        raise InvalidInput(field, "image has too many pixels", "too_large") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(field, f"image is corrupt ({exc})") from None
+    with im:
+        fmt = str(im.format)
+        w, h = im.size
+        # The header is all that has been read: refuse a bomb before allocating it. Pillow
+        # only warns between its MAX_IMAGE_PIXELS and twice that; that band is refused too.
+        if w <= 0 or h <= 0:
+            raise InvalidInput(field, "image has no pixels")
+        limit = config.max_pixels
+        if Image.MAX_IMAGE_PIXELS is not None:
+            limit = min(limit, int(Image.MAX_IMAGE_PIXELS))
+        if w * h > limit:
+            raise InvalidInput(field, f"image is {w}x{h} pixels, over the limit of {limit}", "too_large")
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
         try:
-            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
-        except UnidentifiedImageError:
-            raise InvalidInput(
-                field, f"not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})",
-                "unsupported_media_type") from None
+            rgb, orientation = _to_rgb(im, config.working_max_side)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidInput(field, "image has too many pixels", "too_large") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InvalidInput(field, f"image is corrupt ({exc})") from None
-        with im:
-            fmt = str(im.format)
-            w, h = im.size
-            # The header is all that has been read: refuse a bomb before allocating it.
-            if w <= 0 or h <= 0:
-                raise InvalidInput(field, "image has no pixels")
-            if w * h > config.max_pixels:
-                raise InvalidInput(
-                    field, f"image is {w}x{h} pixels, over the limit of {config.max_pixels}",
-                    "too_large")
-            n_frames = int(getattr(im, "n_frames", 1) or 1)
-            try:
-                rgb, orientation = _to_rgb(im, config.working_max_side)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                raise InvalidInput(field, "image has too many pixels", "too_large") from None
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                # Truncated files land here: Pillow reads pixels only now.
-                raise InvalidInput(field, f"image is corrupt or truncated ({exc})") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            # Truncated files land here: Pillow reads pixels only now.
+            raise InvalidInput(field, f"image is corrupt or truncated ({exc})") from None
     # Sizes reported are the original's (before draft() and downscaling), as oriented.
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     return DecodedImage(index=index, rgb=rgb, width=ow, height=oh, format=fmt, sha256=digest,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 
 from serving.api.auth import KeyRing, RateLimiter
 from serving.api.backend import Backend
@@ -18,6 +20,7 @@ from serving.api.errors import install_error_handlers
 from serving.api.limits import LimitsMiddleware
 from serving.api.metrics import ApiMetrics
 from serving.config import ServiceConfig
+from signals.schemas import Label, Listing, Review
 
 DESCRIPTION = """Signals for marketplace trust and safety: near-duplicate scam listings, stolen photos,
 off-platform contact details, templated reviews. Every answer is evidence-carrying signals per
@@ -66,6 +69,21 @@ def create_app(backend: Backend, config: ServiceConfig) -> FastAPI:
             metrics.errors.labels(str(response.status_code)).inc()
         return response
 
+    def openapi() -> dict[str, Any]:
+        # The routes read their JSON bodies themselves; the record schemas they document by
+        # reference are added here, once.
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes, tags=app.openapi_tags)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (Listing, Review, Label):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the spec
     app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes,  # type: ignore[arg-type]
                        max_in_flight=config.ingress.max_in_flight,
                        on_shed=lambda path: metrics.shed.labels(path).inc())

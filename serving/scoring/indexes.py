@@ -9,6 +9,7 @@ another model is refused with a message naming both (``marketguard reindex`` reb
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class TenantIndexes:
         self.models = models
         self.dims = dims
         self._open: dict[tuple[str, Modality], AnyIndex] = {}
+        self.lock_wait_s = 60.0
 
     def get(self, tenant: str, modality: Modality, *, create: bool = True) -> AnyIndex | None:
         """The tenant's index of ``modality``; ``None`` when it does not exist and ``create`` is off."""
@@ -63,17 +65,28 @@ class TenantIndexes:
         if not create and not (directory / "CURRENT").exists():
             return None
         check_model_stamp(directory, modality, self.models[modality])
-        idx: AnyIndex
-        if modality == "image_pdq":
-            pdq_cfg = self.config.pdq
-            idx = DurableIndex(directory, lambda: PdqIndex(pdq_cfg), lambda p: PdqIndex.load(p, pdq_cfg),
-                               self.config.persistence)
-        else:
-            vcfg = self.config.vector.model_copy(update={"dim": self.dims[modality]})
-            idx = DurableIndex(directory, lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg),
-                               self.config.persistence)
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                idx = self._open_durable(directory, modality)
+                break
+            except InvalidInput as exc:
+                # A killed predecessor's replica may hold the lock for a few seconds more, until
+                # it notices its raylet is gone: wait for it rather than fail the start.
+                if "another writer" not in exc.reason or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         self._open[key] = idx
         return idx
+
+    def _open_durable(self, directory: Path, modality: Modality) -> AnyIndex:
+        if modality == "image_pdq":
+            pdq_cfg = self.config.pdq
+            return DurableIndex(directory, lambda: PdqIndex(pdq_cfg), lambda p: PdqIndex.load(p, pdq_cfg),
+                                self.config.persistence)
+        vcfg = self.config.vector.model_copy(update={"dim": self.dims[modality]})
+        return DurableIndex(directory, lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg),
+                            self.config.persistence)
 
     def tenants(self) -> list[str]:
         """Tenants with an index on disk or open."""

@@ -7,8 +7,11 @@ cores so the batch job's extractor actors never starve its read tasks.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +39,57 @@ def data_dir(tmp_path: Path) -> Path:
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     os.symlink(MODELS_DIR, d / "models")
     return d
+
+
+KEYS = {"acme": "acme-key-0123456789abcdef", "globex": "globex-key-0123456789abcdef"}
+
+
+@dataclass
+class Service:
+    """The session's running service: its base URL, config and the API keys of two tenants."""
+
+    base: str
+    config: Any
+    keys: dict[str, str]
+
+    def headers(self, tenant: str) -> dict[str, str]:
+        return {"X-API-Key": self.keys[tenant]}
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """ONE real Ray Serve instance for every HTTP test of the session (keys for two tenants)."""
+    import socket
+
+    import httpx
+    from ray import serve
+
+    from serving.config import load_config
+    from serving.deployments.app import APP_NAME, build_app
+
+    d = tmp_path_factory.mktemp("serve") / "state"
+    d.mkdir()
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    os.symlink(MODELS_DIR, d / "models")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = load_config(data_dir=d, env={"MARKETGUARD_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items())})
+    config = config.model_copy(update={"service": config.service.model_copy(update={"port": port})})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        raise RuntimeError("the test service was not ready in 300 s")
+    try:
+        yield Service(base, config, KEYS)
+    finally:
+        serve.shutdown()

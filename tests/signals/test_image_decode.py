@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 import zlib
 from pathlib import Path
 
@@ -75,11 +76,18 @@ def test_pixel_cap_from_config_and_no_warning_escapes() -> None:
     assert decode_image_bytes(encode(Image.new("RGB", (100, 100))), cfg).width == 100
 
 
-def test_bomb_warning_band_is_an_error_not_a_warning() -> None:
-    # Between Pillow's MAX_IMAGE_PIXELS (89.5 MP) and twice it Pillow only warns; we raise.
+def test_bomb_warning_band_is_an_error_whatever_the_warning_filters() -> None:
+    # Between Pillow's MAX_IMAGE_PIXELS (89.5 MP) and twice it Pillow only warns; we raise,
+    # without changing the warning filters (process-wide): Pillow's warning is the process's.
     cfg = ImageDecodeConfig(max_pixels=178_956_970)
-    err = _error(_png_header_only(10_000, 10_000), cfg=cfg)
-    assert err.code == "too_large"
+    bomb = _png_header_only(10_000, 10_000)
+    before = list(warnings.filters)
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert _error(bomb, cfg=cfg).code == "too_large"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        assert _error(bomb, cfg=cfg).code == "too_large"
+    assert warnings.filters == before
 
 
 def test_text_file_named_jpg_is_unsupported(tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from indexes.config import Modality
 from serving.api.app import ApiState
 from serving.api.auth import Caller
-from serving.api.routes.deps import caller, state
+from serving.api.routes.deps import caller, json_body, state
 from serving.api.routes.items import read_json
 from signals.errors import InvalidInput
 from signals.schemas import ID_PATTERN
@@ -23,11 +23,14 @@ BANK_EXAMPLE = {"modality": "listing_text", "kind": "fraud", "items": [
      "reason": "confirmed scam", "added_by": "case-review"}]}
 
 
-@router.post("/{bank}/items", summary="Add items to a tenant's bank (created on first use)")
+@router.post("/{bank}/items", summary="Add items to a tenant's bank (created on first use)",
+             openapi_extra=json_body({"type": "object", "required": ["items"], "properties": {
+                 "modality": {"type": "string", "enum": list(get_args(Modality))},
+                 "kind": {"type": "string", "enum": ["fraud", "benign"]}, "tenant": {"type": "string"},
+                 "items": {"type": "array", "minItems": 1, "items": {"type": "object"}}}},
+                 {"listings": BANK_EXAMPLE}))
 async def add_items(request: Request, bank: Annotated[str, Path(pattern=BANK_PATTERN)],
-                    st: Annotated[ApiState, Depends(state)], who: Annotated[Caller, Depends(caller)],
-                    _doc: Annotated[dict[str, Any] | None, Body(openapi_examples={
-                        "listings": {"value": BANK_EXAMPLE}})] = None) -> dict[str, Any]:
+                    st: Annotated[ApiState, Depends(state)], who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
     raw = await read_json(request)
     if not isinstance(raw, dict):
         raise InvalidInput(None, "must be a JSON object with items")

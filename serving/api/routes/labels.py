@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from serving.api.app import ApiState
 from serving.api.auth import Caller
-from serving.api.routes.deps import caller, state
+from serving.api.routes.deps import caller, json_body, ref, state
 from serving.api.routes.items import read_json
 from signals.errors import InvalidInput
 from signals.schemas import Label, parse_record
@@ -19,11 +19,10 @@ LABEL_EXAMPLE = {"entity_type": "seller", "entity_id": "S9", "label": "fraud", "
                  "labelled_by": "case-review", "labelled_at": "2026-11-24T16:00:00Z"}
 
 
-@router.post("", summary="Record an outcome label; later labels win, earlier ones are kept")
+@router.post("", summary="Record an outcome label; later labels win, earlier ones are kept",
+             openapi_extra=json_body(ref("Label"), {"label": LABEL_EXAMPLE}))
 async def post_label(request: Request, st: Annotated[ApiState, Depends(state)],
-                     who: Annotated[Caller, Depends(caller)],
-                     _doc: Annotated[dict[str, Any] | None, Body(openapi_examples={
-                         "label": {"value": LABEL_EXAMPLE}})] = None) -> dict[str, Any]:
+                     who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
     raw = await read_json(request)
     if not isinstance(raw, dict):
         raise InvalidInput(None, "a label must be a JSON object")

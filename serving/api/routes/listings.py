@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from serving.api.app import ApiState
 from serving.api.auth import Caller
-from serving.api.routes.deps import caller, state
+from serving.api.routes.deps import caller, json_body, one_or_items, state
 from serving.api.routes.items import score_body
 from signals.errors import InvalidInput
 from signals.schemas import ID_PATTERN
@@ -24,12 +24,10 @@ LISTING_EXAMPLE = {
 @router.post("", summary="Score a listing (or {\"items\": [...]}, up to 256), index it, update its partners",
              responses={200: {"description": "its signals, or one result per item"},
                         413: {"description": "body too large"}, 422: {"description": "bad input"},
-                        429: {"description": "over the tenant's rate"}, 503: {"description": "at capacity"}})
+                        429: {"description": "over the tenant's rate"}, 503: {"description": "at capacity"}},
+             openapi_extra=json_body(one_or_items("Listing"), {"one": LISTING_EXAMPLE, "batch": {"items": [LISTING_EXAMPLE]}}))
 async def post_listings(request: Request, st: Annotated[ApiState, Depends(state)],
-                        who: Annotated[Caller, Depends(caller)],
-                        _doc: Annotated[dict[str, Any] | None, Body(openapi_examples={
-                            "one": {"value": LISTING_EXAMPLE},
-                            "batch": {"value": {"items": [LISTING_EXAMPLE]}}})] = None) -> dict[str, Any]:
+                        who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
     return await score_body("listing", request, st, who)
 
 
