@@ -120,8 +120,9 @@ def review_signals(facts: ReviewFacts, observed_at: datetime) -> ReviewOutcome:
     return ReviewOutcome([near, bank], int(near.value or 0))
 
 
-def cluster_price_reference(currency: str, own_row: object, members: Sequence[tuple[object, float | None, str | None]]
-                            ) -> PriceReference | None:
+def cluster_price_reference(
+    currency: str, own_row: object, members: Sequence[tuple[object, float | None, str | None]],
+) -> PriceReference | None:
     """The cluster price reference of one member: ``members`` are ``(key, price, currency)``
     of every member of its cluster, itself included (``own_row`` is its key).
 

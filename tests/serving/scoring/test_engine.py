@@ -1,0 +1,116 @@
+"""The scoring engine in process (no Ray): crash repair, model stamps, retention, reindex."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from serving.config import MarketGuardConfig
+from serving.deployments.catalogue import open_engine
+from serving.scoring.engine import CatalogueEngine
+from serving.scoring.extraction import FastExtraction
+from serving.scoring.indexes import MODEL_STAMP
+from serving.scoring.reindex import reindex
+from signals.errors import InvalidInput
+from signals.schemas import Listing, Review
+
+TITLE = "Sony WH-1000XM5 wireless noise cancelling headphones black, sealed box"
+
+
+def text_only(data_dir: Path) -> MarketGuardConfig:
+    return MarketGuardConfig.model_validate({
+        "data_dir": str(data_dir),
+        "signals": {"images": {"pdq": {"enabled": False}, "sscd": {"enabled": False},
+                               "ocr": {"enabled": False}, "nsfw": {"enabled": False}}}})
+
+
+@pytest.fixture
+def setup(data_dir: Path) -> tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]:
+    cfg = text_only(data_dir)
+    ex = FastExtraction.build(cfg.signals, data_dir)
+    models, dims = ex.models()
+    return cfg, ex, open_engine(cfg, models, dims)
+
+
+def listing(lid: str, seller: str, title: str = TITLE) -> Listing:
+    return Listing(listing_id=lid, seller_id=seller, title=title, description="Brand new, quick sale",
+                   price=250.0, currency="GBP", category="audio")
+
+
+def value(engine: CatalogueEngine, etype: str, eid: str, name: str) -> object:
+    found = engine.entity_signals("default", etype, eid, False)  # type: ignore[arg-type]
+    assert found is not None
+    return next(s["value"] for s in found["signals"] if s["name"] == name)
+
+
+def test_a_crash_after_the_commit_is_repaired_at_start(setup: tuple[MarketGuardConfig, FastExtraction,
+                                                                   CatalogueEngine]) -> None:
+    cfg, ex, engine = setup
+    engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
+    # SIGKILL after the store committed B but before its index entry was logged:
+    engine._index_listing = lambda *a, **k: None  # type: ignore[method-assign]
+    engine.score_listings(ex.extract("listing", [listing("B", "s2")]))
+    idx = engine.indexes.get("default", "listing_text")
+    assert idx is not None and "B" not in idx.index
+    # ...and an index entry whose store commit never happened:
+    idx.add(["GHOST"], ex.extract("listing", [listing("GHOST", "s9")])[0].features["text_minilm"][None, :])
+    models, dims = ex.models()
+    engine.close()
+    engine = open_engine(cfg, models, dims)  # start-up reconciles: the store is authoritative
+    idx = engine.indexes.get("default", "listing_text")
+    assert idx is not None and "B" in idx.index and "GHOST" not in idx.index
+    engine.score_listings(ex.extract("listing", [listing("C", "s3")]))
+    assert value(engine, "listing", "C", "near_duplicate.count") == 2
+    engine.close()
+
+
+def test_an_index_made_by_another_model_is_refused(setup: tuple[MarketGuardConfig, FastExtraction,
+                                                               CatalogueEngine]) -> None:
+    cfg, ex, engine = setup
+    engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
+    engine.close()
+    stamp = cfg.data_dir / "indexes" / "default" / "listing_text" / MODEL_STAMP
+    made_by = json.loads(stamp.read_text())["model"]
+    stamp.write_text(json.dumps({"modality": "listing_text", "model": "usem3@1"}))
+    models, dims = ex.models()
+    with pytest.raises(InvalidInput, match=r"built by model 'usem3@1'.*configured model is") as err:
+        open_engine(cfg, models, dims)
+    assert made_by in str(err.value) and "marketguard reindex" in str(err.value)
+    counts = reindex(cfg)  # rebuilds from the stored records with the configured model
+    assert counts["embedded"] == 1 and counts["indexed"] >= 1
+    assert json.loads(stamp.read_text())["model"] == made_by
+    open_engine(cfg, models, dims).close()
+
+
+def test_retention_deletes_old_content_and_keeps_history(setup: tuple[MarketGuardConfig, FastExtraction,
+                                                                      CatalogueEngine]) -> None:
+    _, ex, engine = setup
+    engine.score_listings(ex.extract("listing", [listing("OLD", "s1"), listing("NEW", "s2")]))
+    assert value(engine, "listing", "NEW", "near_duplicate.count") == 1
+    assert engine.expire(datetime.now(UTC) + timedelta(seconds=1), limit=1) == 1  # the oldest first
+    assert engine.store.get_item("default", "listing", "OLD") is None
+    assert value(engine, "listing", "NEW", "near_duplicate.count") == 0
+    gone = engine.entity_signals("default", "listing", "OLD", True)
+    assert gone is not None and gone["signals"] == [] and gone["history"] and "deleted_at" in gone
+    engine.close()
+
+
+def test_review_behaviour_seam_adds_signals(setup: tuple[MarketGuardConfig, FastExtraction,
+                                                         CatalogueEngine]) -> None:
+    _, ex, engine = setup
+    seen = []
+
+    class Velocity:
+        def signals(self, review: Review, store: object, observed_at: datetime) -> list:
+            seen.append(review.review_id)
+            return []
+
+    engine.review_behaviour.append(Velocity())
+    r = Review(review_id="R1", product_id="P", seller_id="S", reviewer_id="U", rating=5, text="Great!",
+               created_at=datetime.now(UTC))
+    assert engine.score_reviews(ex.extract("review", [r]))[0].error is None
+    assert seen == ["R1"]
+    engine.close()

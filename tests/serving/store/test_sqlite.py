@@ -1,0 +1,75 @@
+"""The SQLite store: idempotent latest, full history, atomic writes, tombstones, labels, no pickle."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.store.base import Edge, StoredItem, WriteBatch, decode_features
+from serving.store.sqlite import SqliteSignalStore
+from signals.errors import InvalidInput
+from signals.schemas import Label, Signal
+
+
+def sig(value: int, eid: str = "L1") -> Signal:
+    return Signal(entity_type="listing", entity_id=eid, name="near_duplicate.count", value=value,
+                  source="listing_near_duplicate@1")
+
+
+def item(iid: str) -> StoredItem:
+    return StoredItem("default", "listing", iid, "s1", "audio", 10.0, "GBP", "{}",
+                      {"text": np.ones(4, dtype=np.float32)})
+
+
+def test_latest_wins_history_keeps_every_value(tmp_path: Path) -> None:
+    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+    store.write(WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(0)]))
+    store.write(WriteBatch("default", "listing", signals=[sig(2)]))
+    assert [s["value"] for s in store.latest("default", "listing", "L1")] == [2]
+    assert [s["value"] for s in store.history("default", "listing", "L1", 10)] == [0, 2]
+    store.close()
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+    bad = WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(1)],
+                     facts={"L1": {"x": object()}})  # not JSON: fails inside the transaction
+    with pytest.raises(TypeError):
+        store.write(bad)
+    assert store.get_item("default", "listing", "L1") is None and store.latest("default", "listing", "L1") == []
+    store.close()
+
+
+def test_edges_both_ways_deletes_tombstone_and_reposts_keep_their_place(tmp_path: Path) -> None:
+    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+    store.write(WriteBatch("default", "listing", upsert=[item("A")]))
+    store.write(WriteBatch("default", "listing", upsert=[item("B")], edges={"B": [Edge("B", "A", "listing_text", .9)]}))
+    assert [e.b for e in store.edges_of("default", "listing", ["A"])["A"]] == ["B"]
+    seq = store.get_item("default", "listing", "A").seq  # type: ignore[union-attr]
+    store.write(WriteBatch("default", "listing", upsert=[item("A")]))
+    assert store.get_item("default", "listing", "A").seq == seq  # type: ignore[union-attr]
+    store.write(WriteBatch("default", "listing", delete=["A"], retract=[("listing", "A")]))
+    assert store.edges_of("default", "listing", ["B"])["B"] == []
+    assert store.tombstone("default", "listing", "A") is not None
+    store.close()
+    reopened = SqliteSignalStore(tmp_path / "s.sqlite3")  # durable across a restart
+    assert reopened.get_item("default", "listing", "B") is not None
+    reopened.close()
+
+
+def test_labels_keep_history(tmp_path: Path) -> None:
+    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+    for lab in ("fraud", "legit"):
+        store.add_label(Label(entity_type="seller", entity_id="S", label=lab))
+    assert [x["label"] for x in store.labels("default", "seller", "S")] == ["fraud", "legit"]
+    store.close()
+
+
+def test_features_never_unpickle() -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput):
+        decode_features(buf.getvalue())

@@ -1,0 +1,90 @@
+"""Batch and service agree: one catalogue with planted copies (text and photos, several sellers),
+posted to the service one listing at a time and run through ``marketguard batch``, gives every
+listing and seller the same final signals.
+
+The known differences, each with its reason:
+
+- ``price.anomaly`` judged against the CATEGORY reference: the batch job's is the whole
+  catalogue's prices, the service's the prices it had seen when the listing (or a partner
+  update) was scored; a reference from the listing's cluster is the same on both paths.
+- Cluster sizes where the chaining guard met members in a different order: the guard only
+  acts on clusters of ``clustering.guard_size`` (50) members or more, and this catalogue's
+  largest cluster has 6, so no such difference is allowed here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.api.app import create_app
+from serving.api.backend import LocalBackend
+from serving.deployments.catalogue import open_engine
+from serving.scoring.extraction import FastExtraction
+from tests.serving.batch.test_job import catalogue_rows, config, rounded, run, signals_of, write_catalogue
+
+pytestmark = pytest.mark.slow
+
+COMPARED = ("near_duplicate.count", "near_duplicate.cross_seller_count", "near_duplicate.max_similarity",
+            "near_duplicate.cluster_size", "image.reused_across_sellers", "bank.match", "price.anomaly",
+            "content.offplatform_contact", "content.obfuscation", "content.prohibited_terms",
+            "seller.duplicate_listing_ratio", "seller.cluster_count", "seller.bank_match_count")
+
+
+def _key(s: dict[str, Any]) -> tuple[str, str, str]:
+    return (s["entity_type"], s["entity_id"], s["name"])
+
+
+def _comparable(s: dict[str, Any]) -> dict[str, Any]:
+    ev = s.get("evidence") or {}
+    out = {"value": rounded(s["value"]), "score": rounded(s["score"])}
+    if "matches" in ev:
+        out["matches"] = sorted((m.get("id"), m.get("modality")) for m in ev["matches"])
+    return out
+
+
+def test_batch_and_service_give_the_same_signals(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+    folder = tmp_path / "cat"
+    inp = write_catalogue(folder)
+    cfg = config(data_dir)
+    out, _ = run(tmp_path, data_dir, inp, address=ray_session, cfg=cfg)
+    batch = {_key(s): s for s in signals_of(out) if s["name"] in COMPARED}
+
+    svc_dir = tmp_path / "svc"
+    svc_dir.mkdir()
+    (svc_dir / "models").symlink_to(data_dir / "models")
+    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
+    extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
+    models, dims = extraction.models()
+    client = TestClient(create_app(LocalBackend(extraction, open_engine(svc_cfg, models, dims)), svc_cfg.service))
+    valid = [r for r in catalogue_rows() if r["listing_id"] not in ("bad id!", "NOPRICE")]
+    for row in valid:
+        body = {**row, "images": [{"data_b64": base64.b64encode((folder / im["path"]).read_bytes()).decode()}
+                                  for im in row.get("images", [])]}
+        assert client.post("/v1/listings", json=body).status_code == 200
+    service: dict[tuple[str, str, str], dict[str, Any]] = {}
+    entities = [("listing", r["listing_id"]) for r in valid] + sorted({("seller", r["seller_id"]) for r in valid})
+    for etype, eid in entities:
+        got = client.get(f"/v1/entities/{etype}/{eid}/signals")
+        assert got.status_code == 200, (etype, eid)
+        service.update({_key(s): s for s in got.json()["signals"] if s["name"] in COMPARED})
+
+    differences = []
+    for key in sorted(set(batch) | set(service)):
+        b, s = batch.get(key), service.get(key)
+        if b is not None and s is not None and _comparable(b) == _comparable(s):
+            continue
+        ref = ((b or s or {}).get("evidence") or {}).get("reference", {})
+        if key[2] == "price.anomaly" and ref.get("group") == "category":
+            continue  # documented above: the category reference is the catalogue's at the time
+        differences.append((key, b and _comparable(b), s and _comparable(s)))
+    assert not differences, json.dumps(differences, indent=1, default=str)
+    assert len(set(batch) & set(service)) >= 100  # compared, not vacuously equal
+    # the catalogue has what the test is about: copies across sellers, by text and by photo
+    assert batch[("listing", "SC1", "near_duplicate.cross_seller_count")]["value"] >= 4
+    assert batch[("listing", "SC1", "image.reused_across_sellers")]["value"] >= 1
