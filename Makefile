@@ -48,16 +48,11 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The HTTP service (marketguard serve on 127.0.0.1:8000) lands with the serving
-# issue; until then this runs what exists: the extractors over the bundled demo
-# catalogue, printing each record's signals as JSON lines.
+# The HTTP service on 127.0.0.1:8000 (local mode: no API keys, loopback only). A new data dir
+# is seeded with the bundled demo catalogue and scam bank (--demo); Ctrl-C stops it cleanly.
 serve: $(STAMP)
-	@echo "== signals of the demo listings (serving/demo/listings.jsonl)" >&2
-	$(VENV)/bin/marketguard extract listing serving/demo/listings.jsonl --data-dir $(DATA_DIR)
-	@echo "== signals of the demo reviews (serving/demo/reviews.jsonl)" >&2
-	$(VENV)/bin/marketguard extract review serving/demo/reviews.jsonl --data-dir $(DATA_DIR)
+	$(VENV)/bin/marketguard serve --demo --host 127.0.0.1 --port 8000 --data-dir $(DATA_DIR)
 
-# make test = lint + typecheck + pytest: a ruff or mypy finding fails it like a failing test.
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: $(STAMP) system-deps lint typecheck
 	@$(VENV)/bin/pytest; rc=$$?; \
@@ -69,7 +64,7 @@ bench: $(STAMP)
 LINTED := signals indexes serving tests benchmarks
 # Packages mypy checks (settings: [tool.mypy] in pyproject.toml); serving joins once the
 # service code lands: add the word here.
-TYPECHECKED := signals indexes
+TYPECHECKED := signals indexes serving
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from serving.batch.inputs import resolve_image_paths
-from serving.config import MarketGuardConfig, load_config
+from serving.config import MarketGuardConfig, configure_process, load_config
 from serving.image_fetch import url_fetcher_for
 from signals.errors import InvalidInput
 from signals.registry import build_registry
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, data_dir=args.data_dir)
+        configure_process(config)
         return int(args.handler(args, config, sys.stdout, sys.stderr))
     except InvalidInput as exc:
         print(f"marketguard: error: {exc}", file=sys.stderr)

@@ -178,3 +178,12 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("config", f"{path} must hold a mapping of settings")
     return data
+
+
+def configure_process(config: MarketGuardConfig) -> None:
+    """Set the process-wide knobs (FAISS threads, OpenMP wait policy) once, at start-up of a
+    process that serves (the CLI, every Serve replica, every batch actor)."""
+    from indexes.runtime import configure_process as configure
+
+    configure(faiss_threads=config.indexes.vector.threads,
+              omp_wait_policy=None if config.signals.text_embedding.spin_wait else "passive")

@@ -47,6 +47,7 @@ from indexes.near_duplicates import TextNearDuplicates
 from serving.batch.catalogue import Catalogue, build_catalogue
 from serving.batch.extract import Kind, part_path, run_extract, write_parquet_atomic
 from serving.batch.inputs import Unit, discover_inputs, fingerprint, plan_units
+from serving.batch.memory_release import release_free_memory
 from serving.batch.pairs import (
     ModalityView,
     block_path,
@@ -70,7 +71,6 @@ from serving.batch.signals import (
     write_jsonl,
 )
 from serving.config import MarketGuardConfig
-from serving.batch.memory_release import release_free_memory
 from signals.errors import InvalidInput
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from ray import serve
 
 from indexes.banks import BankItem
 from indexes.config import Modality
-from serving.config import MarketGuardConfig
+from serving.config import MarketGuardConfig, configure_process
 from serving.scoring.engine import CatalogueEngine, Extracted, Scored
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import EntityType, Label, RecordKind
@@ -51,6 +51,7 @@ class Catalogue:
     def __init__(self, config: MarketGuardConfig, models: dict[Modality, str], dims: dict[Modality, int],
                  shard: int = 0, shards: int = 1) -> None:
         self.config = config
+        configure_process(config)
         self.engine = open_engine(config, models, dims, shard, shards)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="catalogue-writer")
         self._timer: asyncio.Task[None] | None = None

@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from indexes.config import Modality
 from serving.api.app import create_app
 from serving.api.backend import bank_items
-from serving.config import MarketGuardConfig
+from serving.config import MarketGuardConfig, configure_process
 from serving.scoring.engine import Extracted, Scored
 from serving.scoring.extraction import FastExtraction
 from signals.errors import InvalidInput
@@ -42,6 +42,7 @@ class Ingress:
         from serving.image_fetch import url_fetcher_for
 
         self.config = config
+        configure_process(config)
         self.catalogues = catalogues
         self.extraction = FastExtraction.build(config.signals, config.data_dir,
                                                fetch_url=url_fetcher_for(config.signals.images.decode))

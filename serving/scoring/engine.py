@@ -552,9 +552,7 @@ class CatalogueEngine:
             listed = {x.item_id: x for x in self.store.items_of_group(t, "review", product)}
             if new_item is not None and new_item.group == product:
                 listed[rid] = new_item
-            if new_item is None:
-                listed.pop(rid, None)
-            elif new_item.group != product:
+            if new_item is None or new_item.group != product:
                 listed.pop(rid, None)
             for x_id, x in sorted(listed.items()):
                 f = facts.get(x_id, x.facts)

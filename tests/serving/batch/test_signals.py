@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from indexes.clustering import ClusterResult, Pairs
-from serving.batch.signals import Adjacency, ClusterPrices, Clusters
 from serving.batch.memory_release import _malloc_trim, release_free_memory
+from serving.batch.signals import Adjacency, ClusterPrices, Clusters
 
 
 def _pairs(a: list[int], b: list[int], s: list[float]) -> Pairs:
