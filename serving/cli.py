@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--demo", action="store_true",
                            help="seed a NEW data dir with the bundled demo catalogue and scam bank")
     serve_cmd.add_argument("--from-batch", type=Path, default=None, metavar="RUN_DIR",
-                           help="start from a batch run's index snapshots (not available yet: see docs/serving.md)")
+                           help="start from a batch run's index snapshots "
+                                "(not available yet: see docs/serving.md)")
     serve_cmd.set_defaults(handler=_cmd_serve)
 
     reindex = sub.add_parser(

@@ -71,7 +71,8 @@ class IngressDeploymentConfig(BaseModel):
     num_cpus: float = Field(default=0.5, gt=0, le=64, description="logical CPUs reserved per replica")
     max_ongoing_requests: int = Field(default=64, ge=1, description="requests a replica works on at once")
     max_in_flight: int = Field(default=64, ge=1, description="past this many requests a replica answers 503")
-    batch_max_size: int = Field(default=16, ge=1, le=256, description="records per extractor call (@serve.batch)")
+    batch_max_size: int = Field(default=16, ge=1, le=256,
+                                description="records per extractor call (@serve.batch)")
     batch_wait_s: float = Field(default=0.002, ge=0, le=1, description="wait to fill an extractor batch")
 
 
@@ -83,7 +84,8 @@ class CatalogueDeploymentConfig(BaseModel):
     shards: int = Field(default=1, ge=1, le=4096, description="catalogue deployments; a tenant lives on one")
     num_cpus: float = Field(default=0.5, gt=0, le=64)
     max_ongoing_requests: int = Field(default=256, ge=1)
-    compact_interval_s: float = Field(default=300.0, gt=0, description="index snapshots, off the request path")
+    compact_interval_s: float = Field(default=300.0, gt=0,
+                                      description="index snapshots, off the request path")
 
 
 class ServiceConfig(BaseModel):

@@ -272,7 +272,8 @@ class Signal(BaseModel):
         return d
 
 
-RecordT = TypeVar("RecordT", Listing, Review, Label)
+# Bound, not constrained: a caller holding ``type[Listing] | type[Review]`` gets ``Listing | Review``.
+RecordT = TypeVar("RecordT", bound=_Record)
 
 
 def parse_record(model: type[RecordT], data: Any, limits: Limits = DEFAULT_LIMITS) -> RecordT:

@@ -53,7 +53,8 @@ def create_app(backend: Backend, config: ServiceConfig) -> FastAPI:
                   openapi_tags=[{"name": n} for n in ("listings", "reviews", "entities", "banks", "labels",
                                                       "operations")])
     metrics = ApiMetrics()
-    app.state.api = ApiState(backend, config, KeyRing(config.api_keys), RateLimiter(config.rate_limit), metrics)
+    app.state.api = ApiState(backend, config, KeyRing(config.api_keys), RateLimiter(config.rate_limit),
+                             metrics)
     install_error_handlers(app)
     for module in (listings, reviews, entities, banks, labels, health):
         app.include_router(module.router)
@@ -64,7 +65,8 @@ def create_app(backend: Backend, config: ServiceConfig) -> FastAPI:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.latency.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - start)
+        metrics.latency.labels(request.method, path, str(response.status_code)).observe(
+            time.perf_counter() - start)
         if response.status_code >= 400:
             metrics.errors.labels(str(response.status_code)).inc()
         return response
@@ -84,7 +86,7 @@ def create_app(backend: Backend, config: ServiceConfig) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the spec
-    app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes,  # type: ignore[arg-type]
+    app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes,
                        max_in_flight=config.ingress.max_in_flight,
                        on_shed=lambda path: metrics.shed.labels(path).inc())
     return app

@@ -12,7 +12,7 @@ import hmac
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -76,7 +76,7 @@ class KeyRing:
 class RateLimiter:
     """A token bucket per tenant, in this replica's memory (so the limit is per replica)."""
 
-    def __init__(self, config: RateLimitConfig, clock: type[time.monotonic] | None = None) -> None:
+    def __init__(self, config: RateLimitConfig, clock: Callable[[], float] | None = None) -> None:
         self.rate, self.burst = config.requests_per_second, float(config.burst)
         self._clock = clock or time.monotonic
         self._buckets: dict[str, tuple[float, float]] = {}

@@ -50,13 +50,14 @@ def bank_items(extraction: FastExtraction, modality: Modality, items: list[dict[
                     listing = parse_record(Listing, {"seller_id": "bank", **content})
                 else:
                     item_id = content.pop("id", None) or content.pop("listing_id", None)
-                    listing = parse_record(Listing, {"listing_id": item_id, "seller_id": "bank", "title": "bank image",
-                                                     "images": [content]})
+                    listing = parse_record(Listing, {"listing_id": item_id, "seller_id": "bank",
+                                                     "title": "bank image", "images": [content]})
                 res = extraction.extract("listing", [listing])[0]
                 item_id = listing.listing_id
             else:
-                review = parse_record(Review, {"product_id": "bank", "seller_id": "bank", "reviewer_id": "bank",
-                                               "rating": 1, "created_at": "2000-01-01T00:00:00Z", **content})
+                review = parse_record(Review, {"product_id": "bank", "seller_id": "bank",
+                                               "reviewer_id": "bank", "rating": 1,
+                                               "created_at": "2000-01-01T00:00:00Z", **content})
                 res = extraction.extract("review", [review])[0]
                 item_id = review.review_id
         except InvalidInput as exc:
@@ -73,8 +74,8 @@ def bank_items(extraction: FastExtraction, modality: Modality, items: list[dict[
                 raise InvalidInput(f"items[{k}]", _image_reason(res.errors))
             out.append(BankItem(id=item_id, pdq=bytes(feats["image_pdq"][0]).hex(), **meta))
         else:
-            vec = next((feats[f][0] for f in ("image_sscd", "image_sscd_distilled") if f in feats and len(feats[f])),
-                       None)
+            vec = next((feats[f][0] for f in ("image_sscd", "image_sscd_distilled")
+                        if f in feats and len(feats[f])), None)
             if vec is None:
                 raise InvalidInput(f"items[{k}]", _image_reason(res.errors))
             out.append(BankItem(id=item_id, vector=[float(x) for x in vec], **meta))

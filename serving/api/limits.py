@@ -24,7 +24,8 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> None:
     raw = json.dumps(body).encode()
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -47,13 +48,15 @@ class LimitsMiddleware:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _send_json(send, 413, error_body("too_large", f"the body is over {self.max_body} bytes", None),
+            await _send_json(send, 413,
+                             error_body("too_large", f"the body is over {self.max_body} bytes", None),
                              {"Connection": "close"})
             return
         if self.in_flight >= self.max_in_flight:
             if self.on_shed is not None:
                 self.on_shed(str(scope.get("path", "")))
-            await _send_json(send, 503, error_body("overloaded", "the service is at capacity; retry later", None),
+            await _send_json(send, 503,
+                             error_body("overloaded", "the service is at capacity; retry later", None),
                              {"Retry-After": "1"})
             return
         seen = 0
@@ -79,7 +82,8 @@ class LimitsMiddleware:
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if not started:
-                await _send_json(send, 413, error_body("too_large", f"the body is over {self.max_body} bytes", None),
+                await _send_json(send, 413,
+                                 error_body("too_large", f"the body is over {self.max_body} bytes", None),
                                  {"Connection": "close"})
         finally:
             self.in_flight -= 1

@@ -231,7 +231,9 @@ def _reject_line(row: dict[str, Any], reason: dict[str, Any]) -> str:
 
 def load_catalogue(directory: Path, kind: Kind) -> Catalogue:
     """Open a built catalogue folder through memory maps."""
-    stats: dict[str, Any] = read_json(directory / "DONE")  # type: ignore[assignment]
+    stats = read_json(directory / "DONE")
+    if not isinstance(stats, dict):
+        raise RuntimeError(f"{directory / 'DONE'} does not hold a JSON object")
     n, m = int(stats["n"]), int(stats["m"])
     meta = ipc.open_file(pa.memory_map(str(directory / "meta.arrow"))).read_all()
     text_dim, sscd_dim = int(stats["text_dim"]), int(stats["sscd_dim"])

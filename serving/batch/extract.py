@@ -157,7 +157,7 @@ class ExtractActor:
 
 def extract_row_stub(row: dict[str, Any]) -> dict[str, Any]:
     """A part row with the read stage's columns and empty feature columns."""
-    out = {name: None for name in PART_SCHEMA.names}
+    out: dict[str, Any] = {name: None for name in PART_SCHEMA.names}
     for k in ("unit", "row", "unit_rows", "where", "entity_id", "record", "reject"):
         out[k] = row[k]
     out["images"] = 0
@@ -275,9 +275,10 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
     log.info("extract: %d units, %d extractor actors x %.2f CPU on a %.0f-CPU cluster",
              len(units), actors, actor_cpus, cpus)
     items = [{"unit": json.dumps(asdict(u))} for u in units]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_and_validate, fn_kwargs={"kind": kind}, batch_size=1,
-                        batch_format="pyarrow", num_cpus=0.25)
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    # Ray types a batch function as one-argument; fn_kwargs passes read_and_validate its ``kind``.
+    ds = ds.map_batches(read_and_validate, fn_kwargs={"kind": kind},  # type: ignore[arg-type]  # see above
+                        batch_size=1, batch_format="pyarrow", num_cpus=0.25)
     ds = ds.map_batches(ExtractActor, fn_constructor_args=(config.model_dump_json(), kind, str(path_root)),
                         batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
                         compute=ray.data.ActorPoolStrategy(size=actors))

@@ -116,7 +116,10 @@ def _run(request: BatchRequest, config: MarketGuardConfig, kind: Kind, units: li
     done_summary = out / "summary.json"
     if done_summary.exists():
         progress.note(f"{out} already holds a complete run; nothing to do")
-        return read_json(done_summary)  # type: ignore[return-value]
+        summary = read_json(done_summary)
+        if not isinstance(summary, dict):
+            raise RuntimeError(f"{done_summary} does not hold a JSON object; remove it to run again")
+        return summary
 
     timings: dict[str, float] = {}
     work = out / "work"
@@ -315,9 +318,12 @@ def _search(cat: Catalogue, views: _Views, config: MarketGuardConfig, out: Path,
         if not any(t == tenant and mm == m for t, mm, _ in todo):
             continue
         index = open_index(view, icfg, index_dir(out / "indexes", tenant, m))
+
+        def pending(b: int, t: str = tenant, m: Modality = m) -> bool:
+            return not block_path(pairs_dir, t, m, b).exists()
+
         for b, queries, found in search_blocks(
-                view, icfg, index, text_rule, parsed if m == "listing_text" else None, block,
-                lambda b, t=tenant, m=m: not block_path(pairs_dir, t, m, b).exists()):
+                view, icfg, index, text_rule, parsed if m == "listing_text" else None, block, pending):
             write_block(block_path(pairs_dir, tenant, m, b), found)
             stage.update(1, queries)
         del index  # before the next one loads

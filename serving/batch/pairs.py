@@ -241,7 +241,9 @@ def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex 
             cands = text_rule.candidates(index, view.data(pos), own)
             found = text_rule.decide(
                 parsed.take(view.record_rows[pos]) if parsed is not None else None, cands,
-                lambda ids: parsed.take(view.record_rows[[id_pos[i] for i in ids]]))  # type: ignore[union-attr]
+                # decide() calls this only when it was given records, i.e. when parsed is not None
+                lambda ids: parsed.take(  # type: ignore[union-attr]  # see the line above
+                    view.record_rows[[id_pos[i] for i in ids]]))
         elif view.modality == "image_pdq":
             assert isinstance(index, PdqIndex)
             nd = config.near_duplicates

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
+
+
+class _Sink(Protocol):
+    """What a :class:`Stage` writes to: a text stream, or :class:`_Null` when progress is off."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
 
 
 def _duration(seconds: float) -> str:
@@ -24,7 +31,7 @@ def _duration(seconds: float) -> str:
 class Stage:
     """One stage's progress: ``update(done, rows)`` as work completes, ``close()`` at the end."""
 
-    def __init__(self, name: str, total: int, unit: str, stream: TextIO, bar: bool,
+    def __init__(self, name: str, total: int, unit: str, stream: _Sink, bar: bool,
                  interval: float, done: int = 0) -> None:
         self.name, self.total, self.unit, self.stream = name, total, unit, stream
         self.done, self.rows, self.interval = done, 0, interval

@@ -41,7 +41,9 @@ class SeenIds:
         self._a = np.zeros(cap, dtype=np.uint64)
         self._b = np.zeros(cap, dtype=np.uint64)
         self._tag = np.full(cap, _EMPTY, dtype=np.int64)
-        self._va, self._vb, self._vt = memoryview(self._a), memoryview(self._b), memoryview(self._tag)
+        # ndarray.data: a fresh memoryview of the array's buffer, like memoryview(arr) (numpy's stubs
+        # declare ndarray's buffer protocol only for Python >= 3.12)
+        self._va, self._vb, self._vt = self._a.data, self._b.data, self._tag.data
         self._mask = cap - 1
 
     def __len__(self) -> int:

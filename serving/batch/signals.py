@@ -212,7 +212,8 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
             row = start + offset
             yield from rewrite_observed_at(extracted, observed_at)
             dst, mods, scores = adj.of(row)
-            matches = [Match(ids[d].as_py(), m, float(s), owners[d].as_py())  # type: ignore[arg-type]
+            # mods come from the pairs' modality column (str); every value there is a Modality
+            matches = [Match(ids[d].as_py(), m, float(s), owners[d].as_py())  # type: ignore[arg-type]  # above
                        for d, m, s in zip(dst.tolist(), mods, scores.tolist(), strict=True)]
             hits = banks.get(row, [])
             derived: list[Signal]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ray.serve import Application
+from typing import cast
+
+from ray.serve import Application, Deployment
 
 from serving.config import MarketGuardConfig
 from serving.deployments.catalogue import Catalogue
@@ -10,6 +12,11 @@ from serving.deployments.ingress import Ingress
 from serving.scoring.extraction import FastExtraction
 
 APP_NAME = "marketguard"
+
+# @serve.deployment replaces each class with a Deployment at import time; mypy keeps a decorated
+# class's own type, so the casts only restore what the decorator returns.
+_CATALOGUE = cast(Deployment, Catalogue)
+_INGRESS = cast(Deployment, Ingress)
 
 
 def build_app(config: MarketGuardConfig) -> Application:
@@ -23,13 +30,13 @@ def build_app(config: MarketGuardConfig) -> Application:
     # Model ids stamp the indexes; the registry's constructors are cheap (models load lazily).
     models, dims = FastExtraction.build(config.signals, config.data_dir).models()
     shards = [
-        Catalogue.options(name=f"catalogue-{i}" if svc.catalogue.shards > 1 else "catalogue",
-                          num_replicas=1, max_ongoing_requests=svc.catalogue.max_ongoing_requests,
-                          ray_actor_options={"num_cpus": svc.catalogue.num_cpus}
-                          ).bind(config, models, dims, i, svc.catalogue.shards)
+        _CATALOGUE.options(name=f"catalogue-{i}" if svc.catalogue.shards > 1 else "catalogue",
+                           num_replicas=1, max_ongoing_requests=svc.catalogue.max_ongoing_requests,
+                           ray_actor_options={"num_cpus": svc.catalogue.num_cpus}
+                           ).bind(config, models, dims, i, svc.catalogue.shards)
         for i in range(svc.catalogue.shards)
     ]
-    ingress = Ingress.options(
+    ingress = _INGRESS.options(
         num_replicas=svc.ingress.num_replicas, max_ongoing_requests=svc.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": svc.ingress.num_cpus},
         user_config={"batch_max_size": svc.ingress.batch_max_size, "batch_wait_s": svc.ingress.batch_wait_s})

@@ -70,7 +70,8 @@ class Catalogue:
                 days = self.config.service.retention_days
                 if days is not None:
                     before = datetime.now(UTC) - timedelta(days=days)
-                    n = await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.expire, before)
+                    n = await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.expire,
+                                                                         before)
                     if n:
                         log.info("retention: deleted %d items not written since %s", n, before.isoformat())
             except Exception:  # noqa: BLE001 - maintenance must never kill the replica
@@ -96,7 +97,8 @@ class Catalogue:
     async def bank_modality(self, tenant: str, bank: str) -> Modality | None:
         return await self._write(self.engine.bank_modality, tenant, bank)
 
-    async def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str, items: list[BankItem]) -> int:
+    async def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str,
+                       items: list[BankItem]) -> int:
         return await self._write(self.engine.bank_add, tenant, bank, modality, kind, items)
 
     async def bank_remove(self, tenant: str, bank: str, item_id: str) -> int:

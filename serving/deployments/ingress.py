@@ -50,11 +50,13 @@ class Ingress:
         self._ready = False
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self, self.config.service)  # type: ignore[arg-type]  # self is the Backend
+        return create_app(self, self.config.service)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self._extract.set_max_batch_size(int(user_config.get("batch_max_size", 16)))  # type: ignore[attr-defined]
-        self._extract.set_batch_wait_timeout_s(float(user_config.get("batch_wait_s", 0.002)))  # type: ignore[attr-defined]
+        # @serve.batch adds these setters to the method at runtime; Ray's types do not declare them.
+        extract: Any = self._extract
+        extract.set_max_batch_size(int(user_config.get("batch_max_size", 16)))
+        extract.set_batch_wait_timeout_s(float(user_config.get("batch_wait_s", 0.002)))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _extract(self, items: list[tuple[RecordKind, Listing | Review]]) -> list[Extracted]:
@@ -88,7 +90,8 @@ class Ingress:
 
     async def entity(self, tenant: str, entity_type: EntityType, entity_id: str,
                      history: bool) -> dict[str, Any] | None:
-        found: dict[str, Any] | None = await self._shard(tenant).entity.remote(tenant, entity_type, entity_id, history)
+        found: dict[str, Any] | None = await self._shard(tenant).entity.remote(tenant, entity_type, entity_id,
+                                                                               history)
         return found
 
     async def add_label(self, label: Label) -> int:

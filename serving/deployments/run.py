@@ -43,7 +43,8 @@ def serve_forever(config: MarketGuardConfig, *, demo: bool = False, ready_timeou
     config.data_dir.mkdir(parents=True, exist_ok=True)
     fresh = not (config.data_dir / "store.sqlite3").exists()
     if not svc.api_keys:
-        log.warning("local mode: no API keys configured; listening on %s only, tenant from the request", svc.host)
+        log.warning("local mode: no API keys configured; listening on %s only, tenant from the request",
+                    svc.host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -52,7 +53,8 @@ def serve_forever(config: MarketGuardConfig, *, demo: bool = False, ready_timeou
     ray.init(address="local", num_cpus=svc.ray_num_cpus, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     try:
-        serve.start(http_options={"host": svc.host, "port": svc.port}, logging_config={"enable_access_log": False})
+        serve.start(http_options={"host": svc.host, "port": svc.port},
+                    logging_config={"enable_access_log": False})
         serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
         base = f"http://{'127.0.0.1' if svc.host in ('0.0.0.0', '::') else svc.host}:{svc.port}"
         _wait_ready(base, ready_timeout_s, stop)
@@ -107,11 +109,13 @@ def demo_listings() -> list[dict[str, Any]]:
 def seed_demo(base: str) -> tuple[int, int]:
     """Post the demo bank, then the demo listings (one at a time: copies find their originals)
     and reviews, through the service's own API."""
-    bank = [json.loads(x) for x in (DEMO_DIR / "bank-scams.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    bank = [json.loads(x)
+            for x in (DEMO_DIR / "bank-scams.jsonl").read_text(encoding="utf-8").splitlines() if x]
     _post(base, "/v1/banks/demo-scams/items", {"modality": "listing_text", "kind": "fraud", "items": bank})
     listings = demo_listings()
     for rec in listings:
         _post(base, "/v1/listings", rec)
-    reviews = [json.loads(x) for x in (DEMO_DIR / "reviews.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    reviews = [json.loads(x)
+               for x in (DEMO_DIR / "reviews.jsonl").read_text(encoding="utf-8").splitlines() if x]
     _post(base, "/v1/reviews", {"items": reviews})
     return len(listings), len(reviews)

@@ -44,7 +44,7 @@ from indexes.near_duplicates import TextNearDuplicates, pdq_near_duplicates, vec
 from indexes.pair_features import PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
 from indexes.vector import VectorIndex
-from serving.scoring.indexes import TenantIndexes
+from serving.scoring.indexes import AnyIndex, TenantIndexes
 from serving.store.base import Edge, ItemKind, SignalStore, StoredItem, WriteBatch
 from signals.derived import BankHit, Match
 from signals.entity_signals import (
@@ -157,11 +157,18 @@ class CatalogueEngine:
         self.review_behaviour = list(review_behaviour)
         self.clock = clock
 
+    def _index_of(self, tenant: str, modality: Modality) -> AnyIndex:
+        """The tenant's index of ``modality``, opened or created (``get`` with ``create`` on)."""
+        idx = self.indexes.get(tenant, modality)
+        if idx is None:
+            raise RuntimeError(f"tenant {tenant!r} has no {modality} index although one was to be created")
+        return idx
+
     # ------------------------------------------------------------------ banks
     def tenant_banks(self, tenant: str) -> BankStore:
         if tenant not in self._tenant_banks:
-            self._tenant_banks[tenant] = BankStore(self.banks_root.parent / "tenant-banks" / tenant, self.config.banks,
-                                                   self.config.thresholds)
+            self._tenant_banks[tenant] = BankStore(self.banks_root.parent / "tenant-banks" / tenant,
+                                                   self.config.banks, self.config.thresholds)
         return self._tenant_banks[tenant]
 
     def _global_allowed(self, tenant: str, bank: str) -> bool:
@@ -232,8 +239,7 @@ class CatalogueEngine:
         # 1-2. search and decide (the item's own entries excluded, so a re-post never matches itself)
         edges: list[Edge] = []
         if text is not None:
-            idx = self.indexes.get(t, "listing_text")
-            assert idx is not None
+            idx = self._index_of(t, "listing_text")
             index = idx.index
             if not isinstance(index, VectorIndex):
                 raise TypeError("listing_text index is not a vector index")
@@ -289,7 +295,8 @@ class CatalogueEngine:
             if len(good) and idx is not None and len(idx.index):
                 variants = [v[good] for v in (pdq if nd.pdq_variants else pdq[:1])]
                 found = pdq_near_duplicates(idx.index, variants,  # type: ignore[arg-type]  # a PdqIndex here
-                                            self.config.thresholds.image_pdq, [None] * len(good), nd.max_neighbours)
+                                            self.config.thresholds.image_pdq, [None] * len(good),
+                                            nd.max_neighbours)
                 out += self._image_hits(idx.meta, lid, "image_pdq", found)
         if sscd is not None:
             idx = self.indexes.get(t, "image_sscd")
@@ -330,25 +337,23 @@ class CatalogueEngine:
         if old is not None:
             self._unindex_listing(t, lid, old)
         if text is not None:
-            idx = self.indexes.get(t, "listing_text")
-            assert idx is not None
-            idx.add([lid], text[None, :], [{"owner": seller, "price": listing.price, "currency": listing.currency,
-                                            "category": listing.category}])
+            idx = self._index_of(t, "listing_text")
+            idx.add([lid], text[None, :], [{"owner": seller, "price": listing.price,
+                                            "currency": listing.currency, "category": listing.category}])
         if pdq is not None:
             good = np.flatnonzero(quality >= self.config.near_duplicates.pdq_min_quality)
             if len(good):
-                idx = self.indexes.get(t, "image_pdq")
-                assert idx is not None
+                idx = self._index_of(t, "image_pdq")
                 idx.add([f"{lid}/{k}" for k in good.tolist()], pdq[0][good],
                         [{"owner": seller, "record_id": lid}] * len(good))
         if sscd is not None:
-            idx = self.indexes.get(t, "image_sscd")
-            assert idx is not None
-            idx.add([f"{lid}/{k}" for k in range(len(sscd))], sscd, [{"owner": seller, "record_id": lid}] * len(sscd))
+            idx = self._index_of(t, "image_sscd")
+            idx.add([f"{lid}/{k}" for k in range(len(sscd))], sscd,
+                    [{"owner": seller, "record_id": lid}] * len(sscd))
 
     def _unindex_listing(self, t: str, lid: str, old: StoredItem) -> None:
         for modality in ("listing_text", "image_pdq", "image_sscd"):
-            idx = self.indexes.get(t, modality, create=False)  # type: ignore[arg-type]
+            idx = self.indexes.get(t, modality, create=False)
             if idx is None:
                 continue
             if modality == "listing_text":
@@ -417,7 +422,9 @@ class CatalogueEngine:
             listing = Listing.model_validate_json(it.record)
             live = [x for x in members if x in items]
             root = min(live, key=lambda x: (items[x].seq or 1 << 62, x))
-            matches = [Match(e.b, e.modality, e.score, items[e.b].owner if e.b in items else None)  # type: ignore[arg-type]
+            # Edge.modality is a plain str (a store column); the engine only writes Modality values there.
+            matches = [Match(e.b, e.modality, e.score,  # type: ignore[arg-type]  # see the line above
+                             items[e.b].owner if e.b in items else None)
                        for e in edge_lists.get(m, []) if e.b in items]
             refs: list[PriceReference] = []
             if len(live) >= 2 and listing.currency:
@@ -428,27 +435,31 @@ class CatalogueEngine:
             if listing.currency:
                 key = (listing.category, listing.currency)
                 if key not in category_refs:
-                    category_refs[key] = PriceReference.of("category", listing.currency, self.store.group_prices(
-                        t, listing.category, listing.currency, self.limits.category_prices)
+                    category_refs[key] = PriceReference.of(
+                        "category", listing.currency, self.store.group_prices(
+                            t, listing.category, listing.currency, self.limits.category_prices)
                         + ([listing.price] if m == lid and listing.price and new_item is not None
                            and self.store.get_item(t, "listing", lid) is None else []))
-                if category_refs[key] is not None:
-                    refs.append(category_refs[key])  # type: ignore[arg-type]
+                category_ref = category_refs[key]
+                if category_ref is not None:
+                    refs.append(category_ref)
             hits = [BankHit(**h) for h in it.facts.get("bank_hits", [])]
-            problems = [ImageProblem(p["field"], p["code"], p["message"]) for p in it.facts.get("image_problems", [])]
-            outcome = listing_signals(ListingFacts(listing, matches, root, len(live), refs, hits, problems), now)
+            problems = [ImageProblem(p["field"], p["code"], p["message"])
+                        for p in it.facts.get("image_problems", [])]
+            outcome = listing_signals(ListingFacts(listing, matches, root, len(live), refs, hits, problems),
+                                      now)
             signals += outcome.signals
-            facts[m] = {**it.facts, "near_duplicates": outcome.near_duplicates, "cluster_id": outcome.cluster_id,
-                        "cluster_size": outcome.cluster_size, "fraud_bank_matches": outcome.fraud_bank_matches}
+            facts[m] = {**it.facts, "near_duplicates": outcome.near_duplicates,
+                        "cluster_id": outcome.cluster_id, "cluster_size": outcome.cluster_size,
+                        "fraud_bank_matches": outcome.fraud_bank_matches}
             sellers.add(it.owner)
         if new_item is None:
             old = self.store.get_item(t, "listing", lid)
             if old is not None:
                 sellers.add(old.owner)
         for seller in sorted(sellers):
-            signals += self._seller_rollup(t, seller, facts, lid if new_item is None else None,
-                                           new_item if new_item is not None and new_item.owner == seller else None,
-                                           now)
+            own_item = new_item if new_item is not None and new_item.owner == seller else None
+            signals += self._seller_rollup(t, seller, facts, lid if new_item is None else None, own_item, now)
         return signals, facts
 
     def _seller_rollup(self, t: str, seller: str, facts: dict[str, dict[str, Any]], deleted: str | None,
@@ -461,7 +472,8 @@ class CatalogueEngine:
             if item_id == deleted:
                 continue
             f = facts.get(item_id, it.facts)
-            stats.add_listing(near_duplicates=int(f.get("near_duplicates", 0)), cluster_id=f.get("cluster_id"),
+            stats.add_listing(near_duplicates=int(f.get("near_duplicates", 0)),
+                              cluster_id=f.get("cluster_id"),
                               cluster_size=int(f.get("cluster_size", 1)),
                               bank_matches=int(f.get("fraud_bank_matches", 0)))
         return seller_rollup_signals(stats, now)
@@ -478,8 +490,7 @@ class CatalogueEngine:
         edges: list[Edge] = []
         hits: list[BankHit] = []
         if text is not None:
-            idx = self.indexes.get(t, "review_text")
-            assert idx is not None
+            idx = self._index_of(t, "review_text")
             if len(idx.index):
                 found = vector_near_duplicates(idx.index, text[None, :],  # type: ignore[arg-type]  # vectors
                                                self.config.thresholds.review_text, [rid],
@@ -500,12 +511,13 @@ class CatalogueEngine:
         batch = WriteBatch(t, "review", upsert=[stored], edges={rid: best}, facts=facts,
                            signals=list(item.signals) + signals)
         self.store.write(batch)
-        idx = self.indexes.get(t, "review_text")
-        if idx is not None:
+        stored_idx = self.indexes.get(t, "review_text")
+        if stored_idx is not None:
             if old is not None:
-                idx.remove([rid])
+                stored_idx.remove([rid])
             if text is not None:
-                idx.add([rid], text[None, :], [{"owner": review.reviewer_id, "product_id": review.product_id}])
+                stored_idx.add([rid], text[None, :],
+                               [{"owner": review.reviewer_id, "product_id": review.product_id}])
         own = [s.to_json_dict() for s in batch.signals if s.entity_type == "review" and s.entity_id == rid]
         return Scored(rid, own)
 
@@ -526,7 +538,8 @@ class CatalogueEngine:
             edge_lists[k] = [x for x in edge_lists[k] if x.b != rid]
             if new_item is not None:
                 edge_lists[k] += [Edge(k, rid, e.modality, e.score) for e in new_edges if e.b == k]
-        owners = self.store.get_items(t, "review", sorted({e.b for es in edge_lists.values() for e in es} - {rid}))
+        partner_ids = {e.b for es in edge_lists.values() for e in es} - {rid}
+        owners = self.store.get_items(t, "review", sorted(partner_ids))
         if new_item is not None:
             owners[rid] = new_item
         signals: list[Signal] = []
@@ -628,7 +641,8 @@ class CatalogueEngine:
                 continue
             if "text" in f:
                 wanted.setdefault((t, "listing_text"), {})[it.item_id] = (
-                    f["text"], {"owner": it.owner, "price": it.price, "currency": it.currency, "category": it.group})
+                    f["text"],
+                    {"owner": it.owner, "price": it.price, "currency": it.currency, "category": it.group})
             meta = {"owner": it.owner, "record_id": it.item_id}
             if "image_pdq" in f:
                 q = f.get("image_pdq_quality", np.zeros(len(f["image_pdq"])))
@@ -637,10 +651,10 @@ class CatalogueEngine:
             if "image_sscd" in f:
                 for k in range(len(f["image_sscd"])):
                     wanted.setdefault((t, "image_sscd"), {})[f"{it.item_id}/{k}"] = (f["image_sscd"][k], meta)
-        keys = set(wanted) | {(t, m) for t in self.indexes.tenants()
+        keys: set[tuple[str, Modality]] = set(wanted) | {(t, m) for t in self.indexes.tenants()
                               for m in ("listing_text", "review_text", "image_pdq", "image_sscd")}
         for t, m in sorted(keys):
-            idx = self.indexes.get(t, m, create=(t, m) in wanted)  # type: ignore[arg-type]
+            idx = self.indexes.get(t, m, create=(t, m) in wanted)
             if idx is None:
                 continue
             want = wanted.get((t, m), {})

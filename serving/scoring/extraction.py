@@ -26,7 +26,8 @@ class FastExtraction:
         self.registry = ExtractorRegistry([e for e in registry.extractors if e.tier == "fast"])
 
     @classmethod
-    def build(cls, config: SignalsConfig, data_dir: Path, fetch_url: UrlFetcher | None = None) -> FastExtraction:
+    def build(cls, config: SignalsConfig, data_dir: Path,
+              fetch_url: UrlFetcher | None = None) -> FastExtraction:
         return cls(build_registry(config, data_dir, fetch_url=fetch_url))
 
     def extract(self, kind: RecordKind, items: Sequence[Listing | Review]) -> list[Extracted]:

@@ -41,7 +41,8 @@ def check_model_stamp(directory: Path, modality: Modality, model_id: str) -> Non
     if made_by != model_id:
         raise InvalidInput(
             "indexes", f"the {modality} index at {str(directory)!r} was built by model {made_by!r}, but the "
-                       f"configured model is {model_id!r}; run `marketguard reindex` to rebuild it", "invalid")
+                       f"configured model is {model_id!r}; run `marketguard reindex` to rebuild it",
+            "invalid")
 
 
 class TenantIndexes:

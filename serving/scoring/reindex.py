@@ -39,8 +39,10 @@ def reindex(config: MarketGuardConfig) -> dict[str, Any]:
         store = SqliteSignalStore(root / "store.sqlite3")
         try:
             for tenant in store.tenants():
-                for kind, modality in (("listing", "listing_text"), ("review", "review_text")):
-                    counts["embedded"] += _reembed(extraction, store, tenant, kind, modality)  # type: ignore[arg-type]
+                text_modalities: tuple[tuple[ItemKind, Modality], ...] = (
+                    ("listing", "listing_text"), ("review", "review_text"))
+                for kind, modality in text_modalities:
+                    counts["embedded"] += _reembed(extraction, store, tenant, kind, modality)
                     shutil.rmtree(root / "indexes" / tenant / modality, ignore_errors=True)
                 sscd = root / "indexes" / tenant / "image_sscd"
                 stamp = sscd / MODEL_STAMP

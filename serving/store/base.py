@@ -97,14 +97,17 @@ class SignalStore(Protocol):
     def add_label(self, label: Label) -> int: ...
     def labels(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]: ...
     def counts(self) -> dict[tuple[str, str], int]: ...
-    def set_features(self, tenant: str, kind: ItemKind, features: dict[str, dict[str, np.ndarray]]) -> None: ...
+    def set_features(self, tenant: str, kind: ItemKind,
+                     features: dict[str, dict[str, np.ndarray]]) -> None: ...
     def close(self) -> None: ...
 
 
 def encode_features(features: dict[str, np.ndarray]) -> bytes:
     """Feature arrays as one ``.npz`` blob (numeric arrays only: never pickled objects)."""
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in features.items()})
+    arrays = {k: np.asarray(v) for k, v in features.items()}
+    # numpy's stub matches **kwds against savez's own allow_pickle: bool too; every value here is an array
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # stub checks **arrays against allow_pickle
     return buf.getvalue()
 
 

@@ -95,7 +95,8 @@ class SqliteSignalStore:
                     db.execute("DELETE FROM items WHERE tenant=? AND kind=? AND item_id=?", (t, k, item_id))
                     db.execute("INSERT OR REPLACE INTO tombstones VALUES (?,?,?,?)", (t, k, item_id, now))
                 for it in batch.upsert:
-                    old = db.execute("SELECT seq, created_at FROM items WHERE tenant=? AND kind=? AND item_id=?",
+                    old = db.execute("SELECT seq, created_at FROM items "
+                                     "WHERE tenant=? AND kind=? AND item_id=?",
                                      (t, k, it.item_id)).fetchone()
                     if old is None:
                         self._seq += 1
@@ -106,7 +107,8 @@ class SqliteSignalStore:
                     db.execute(
                         "INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (t, k, it.item_id, it.owner, it.group, it.price, it.currency, it.record,
-                         encode_features(it.features), json.dumps(it.facts, sort_keys=True), seq, created, now))
+                         encode_features(it.features), json.dumps(it.facts, sort_keys=True), seq, created,
+                         now))
                     db.execute("DELETE FROM tombstones WHERE tenant=? AND entity_type=? AND entity_id=?",
                                (t, k, it.item_id))
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(self._seq),))
@@ -148,14 +150,16 @@ class SqliteSignalStore:
                 raise
 
     def _drop_edges(self, t: str, k: str, item_id: str) -> None:
-        self._db.execute("DELETE FROM edges WHERE tenant=? AND kind=? AND (a=? OR b=?)", (t, k, item_id, item_id))
+        self._db.execute("DELETE FROM edges WHERE tenant=? AND kind=? AND (a=? OR b=?)",
+                         (t, k, item_id, item_id))
 
     # ------------------------------------------------------------------ reading
     def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._read_lock:
             return self._reader.execute(sql, tuple(args)).fetchall()
 
-    _ITEM_COLS = "tenant, kind, item_id, owner, grp, price, currency, record, {feat}, facts, seq, created_at, updated_at"
+    _ITEM_COLS = ("tenant, kind, item_id, owner, grp, price, currency, record, {feat}, facts, seq, "
+                  "created_at, updated_at")
 
     def _items(self, where: str, args: Sequence[Any], with_features: bool = True) -> list[StoredItem]:
         cols = self._ITEM_COLS.format(feat="features" if with_features else "NULL")
@@ -203,8 +207,9 @@ class SqliteSignalStore:
         return self._items("tenant=? AND kind=? AND grp IS ? ORDER BY seq", (tenant, kind, group), False)
 
     def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]:
-        rows = self._rows("SELECT price FROM items WHERE tenant=? AND kind='listing' AND grp IS ? AND currency=? "
-                          "AND price > 0 ORDER BY seq DESC LIMIT ?", (tenant, group, currency, limit))
+        rows = self._rows("SELECT price FROM items WHERE tenant=? AND kind='listing' AND grp IS ? "
+                          "AND currency=? AND price > 0 ORDER BY seq DESC LIMIT ?",
+                          (tenant, group, currency, limit))
         return [float(r[0]) for r in rows]
 
     def iter_items(self, tenant: str | None = None, kind: ItemKind | None = None,
@@ -229,8 +234,8 @@ class SqliteSignalStore:
         return [r[0] for r in self._rows("SELECT DISTINCT tenant FROM items ORDER BY tenant", ())]
 
     def expired(self, before: datetime, limit: int) -> list[tuple[str, ItemKind, str]]:
-        rows = self._rows("SELECT tenant, kind, item_id FROM items WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
-                          (before.astimezone(UTC).isoformat(), limit))
+        rows = self._rows("SELECT tenant, kind, item_id FROM items WHERE updated_at < ? "
+                          "ORDER BY updated_at LIMIT ?", (before.astimezone(UTC).isoformat(), limit))
         return [(r[0], r[1], r[2]) for r in rows]
 
     def latest(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]:
@@ -238,13 +243,15 @@ class SqliteSignalStore:
                           "ORDER BY name, source", (tenant, entity_type, entity_id))
         return [json.loads(r[0]) for r in rows]
 
-    def history(self, tenant: str, entity_type: EntityType, entity_id: str, limit: int) -> list[dict[str, Any]]:
+    def history(self, tenant: str, entity_type: EntityType, entity_id: str,
+                limit: int) -> list[dict[str, Any]]:
         rows = self._rows("SELECT signal FROM history WHERE tenant=? AND entity_type=? AND entity_id=? "
                           "ORDER BY id DESC LIMIT ?", (tenant, entity_type, entity_id, limit))
         return [json.loads(r[0]) for r in reversed(rows)]
 
     def tombstone(self, tenant: str, entity_type: EntityType, entity_id: str) -> datetime | None:
-        rows = self._rows("SELECT deleted_at FROM tombstones WHERE tenant=? AND entity_type=? AND entity_id=?",
+        rows = self._rows("SELECT deleted_at FROM tombstones "
+                          "WHERE tenant=? AND entity_type=? AND entity_id=?",
                           (tenant, entity_type, entity_id))
         return datetime.fromisoformat(rows[0][0]) if rows else None
 
@@ -252,7 +259,8 @@ class SqliteSignalStore:
         body = label.model_dump_json()
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at) "
+                "VALUES (?,?,?,?,?,?)",
                 (label.tenant, label.entity_type, label.entity_id, label.label, body, _now()))
             return int(cur.lastrowid or 0)
 

@@ -74,7 +74,8 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = load_config(data_dir=d, env={"MARKETGUARD_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items())})
+    keys = ",".join(f"{t}:{k}" for t, k in KEYS.items())
+    config = load_config(data_dir=d, env={"MARKETGUARD_API_KEYS": keys})
     config = config.model_copy(update={"service": config.service.model_copy(update={"port": port})})
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)

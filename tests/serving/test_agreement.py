@@ -61,14 +61,16 @@ def test_batch_and_service_give_the_same_signals(tmp_path: Path, data_dir: Path,
     svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
     extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
     models, dims = extraction.models()
-    client = TestClient(create_app(LocalBackend(extraction, open_engine(svc_cfg, models, dims)), svc_cfg.service))
+    backend = LocalBackend(extraction, open_engine(svc_cfg, models, dims))
+    client = TestClient(create_app(backend, svc_cfg.service))
     valid = [r for r in catalogue_rows() if r["listing_id"] not in ("bad id!", "NOPRICE")]
     for row in valid:
         body = {**row, "images": [{"data_b64": base64.b64encode((folder / im["path"]).read_bytes()).decode()}
                                   for im in row.get("images", [])]}
         assert client.post("/v1/listings", json=body).status_code == 200
     service: dict[tuple[str, str, str], dict[str, Any]] = {}
-    entities = [("listing", r["listing_id"]) for r in valid] + sorted({("seller", r["seller_id"]) for r in valid})
+    entities = ([("listing", r["listing_id"]) for r in valid]
+                + sorted({("seller", r["seller_id"]) for r in valid}))
     for etype, eid in entities:
         got = client.get(f"/v1/entities/{etype}/{eid}/signals")
         assert got.status_code == 200, (etype, eid)

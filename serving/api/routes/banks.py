@@ -30,7 +30,8 @@ BANK_EXAMPLE = {"modality": "listing_text", "kind": "fraud", "items": [
                  "items": {"type": "array", "minItems": 1, "items": {"type": "object"}}}},
                  {"listings": BANK_EXAMPLE}))
 async def add_items(request: Request, bank: Annotated[str, Path(pattern=BANK_PATTERN)],
-                    st: Annotated[ApiState, Depends(state)], who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+                    st: Annotated[ApiState, Depends(state)],
+                    who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
     raw = await read_json(request)
     if not isinstance(raw, dict):
         raise InvalidInput(None, "must be a JSON object with items")

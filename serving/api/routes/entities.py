@@ -27,5 +27,6 @@ async def entity_signals(entity_type: EntityType, entity_id: Annotated[str, Path
     st.limiter.take(t)
     found = await st.backend.entity(t, entity_type, entity_id, history)
     if found is None:
-        raise InvalidInput("entity_id", f"no signals for {entity_type} {entity_id!r} in tenant {t!r}", "not_found")
+        raise InvalidInput("entity_id", f"no signals for {entity_type} {entity_id!r} in tenant {t!r}",
+                           "not_found")
     return found

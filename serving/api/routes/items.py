@@ -30,9 +30,9 @@ def _record(kind: RecordKind, raw: Any, caller: Caller, field_prefix: str = "") 
         raise InvalidInput(field_prefix.rstrip(".") or None, f"a {kind} must be a JSON object")
     requested = raw.get("tenant")
     tenant = caller.resolve(requested if isinstance(requested, str) else None, f"{field_prefix}tenant")
-    model = Listing if kind == "listing" else Review
+    model: type[Listing] | type[Review] = Listing if kind == "listing" else Review
     try:
-        return parse_record(model, {**raw, "tenant": tenant})  # type: ignore[return-value]
+        return parse_record(model, {**raw, "tenant": tenant})
     except InvalidInput as exc:
         field = f"{field_prefix}{exc.field}" if exc.field else (field_prefix.rstrip(".") or None)
         raise InvalidInput(field, exc.reason, exc.code) from None
@@ -67,11 +67,11 @@ async def score_body(kind: RecordKind, request: Request, state: ApiState, caller
         return {"items": results}
     record = _record(kind, body, caller)
     state.limiter.take(record.tenant)
-    scored = (await state.backend.score(kind, [record]))[0]
-    if scored.error is not None:
-        raise scored.error
+    one = (await state.backend.score(kind, [record]))[0]
+    if one.error is not None:
+        raise one.error
     state.metrics.batch_size.labels(kind).observe(1)
-    return _answer(id_field, scored)
+    return _answer(id_field, one)
 
 
 def _answer(id_field: str, scored: Any) -> dict[str, Any]:

@@ -25,7 +25,8 @@ REVIEW_EXAMPLE = {
              responses={200: {"description": "its signals, or one result per item"},
                         413: {"description": "body too large"}, 422: {"description": "bad input"},
                         429: {"description": "over the tenant's rate"}, 503: {"description": "at capacity"}},
-             openapi_extra=json_body(one_or_items("Review"), {"one": REVIEW_EXAMPLE, "batch": {"items": [REVIEW_EXAMPLE]}}))
+             openapi_extra=json_body(one_or_items("Review"),
+                                     {"one": REVIEW_EXAMPLE, "batch": {"items": [REVIEW_EXAMPLE]}}))
 async def post_reviews(request: Request, st: Annotated[ApiState, Depends(state)],
                         who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
     return await score_body("review", request, st, who)

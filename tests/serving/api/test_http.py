@@ -74,7 +74,8 @@ def test_a_copy_from_another_seller_matches_and_the_original_learns_of_it(http: 
 def test_reposting_an_id_replaces_it_and_never_counts_twice(http: httpx.Client, serve_app: Service) -> None:
     a = uid("Lr")
     for _ in range(3):
-        assert post(http, serve_app, "/v1/listings", listing(a, "seller-rp", title=2, image=21)).status_code == 200
+        r = post(http, serve_app, "/v1/listings", listing(a, "seller-rp", title=2, image=21))
+        assert r.status_code == 200
     seller = get(http, serve_app, "/v1/entities/seller/seller-rp/signals").json()
     assert signal(seller, "seller.duplicate_listing_ratio")["evidence"]["listings"] == 1
     assert signal(get(http, serve_app, f"/v1/entities/listing/{a}/signals").json(),
@@ -92,7 +93,8 @@ def test_delete_takes_a_listing_down_and_updates_its_partners(http: httpx.Client
     assert signal(partner, "near_duplicate.cluster_size")["value"] == 1
     gone = get(http, serve_app, f"/v1/entities/listing/{a}/signals?history=true").json()
     assert gone["signals"] == [] and "deleted_at" in gone and gone["history"]  # history kept, tombstoned
-    assert error_of(http.delete(f"/v1/listings/{a}", headers=serve_app.headers("acme")))["code"] == "not_found"
+    again = http.delete(f"/v1/listings/{a}", headers=serve_app.headers("acme"))
+    assert error_of(again)["code"] == "not_found"
     c = uid("Ld")  # a later copy no longer matches the deleted listing
     r = post(http, serve_app, "/v1/listings", listing(c, "seller-d3", title=3, image=31))
     assert {m["id"] for m in signal(r.json(), "near_duplicate.count")["evidence"]["matches"]} == {b}
@@ -114,7 +116,8 @@ def test_an_undecodable_image_among_good_ones_is_named_and_the_good_one_still_ma
 def test_a_mixed_items_batch_answers_each_item(http: httpx.Client, serve_app: Service) -> None:
     good, bad = uid("Lx"), uid("Lx")
     r = post(http, serve_app, "/v1/listings", {"items": [
-        listing(good, "seller-x", title=8, image=None), {"listing_id": bad, "seller_id": "s", "title": "t", "price": "x"},
+        listing(good, "seller-x", title=8, image=None),
+        {"listing_id": bad, "seller_id": "s", "title": "t", "price": "x"},
         {"listing_id": uid("Lx"), "seller_id": "s", "title": "t", "tenant": "globex"}]})
     assert r.status_code == 200
     items = r.json()["items"]
@@ -135,7 +138,8 @@ def test_a_mixed_items_batch_answers_each_item(http: httpx.Client, serve_app: Se
 def test_bad_input_is_a_4xx_naming_the_field(http: httpx.Client, serve_app: Service, body: Any, status: int,
                                              field: str | None) -> None:
     kw: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = http.post("/v1/listings", headers={**serve_app.headers("acme"), "Content-Type": "application/json"}, **kw)
+    r = http.post("/v1/listings", headers={**serve_app.headers("acme"), "Content-Type": "application/json"},
+                  **kw)
     assert r.status_code == status
     assert error_of(r)["field"] == field
 
@@ -202,8 +206,9 @@ def test_banks_match_listings_and_reviews(http: httpx.Client, serve_app: Service
     match = signal(r.json(), "bank.match")
     assert match["value"] == 1 and match["evidence"]["matches"][0]["bank"] == bank
     img_bank = uid("photos").lower()
-    r = post(http, serve_app, f"/v1/banks/{img_bank}/items", {"modality": "image_pdq", "kind": "fraud",
-                                                               "items": [{"id": "img-1", "data_b64": photo_b64(61)}]})
+    r = post(http, serve_app, f"/v1/banks/{img_bank}/items",
+             {"modality": "image_pdq", "kind": "fraud",
+              "items": [{"id": "img-1", "data_b64": photo_b64(61)}]})
     assert r.status_code == 200
     r = post(http, serve_app, "/v1/listings", listing(uid("Lbk"), "seller-bk2", title=7, image=61))
     assert any(m["bank"] == img_bank for m in signal(r.json(), "bank.match")["evidence"]["matches"])
@@ -214,13 +219,15 @@ def test_banks_match_listings_and_reviews(http: httpx.Client, serve_app: Service
     r = post(http, serve_app, "/v1/banks/x/items", {"modality": "audio", "items": [{}]})
     assert r.status_code == 422 and error_of(r)["field"] == "modality"
     # another tenant never sees acme's bank
-    r = post(http, serve_app, "/v1/listings", listing(uid("Lbk"), "seller-bk3", title=6, image=None), tenant="globex")
+    r = post(http, serve_app, "/v1/listings", listing(uid("Lbk"), "seller-bk3", title=6, image=None),
+             tenant="globex")
     assert signal(r.json(), "bank.match")["value"] == 0
 
 
 def test_labels_are_kept_with_history(http: httpx.Client, serve_app: Service) -> None:
     for lab in ("fraud", "legit"):
-        r = post(http, serve_app, "/v1/labels", {"entity_type": "seller", "entity_id": "seller-lab", "label": lab})
+        r = post(http, serve_app, "/v1/labels",
+                 {"entity_type": "seller", "entity_id": "seller-lab", "label": lab})
         assert r.status_code == 200
     assert r.json()["labels"] == 2 and r.json()["label"]["label"] == "legit"
     r = post(http, serve_app, "/v1/labels", {"entity_type": "planet", "entity_id": "x", "label": "fraud"})

@@ -39,14 +39,16 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
                      facts={"L1": {"x": object()}})  # not JSON: fails inside the transaction
     with pytest.raises(TypeError):
         store.write(bad)
-    assert store.get_item("default", "listing", "L1") is None and store.latest("default", "listing", "L1") == []
+    assert store.get_item("default", "listing", "L1") is None
+    assert store.latest("default", "listing", "L1") == []
     store.close()
 
 
 def test_edges_both_ways_deletes_tombstone_and_reposts_keep_their_place(tmp_path: Path) -> None:
     store = SqliteSignalStore(tmp_path / "s.sqlite3")
     store.write(WriteBatch("default", "listing", upsert=[item("A")]))
-    store.write(WriteBatch("default", "listing", upsert=[item("B")], edges={"B": [Edge("B", "A", "listing_text", .9)]}))
+    store.write(WriteBatch("default", "listing", upsert=[item("B")],
+                           edges={"B": [Edge("B", "A", "listing_text", .9)]}))
     assert [e.b for e in store.edges_of("default", "listing", ["A"])["A"]] == ["B"]
     seq = store.get_item("default", "listing", "A").seq  # type: ignore[union-attr]
     store.write(WriteBatch("default", "listing", upsert=[item("A")]))
