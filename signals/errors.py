@@ -30,6 +30,11 @@ class InvalidInput(ValueError):
         self.code: ErrorCode = code
         super().__init__(f"{field}: {reason}" if field else reason)
 
+    def __reduce__(self) -> tuple[type[InvalidInput], tuple[str | None, str, ErrorCode]]:
+        # Rebuilt from its parts when it crosses a process (a Serve replica to the ingress):
+        # the default would call __init__ with the one-message args and fail.
+        return (type(self), (self.field, self.reason, self.code))
+
     def to_dict(self) -> dict[str, str | None]:
         """The body of the contract's error envelope: ``{"code", "message", "field"}``."""
         return {"code": self.code, "message": self.reason, "field": self.field}

@@ -231,3 +231,12 @@ def test_signal_rejects(field: str, value: Any) -> None:
     data[field] = value
     with pytest.raises(ValueError):
         Signal.model_validate(data)
+
+
+def test_invalid_input_survives_pickling_across_processes() -> None:
+    import pickle
+
+    from signals.errors import InvalidInput
+
+    err = pickle.loads(pickle.dumps(InvalidInput("items[0].price", "must be >= 0", "too_large")))
+    assert (err.field, err.reason, err.code) == ("items[0].price", "must be >= 0", "too_large")
