@@ -25,6 +25,7 @@ import csv
 import json
 import re
 import shutil
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class BankInfo(BaseModel):
     kind: BankKind = "fraud"
     enabled: bool = True
     dim: int | None = None
+    model: str | None = Field(default=None, description="the model and version that made the bank's vectors")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -195,6 +197,16 @@ class BankStore:
                 info = BankInfo.model_validate(read_json(p / "bank.json"))
                 self._banks[info.name] = Bank(p, info, self.config)
 
+    def check_models(self, models: Mapping[Modality, str]) -> None:
+        """Refuse banks whose vectors another model made (``models``: modality -> model id);
+        a bank that records no model (made before models were recorded) is taken as it is."""
+        for bank in self._banks.values():
+            want = models.get(bank.info.modality)
+            if bank.info.model is not None and want is not None and bank.info.model != want:
+                raise InvalidInput("bank", f"bank {bank.info.name!r} was built by model {bank.info.model!r}, "
+                                           f"but the configured {bank.info.modality} model is {want!r}: "
+                                           "re-import it")
+
     def names(self) -> list[str]:
         """Names of all banks."""
         return sorted(self._banks)
@@ -206,7 +218,8 @@ class BankStore:
             raise InvalidInput("bank", f"no bank named {name!r}", "not_found")
         return bank
 
-    def create(self, name: str, modality: Modality, kind: BankKind = "fraud") -> Bank:
+    def create(self, name: str, modality: Modality, kind: BankKind = "fraud",
+               model: str | None = None) -> Bank:
         """Create a bank (idempotent when the settings match)."""
         if not BANK_NAME.match(name):
             raise InvalidInput("bank", f"{name!r} is not a bank name (a-z, 0-9, _ -; 1-64)")
@@ -224,7 +237,7 @@ class BankStore:
             "image_pdq": None,
         }[modality]
         try:
-            info = BankInfo(name=name, modality=modality, kind=kind, dim=dim)
+            info = BankInfo(name=name, modality=modality, kind=kind, dim=dim, model=model)
         except pydantic.ValidationError as e:
             raise from_pydantic(e) from None
         d = self.root / name

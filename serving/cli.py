@@ -170,11 +170,9 @@ def _cmd_serve(args: argparse.Namespace, config: MarketGuardConfig,
         updates["host"] = args.host
     if args.port is not None:
         updates["port"] = args.port
-    if args.from_batch is not None:
-        raise InvalidInput("--from-batch", "starting from a batch run is not available yet (docs/serving.md)")
     config = config.model_copy(update={"service": config.service.model_copy(update=updates)})
     logging.getLogger("marketguard").setLevel(logging.INFO)
-    return serve_forever(config, demo=args.demo)
+    return serve_forever(config, demo=args.demo, from_batch=args.from_batch)
 
 
 def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from indexes.atomic import write_file_atomic
 from serving.batch.inputs import Unit, read_unit
-from serving.config import MarketGuardConfig
+from serving.config import MarketGuardConfig, configure_process
 from signals.errors import InvalidInput
 from signals.schemas import Listing, Review, parse_record
 
@@ -121,6 +121,7 @@ class ExtractActor:
         from signals.registry import build_registry
 
         config = MarketGuardConfig.model_validate_json(config_json)
+        configure_process(config)  # once in each actor's process, before any model loads
         signals_config = config.signals.model_copy(deep=True)
         # Batch input names local or mounted image files; the HTTP path keeps this off. Unless
         # the config names the folders images may come from, that is the input's own folder.

@@ -292,9 +292,17 @@ _Views = list[tuple[str, Modality, ModalityView]]
 
 def _build_indexes(views: _Views, config: MarketGuardConfig, out: Path, progress: Progress) -> None:
     """Stage 3: each tenant's modality snapshot, in the service's layout."""
+    from serving.scoring.extraction import FastExtraction
+    from serving.scoring.indexes import write_model_stamp
+
+    # Which model made each modality's vectors: the service refuses a snapshot of another model.
+    models, _ = FastExtraction.build(config.signals, config.data_dir).models()
     stage = progress.stage("indexes", len(views), "indexes")
     for tenant, m, view in views:
-        build_index(view, config.indexes, index_dir(out / "indexes", tenant, m))
+        directory = index_dir(out / "indexes", tenant, m)
+        build_index(view, config.indexes, directory)
+        if (directory / "CURRENT").exists():
+            write_model_stamp(directory, m, models[m])
         release_free_memory()  # training samples and build buffers, before the search's own
         stage.update(1)
     stage.close()

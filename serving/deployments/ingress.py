@@ -24,6 +24,7 @@ from serving.api.backend import bank_items
 from serving.config import MarketGuardConfig, configure_process
 from serving.scoring.engine import Extracted, Scored
 from serving.scoring.extraction import FastExtraction
+from serving.scoring.prefetch import PrefetchedUrls
 from signals.errors import InvalidInput
 from signals.schemas import EntityType, Label, Listing, RecordKind, Review
 
@@ -44,8 +45,10 @@ class Ingress:
         self.config = config
         configure_process(config)
         self.catalogues = catalogues
-        self.extraction = FastExtraction.build(config.signals, config.data_dir,
-                                               fetch_url=url_fetcher_for(config.signals.images.decode))
+        fetcher = url_fetcher_for(config.signals.images.decode)
+        # URL images are fetched asynchronously before extraction (never on the event loop).
+        self.prefetched = PrefetchedUrls(fetcher) if fetcher is not None else None
+        self.extraction = FastExtraction.build(config.signals, config.data_dir, fetch_url=self.prefetched)
         self.extraction.warm_up()  # readiness means the models are loaded, not loading on request 1
         self._ready = False
 
@@ -74,7 +77,14 @@ class Ingress:
 
     # ------------------------------------------------------------- Backend
     async def score(self, kind: RecordKind, records: Sequence[Listing | Review]) -> list[Scored]:
-        extracted = await asyncio.gather(*(self._extract((kind, r)) for r in records))
+        urls: list[str] = []
+        if self.prefetched is not None:
+            urls = await self.prefetched.fetch(records, self.config.signals.images.decode.max_image_bytes)
+        try:
+            extracted = await asyncio.gather(*(self._extract((kind, r)) for r in records))
+        finally:
+            if self.prefetched is not None:
+                self.prefetched.forget(urls)
         by_shard: dict[int, list[int]] = {}
         for i, r in enumerate(records):
             by_shard.setdefault(shard_of(r.tenant, len(self.catalogues)), []).append(i)

@@ -31,7 +31,21 @@ def check_bind(config: MarketGuardConfig) -> None:
                                            "MARKETGUARD_API_KEYS to listen elsewhere")
 
 
-def serve_forever(config: MarketGuardConfig, *, demo: bool = False, ready_timeout_s: float = 600.0) -> int:
+def start_from_batch(config: MarketGuardConfig, run_dir: Path) -> dict[str, int]:
+    """Import a finished batch run into the (new) data dir: snapshots, records, edges, signals."""
+    from serving.scoring.backfill import import_batch_run
+    from serving.scoring.extraction import FastExtraction
+
+    if config.service.catalogue.shards != 1:
+        raise InvalidInput("--from-batch", "starting from a batch run needs service.catalogue.shards: 1")
+    models, _ = FastExtraction.build(config.signals, config.data_dir).models()
+    counts = import_batch_run(run_dir, config.data_dir, models)
+    log.warning("started from batch run %s: %s", run_dir, counts)
+    return counts
+
+
+def serve_forever(config: MarketGuardConfig, *, demo: bool = False, from_batch: Path | None = None,
+                  ready_timeout_s: float = 600.0) -> int:
     """Start Ray and Serve, deploy, seed the demo when asked, and block until SIGINT/SIGTERM."""
     import ray
     from ray import serve
@@ -42,6 +56,9 @@ def serve_forever(config: MarketGuardConfig, *, demo: bool = False, ready_timeou
     svc = config.service
     config.data_dir.mkdir(parents=True, exist_ok=True)
     fresh = not (config.data_dir / "store.sqlite3").exists()
+    if from_batch is not None:
+        start_from_batch(config, from_batch)
+        fresh = False
     if not svc.api_keys:
         log.warning("local mode: no API keys configured; listening on %s only, tenant from the request",
                     svc.host)

@@ -150,7 +150,9 @@ class CatalogueEngine:
         self.banks_root = Path(banks_root)
         # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
         # use), <banks_root>/../tenant-banks/<tenant>/ each tenant's own.
+        self.models = models
         self.global_banks = BankStore(self.banks_root, config.banks, config.thresholds)
+        self.global_banks.check_models(models)
         self._tenant_banks: dict[str, BankStore] = {}
         self.global_bank_access = global_banks if global_banks is not None else {"*": ["*"]}
         self.limits = limits or EngineLimits()
@@ -167,8 +169,10 @@ class CatalogueEngine:
     # ------------------------------------------------------------------ banks
     def tenant_banks(self, tenant: str) -> BankStore:
         if tenant not in self._tenant_banks:
-            self._tenant_banks[tenant] = BankStore(self.banks_root.parent / "tenant-banks" / tenant,
-                                                   self.config.banks, self.config.thresholds)
+            store = BankStore(self.banks_root.parent / "tenant-banks" / tenant, self.config.banks,
+                              self.config.thresholds)
+            store.check_models(self.models)
+            self._tenant_banks[tenant] = store
         return self._tenant_banks[tenant]
 
     def _global_allowed(self, tenant: str, bank: str) -> bool:
@@ -190,7 +194,8 @@ class CatalogueEngine:
     def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str,
                  items: list[BankItem]) -> int:
         store = self.tenant_banks(tenant)
-        store.create(bank, modality, kind)  # type: ignore[arg-type]  # kind validated at the API
+        # kind is validated at the API (fraud | benign)
+        store.create(bank, modality, kind, self.models.get(modality))  # type: ignore[arg-type]
         return store.add_items(bank, items)
 
     def bank_remove(self, tenant: str, bank: str, item_id: str) -> int:

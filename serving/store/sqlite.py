@@ -136,6 +136,28 @@ class SqliteSignalStore:
                 db.execute("ROLLBACK")
                 raise
 
+    def add_edges(self, tenant: str, kind: ItemKind, edges: Sequence[Edge]) -> None:
+        """Add edges (both directions) without touching the items' other edges: a backfill."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO edges VALUES (?,?,?,?,?,?)",
+                    [(tenant, kind, a, b, e.modality, float(e.score))
+                     for e in edges for a, b in ((e.a, e.b), (e.b, e.a))])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM meta WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def set_features(self, tenant: str, kind: ItemKind, features: dict[str, dict[str, np.ndarray]]) -> None:
         """Replace stored items' features (``marketguard reindex`` after a model change), one transaction."""
         with self._lock:

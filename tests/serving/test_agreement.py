@@ -25,8 +25,11 @@ from fastapi.testclient import TestClient
 from serving.api.app import create_app
 from serving.api.backend import LocalBackend
 from serving.deployments.catalogue import open_engine
+from serving.scoring.backfill import import_batch_run
 from serving.scoring.extraction import FastExtraction
+from signals.errors import InvalidInput
 from tests.serving.batch.test_job import catalogue_rows, config, rounded, run, signals_of, write_catalogue
+from tests.serving.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +51,24 @@ def _comparable(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_batch_and_service_give_the_same_signals(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
+@pytest.fixture(scope="module")
+def batch_run(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> tuple[Path, Path, Any]:
+    """One ``marketguard batch`` run over the planted catalogue: (catalogue folder, run dir, config)."""
+    tmp_path = tmp_path_factory.mktemp("agreement")
+    data_dir = tmp_path / "state"
+    data_dir.mkdir()
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    (data_dir / "models").symlink_to(MODELS_DIR)
     folder = tmp_path / "cat"
     inp = write_catalogue(folder)
     cfg = config(data_dir)
     out, _ = run(tmp_path, data_dir, inp, address=ray_session, cfg=cfg)
+    return folder, out, cfg
+
+
+def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tuple[Path, Path, Any]) -> None:
+    folder, out, cfg = batch_run
+    data_dir = cfg.data_dir
     batch = {_key(s): s for s in signals_of(out) if s["name"] in COMPARED}
 
     svc_dir = tmp_path / "svc"
@@ -90,3 +106,44 @@ def test_batch_and_service_give_the_same_signals(tmp_path: Path, data_dir: Path,
     # the catalogue has what the test is about: copies across sellers, by text and by photo
     assert batch[("listing", "SC1", "near_duplicate.cross_seller_count")]["value"] >= 4
     assert batch[("listing", "SC1", "image.reused_across_sellers")]["value"] >= 1
+
+
+def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Path, Path, Any]) -> None:
+    """``--from-batch``: the run's catalogue is matchable and its signals are served from the first
+    request; a copy posted then updates the batch-scored original and the seller roll-ups."""
+    folder, out, cfg = batch_run
+    svc_dir = tmp_path / "svc"
+    svc_dir.mkdir()
+    (svc_dir / "models").symlink_to(cfg.data_dir / "models")
+    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
+    extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
+    models, dims = extraction.models()
+    counts = import_batch_run(out, svc_dir, models)
+    assert counts["items"] == 20 and counts["edges"] >= 15 and counts["indexes"] >= 2
+    assert import_batch_run(out, svc_dir, models)["items"] == 0  # the same run again: a no-op
+    engine = open_engine(svc_cfg, models, dims)
+    assert engine.reconcile() == {"added": 0, "removed": 0}  # snapshots and store agree
+    client = TestClient(create_app(LocalBackend(extraction, engine), svc_cfg.service))
+    batch = {_key(s): s for s in signals_of(out)}
+    first = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
+    of_sc1 = [s for s in batch.values() if s["entity_type"] == "listing" and s["entity_id"] == "SC1"]
+    assert {_key(s): _comparable(s) for s in first} == {_key(s): _comparable(s) for s in of_sc1}
+    row = next(r for r in catalogue_rows() if r["listing_id"] == "SC2")
+    copy = {**row, "listing_id": "SC-new", "seller_id": "burner-new",
+            "images": [{"data_b64": base64.b64encode((folder / "phone.jpg").read_bytes()).decode()}]}
+    r = client.post("/v1/listings", json=copy).json()
+    count = next(s for s in r["signals"] if s["name"] == "near_duplicate.count")
+    matched = {m["id"] for m in count["evidence"]["matches"]}
+    assert {"SC0", "SC1", "SC2"} <= matched
+    sc1 = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
+    size = next(s["value"] for s in sc1 if s["name"] == "near_duplicate.cluster_size")
+    assert size == batch[("listing", "SC1", "near_duplicate.cluster_size")]["value"] + 1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "store.sqlite3").touch()
+    from serving.store.base import StoredItem, WriteBatch
+    from serving.store.sqlite import SqliteSignalStore
+    SqliteSignalStore(other / "store.sqlite3").write(WriteBatch("default", "listing", upsert=[
+        StoredItem("default", "listing", "X", "s", None, None, None, "{}", {})]))
+    with pytest.raises(InvalidInput, match="already holds items"):
+        import_batch_run(out, other, models)

@@ -1,17 +1,21 @@
-"""Scoring listings and reviews: one record or ``{"items": [...]}``; shared by both routers."""
+"""The listings and reviews routers: score one record or ``{"items": [...]}``, take one down.
+
+Both resources behave alike, so one factory builds both routers (:func:`record_router`).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from serving.api.app import ApiState
 from serving.api.auth import Caller
 from serving.api.errors import ApiError, invalid_body
+from serving.api.routes.deps import caller, json_body, one_or_items, state
 from signals.errors import InvalidInput
-from signals.schemas import Listing, RecordKind, Review, parse_record
+from signals.schemas import ID_PATTERN, Listing, RecordKind, Review, parse_record
 
 
 async def read_json(request: Request) -> Any:
@@ -78,3 +82,37 @@ def _answer(id_field: str, scored: Any) -> dict[str, Any]:
     if scored.error is not None:
         return invalid_body(scored.error)
     return {id_field: scored.entity_id, "signals": scored.signals, "pending": scored.pending}
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "its signals, or one result per item"}, 413: {"description": "body too large"},
+    422: {"description": "bad input"}, 429: {"description": "over the tenant's rate"},
+    503: {"description": "at capacity"}}
+
+
+def record_router(kind: RecordKind, example: dict[str, Any]) -> APIRouter:
+    """``POST /v1/<kind>s`` and ``DELETE /v1/<kind>s/{id}`` for listings or reviews."""
+    plural, model = f"{kind}s", "Listing" if kind == "listing" else "Review"
+    id_field = f"{kind}_id"
+    router = APIRouter(prefix=f"/v1/{plural}", tags=[plural])
+
+    @router.post("", summary=f"Score a {kind} (or {{\"items\": [...]}}, up to 256), index it, update its "
+                             "partners", name=f"post_{plural}",
+                 responses=_RESPONSES, openapi_extra=json_body(
+                     one_or_items(model), {"one": example, "batch": {"items": [example]}}))
+    async def post(request: Request, st: Annotated[ApiState, Depends(state)],
+                   who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        return await score_body(kind, request, st, who)
+
+    @router.delete("/{item_id}", summary=f"Take a {kind} down: out of the indexes and store, history kept",
+                   name=f"delete_{kind}")
+    async def delete(item_id: Annotated[str, Path(pattern=ID_PATTERN)],
+                     st: Annotated[ApiState, Depends(state)], who: Annotated[Caller, Depends(caller)],
+                     tenant: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+        t = who.resolve(tenant)
+        st.limiter.take(t)
+        if not await st.backend.delete(t, kind, item_id):
+            raise InvalidInput(id_field, f"no {kind} {item_id!r} in tenant {t!r}", "not_found")
+        return {id_field: item_id, "deleted": True}
+
+    return router
