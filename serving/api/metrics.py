@@ -15,8 +15,9 @@ class ApiMetrics:
         r = self.registry
         self.latency = Histogram("marketguard_request_seconds", "request latency by route and status",
                                  ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("marketguard_extract_batch_size", "records per extractor batch",
-                                    ["kind"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_size = Histogram("marketguard_batch_size", "records per extractor call (batch=extract) "
+                                    "and per request (batch=<kind>_request)", ["batch"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.signals = Counter("marketguard_signals_written_total", "signals returned by writes", ["kind"],
                                registry=r)
         self.errors = Counter("marketguard_errors_total", "error answers by code", ["code"], registry=r)

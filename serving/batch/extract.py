@@ -252,7 +252,7 @@ def actor_pool(cpus: float, actor_cpus: float, wanted: int | None, units: int) -
     machine), and never more actors than units. Where the wanted CPUs per actor do not
     fit, each actor asks for a share instead (the models still use their own threads).
     """
-    budget = cpus - 1 if cpus >= 2 else cpus - READ_TASK_CPUS
+    budget = max(0.05, cpus - 1 if cpus >= 2 else cpus - READ_TASK_CPUS)
     actors = wanted or max(1, int(budget // actor_cpus))
     actors = max(1, min(actors, units))
     return actors, min(actor_cpus, budget / actors)
@@ -270,7 +270,10 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the job draws its own (serving/batch/progress.py)
     ctx.enable_operator_progress_bars = False
-    cpus = float(ray.cluster_resources().get("CPU", 1))
+    # What is free, not the cluster's total: CPUs another workload holds (a Serve app on the
+    # same cluster) would otherwise be counted, and a pool that takes every free CPU starves
+    # the read tasks: the job would hang.
+    cpus = min(float(ray.cluster_resources().get("CPU", 1)), float(ray.available_resources().get("CPU", 1)))
     cfg = config.batch
     actors, actor_cpus = actor_pool(cpus, cfg.actor_cpus, cfg.actors, len(units))
     log.info("extract: %d units, %d extractor actors x %.2f CPU on a %.0f-CPU cluster",

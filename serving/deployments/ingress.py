@@ -53,7 +53,9 @@ class Ingress:
         self._ready = False
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self, self.config.service)
+        app = create_app(self, self.config.service)
+        self.metrics = app.state.api.metrics  # the extractor batches are observed here
+        return app
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         # @serve.batch adds these setters to the method at runtime; Ray's types do not declare them.
@@ -63,6 +65,8 @@ class Ingress:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _extract(self, items: list[tuple[RecordKind, Listing | Review]]) -> list[Extracted]:
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.batch_size.labels("extract").observe(len(items))
         out: list[Extracted | None] = [None] * len(items)
         for kind in ("listing", "review"):
             idx = [i for i, (k, _) in enumerate(items) if k == kind]

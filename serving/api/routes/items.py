@@ -67,14 +67,16 @@ async def score_body(kind: RecordKind, request: Request, state: ApiState, caller
         scored = await state.backend.score(kind, [r for _, r in good]) if good else []
         for (k, _), s in zip(good, scored, strict=True):
             results[k] = _answer(id_field, s)
-        state.metrics.batch_size.labels(kind).observe(len(good))
+            state.metrics.signals.labels(kind).inc(len(s.signals))
+        state.metrics.batch_size.labels(f"{kind}_request").observe(len(good))
         return {"items": results}
     record = _record(kind, body, caller)
     state.limiter.take(record.tenant)
     one = (await state.backend.score(kind, [record]))[0]
     if one.error is not None:
         raise one.error
-    state.metrics.batch_size.labels(kind).observe(1)
+    state.metrics.batch_size.labels(f"{kind}_request").observe(1)
+    state.metrics.signals.labels(kind).inc(len(one.signals))
     return _answer(id_field, one)
 
 

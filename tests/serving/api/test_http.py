@@ -49,6 +49,8 @@ def test_health_ready_openapi_and_metrics(http: httpx.Client, serve_app: Service
     text = http.get("/metrics").text
     assert 'marketguard_request_seconds_bucket{le="0.005",method="POST",route="/v1/listings"' in text
     assert "marketguard_index_items{" in text
+    assert 'marketguard_batch_size_count{batch="extract"}' in text  # the @serve.batch calls
+    assert 'marketguard_signals_written_total{kind="listing"}' in text
 
 
 def test_a_copy_from_another_seller_matches_and_the_original_learns_of_it(http: httpx.Client,
