@@ -275,7 +275,7 @@ class CatalogueEngine:
             batch.facts = facts
         # 5. commit, then log the index change
         self.store.write(batch)
-        self._index_listing(t, lid, old, listing.seller_id, listing, text, pdq, quality, sscd)
+        self._index_item(stored, old)
         own = [s.to_json_dict() for s in batch.signals if s.entity_type == "listing" and s.entity_id == lid]
         return Scored(lid, own)
 
@@ -336,36 +336,26 @@ class CatalogueEngine:
                 hits += row
         return hits
 
-    def _index_listing(self, t: str, lid: str, old: StoredItem | None, seller: str, listing: Listing,
-                       text: np.ndarray | None, pdq: list[np.ndarray] | None, quality: np.ndarray,
-                       sscd: np.ndarray | None) -> None:
+    def _index_item(self, item: StoredItem, old: StoredItem | None) -> None:
+        """Log the item's index entries (after its store commit), its previous ones removed first."""
         if old is not None:
-            self._unindex_listing(t, lid, old)
-        if text is not None:
-            idx = self._index_of(t, "listing_text")
-            idx.add([lid], text[None, :], [{"owner": seller, "price": listing.price,
-                                            "currency": listing.currency, "category": listing.category}])
-        if pdq is not None:
-            good = np.flatnonzero(quality >= self.config.near_duplicates.pdq_min_quality)
-            if len(good):
-                idx = self._index_of(t, "image_pdq")
-                idx.add([f"{lid}/{k}" for k in good.tolist()], pdq[0][good],
-                        [{"owner": seller, "record_id": lid}] * len(good))
-        if sscd is not None:
-            idx = self._index_of(t, "image_sscd")
-            idx.add([f"{lid}/{k}" for k in range(len(sscd))], sscd,
-                    [{"owner": seller, "record_id": lid}] * len(sscd))
+            self._unindex(old)
+        by_modality: dict[Modality, list[tuple[str, np.ndarray, dict[str, Any]]]] = {}
+        for modality, item_id, vec, meta in self._index_entries(item):
+            by_modality.setdefault(modality, []).append((item_id, vec, meta))
+        for modality, rows in by_modality.items():
+            self._index_of(item.tenant, modality).add([r[0] for r in rows], np.stack([r[1] for r in rows]),
+                                                      [r[2] for r in rows])
 
-    def _unindex_listing(self, t: str, lid: str, old: StoredItem) -> None:
-        for modality in ("listing_text", "image_pdq", "image_sscd"):
-            idx = self.indexes.get(t, modality, create=False)
-            if idx is None:
-                continue
-            if modality == "listing_text":
-                idx.remove([lid])
-            else:
-                n = len(old.features.get(modality, ()))
-                idx.remove([f"{lid}/{k}" for k in range(n)])
+    def _unindex(self, old: StoredItem) -> None:
+        """Remove a stored item's index entries (ids from its stored features)."""
+        ids: dict[Modality, list[str]] = {}
+        for modality, item_id, _, _ in self._index_entries(old):
+            ids.setdefault(modality, []).append(item_id)
+        for modality, item_ids in ids.items():
+            idx = self.indexes.get(old.tenant, modality, create=False)
+            if idx is not None:
+                idx.remove(item_ids)
 
     def _cluster(self, t: str, start: str, pending: dict[str, list[Edge]]) -> list[str]:
         """The members of ``start``'s cluster: its edges as stored, ``pending``'s items' edges
@@ -516,13 +506,7 @@ class CatalogueEngine:
         batch = WriteBatch(t, "review", upsert=[stored], edges={rid: best}, facts=facts,
                            signals=list(item.signals) + signals)
         self.store.write(batch)
-        stored_idx = self.indexes.get(t, "review_text")
-        if stored_idx is not None:
-            if old is not None:
-                stored_idx.remove([rid])
-            if text is not None:
-                stored_idx.add([rid], text[None, :],
-                               [{"owner": review.reviewer_id, "product_id": review.product_id}])
+        self._index_item(stored, old)
         own = [s.to_json_dict() for s in batch.signals if s.entity_type == "review" and s.entity_id == rid]
         return Scored(rid, own)
 
@@ -596,12 +580,7 @@ class CatalogueEngine:
         facts.pop(item_id, None)
         self.store.write(WriteBatch(tenant, kind, delete=[item_id], facts=facts, signals=signals,
                                     retract=[(entity, item_id)]))
-        if kind == "listing":
-            self._unindex_listing(tenant, item_id, old)
-        else:
-            idx = self.indexes.get(tenant, "review_text", create=False)
-            if idx is not None:
-                idx.remove([item_id])
+        self._unindex(old)
         return True
 
     def expire(self, before: datetime, limit: int = 1000) -> int:
@@ -633,49 +612,67 @@ class CatalogueEngine:
     def reconcile(self) -> dict[str, int]:
         """Make the indexes agree with the store (authoritative): add what the store has and an
         index lacks (a crash after the commit), drop what an index has and the store does not
-        (a crash before it). Returns how many entries were added and removed."""
+        (a crash before it). Returns how many entries were added and removed.
+
+        The store is read a page at a time: memory holds the expected ids (not their vectors)
+        and one page of missing entries.
+        """
         added = removed = 0
-        wanted: dict[tuple[str, Modality], dict[str, tuple[np.ndarray, dict[str, Any]]]] = {}
+        wanted: dict[tuple[str, Modality], set[str]] = {}
+        pending: dict[tuple[str, Modality], list[tuple[str, np.ndarray, dict[str, Any]]]] = {}
+
+        def flush(key: tuple[str, Modality]) -> None:
+            nonlocal added
+            rows = pending.pop(key, [])
+            if rows:
+                self._index_of(*key).add([r[0] for r in rows], np.stack([r[1] for r in rows]),
+                                         [r[2] for r in rows])
+                added += len(rows)
+
         for it in self.store.iter_items():
-            t = it.tenant
-            f = it.features
-            if it.kind == "review":
-                if "text" in f:
-                    wanted.setdefault((t, "review_text"), {})[it.item_id] = (
-                        f["text"], {"owner": it.owner, "product_id": it.group})
-                continue
-            if "text" in f:
-                wanted.setdefault((t, "listing_text"), {})[it.item_id] = (
-                    f["text"],
-                    {"owner": it.owner, "price": it.price, "currency": it.currency, "category": it.group})
-            meta = {"owner": it.owner, "record_id": it.item_id}
-            if "image_pdq" in f:
-                q = f.get("image_pdq_quality", np.zeros(len(f["image_pdq"])))
-                for k in np.flatnonzero(q >= self.config.near_duplicates.pdq_min_quality).tolist():
-                    wanted.setdefault((t, "image_pdq"), {})[f"{it.item_id}/{k}"] = (f["image_pdq"][k], meta)
-            if "image_sscd" in f:
-                for k in range(len(f["image_sscd"])):
-                    wanted.setdefault((t, "image_sscd"), {})[f"{it.item_id}/{k}"] = (f["image_sscd"][k], meta)
+            for modality, item_id, vec, meta in self._index_entries(it):
+                key = (it.tenant, modality)
+                wanted.setdefault(key, set()).add(item_id)
+                idx = self._index_of(*key)
+                if item_id not in idx.index:
+                    pending.setdefault(key, []).append((item_id, vec, meta))
+                    if len(pending[key]) >= 1000:
+                        flush(key)
+        for key in list(pending):
+            flush(key)
         keys: set[tuple[str, Modality]] = set(wanted) | {(t, m) for t in self.indexes.tenants()
-                              for m in ("listing_text", "review_text", "image_pdq", "image_sscd")}
+                                                         for m in ("listing_text", "review_text", "image_pdq",
+                                                                   "image_sscd")}
         for t, m in sorted(keys):
-            idx = self.indexes.get(t, m, create=(t, m) in wanted)
-            if idx is None:
+            stored_idx = self.indexes.get(t, m, create=False)
+            if stored_idx is None:
                 continue
-            want = wanted.get((t, m), {})
-            have = set(idx.meta) | set(_index_ids(idx.index))
-            extra = sorted(have - set(want))
+            want = wanted.get((t, m), set())
+            extra = sorted((set(stored_idx.meta) | set(_index_ids(stored_idx.index))) - want)
             if extra:
-                removed += idx.remove(extra)
-            missing = sorted(set(want) - have)
-            for start in range(0, len(missing), 1000):
-                part = missing[start:start + 1000]
-                data = np.stack([want[i][0] for i in part])
-                idx.add(part, data, [want[i][1] for i in part])
-                added += len(part)
+                removed += stored_idx.remove(extra)
         if added or removed:
             log.warning("reconciled the indexes with the store: %d entries added, %d removed", added, removed)
         return {"added": added, "removed": removed}
+
+    def _index_entries(self, it: StoredItem) -> list[tuple[Modality, str, np.ndarray, dict[str, Any]]]:
+        """What the indexes hold for a stored item: (modality, index id, vector or hash, metadata)."""
+        f = it.features
+        if it.kind == "review":
+            return [("review_text", it.item_id, f["text"], {"owner": it.owner, "product_id": it.group})] \
+                if "text" in f else []
+        out: list[tuple[Modality, str, np.ndarray, dict[str, Any]]] = []
+        if "text" in f:
+            meta_text = {"owner": it.owner, "price": it.price, "currency": it.currency, "category": it.group}
+            out.append(("listing_text", it.item_id, f["text"], meta_text))
+        meta = {"owner": it.owner, "record_id": it.item_id}
+        if "image_pdq" in f:
+            q = f.get("image_pdq_quality", np.zeros(len(f["image_pdq"])))
+            for k in np.flatnonzero(q >= self.config.near_duplicates.pdq_min_quality).tolist():
+                out.append(("image_pdq", f"{it.item_id}/{k}", f["image_pdq"][k], meta))
+        if "image_sscd" in f:
+            out += [("image_sscd", f"{it.item_id}/{k}", vec, meta) for k, vec in enumerate(f["image_sscd"])]
+        return out
 
     def index_sizes(self) -> dict[tuple[str, str], int]:
         return self.indexes.sizes()

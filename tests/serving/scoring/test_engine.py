@@ -51,7 +51,7 @@ def test_a_crash_after_the_commit_is_repaired_at_start(setup: tuple[MarketGuardC
     cfg, ex, engine = setup
     engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
     # SIGKILL after the store committed B but before its index entry was logged:
-    engine._index_listing = lambda *a, **k: None  # type: ignore[method-assign]
+    engine._index_item = lambda *a, **k: None  # type: ignore[method-assign]  # the crash
     engine.score_listings(ex.extract("listing", [listing("B", "s2")]))
     idx = engine.indexes.get("default", "listing_text")
     assert idx is not None and "B" not in idx.index
