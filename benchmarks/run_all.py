@@ -20,7 +20,8 @@ BEGIN, END = "<!-- BEGIN bench-table -->", "<!-- END bench-table -->"
 
 # The benchmarks, in the order they run, with the figures the README shows for each.
 HEADLINES: dict[str, tuple[str, ...]] = {
-    "content_rules": ("precision", "recall", "sms_spam_flag_rate", "sms_ham_flag_rate"),
+    "content_rules": ("contact_f1_url", "contact_f1_email", "contact_f1_phone", "sms_spam_flag_rate",
+                      "sms_ham_flag_rate"),
     "embedding": ("int8_speedup_vs_st", "int8_mean_cosine", "int8_latency_speedup_vs_st"),
     "images": ("sscd_recall_at_p99", "sscd_distilled_recall_at_p99", "pdq_trimmed_mirror_recall_at_p99"),
     "index": ("recall_at_10", "speedup_vs_exact", "bytes_per_vector_total", "pdq_bytes_per_hash_total",
@@ -28,6 +29,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "er_pairs": ("er_f1", "er_f1_shipped", "er_f1_cosine_baseline", "er_candidate_recall_at_10"),
     "batch": ("throughput_text_rows_s", "throughput_image_rows_s", "throughput_ratio", "end_to_end_ratio",
               "peak_anon_mb_100k", "peak_anon_mb_1m", "er_f1", "er_f1_cosine_baseline"),
+    "latency": ("p50_ms_c1", "p99_ms_c1", "throughput_rps_c16", "overhead_ratio", "throughput_ratio_16",
+                "errors", "freshness_ms"),
 }
 
 

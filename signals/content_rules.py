@@ -13,21 +13,27 @@ check ran:
 
 Everything matches on the normalised view of :mod:`signals.text_normalize`. Precision
 matters as much as recall, so numbers must look like phones in context (see
-``_phone_findings``), bare domains need an unambiguous top-level domain, and app names
-need a handle, a number or a contact cue next to them unless they are disguised.
+``_phones``), and app names need a handle, a number or a contact cue next to them unless
+they are disguised. A link with a scheme or "www." is always a URL (IP hosts included);
+a bare host needs a suffix on the Public Suffix List bundled in ``publicsuffixlist`` (never
+fetched) and must not read as two sentences joined by a period (``_bare_host_ok``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
+from functools import lru_cache
+from importlib import resources
 from typing import Any, ClassVar, Literal
 
 import phonenumbers
 from phonenumbers import Leniency, PhoneNumberMatcher
+from publicsuffixlist import PublicSuffixList
 
 from signals.config import ContentRulesConfig
 from signals.extractor import Extractor, ItemResult
@@ -71,16 +77,21 @@ _MIN_COUNT = {STYLIZED: 2, COMBINING: 3}
 
 # ---- domains --------------------------------------------------------------------------
 
-# TLDs that, after a dot, are almost never an ordinary word or a file extension.
-_STRONG_TLDS = _words("""
-com net org info biz io ly xyz shop store online site app dev top club link click live tk ml
-ga cf gq cc ws su ru cn ng br de fr es uk ke za ph pk ae mx au ca nz ie nl ch se dk fi pt gr cz
-hu ro vn tr ua ar cl pe sg hk tw kr jp eu gh tz ug bd lk np sa eg gl gd pw vip bid win loan work
-buzz fun icu space website tech ooo rest bar blog page world today email ng gg
+# Hosts are judged with the Public Suffix List bundled in the ``publicsuffixlist`` wheel
+# (MPL-2.0; the list's date is the package version's suffix): nothing is fetched. A bare
+# "name.tld" counts when its suffix is on the list, unless it reads as words (see
+# ``ContentRules._bare_host_ok``).
+#
+# TLDs that are also short words or file extensions ("condition.no scratches", "readme.md",
+# "ok.so", "tell me pa"): a bare mention needs a path, a scheme, "www" or a second-level
+# label (co.in) to count.
+_WEAK_TLDS = _words("""
+in it is at to me us my no be so do go am co id tv im ai md pl sh fm as la pa hm mo ma pm ps
+ms st cd cu mt re tc gd nu hr km cm mm py rs zip mov by ad ye
 """)
-# TLDs that are also words or extensions ("condition.no scratches", "readme.md"): a bare
-# mention needs a path, a scheme, "www" or a second-level label (co.in) to count.
-_WEAK_TLDS = _words("in it is at to me us my no be so do go am co id tv im ai md pl sh fm")
+# TLDs of three letters or more that are words ("tomorrow.call me", "Quiz.Win a prize") are
+# found by looking them up in the common-word list; these few are domains first.
+_DOMAIN_FIRST_TLDS = _words("com net org edu gov mil int info biz")
 _SECOND_LEVEL = _words("co com org net gov ac edu or ne")
 _SHORTENERS = _words("""
 bit.ly bitly.com tinyurl.com goo.gl t.co ow.ly is.gd buff.ly rebrand.ly cutt.ly shorturl.at
@@ -121,10 +132,30 @@ _SPELLED = re.compile(rf"[\[\(\{{<]|\s(?:at|arroba|arobase|{_DOT_WORDS})\s")
 _EMAIL = re.compile(
     rf"(?<![a-z0-9._%+\-])(?P<local>[a-z0-9][a-z0-9._%+\-]{{0,63}})(?P<at>{_AT})"
     rf"(?P<domain>(?:{_LABEL}{_EDOT}){{0,4}}{_LABEL})(?![a-z0-9\-])")
+# Schemes that name a host: a URL with one of these (or "www.") is always a URL, whatever
+# its host (an IP address, a TLD not on the list, "localhost"). Defanged spellings too.
+_SCHEMES = r"(?:https?|hxxps?|h\*\*ps?|ftps?|sftp|wss?|rtsps?|ssh|telnet|git|svn|smb|nntp|irc|ldaps?|rsync)"
+_EXPLICIT_URL = re.compile(
+    rf"(?<![a-z0-9@.\-_])(?:(?P<scheme>{_SCHEMES}\s?(?::\s?//|//|:/)\s?)"
+    r"(?P<user>[a-z0-9._~%!$&'*+,;=\-]{1,64}(?::[^\s@/]{0,64})?@)?"
+    rf"(?P<www>www{_DOT})?|(?P<www2>www{_DOT}))"
+    rf"(?P<host>\[[0-9a-f:.]{{2,45}}\]|(?:{_LABEL}{_DOT}){{0,8}}{_LABEL})"
+    r"(?P<port>:\d{1,5}(?!\d))?(?P<path>[/?#][^\s<>\"']*)?")
+# "http://careers. bloomberg.com": a space after a dot inside a host, seen in pasted links.
+_HOST_CONTINUED = re.compile(
+    rf"\.\s(?P<host>(?:{_LABEL}\.){{1,8}}{_LABEL})(?![a-z0-9\-])(?P<path>[/?#][^\s<>\"']*)?")
 _URL = re.compile(
-    rf"(?<![a-z0-9@.\-_])(?P<scheme>(?:https?|hxxps?|ftp)\s*:\s*//\s*)?(?P<www>www{_DOT})?"
-    rf"(?P<host>(?:{_LABEL}{_DOT}){{1,5}}[a-z]{{2,12}})(?![a-z0-9\-])"
-    r"(?P<path>(?::\d{2,5})?/[^\s<>\"'()]*)?")
+    rf"(?<![a-z0-9@.\-_])(?P<host>(?:{_LABEL}{_DOT}){{1,5}}(?:[a-z]{{2,24}}|xn--[a-z0-9\-]{{1,59}}))"
+    r"(?![a-z0-9\-])(?P<path>(?::\d{2,5})?/[^\s<>\"'()]*)?")
+# "45.12.33.9:8080/login": an IPv4 address with a port or a path is a link without a scheme.
+_BARE_IP_URL = re.compile(
+    r"(?<![\w.:/\-])(?P<host>\d{1,3}(?:\.\d{1,3}){3})(?P<port>:\d{1,5})?"
+    r"(?P<path>/[^\s<>\"']*)?(?![\w.:])")
+# Words right before a bare host that present it as a place to go ("visit", "at", "log onto").
+_URL_CUE = re.compile(
+    r"(?<![a-z])(?:visit|go\s*(?:to|2)|goto|log\s*on\s*to|log\s*onto|logon|login|see|at|on|via|"
+    r"from|site|website|web|page|link|click|browse|check\s+out|url|order|buy|shop|available)"
+    r"\s*[:\-]?\s*$")
 # "bit ly/xyz": a shortener with a space for the dot.
 _SPACED_SHORTENER = re.compile(
     r"(?<![a-z0-9])(?P<host>bit|cutt|ow|buff|rebrand|tinyurl)\s+(?P<tld>ly|com)"
@@ -224,16 +255,22 @@ _PHONE_CUE_RE = re.compile(
 _UNIT_AFTER = re.compile(
     r"\s*(?:mm|cm|m|km|in|inch|inches|\"|ft|gb|tb|mb|kb|mah|wh|w|kw|v|hz|khz|mhz|ghz|kg|g|"
     r"lb|lbs|oz|ml|l|pcs|pc|px|mp|rpm|psi|btu|%|k|mi|miles|sq|yards|yd)(?![a-z])")
-_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥₹₦]|rs\.?|usd|eur|gbp|inr|ngn|r\$|kes|idr|rp\.?)\s*$")
+# "(?<![a-z])": "offers. 0800..." and "Corp. 0800..." do not end in "Rs." or "Rp.".
+_CURRENCY_BEFORE = re.compile(
+    r"(?:[$€£¥₹₦]|(?<![a-z])(?:rs\.?|usd|eur|gbp|inr|ngn|r\$|kes|idr|rp\.?))\s*$")
 _DATE_LIKE = re.compile(
     r"^(?:\d{1,4}[./\-]\d{1,2}[./\-]\d{1,4}|(?:19|20)\d\d\s*[-/]\s*(?:19|20)\d\d|"
     r"\d{1,3}(?:\.\d{1,3}){3}|(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))$")
 # "txt WIN to 87121": premium SMS short codes are a phone contact too (kind "phone").
+# Also "TXT: SHOP to 80878", "Txting GRAVEL to 69888", "text GO to: 69988", "to No: 83355";
+# four-digit codes ("txt NOKIA to 8007") only after "to" ("call me at 1230" is a time).
 _SHORTCODE = re.compile(
-    r"(?<![a-z])(?:txt|text|sms|send|reply|call|ring|dial)(?:\s+[^\s\d]\S*){0,4}?\s+"
-    r"(?:to|on|at|no:?|number:?)\s+(?P<code>\d{5,6})(?![\d])")
+    r"(?<![a-z])(?:txt|text|txting|texting|sms|send|reply|rply|call|ring|dial):?"
+    r"(?:\s+[^\s\d]\S*){0,4}?\s+"
+    r"(?:(?:on|at|number:?)\s+(?P<code>\d{5,6})|to\s*(?:no\s*)?:?\s*(?P<code4>\d{4,6}))(?![\d])")
 _PHONE_RUN = re.compile(r"(?<![\d+])(?:\+|00)?\(?\d[\d \t\-./()]*\d\)?")
 _DIGIT = re.compile(r"\d")
+_GLUED_HEAD = re.compile(r"\d{1,4}[ \t]+(?=\d)")
 
 
 @dataclass(frozen=True)
@@ -343,6 +380,67 @@ def _clean_host(raw: str) -> str:
     return re.sub(_EDOT, ".", raw)
 
 
+@lru_cache(maxsize=1)
+def _suffix_list() -> PublicSuffixList:
+    """The full Public Suffix List (ICANN and private sections) shipped in the wheel.
+
+    ``accept_unknown=False``: a TLD that is not on the list is not a suffix, so
+    "tomorrow.xyzzy" is no host. Loaded once (~0.1 s), on first use.
+    """
+    return PublicSuffixList(accept_unknown=False)
+
+
+@lru_cache(maxsize=1)
+def common_words() -> frozenset[str]:
+    """Common words (``content_words.txt``): a name before a word-TLD that is one of them
+    reads as the end of a sentence, not a domain ("shop.now", "tomorrow.call")."""
+    text = resources.files("signals").joinpath("content_words.txt").read_text(encoding="utf-8")
+    return frozenset(w for w in text.split("\n") if w and not w.startswith("#"))
+
+
+def is_word_tld(tld: str) -> bool:
+    """A TLD that is also a word or an extension: weak (``no``, ``so``, ``md``) or one of
+    three letters or more found in the common-word list (``call``, ``now``, ``win``)."""
+    return tld in _WEAK_TLDS or (
+        len(tld) >= 3 and tld not in _DOMAIN_FIRST_TLDS and tld in common_words())
+
+
+def registrable(host: str) -> tuple[str, str] | None:
+    """``(public suffix, registrable domain)`` of ``host`` by the Public Suffix List, or None
+    when its suffix is not on the list or the host is itself a suffix ("co.uk")."""
+    psl = _suffix_list()
+    suffix = psl.publicsuffix(host, accept_unknown=False)
+    domain = psl.privatesuffix(host, accept_unknown=False) if suffix else None
+    return (suffix, domain) if suffix and domain else None
+
+
+def _trim_host(labels: list[str]) -> list[str]:
+    """Cut junk glued after a host's suffix: "ldew.com1win150ppm" -> "ldew.com".
+
+    Drops trailing labels until the rest ends in a listed suffix, or keeps the longest
+    listed TLD at the start of a last label run into digits. Unchanged when nothing fits:
+    a scheme URL may name "localhost" or an intranet host.
+    """
+    for n in range(len(labels), 1, -1):
+        if registrable(".".join(labels[:n])):
+            return labels[:n]
+        last = labels[n - 1]
+        for k in range(min(len(last) - 1, 24) if n == len(labels) else 0, 1, -1):
+            if last[:k].isalpha() and not last[k].isalpha() and registrable(
+                    ".".join([*labels[:n - 1], last[:k]])):
+                return [*labels[:n - 1], last[:k]]
+    return labels
+
+
+def _ip_host(host: str) -> bool:
+    """An IPv4 address or a bracketed IPv6 address."""
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False
+    return True
+
+
 class ContentRules:
     """The compiled rules for one config: scan a field, get contacts, terms, techniques."""
 
@@ -366,8 +464,9 @@ class ContentRules:
         contacts: list[Finding] = []
         mask = list(view)  # spans already claimed are blanked so kinds never double count
         allowed = self._allowed(tenant)
-        contacts += self._emails(nt, view, mask, field_name, allowed)
-        contacts += self._urls(nt, "".join(mask), mask, field_name, allowed)
+        contacts += self._explicit_urls(nt, view, mask, field_name, allowed)
+        contacts += self._emails(nt, "".join(mask), mask, field_name, allowed)
+        contacts += self._bare_urls(nt, "".join(mask), mask, field_name, allowed)
         contacts += self._apps_found(nt, "".join(mask), mask, field_name)
         contacts += self._phones(nt, "".join(mask), mask, field_name)
         contacts += self._handles(nt, "".join(mask), mask, field_name)
@@ -425,7 +524,7 @@ class ContentRules:
                 continue  # "instagram @vintage.finds": a handle after a word, not an email
             spelled_at = "@" not in at
             provider = labels[0] in _EMAIL_PROVIDERS
-            has_tld = len(labels) >= 2 and (labels[-1] in _STRONG_TLDS or labels[-1] in _WEAK_TLDS)
+            has_tld = len(labels) >= 2 and registrable(domain) is not None
             if not (has_tld or (len(labels) == 1 and labels[0] in _BARE_PROVIDERS)):
                 continue
             if spelled_at and not at.strip().startswith(("[", "(", "{", "<")) and not (
@@ -443,8 +542,113 @@ class ContentRules:
             taken = m.end()
         return out
 
-    def _urls(self, nt: NormalizedText, view: str, mask: list[str], field_name: str,
-              allowed: Sequence[str]) -> list[Finding]:
+    def _link_finding(self, nt: NormalizedText, field_name: str, start: int, end: int,
+                      host: str, path: str, extra: Sequence[str],
+                      detail: dict[str, Any]) -> Finding:
+        """A link found: a messaging app's link is a handle of that app, the rest are URLs."""
+        full = host + path
+        app = next((a for d, a in _MESSAGING_DOMAINS.items() if _domain_ok(host, [d])), None)
+        if app:
+            handle = path.strip("/").split("/")[0].split("?")[0]
+            norm = f"{app}:{handle}" if handle else app
+            return self._finding(nt, "handle", field_name, start, end, norm, 0.9, extra,
+                                 {"app": app, "link": full})
+        shortener = host in _SHORTENERS
+        ip = _ip_host(host)
+        weight = 0.85 if (shortener or ip) else 0.6  # a bare IP or a shortener hides the site
+        return self._finding(nt, "url", field_name, start, end, full, weight, extra,
+                             {**({"shortener": True} if shortener else {}),
+                              **({"ip_host": True} if ip else {}), **detail})
+
+    def _explicit_urls(self, nt: NormalizedText, view: str, mask: list[str], field_name: str,
+                       allowed: Sequence[str]) -> list[Finding]:
+        """Links with a scheme or "www.": always URLs, the host unjudged (IPs included)."""
+        out = []
+        taken = 0
+        for m in _rescanning(_EXPLICIT_URL, view):
+            if m.start() < taken:
+                continue
+            host_raw = m.group("host")
+            labels = _clean_host(host_raw).split(".")
+            if not m.group("scheme") and len(labels) < 2:
+                continue  # "www.com" alone, or "www" in a sentence
+            end = m.end()
+            path = m.group("path") or ""
+            port = m.group("port") or ""
+            if m.group("scheme") and len(labels) == 1 and not (path or port) and (
+                    cont := _HOST_CONTINUED.match(view, m.end("host"))):
+                labels += cont.group("host").split(".")  # "http://careers. bloomberg.com"
+                path, end = cont.group("path") or "", cont.end()
+            if not _ip_host(".".join(labels)) and not host_raw.startswith("["):
+                kept = _trim_host(labels)
+                if kept != labels:
+                    # Junk glued after the suffix ("www.ldew.com1win150ppm"): the link ends
+                    # at the suffix; what follows is not its path.
+                    host_end = re.compile(rf"(?:{_LABEL}{_DOT}){{{len(kept) - 1}}}").match(
+                        view, m.start("host"))
+                    end = (host_end.end() if host_end else m.start("host")) + len(kept[-1])
+                    labels, path, port = kept, "", ""
+            host = ".".join(labels)
+            s_o, e_o = nt.span(m.start(), end)
+            om = _EXPLICIT_URL.fullmatch(nt.original[s_o:e_o].lower())
+            if om and _ip_host(om.group("host")):
+                # The view collapses "0.1/a" like spaced letters ("g.m.a.i.l"): an IP
+                # address is read from what was written.
+                host, port, path = om.group("host"), om.group("port") or "", om.group("path") or ""
+            stripped = path.rstrip(".,;:!?)")
+            end -= len(path) - len(stripped)
+            if _domain_ok(host, allowed):
+                taken = end
+                continue
+            extra = [SPELLED_SYMBOLS] if _SPELLED.search(view[m.start():end]) else []
+            detail = {"scheme": re.sub(r"[\s:/]", "", m.group("scheme"))} if m.group("scheme") else {}
+            out.append(self._link_finding(nt, field_name, m.start(), end, host + port, stripped,
+                                          extra, detail))
+            self._claim(mask, m.start(), end)
+            taken = end
+        return out
+
+    def _bare_host_ok(self, nt: NormalizedText, view: str, m: re.Match[str], host: str) -> bool:
+        """Whether a bare "name.tld" (no scheme, "www" or path) is a host, not words.
+
+        The suffix must be on the Public Suffix List (``registrable``). Text joined by a
+        missing space after a period ("Quiz.Win a prize", "tomorrow.call me", "ok.so")
+        reads as a host only when the TLD is not a word and, if it is one, the name looks
+        like a domain: not a common word, and a digit or hyphen in it, a subdomain, or a
+        cue before it ("visit", "at", "log onto").
+        """
+        found = registrable(host)
+        if found is None:
+            return False
+        suffix = found[0]
+        labels = host.split(".")
+        suffix_labels = suffix.split(".")
+        tld = labels[-1]
+        names = labels[:-len(suffix_labels)]
+        name = names[-1]
+        if all(n.isdigit() for n in names):
+            # "80488.biz" is a site; "10.5.in", "4.50.biz" are numbers.
+            return len(names) == 1 and len(name) >= 3 and not is_word_tld(tld)
+        if tld in _WEAK_TLDS:
+            return len(suffix_labels) >= 2 and suffix_labels[0] in _SECOND_LEVEL
+        if not is_word_tld(tld) or len(suffix_labels) >= 2:
+            return True
+        # A word TLD: "Sorry.Win", "later.CALL" are two sentences.
+        s, e = nt.span(m.start("host"), m.end("host"))
+        original = nt.original[s:e]
+        dot = original.rfind(".")
+        after = original[dot + 1:] if dot > 0 else ""
+        before = original[dot - 1] if dot > 0 else ""
+        if after[:1].isupper() and (after[1:].islower() or (after.isupper() and before.islower())):
+            return False
+        if name in common_words():
+            return False
+        return bool(re.search(r"[\d\-]", name) or len(names) >= 2
+                    or _URL_CUE.search(view[max(0, m.start() - 30):m.start()]))
+
+    def _bare_urls(self, nt: NormalizedText, view: str, mask: list[str], field_name: str,
+                   allowed: Sequence[str]) -> list[Finding]:
+        """Hosts without a scheme: judged by their suffix and by how they read."""
         out = []
         taken = 0
         for m in _rescanning(_URL, view):
@@ -453,38 +657,35 @@ class ContentRules:
             host_raw = m.group("host")
             host = _clean_host(host_raw)
             labels = host.split(".")
-            tld = labels[-1]
-            if tld not in _STRONG_TLDS and tld not in _WEAK_TLDS and host not in _SHORTENERS:
-                continue
-            if not any(c.isalpha() for c in "".join(labels[:-1])):
-                continue  # "10.5.in" and friends
-            scheme, www, path = m.group("scheme"), m.group("www"), m.group("path")
-            app = next((a for d, a in _MESSAGING_DOMAINS.items() if _domain_ok(host, [d])), None)
-            shortener = host in _SHORTENERS
-            explicit = bool(scheme or www or (path and len(path) > 1))
-            if not (explicit or app or shortener):
-                if tld in _WEAK_TLDS and not (len(labels) >= 3 and labels[-2] in _SECOND_LEVEL):
-                    continue  # "condition.no scratches", "readme.md"
-                if host in self._brand_domains:
-                    continue  # "Amazon.com gift card": a brand name in ordinary use
-                if _SPELLED.search(host_raw) and labels[-2] in _STOPWORDS:
-                    continue  # "polka dot com..."
+            path = m.group("path") or ""
+            app = any(_domain_ok(host, [d]) for d in _MESSAGING_DOMAINS)
+            if not (app or host in _SHORTENERS):
+                if registrable(host) is None:
+                    continue
+                if len(path) <= 1:
+                    if not self._bare_host_ok(nt, view, m, host):
+                        continue
+                    if host in self._brand_domains:
+                        continue  # "Amazon.com gift card": a brand name in ordinary use
+                    if _SPELLED.search(host_raw) and labels[-2] in _STOPWORDS:
+                        continue  # "polka dot com..."
             if _domain_ok(host, allowed):
                 continue
+            stripped = path.rstrip(".,;:!?")
+            end = m.end() - (len(path) - len(stripped))
             extra = [SPELLED_SYMBOLS] if _SPELLED.search(m.group()) else []
-            full = host + (path or "").rstrip(".,;:!?")
-            end = m.end() - (len(path or "") - len((path or "").rstrip(".,;:!?")))
-            if app:
-                handle = (path or "").strip("/").split("/")[0].split("?")[0]
-                norm = f"{app}:{handle}" if handle else app
-                out.append(self._finding(nt, "handle", field_name, m.start(), end, norm, 0.9,
-                                         extra, {"app": app, "link": full}))
-            else:
-                out.append(self._finding(nt, "url", field_name, m.start(), end, full,
-                                         0.85 if shortener else 0.6, extra,
-                                         {"shortener": True} if shortener else {}))
+            out.append(self._link_finding(nt, field_name, m.start(), end, host, stripped, extra, {}))
             self._claim(mask, m.start(), end)
             taken = end
+        for m in _BARE_IP_URL.finditer(view):
+            host, port, path = m.group("host"), m.group("port") or "", m.group("path") or ""
+            if not _ip_host(host) or not (port or re.search(r"[a-z]", path)):
+                continue  # a bare address, a version ("1.2.3.4") or "1.2.3.4/5" is no link
+            stripped = path.rstrip(".,;:!?)")
+            end = m.end() - (len(path) - len(stripped))
+            out.append(self._link_finding(nt, field_name, m.start(), end, host + port, stripped,
+                                          [], {}))
+            self._claim(mask, m.start(), end)
         for m in _SPACED_SHORTENER.finditer(view):
             if not view[m.start():m.end()].strip() or mask[m.start()] == " ":
                 continue
@@ -573,10 +774,15 @@ class ContentRules:
         seen: set[str] = set()
         for m in _PHONE_RUN.finditer(view):
             run = m.group()
+            s, e = m.start(), m.end()
+            head = _GLUED_HEAD.match(run) if s > 0 and view[s - 1].isalpha() else None
+            if head and len(_DIGIT.findall(run[head.end():])) >= 7:
+                # "MobileUpd8 08001950382": the "8" belongs to the word, not the number.
+                s += head.end()
+                run = run[head.end():]
             digits = len(_DIGIT.findall(run))
             if digits < 7 or digits > 32:
                 continue
-            s, e = m.start(), m.end()
             # Context is read from the unmasked text: an app name claimed as a handle
             # ("WhatsApp +44 ...") is still the cue that vouches for the number after it.
             before = nt.text[max(0, s - self._window):s]
@@ -622,8 +828,9 @@ class ContentRules:
             if found:
                 self._claim(mask, s, e)
         for m in _SHORTCODE.finditer(view):
-            cs, ce = m.span("code")
-            code = m.group("code")
+            group = "code" if m.group("code") else "code4"
+            cs, ce = m.span(group)
+            code = m.group(group)
             if mask[cs] == " " or f"shortcode:{code}" in seen:
                 continue
             seen.add(f"shortcode:{code}")
@@ -731,7 +938,7 @@ class ContentRulesExtractor(Extractor[Listing | Review]):  # type: ignore[type-v
     """Off-platform contact, obfuscation and prohibited terms for listings and reviews."""
 
     name: ClassVar[str] = "content_rules"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: contacts judged by the public suffix list (issue 16)
     accepts: ClassVar[tuple[Literal["listing", "review"], ...]] = ("listing", "review")
     emits: ClassVar[tuple[str, ...]] = (
         "content.offplatform_contact", "content.obfuscation", "content.prohibited_terms")

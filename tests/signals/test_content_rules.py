@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,197 @@ def test_adversarial_text_stays_linear(rules: ContentRules, text: str) -> None:
     start = time.perf_counter()
     rules.scan(text, "description", "default")
     assert time.perf_counter() - start < 1.5
+
+
+# ---- URLs: schemes, IP hosts, the Public Suffix List, sentences joined by a period ------
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        # A scheme (or "www.") makes a URL whatever the host: IPs, unlisted names, digits.
+        ("login at http://192.168.10.4:8080/admin now", "192.168.10.4:8080/admin"),
+        ("open http://192.168.0.1/a now", "192.168.0.1/a"),
+        ("pay at https://[2001:db8::1]:8443/pay", "[2001:db8::1]:8443/pay"),
+        ("see http://localhost:3000/x", "localhost:3000/x"),
+        ("ftp://files.example.internal/a.zip", "files.example.internal/a.zip"),
+        ("hxxp://evil[.]example[.]com/login", "evil.example.com/login"),
+        ("ssh://git@github.com/x/y", "github.com/x/y"),
+        ("HTTP://WWW.URAWINNER.COM THERE IS A SURPRISE", "urawinner.com"),
+        ("visit www.07781482378.com", "07781482378.com"),
+        ("http://careers. bloomberg.com", "careers.bloomberg.com"),
+        # Without a scheme, an IPv4 address with a port or a path is a link too.
+        ("visit 45.12.33.9:8080/pay now", "45.12.33.9:8080/pay"),
+    ],
+)
+def test_a_scheme_or_www_is_always_a_url(rules: ContentRules, text: str, normalized: str) -> None:
+    found = rules.scan(text, "description", "default").contacts
+    assert [(f.kind, f.normalized) for f in found] == [("url", normalized)]
+    assert text[found[0].start:found[0].end] == found[0].matched
+
+
+def test_ip_hosts_weigh_like_shorteners(rules: ContentRules) -> None:
+    [f] = rules.scan("claim at http://45.12.33.9/claim", "t", "default").contacts
+    assert f.detail["ip_host"] is True and f.weight == 0.85
+    assert f.detail["scheme"] == "http"
+
+
+def test_junk_glued_after_a_www_host_is_cut_at_the_suffix(rules: ContentRules) -> None:
+    text = "TnCs www.Ldew.com1win150ppmx3age16"
+    [f] = rules.scan(text, "t", "default").contacts
+    assert (f.kind, f.normalized, f.matched) == ("url", "ldew.com", "www.Ldew.com")
+
+
+@pytest.mark.parametrize("text", ["server 10.0.0.1 is down", "version 1.2.3.4 released",
+                                  "ratio 1.2.3.4/5", "www is down"])
+def test_bare_ip_without_port_or_path_is_not_a_url(rules: ContentRules, text: str) -> None:
+    assert rules.scan(text, "t", "default").contacts == []
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        # TLDs a hand-kept list did not have: the full Public Suffix List does.
+        ("T&C at mysite.museum", "mysite.museum"),
+        ("see her: www.SMS.ac/u/nat27081980", "sms.ac/u/nat27081980"),
+        ("For T&C's visit 80488.biz", "80488.biz"),
+        ("pics on foo.blogspot.com", "foo.blogspot.com"),
+        ("новый сайт example.xn--p1ai", "example.xn--p1ai"),
+        ("cheap at bestdeals.kiwi", "bestdeals.kiwi"),
+    ],
+)
+def test_hosts_use_the_public_suffix_list(rules: ContentRules, text: str, normalized: str) -> None:
+    found = rules.scan(text, "t", "default").contacts
+    assert [(f.kind, f.normalized) for f in found] == [("url", normalized)]
+
+
+def test_email_domains_use_the_public_suffix_list(rules: ContentRules) -> None:
+    assert [f.normalized for f in rules.scan("mail bob@example.museum", "t", "d").contacts] == [
+        "bob@example.museum"]
+    assert rules.scan("mail bob@example.notatld", "t", "d").contacts == []
+
+
+@pytest.mark.parametrize("text", ["see tomorrow.xyzzy", "suffix co.uk only", "price 4.50.biz"])
+def test_unlisted_suffixes_are_not_hosts(rules: ContentRules, text: str) -> None:
+    assert rules.scan(text, "t", "default").contacts == []
+
+
+def test_the_suffix_list_is_bundled_and_never_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from publicsuffixlist import PublicSuffixList
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the public suffix list must not be fetched")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    psl = PublicSuffixList(accept_unknown=False)
+    assert psl.publicsuffix("shop.example.co.uk") == "co.uk"
+    assert psl.publicsuffix("a.xyzzy", accept_unknown=False) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "meet tomorrow.Call me", "meet tomorrow.call me", "e.g this", "i.e that", "ok.so what",
+        "Sorry.No way", "Moby Pub Quiz.Win a £100 prize", "Ryder unsold.now gibbs",
+        "later.CALL ME", "ZOUK FROM PARIS.FREE ROSES", "You go. I.ll stay", "if she.s drinkin",
+        "see you at the shop.now", "Great work.Love it", "wat.Now", "tell me.pa",
+        "sharing a happy news.By the grace of God", "Take care c u soon.xxx",
+    ],
+)
+def test_sentences_joined_by_a_period_are_not_hosts(rules: ContentRules, text: str) -> None:
+    assert rules.scan(text, "t", "default").contacts == []
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        # Word TLDs with a name that looks like a domain: a digit or hyphen, a cue, a subdomain.
+        ("Check gr8prizes.win", "gr8prizes.win"),
+        ("luxury at best-deals.online", "best-deals.online"),
+        ("order at cheapbags.shop today", "cheapbags.shop"),
+        ("deals on shop.cheapbags.online", "shop.cheapbags.online"),
+        # TLDs that are not words need no more than the list; capitals do not matter.
+        ("TnCs Ldew.Com", "ldew.com"), ("go to PocketBabe.co.uk", "pocketbabe.co.uk"),
+        ("sent via WAY2SMS.COM", "way2sms.com"), ("example.co.in", "example.co.in"),
+    ],
+)
+def test_hosts_that_look_like_domains_still_count(rules: ContentRules, text: str,
+                                                  normalized: str) -> None:
+    found = rules.scan(text, "t", "default").contacts
+    assert [(f.kind, f.normalized) for f in found] == [("url", normalized)]
+
+
+def test_word_tlds_come_from_the_word_list() -> None:
+    from signals.content_rules import common_words, is_word_tld
+
+    assert {"call", "now", "win", "shop", "free"} <= {t for t in ("call", "now", "win", "shop",
+                                                                 "free") if is_word_tld(t)}
+    assert not any(is_word_tld(t) for t in ("com", "net", "org", "uk", "xyz", "ly"))
+    assert is_word_tld("no") and is_word_tld("so")  # two-letter words are listed by hand
+    assert len(common_words()) > 20_000 and "tomorrow" in common_words()
+
+
+# ---- phones and short codes found on the SMS collection's development half ---------------
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        ("Call MobileUpd8 08001950382 or Call2OptOut/674", "+448001950382"),  # "8" is the word's
+        ("the very latest offers. 08000839402 or call2optout", "+448000839402"),  # not "Rs."
+        ("Acme Corp. 0800 169 6031", "+448001696031"),  # "Corp." is not "Rp." (rupiah)
+        ("just txt NOKIA to 8007 Get txting", "shortcode:8007"),
+        ("TXT: SHOP to 80878. T's&C's", "shortcode:80878"),
+        ("Txting GRAVEL to 69888!", "shortcode:69888"),
+        ("text GO to: 69988 If u get nothing", "shortcode:69988"),
+        ("Txt word: START to No: 81151 & get", "shortcode:81151"),
+    ],
+)
+def test_phone_forms_seen_in_sms(rules: ContentRules, text: str, normalized: str) -> None:
+    assert [f.normalized for f in rules.scan(text, "t", "default").contacts] == [normalized]
+
+
+@pytest.mark.parametrize("text", ["call me at 1230", "Model X200 555 1234 in stock"])
+def test_short_numbers_stay_out(rules: ContentRules, text: str) -> None:
+    assert rules.scan(text, "t", "default").contacts == []
+
+
+# ---- the hand-labelled SMS sample (benchmarks/content_rules.py scores its held-out half) --
+
+def test_sms_labels_are_line_numbers_in_two_halves() -> None:
+    from benchmarks.content_rules import load_labels
+
+    labels = load_labels()
+    assert len(labels) == 1247
+    halves = Counter(h for h, _ in labels.values())
+    assert halves == {"dev": 624, "heldout": 623}
+    assert all(1 <= i <= 5574 for i in labels)
+    assert set().union(*(k for _, k in labels.values())) == {"url", "email", "phone", "shortcode"}
+
+
+def test_sms_labels_match_the_seeded_draw_and_the_dev_half_holds() -> None:
+    from benchmarks.content_rules import SMS, _score, draw_sample, load_labels, rule_kinds, sms_rows
+
+    if not SMS.exists():
+        pytest.skip(f"{SMS} not present")
+    rows = sms_rows()
+    labels = load_labels()
+    assert {i: h for i, (h, _) in labels.items()} == draw_sample(rows)
+    # A regression floor on the development half only (the held-out half is the
+    # benchmark's headline and is never used to pick rules).
+    ex = ContentRulesExtractor(ContentRulesConfig())
+    dev = [(i, k, rule_kinds(ex, i, rows[i - 1][1])) for i, (h, k) in labels.items() if h == "dev"]
+    scores = _score(dev)
+    assert scores["url"]["f1"] >= 0.97 and scores["phone"]["f1"] >= 0.98, scores
+    assert scores["url"]["fp"] == 0
+
+
+def test_wilson_interval() -> None:
+    from benchmarks.content_rules import wilson
+
+    assert wilson(0, 0) is None
+    lo, hi = wilson(70, 70) or [0.0, 0.0]
+    assert 0.94 < lo < 0.95 and hi == 1.0
+    lo, hi = wilson(5, 10) or [0.0, 0.0]
+    assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
