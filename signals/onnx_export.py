@@ -1,4 +1,4 @@
-"""Export a sentence-transformers MiniLM folder to ONNX (fp32 and int8), cached by weights hash.
+"""Export a sentence-transformers MiniLM folder to ONNX (fp32 and int8), cached by weights and recipe.
 
 This is the only module of the project that uses torch, and only inside
 :func:`export_fp32`, which runs in a child process (``python -m signals.onnx_export``):
@@ -9,26 +9,41 @@ The graph holds the whole sentence-transformers pipeline after tokenisation:
 BERT encoder -> mean pooling over the attention mask -> L2 normalisation, with
 dynamic batch and sequence axes. Inputs ``input_ids`` and ``attention_mask``
 (int64, ``batch x seq``); output ``embedding`` (float32, ``batch x dim``, unit rows).
+Mean pooling is a batched MatMul (each text's mask row times its hidden states), not
+a ReduceSum over the sequence axis: onnxruntime's ReduceSum adds in an order that
+depends on the batch shape, so the same text got last-bit different vectors in
+different batches; the MatMul adds each text's tokens on their own.
 
-The int8 graph is dynamic quantisation (onnxruntime.quantization): weights int8,
-symmetric, **per output channel**; activations quantised per tensor on the fly.
-Every constant MatMul and the word-embedding Gather is quantised **except the FFN
-output projections of the first** :data:`FP32_FFN_OUT_LAYERS` **layers** (the MatMuls
-whose weight is ``intermediate_size x hidden``, in graph order): their input is the
-GELU output, whose long positive tail makes per-tensor uint8 activation scales
-coarse, and the early layers' error propagates furthest. Measured on 2,048 real
-listing titles (README, recipe r2): per-channel everywhere gave mean cosine 0.9927
-to fp32 (min 0.983); all six FFN output projections in fp32 (recipe r1) 0.9960
-(min 0.991) but those fp32 MatMuls were a third of the run time; layers 0-1 only
-(r2) 0.9947 (min 0.988) at about 1.3x the speed of r1.
+**Batch invariance** is the int8 recipe's first requirement: a text's vector must
+not depend on the texts it is embedded with (the HTTP service embeds one listing,
+the batch job 64, and both feed the same near-duplicate threshold). onnxruntime's
+dynamic quantisation (``DynamicQuantizeLinear``) takes one activation scale over the
+whole ``batch x seq x hidden`` tensor, so recipe r2 moved a text's vector down to
+cosine 0.97 with its batch-mates. Recipe r3 (:func:`quantize_int8`) quantises every
+constant MatMul itself, with nothing shared between rows:
+
+- weights int8, symmetric, one scale per output channel (computed here, once);
+- activations uint8 with **one symmetric scale per token row** (``max|x| / 127``,
+  zero point 128), computed in the graph (ReduceMax/ReduceMin, then a per-axis
+  ``QuantizeLinear``) and applied after the integer GEMM
+  (``com.microsoft.MatMulIntegerToFloat`` with a ``[..., 1]`` A scale);
+- the embedding tables (Gather) int8 per tensor (onnxruntime ``quantize_dynamic``):
+  static weights, no activation involved.
+
+Per-row scales are also finer than per-tensor ones, which is why r3 needs no fp32
+FFN output projections (r2 kept layers 0-1 in fp32 against the GELU output's long
+tail) and is more accurate (docs/text-embeddings.md has the figures).
 
 Cache files live in ``cache_dir`` and are named
-``{family}-{sha256[:16]}-r{RECIPE_VERSION}.{fp32|int8}.onnx``: the hash covers the
-weights, the tokenizer and the pooling config, so changed weights never reuse a
-stale graph; bump :data:`RECIPE_VERSION` whenever the export or quantisation
-recipe changes. Files are written under unique temporary names and moved into
-place with ``os.replace`` while holding an ``flock`` on a ``.lock`` file, so two
-processes racing (or a crash) never leave or read half a file.
+``{family}-{sha256[:16]}-r{RECIPE_VERSION}-{recipe[:8]}.{fp32|int8}.onnx``: the sha256
+covers the weights, the tokenizer and the pooling config, so changed weights never
+reuse a stale graph; ``recipe`` is :func:`recipe_key` (recipe version, opset and the
+quantisation knobs), so a changed knob never does either. Bump :data:`RECIPE_VERSION`
+whenever the code that builds a graph changes (:data:`GRAPH_CODE`; a test pins that
+code's hash to the version, so forgetting fails the tests). Files are written under
+unique temporary names and moved into place with ``os.replace`` while holding an
+``flock`` on a ``.lock`` file, so two processes racing (or a crash) never leave or
+read half a file.
 """
 
 from __future__ import annotations
@@ -44,11 +59,25 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-RECIPE_VERSION = 2
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+    import onnx
+
+# r2: onnxruntime dynamic int8 (per-tensor activation scales); r3: per-row scales (see top).
+RECIPE_VERSION = 3
 OPSET = 17
-# How many FFN output projections, from layer 0 on, the int8 graph keeps in fp32 (see top).
-FP32_FFN_OUT_LAYERS = 2
+# How many FFN output projections, from layer 0 on, the int8 graph keeps in fp32. r2 needed
+# 2 against per-tensor scales; with per-row scales 0 and 2 measured the same accuracy.
+FP32_FFN_OUT_LAYERS = 0
+# The functions (of this module) whose code builds the graphs. A test pins their hash to
+# RECIPE_VERSION: change one and the tests ask for a new version, hence a new cache key.
+GRAPH_CODE = ("export_fp32", "quantize_int8", "_quantize_matmuls", "_row_quantizer",
+              "_int8_per_channel")
+Precision = Literal["fp32", "int8"]
 # Files whose bytes define the graph and its inputs. model.safetensors is the
 # weights; the rest decide tokenisation, architecture and pooling.
 _HASHED_FILES = ("model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.json",
@@ -68,6 +97,22 @@ class ExportedModel:
     fp32: Path
     int8: Path
     digest: str
+
+
+def recipe_settings(precision: Precision) -> dict[str, object]:
+    """What besides the weights decides the graph of ``precision``: recipe version and knobs."""
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"Unsupported precision {precision!r}; use 'fp32' or 'int8'")
+    settings: dict[str, object] = {"recipe": RECIPE_VERSION, "opset": OPSET}
+    if precision == "int8":
+        settings["fp32_ffn_out_layers"] = FP32_FFN_OUT_LAYERS
+    return settings
+
+
+def recipe_key(precision: Precision) -> str:
+    """sha256 (hex) of :func:`recipe_settings`: part of cache file names and model ids."""
+    text = json.dumps(recipe_settings(precision), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -115,9 +160,13 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 def cache_paths(model_dir: Path, cache_dir: Path, family: str) -> ExportedModel:
-    """Where the graphs of this model folder live (computes the weights hash)."""
+    """Where the graphs of this model folder live (computes the weights hash).
+
+    One stem for both files, keyed by the weights and by the int8 recipe (a superset of
+    the fp32 one): the two are exported together.
+    """
     digest = weights_digest(model_dir)
-    stem = f"{_slug(family)}-{digest[:16]}-r{RECIPE_VERSION}"
+    stem = f"{_slug(family)}-{digest[:16]}-r{RECIPE_VERSION}-{recipe_key('int8')[:8]}"
     return ExportedModel(cache_dir / f"{stem}.fp32.onnx", cache_dir / f"{stem}.int8.onnx", digest)
 
 
@@ -196,8 +245,11 @@ def export_fp32(model_dir: Path, out: Path, digest: str, threads: int) -> None:
             # One segment only, as sentence-transformers feeds it: token types are zeros.
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                   token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            # Masked sum as a batched MatMul (batch x 1 x seq @ batch x seq x dim): each
+            # text's tokens are added on their own, in an order the batch cannot change.
+            mask = attention_mask.unsqueeze(1).to(hidden.dtype)
+            summed = torch.matmul(mask, hidden).squeeze(1)
+            pooled = summed / mask.sum(dim=2).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
     pipeline = _Pipeline(encoder).eval()
@@ -221,13 +273,13 @@ def export_fp32(model_dir: Path, out: Path, digest: str, threads: int) -> None:
 
 def quantize_int8(fp32: Path, out: Path, digest: str, intermediate: int, threads: int,
                   fp32_ffn_out_layers: int | None = None) -> None:
-    """Dynamic int8 quantisation, per channel; the first layers' FFN output projections stay fp32.
+    """Int8 with per-row activation scales (see top): every constant MatMul, the embedding tables.
 
     ``intermediate`` is the FFN width (``intermediate_size`` in config.json): the FFN
-    output MatMuls are found by their weight's shape, not by node names that
-    depend on the exporter, and taken in graph order (layer 0 first).
-    ``fp32_ffn_out_layers`` (default :data:`FP32_FFN_OUT_LAYERS`) of them are left
-    in fp32; the rest are quantised like every other MatMul.
+    output MatMuls are found by their weight's shape, not by node names that depend
+    on the exporter, and taken in graph order (layer 0 first); the first
+    ``fp32_ffn_out_layers`` (default :data:`FP32_FFN_OUT_LAYERS`) of them stay fp32.
+    The result is checked against the fp32 graph and for batch invariance.
     """
     import numpy as np
     import onnx
@@ -242,10 +294,18 @@ def quantize_int8(fp32: Path, out: Path, digest: str, intermediate: int, threads
     if len(ffn_out) < keep:
         raise RuntimeError(f"found {len(ffn_out)} FFN output MatMuls ({intermediate} x hidden) in "
                            f"{fp32}, need {keep}; the quantisation recipe does not fit this graph")
-    quantize_dynamic(fp32, out, op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=ffn_out[:keep],
-                     extra_options={"MatMulConstBOnly": True})
-    q = onnx.load(str(out))
+    # The embedding tables: onnxruntime's weight-only Gather quantisation (a per-tensor int8
+    # table + DequantizeLinear after the lookup); the MatMuls are ours, below.
+    gathered = out.with_name(out.name + ".gather")
+    try:
+        quantize_dynamic(fp32, gathered, op_types_to_quantize=["Gather"],
+                         weight_type=QuantType.QInt8)
+        q = onnx.load(str(gathered))
+    finally:
+        gathered.unlink(missing_ok=True)
+    done = _quantize_matmuls(q, exclude=set(ffn_out[:keep]))
+    if done == 0:
+        raise RuntimeError(f"no MatMul with a constant 2-D weight in {fp32}: nothing to quantise")
     _stamp(q, digest, "int8")
     onnx.save(q, str(out))
     ids = np.array([[101, 7592, 2088, 102, 0, 0], [101, 2307, 4957, 2005, 2017, 102]])
@@ -254,21 +314,126 @@ def quantize_int8(fp32: Path, out: Path, digest: str, intermediate: int, threads
     # A sanity check against a broken graph (which lands far below), not the accuracy
     # figure: that is measured on real titles by benchmarks.embedding.
     _check_close(out, ids, mask, reference, 0.95, threads)
+    # The recipe's point: each row alone (unpadded) gives the batch's vector.
+    alone = np.concatenate([np.asarray(_run(out, ids[i:i + 1, :int(mask[i].sum())],
+                                            mask[i:i + 1, :int(mask[i].sum())], threads))
+                            for i in range(len(ids))])
+    _check_close(out, ids, mask, alone, 0.99999, threads)
 
 
-def _stamp(model: object, digest: str, precision: str) -> None:
-    """Record provenance in the graph: which weights, which recipe."""
+def _quantize_matmuls(model: onnx.ModelProto, exclude: set[str]) -> int:
+    """Rewrite, in place, each MatMul by a constant 2-D weight to int8 with per-row scales.
+
+    ``y = x @ W`` becomes ``MatMulIntegerToFloat(q, Wq, s_row, s_col, 128)`` where ``q`` is
+    ``x`` quantised row by row (:func:`_row_quantizer`, shared by the MatMuls that read
+    the same ``x``: query, key and value) and ``Wq, s_col`` come from
+    :func:`_int8_per_channel`. Nodes named in ``exclude`` stay fp32. Returns how many
+    MatMuls were rewritten.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    added: dict[str, onnx.TensorProto] = {}
+
+    def const(name: str, value: np.ndarray) -> str:
+        """A new initializer ``name`` (one per name: the row quantisers share theirs)."""
+        if name not in added:
+            added[name] = numpy_helper.from_array(value, name)
+        return name
+
+    zero_point = const("rowq/zero_point", np.array(128, dtype=np.uint8))
+    quantised: dict[str, tuple[str, str]] = {}  # activation -> (uint8 rows, row scales)
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if w is None or len(w.dims) != 2 or node.name in exclude:
+            nodes.append(node)
+            continue
+        x = node.input[0]
+        if x not in quantised:
+            # Inserted before its first reader, which comes after x's producer.
+            quantised[x] = _row_quantizer(x, nodes, const)
+        rows, row_scale = quantised[x]
+        wq, col_scale = _int8_per_channel(numpy_helper.to_array(w))
+        name = node.name or node.output[0]
+        nodes.append(helper.make_node(
+            "MatMulIntegerToFloat",
+            [rows, const(f"{name}/Wq", wq), row_scale, const(f"{name}/w_scale", col_scale),
+             zero_point],
+            [node.output[0]], name=f"{name}/int8", domain="com.microsoft"))
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used] + [t for t in added.values()
+                                                                if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return count
+
+
+def _row_quantizer(x: str, nodes: list[onnx.NodeProto],
+                   const: Callable[[str, np.ndarray], str]) -> tuple[str, str]:
+    """Append nodes quantising float ``x`` (``... x width``) row by row; return (rows, scales).
+
+    Each row gets its own symmetric scale ``max|row| / 127`` and zero point 128, so
+    every value lands in 1..255 and no row's scale depends on another row. ``rows`` is
+    uint8 shaped like ``x``; ``scales`` is float ``... x 1`` (MatMulIntegerToFloat
+    multiplies the GEMM's rows by it). Six small nodes and no shape arithmetic: at
+    batch 1 a graph run is short enough for node count to show.
+    """
+    import numpy as np
+    from onnx import helper
+
+    p = f"{x}/rowq"
+
+    def node(op: str, inputs: list[str], **attrs: int | list[int]) -> str:
+        out = f"{p}/{op}_{len(nodes)}"
+        made = helper.make_node(op, inputs, [out], name=out)
+        made.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+        nodes.append(made)
+        return out
+
+    amax = node("ReduceMax", [node("Abs", [x])], axes=[-1], keepdims=1)
+    # The floor keeps an all-zero row (max 0) finite.
+    scale = node("Div", [node("Max", [amax, const("rowq/floor", np.array(1e-12, np.float32))]),
+                         const("rowq/qmax", np.array(127.0, np.float32))])
+    # x / scale is in [-127, 127]; QuantizeLinear with unit scale rounds (half to even, as
+    # DynamicQuantizeLinear does), adds the zero point and casts in one pass.
+    rows = node("QuantizeLinear", [node("Div", [x, scale]),
+                                   const("rowq/unit", np.array(1.0, np.float32)),
+                                   const("rowq/zero_point", np.array(128, np.uint8))])
+    return rows, scale
+
+
+def _int8_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights with one scale per output column: ``(Wq, scale)``, ``W ~ Wq * scale``."""
+    import numpy as np
+
+    w = w.astype(np.float32)
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return wq, scale
+
+
+def _stamp(model: onnx.ModelProto, digest: str, precision: Precision) -> None:
+    """Record provenance in the graph: which weights, which recipe (the engine checks the key)."""
     import onnx
 
     meta = {"marketguard.source_sha256": digest, "marketguard.recipe": str(RECIPE_VERSION),
-            "marketguard.precision": precision}
-    existing = {p.key: p for p in model.metadata_props}  # type: ignore[attr-defined]
+            "marketguard.recipe_key": recipe_key(precision), "marketguard.precision": precision}
+    existing = {p.key: p for p in model.metadata_props}
     for key, value in meta.items():
         if key in existing:
             existing[key].value = value
         else:
-            model.metadata_props.append(  # type: ignore[attr-defined]
-                onnx.StringStringEntryProto(key=key, value=value))
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
 
 
 def _run(path: Path, ids: object, mask: object, threads: int) -> object:

