@@ -678,9 +678,12 @@ class CatalogueEngine:
         return self.indexes.sizes()
 
     def compact(self) -> None:
-        """Snapshot every open index whose log grew (off the request path: a timer calls it)."""
+        """Re-train vector indexes that outgrew their IVF training (``vector.retrain_growth``), then
+        snapshot every open index whose log grew. A timer calls it, between writes."""
         for _, _, idx in self.indexes.opened():
-            if idx._log_bytes:  # noqa: SLF001 - the durable index exposes no public size of its log
+            index = idx.index
+            retrained = isinstance(index, VectorIndex) and index.compact()
+            if retrained or idx._log_bytes:  # noqa: SLF001 - the durable index exposes no public log size
                 idx.compact()
 
     def close(self) -> None:

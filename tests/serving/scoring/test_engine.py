@@ -114,3 +114,22 @@ def test_review_behaviour_seam_adds_signals(setup: tuple[MarketGuardConfig, Fast
     assert engine.score_reviews(ex.extract("review", [r]))[0].error is None
     assert seen == ["R1"]
     engine.close()
+
+
+def test_compaction_retrains_grown_vector_indexes_and_snapshots(
+        setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexes.vector import VectorIndex
+
+    _, ex, engine = setup
+    engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
+    idx = engine.indexes.get("default", "listing_text")
+    assert idx is not None
+    generation = idx.generation
+    asked: list[int] = []
+    monkeypatch.setattr(VectorIndex, "compact", lambda self, force=False: asked.append(len(self)) or True)
+    engine.compact()
+    assert asked == [1] and idx.generation == generation + 1  # retrained, then snapshotted
+    engine.compact()
+    assert idx.generation == generation + 2  # a retrain always ends in a snapshot
+    engine.close()
