@@ -43,8 +43,8 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
     print_blob=False,
 )
-# Known 5xx, one operation each, with the bug behind it. Each has a strict xfail test below that
-# reproduces it: once fixed, that test passes, fails as XPASS(strict), and the entry goes.
+# Known 5xx, one operation each, with the bug behind it and a test that reproduces it (empty:
+# the one it found, InvalidInput lost in Ray's pickling, is fixed and has regression tests below).
 KNOWN_5XX: dict[str, str] = {}  # InvalidInput pickles by its parts now (signals/errors.py __reduce__)
 UNKNOWN_PATHS = [("GET", "/v1/nothing", 404), ("POST", "/v1/listings/x/y", 404), ("GET", "/nope", 404),
                  ("DELETE", "/v1/entities/listing/x/signals", 405)]
