@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
 
 from serving.api.errors import ApiError
 from serving.config import ApiKey, RateLimitConfig
+from signals.errors import InvalidInput
+from signals.schemas import TENANT_PATTERN
 
 DEFAULT_TENANT = "default"
 
@@ -31,6 +34,9 @@ class Caller:
 
     def resolve(self, requested: str | None, field: str = "tenant") -> str:
         """The tenant a request acts for; 403 when a key's caller names another one."""
+        if requested is not None and not re.fullmatch(TENANT_PATTERN, requested):
+            raise InvalidInput(field, "must be 1-63 characters of lower-case letters, digits, _ and -, "
+                                      "starting with a letter or digit")
         if self.tenant is None:
             return requested or DEFAULT_TENANT
         if requested is not None and requested != self.tenant:
@@ -84,13 +90,25 @@ class RateLimiter:
 
     def take(self, tenant: str, cost: float = 1.0) -> None:
         """Spend ``cost`` tokens of the tenant's bucket or raise a 429 with ``Retry-After``."""
+        self.take_all({tenant: cost})
+
+    def take_all(self, costs: Mapping[str, float]) -> None:
+        """Spend each tenant's cost, all or nothing: a 429 leaves every bucket as it was.
+
+        A cost over the burst is charged as the burst (a full bucket is always enough), so a
+        large batch waits for a full bucket rather than being refused for ever.
+        """
         now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(tenant, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens < cost:
-                wait = max(1, math.ceil((cost - tokens) / self.rate))
-                self._buckets[tenant] = (tokens, now)
-                raise ApiError(429, "rate_limited", f"tenant {tenant!r} is over its rate limit",
-                               headers={"Retry-After": str(wait)})
-            self._buckets[tenant] = (tokens - cost, now)
+            refilled = {}
+            for t in costs:
+                tokens, last = self._buckets.get(t, (self.burst, now))
+                refilled[t] = min(self.burst, tokens + (now - last) * self.rate)
+            for tenant, cost in costs.items():
+                need = min(float(cost), self.burst)
+                if refilled[tenant] < need:
+                    wait = max(1, math.ceil((need - refilled[tenant]) / self.rate))
+                    raise ApiError(429, "rate_limited", f"tenant {tenant!r} is over its rate limit",
+                                   headers={"Retry-After": str(wait)})
+            for tenant, cost in costs.items():
+                self._buckets[tenant] = (refilled[tenant] - min(float(cost), self.burst), now)

@@ -252,7 +252,7 @@ class CatalogueEngine:
             decided = self.text_rule.decide(ParsedRecords.parse([pair_record(listing)]), cands,
                                             lambda ids: self._parsed(t, ids))
             edges += [Edge(lid, h.id, "listing_text", h.score) for h in decided[0]]
-        edges += self._image_edges(t, lid, pdq, quality, sscd)
+        edges += self._image_edges(t, lid, pdq, quality, sscd, old)
         hits = self._listing_bank_hits(t, text, pdq, quality, sscd)
         problems = image_problems(item.errors)
 
@@ -267,8 +267,15 @@ class CatalogueEngine:
         batch = WriteBatch(t, "listing", upsert=[stored], edges={lid: best})
         # 4. who changes: the item, its cluster, and old partners that lost it
         pending_edges = {lid: best}
-        signals, facts = self._rebuild_listings(t, lid, stored, partners | old_partners, pending_edges, now)
+        touched = partners | old_partners
+        signals, facts, emptied = self._rebuild_listings(t, lid, stored, touched, pending_edges, now)
+        if old is not None and old.owner != listing.seller_id:
+            # re-posted under another seller: the previous seller's roll-up no longer counts it
+            rollup = self._seller_rollup(t, old.owner, facts, lid, None, now)
+            signals += rollup
+            emptied += [] if rollup else [old.owner]
         batch.signals = list(item.signals) + signals
+        batch.retract = [("seller", s) for s in emptied]
         batch.facts = facts
         if lid in facts:
             stored.facts.update(facts.pop(lid))
@@ -291,35 +298,43 @@ class CatalogueEngine:
         return ParsedRecords.parse(records)
 
     def _image_edges(self, t: str, lid: str, pdq: list[np.ndarray] | None, quality: np.ndarray,
-                     sscd: np.ndarray | None) -> list[Edge]:
+                     sscd: np.ndarray | None, old: StoredItem | None) -> list[Edge]:
+        """Image partners, at most ``max_neighbours`` other listings' images per query image. A
+        re-posted listing's own old images are still indexed (they go after the commit): they
+        are asked for on top of the limit and dropped, so they never crowd out real partners."""
         nd = self.config.near_duplicates
         out: list[Edge] = []
         if pdq is not None:
             good = np.flatnonzero(quality >= nd.pdq_min_quality)
             idx = self.indexes.get(t, "image_pdq")
             if len(good) and idx is not None and len(idx.index):
+                own = len(old.features.get("image_pdq", ())) if old is not None else 0
                 variants = [v[good] for v in (pdq if nd.pdq_variants else pdq[:1])]
                 found = pdq_near_duplicates(idx.index, variants,  # type: ignore[arg-type]  # a PdqIndex here
                                             self.config.thresholds.image_pdq, [None] * len(good),
-                                            nd.max_neighbours)
-                out += self._image_hits(idx.meta, lid, "image_pdq", found)
+                                            nd.max_neighbours + own)
+                out += self._image_hits(idx.meta, lid, "image_pdq", found, nd.max_neighbours)
         if sscd is not None:
             idx = self.indexes.get(t, "image_sscd")
             if idx is not None and len(idx.index):
+                own = len(old.features.get("image_sscd", ())) if old is not None else 0
                 found = vector_near_duplicates(idx.index, sscd,  # type: ignore[arg-type]  # a VectorIndex here
                                                self.config.thresholds.image_sscd, [None] * len(sscd),
-                                               nd.max_neighbours)
-                out += self._image_hits(idx.meta, lid, "image_sscd", found)
+                                               nd.max_neighbours + own)
+                out += self._image_hits(idx.meta, lid, "image_sscd", found, nd.max_neighbours)
         return out
 
     @staticmethod
-    def _image_hits(meta: dict[str, Any], lid: str, modality: str, found: list[list[Any]]) -> list[Edge]:
+    def _image_hits(meta: dict[str, Any], lid: str, modality: str, found: list[list[Any]],
+                    limit: int) -> list[Edge]:
         out = []
         for hits in found:
+            kept = 0
             for h in hits:
                 other = (meta.get(h.id) or {}).get("record_id") or h.id.rsplit("/", 1)[0]
-                if other != lid:
+                if other != lid and kept < limit:
                     out.append(Edge(lid, other, modality, float(h.score)))
+                    kept += 1
         return out
 
     def _listing_bank_hits(self, t: str, text: np.ndarray | None, pdq: list[np.ndarray] | None,
@@ -378,7 +393,7 @@ class CatalogueEngine:
 
     def _rebuild_listings(self, t: str, lid: str, new_item: StoredItem | None, extra: set[str],
                           pending: dict[str, list[Edge]], now: datetime
-                          ) -> tuple[list[Signal], dict[str, dict[str, Any]]]:
+                          ) -> tuple[list[Signal], dict[str, dict[str, Any]], list[str]]:
         """Signals and facts of ``lid`` (unless deleted: ``new_item`` None), the members of its
         cluster and of ``extra``'s clusters, and the roll-ups of every seller touched."""
         clusters: list[list[str]] = []
@@ -452,10 +467,14 @@ class CatalogueEngine:
             old = self.store.get_item(t, "listing", lid)
             if old is not None:
                 sellers.add(old.owner)
+        emptied: list[str] = []  # sellers left with no listing: their roll-ups are withdrawn
         for seller in sorted(sellers):
             own_item = new_item if new_item is not None and new_item.owner == seller else None
-            signals += self._seller_rollup(t, seller, facts, lid if new_item is None else None, own_item, now)
-        return signals, facts
+            rollup = self._seller_rollup(t, seller, facts, lid if new_item is None else None, own_item, now)
+            signals += rollup
+            if not rollup:
+                emptied.append(seller)
+        return signals, facts, emptied
 
     def _seller_rollup(self, t: str, seller: str, facts: dict[str, dict[str, Any]], deleted: str | None,
                        new_item: StoredItem | None, now: datetime) -> list[Signal]:
@@ -574,12 +593,14 @@ class CatalogueEngine:
         entity: EntityType = "listing" if kind == "listing" else "review"
         if kind == "listing":
             pending: dict[str, list[Edge]] = {item_id: []}
-            signals, facts = self._rebuild_listings(tenant, item_id, None, partners, pending, now)
+            signals, facts, emptied = self._rebuild_listings(tenant, item_id, None, partners, pending, now)
         else:
             signals, facts = self._rebuild_reviews(tenant, item_id, None, partners, [], now, old.group)
+            emptied = []
         facts.pop(item_id, None)
+        retract: list[tuple[EntityType, str]] = [(entity, item_id), *(("seller", s) for s in emptied)]
         self.store.write(WriteBatch(tenant, kind, delete=[item_id], facts=facts, signals=signals,
-                                    retract=[(entity, item_id)]))
+                                    retract=retract))
         self._unindex(old)
         return True
 

@@ -100,7 +100,8 @@ class TenantIndexes:
 
     def sizes(self) -> dict[tuple[str, str], int]:
         """Items per (tenant, modality) of the open indexes."""
-        return {(t, m): len(idx.index) for (t, m), idx in self._open.items()}
+        # a snapshot of the dict: the writer thread may open an index while a scrape reads
+        return {(t, m): len(idx.index) for (t, m), idx in list(self._open.items())}
 
     def meta(self, tenant: str, modality: Modality, item_id: str) -> dict[str, Any] | None:
         idx = self.get(tenant, modality, create=False)

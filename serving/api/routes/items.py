@@ -6,6 +6,7 @@ Both resources behave alike, so one factory builds both routers (:func:`record_r
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -27,6 +28,8 @@ async def read_json(request: Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(None, f"the body is not valid JSON ({exc})", "malformed") from None
+    except RecursionError:
+        raise InvalidInput(None, "the body's JSON is nested too deeply", "malformed") from None
 
 
 def _record(kind: RecordKind, raw: Any, caller: Caller, field_prefix: str = "") -> Listing | Review:
@@ -62,8 +65,7 @@ async def score_body(kind: RecordKind, request: Request, state: ApiState, caller
                 results[k] = invalid_body(exc)
             except ApiError as exc:
                 results[k] = {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
-        for tenant in {r.tenant for _, r in good}:
-            state.limiter.take(tenant, cost=1.0)
+        state.limiter.take_all(Counter(r.tenant for _, r in good))  # one token an item
         scored = await state.backend.score(kind, [r for _, r in good]) if good else []
         for (k, _), s in zip(good, scored, strict=True):
             results[k] = _answer(id_field, s)

@@ -136,6 +136,7 @@ def test_a_mixed_items_batch_answers_each_item(http: httpx.Client, serve_app: Se
      "images[0].data_b64"),
     ({"listing_id": "x", "seller_id": "s", "title": "t", "titel": "typo"}, 422, "titel"),
     ({"items": [{}] * 300}, 413, "items"),
+    (b"[" * 100_000, 400, None),  # nested too deeply for the JSON parser: still a 4xx
 ])
 def test_bad_input_is_a_4xx_naming_the_field(http: httpx.Client, serve_app: Service, body: Any, status: int,
                                              field: str | None) -> None:
@@ -165,6 +166,8 @@ def test_keys_decide_the_tenant(http: httpx.Client, serve_app: Service) -> None:
     assert r.status_code == 403 and error_of(r)["field"] == "tenant"
     r = get(http, serve_app, "/v1/entities/listing/x/signals?tenant=globex")
     assert r.status_code == 403
+    r = get(http, serve_app, "/v1/entities/listing/x/signals?tenant=../../etc")
+    assert r.status_code == 422 and error_of(r)["field"] == "tenant"
     bearer = {"Authorization": f"Bearer {serve_app.keys['acme']}"}
     assert http.get("/v1/entities/seller/nobody/signals", headers=bearer).status_code == 404
 

@@ -133,3 +133,31 @@ def test_compaction_retrains_grown_vector_indexes_and_snapshots(
     engine.compact()
     assert idx.generation == generation + 2  # a retrain always ends in a snapshot
     engine.close()
+
+
+def test_a_listing_reposted_under_another_seller_leaves_the_first_sellers_rollup(
+        setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]) -> None:
+    _, ex, engine = setup
+    first = [listing("A", "s1"), listing("B", "s1", "Garden hose reel 30m"), listing("C", "s2")]
+    engine.score_listings(ex.extract("listing", first))
+    assert engine.entity_signals("default", "seller", "s1", False) is not None
+    rollup = engine.entity_signals("default", "seller", "s1", False)
+    assert rollup is not None
+    ratio = next(s for s in rollup["signals"] if s["name"] == "seller.duplicate_listing_ratio")
+    assert ratio["evidence"]["listings"] == 2
+    engine.score_listings(ex.extract("listing", [listing("A", "s3")]))  # A moves to seller s3
+    rollup = engine.entity_signals("default", "seller", "s1", False)
+    assert rollup is not None
+    ratio = next(s for s in rollup["signals"] if s["name"] == "seller.duplicate_listing_ratio")
+    assert ratio["evidence"]["listings"] == 1 and ratio["value"] == 0.0
+    engine.delete("default", "listing", "B")  # s1's last listing: its roll-ups are withdrawn
+    assert engine.entity_signals("default", "seller", "s1", False) is None
+
+
+def test_own_old_images_never_crowd_out_partners() -> None:
+    meta = {f"L1/{k}": {"record_id": "L1"} for k in range(3)} | {"L2/0": {"record_id": "L2"}}
+    from indexes.vector import Hit
+
+    found = [[Hit("L1/0", 1.0), Hit("L1/1", 0.99), Hit("L1/2", 0.98), Hit("L2/0", 0.9)]]
+    edges = CatalogueEngine._image_hits(meta, "L1", "image_sscd", found, limit=1)
+    assert [(e.b, e.score) for e in edges] == [("L2", 0.9)]
