@@ -38,6 +38,7 @@ from signals.schemas import Signal
 
 _CHUNK = 1000
 META_KEY = "from_batch"
+STARTED_KEY = "from_batch_started"
 
 
 def _manifest(run_dir: Path) -> tuple[dict[str, Any], str]:
@@ -79,14 +80,23 @@ def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str]) -> 
     manifest, digest = _manifest(run_dir)
     kind: ItemKind = "listing" if manifest.get("kind") == "listings" else "review"
     store = SqliteSignalStore(root / "store.sqlite3")
+    if store.get_meta(STARTED_KEY) == digest and store.get_meta(META_KEY) is None:
+        # An import of this run that died part-way: nothing else was written since (a data dir
+        # with a started import refuses other writes only by this rule), so start it afresh.
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            (root / f"store.sqlite3{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(root / "indexes", ignore_errors=True)
+        store = SqliteSignalStore(root / "store.sqlite3")
     try:
         done = store.get_meta(META_KEY)
         if done == digest:
             return {"items": 0, "edges": 0, "signals": 0, "indexes": 0}
-        if done is not None or store.counts():
+        if done is not None or store.counts() or store.get_meta(STARTED_KEY) is not None:
             raise InvalidInput("--from-batch", f"the data dir {str(root)!r} already holds items; start "
                                                "from a batch run only into a new data dir")
         snapshots = check_stamps(run_dir, models)
+        store.set_meta(STARTED_KEY, digest)
         cat = load_catalogue(run_dir / "work" / "catalogue", kind)
         facts = _facts(run_dir, kind)
         items = _import_items(store, cat, kind, facts)

@@ -15,6 +15,7 @@ The known differences, each with its reason:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from serving.api.backend import LocalBackend
 from serving.deployments.catalogue import open_engine
 from serving.scoring.backfill import import_batch_run
 from serving.scoring.extraction import FastExtraction
+from serving.store.base import StoredItem, WriteBatch
+from serving.store.sqlite import SqliteSignalStore
 from signals.errors import InvalidInput
 from tests.serving.batch.test_job import catalogue_rows, config, rounded, run, signals_of, write_catalogue
 from tests.serving.conftest import MODELS_DIR
@@ -121,6 +124,14 @@ def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Pa
     counts = import_batch_run(out, svc_dir, models)
     assert counts["items"] == 20 and counts["edges"] >= 15 and counts["indexes"] >= 2
     assert import_batch_run(out, svc_dir, models)["items"] == 0  # the same run again: a no-op
+    crashed = tmp_path / "crashed"  # an import killed part-way is started afresh on the next try
+    crashed.mkdir()
+    half = SqliteSignalStore(crashed / "store.sqlite3")
+    half.set_meta("from_batch_started", hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest())
+    stray = StoredItem("default", "listing", "SC0", "x", None, None, None, "{}", {})
+    half.write(WriteBatch("default", "listing", upsert=[stray]))
+    half.close()
+    assert import_batch_run(out, crashed, models)["items"] == 20
     engine = open_engine(svc_cfg, models, dims)
     assert engine.reconcile() == {"added": 0, "removed": 0}  # snapshots and store agree
     client = TestClient(create_app(LocalBackend(extraction, engine), svc_cfg.service))
@@ -141,8 +152,6 @@ def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Pa
     other = tmp_path / "other"
     other.mkdir()
     (other / "store.sqlite3").touch()
-    from serving.store.base import StoredItem, WriteBatch
-    from serving.store.sqlite import SqliteSignalStore
     SqliteSignalStore(other / "store.sqlite3").write(WriteBatch("default", "listing", upsert=[
         StoredItem("default", "listing", "X", "s", None, None, None, "{}", {})]))
     with pytest.raises(InvalidInput, match="already holds items"):
