@@ -156,6 +156,7 @@ class CatalogueEngine:
         self._tenant_banks: dict[str, BankStore] = {}
         self.global_bank_access = global_banks if global_banks is not None else {"*": ["*"]}
         self.limits = limits or EngineLimits()
+        self._indexed: list[tuple[str, ItemKind, str]] = []  # marks to clear with the next commit
         self.review_behaviour = list(review_behaviour)
         self.clock = clock
 
@@ -281,8 +282,7 @@ class CatalogueEngine:
             stored.facts.update(facts.pop(lid))
             batch.facts = facts
         # 5. commit, then log the index change
-        self.store.write(batch)
-        self._index_item(stored, old)
+        self._commit_then_index(batch, stored, old)
         own = [s.to_json_dict() for s in batch.signals if s.entity_type == "listing" and s.entity_id == lid]
         return Scored(lid, own)
 
@@ -350,6 +350,16 @@ class CatalogueEngine:
             for row in self.match_banks(t, "image_sscd", sscd):
                 hits += row
         return hits
+
+    def _commit_then_index(self, batch: WriteBatch, item: StoredItem, old: StoredItem | None) -> None:
+        """Commit (marking the item's indexing as pending, clearing the last completed mark),
+        then log its index entries."""
+        batch.index_pending = [item.item_id]
+        batch.index_done = self._indexed
+        self.store.write(batch)
+        self._indexed = []
+        self._index_item(item, old)
+        self._indexed = [(item.tenant, item.kind, item.item_id)]
 
     def _index_item(self, item: StoredItem, old: StoredItem | None) -> None:
         """Log the item's index entries (after its store commit), its previous ones removed first."""
@@ -524,8 +534,7 @@ class CatalogueEngine:
             signals += behaviour.signals(review, self.store, now)
         batch = WriteBatch(t, "review", upsert=[stored], edges={rid: best}, facts=facts,
                            signals=list(item.signals) + signals)
-        self.store.write(batch)
-        self._index_item(stored, old)
+        self._commit_then_index(batch, stored, old)
         own = [s.to_json_dict() for s in batch.signals if s.entity_type == "review" and s.entity_id == rid]
         return Scored(rid, own)
 
@@ -639,6 +648,12 @@ class CatalogueEngine:
         and one page of missing entries.
         """
         added = removed = 0
+        for tenant, kind, item_id in self.store.pending_index():
+            # Committed, and maybe died before its index entries were logged: a re-post keeps
+            # its ids, so drop whatever the index holds for it; the pass below re-adds it.
+            stale = self.store.get_item(tenant, kind, item_id)
+            if stale is not None:
+                self._unindex(stale)
         wanted: dict[tuple[str, Modality], set[str]] = {}
         pending: dict[tuple[str, Modality], list[tuple[str, np.ndarray, dict[str, Any]]]] = {}
 
@@ -672,6 +687,7 @@ class CatalogueEngine:
             extra = sorted((set(stored_idx.meta) | set(_index_ids(stored_idx.index))) - want)
             if extra:
                 removed += stored_idx.remove(extra)
+        self.store.clear_pending_index()
         if added or removed:
             log.warning("reconciled the indexes with the store: %d entries added, %d removed", added, removed)
         return {"added": added, "removed": removed}

@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _pending_key(tenant: str, kind: str, item_id: str) -> str:
+    return f"index_pending\x1f{tenant}\x1f{kind}\x1f{item_id}"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -112,6 +116,11 @@ class SqliteSignalStore:
                     db.execute("DELETE FROM tombstones WHERE tenant=? AND entity_type=? AND entity_id=?",
                                (t, k, it.item_id))
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(self._seq),))
+                for dt, dk, did in batch.index_done:
+                    db.execute("DELETE FROM meta WHERE key=?", (_pending_key(dt, dk, did),))
+                for item_id in batch.index_pending:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                               (_pending_key(t, k, item_id), now))
                 for item_id, edges in batch.edges.items():
                     self._drop_edges(t, k, item_id)
                     for e in edges:
@@ -149,6 +158,19 @@ class SqliteSignalStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def pending_index(self) -> list[tuple[str, ItemKind, str]]:
+        """Items marked by :attr:`WriteBatch.index_pending` and not cleared since."""
+        rows = self._rows("SELECT key FROM meta WHERE key LIKE 'index_pending\x1f%'", ())
+        out: list[tuple[str, ItemKind, str]] = []
+        for (key,) in rows:
+            _, tenant, kind, item_id = str(key).split("\x1f", 3)
+            out.append((tenant, kind, item_id))  # type: ignore[arg-type]  # written from an ItemKind
+        return out
+
+    def clear_pending_index(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM meta WHERE key LIKE 'index_pending\x1f%'")
 
     def get_meta(self, key: str) -> str | None:
         rows = self._rows("SELECT value FROM meta WHERE key=?", (key,))

@@ -161,3 +161,23 @@ def test_own_old_images_never_crowd_out_partners() -> None:
     found = [[Hit("L1/0", 1.0), Hit("L1/1", 0.99), Hit("L1/2", 0.98), Hit("L2/0", 0.9)]]
     edges = CatalogueEngine._image_hits(meta, "L1", "image_sscd", found, limit=1)
     assert [(e.b, e.score) for e in edges] == [("L2", 0.9)]
+
+
+def test_a_crash_after_a_reposts_commit_leaves_no_stale_vector(
+        setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]) -> None:
+    import numpy as np
+
+    cfg, ex, engine = setup
+    engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
+    new = ex.extract("listing", [listing("A", "s1", "Vintage oak dining table with six chairs")])
+    engine._index_item = lambda *a, **k: None  # type: ignore[method-assign]  # dies before the index log
+    engine.score_listings(new)
+    models, dims = ex.models()
+    engine.close()
+    engine = open_engine(cfg, models, dims)  # the pending mark makes start-up re-index A from the store
+    idx = engine.indexes.get("default", "listing_text")
+    assert idx is not None
+    hits = idx.index.search(np.asarray(new[0].features["text_minilm"], dtype=np.float32)[None, :], 1)[0]
+    assert hits[0].id == "A" and hits[0].score > 0.99
+    assert engine.store.pending_index() == []
+    engine.close()
