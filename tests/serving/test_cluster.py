@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.serving.api.test_crash import session_pids
+
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = 8
 
@@ -99,20 +101,6 @@ finally:
 '''
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
-            if int(session) == sid and state != "Z":
-                pids.append(int(entry))
-    return pids
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -136,7 +124,7 @@ def test_ingress_replicas_on_two_nodes_both_answer(tmp_path: Path, data_dir: Pat
     finally:  # a driver that hung or died leaves no Ray process behind (they keep its session)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        for pid in _session_pids(proc.pid):
+        for pid in session_pids(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
