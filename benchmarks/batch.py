@@ -539,12 +539,11 @@ def _listing_of(rec: Any, listing_id: str, seller: str) -> dict[str, Any]:
 def _job_view(rec: Any) -> tuple[Any, str]:
     """What the job sees of a record: its PairRecord (as ``serving.batch.pairs`` builds it)
     and the text its embedding is of (``Listing.text``)."""
-    from indexes.pair_features import PairRecord
-    from serving.batch.catalogue import TEXT_CHARS
+    from indexes.pair_features import PAIR_TEXT_CHARS, PairRecord
     from signals.schemas import Listing, parse_record
 
     listing = parse_record(Listing, _listing_of(rec, "x", "x"))
-    return (PairRecord(listing.title, listing.description[:TEXT_CHARS], listing.price), listing.text)
+    return (PairRecord(listing.title, listing.description[:PAIR_TEXT_CHARS], listing.price), listing.text)
 
 
 def _labelled(pairs: Sequence[Any], emb: Any) -> tuple[list[tuple[Any, Any]], np.ndarray, np.ndarray]:

@@ -103,6 +103,10 @@ class ListingLike(Protocol):
     def price(self) -> float | None: ...
 
 
+PAIR_TEXT_CHARS = 2000
+"""Of a description, what the pair scorer reads (its start): the batch job and the service cut alike."""
+
+
 @dataclass(frozen=True, slots=True)
 class PairRecord:
     """The parts of a listing the pair features read."""

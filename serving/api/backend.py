@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from indexes.banks import BankItem
 from indexes.config import Modality
-from serving.scoring.engine import CatalogueEngine, Scored
+from serving.scoring.engine import CatalogueEngine, Scored, text_feature
 from serving.scoring.extraction import FastExtraction
 from signals.schemas import EntityType, Label, Listing, RecordKind, Review
 
@@ -65,7 +65,7 @@ def bank_items(extraction: FastExtraction, modality: Modality, items: list[dict[
                                exc.code) from None
         feats = res.features
         if modality in ("listing_text", "review_text"):
-            vec = next((v for n, v in feats.items() if n.startswith("text_")), None)
+            vec = text_feature(feats)
             if vec is None:
                 raise InvalidInput(f"items[{k}]", "has no text to embed")
             out.append(BankItem(id=item_id, vector=[float(x) for x in vec], **meta))

@@ -37,11 +37,10 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from indexes.atomic import fsync_dir, read_json, write_json_atomic
+from indexes.pair_features import PAIR_TEXT_CHARS
 from serving.batch.extract import Kind, iter_parts, part_path
 from serving.batch.inputs import Unit
 from serving.batch.seen_ids import SeenIds
-
-TEXT_CHARS = 2000  # of a description kept for the pair scorer (it reads the start)
 
 META_SCHEMA = pa.schema([
     ("tenant", pa.string()),
@@ -213,10 +212,10 @@ def _wheres(parts_dir: Path) -> Callable[[int], list[str]]:
 def _meta_row(cols: dict[str, list[Any]], kind: Kind, rec: dict[str, Any], row: dict[str, Any]) -> None:
     if kind == "listing":
         owner, group, title = rec.get("seller_id"), rec.get("category"), rec.get("title", "")
-        text = (rec.get("description") or "")[:TEXT_CHARS]
+        text = (rec.get("description") or "")[:PAIR_TEXT_CHARS]
     else:
         owner, group, title = rec.get("reviewer_id"), rec.get("product_id"), ""
-        text = (rec.get("text") or "")[:TEXT_CHARS]
+        text = (rec.get("text") or "")[:PAIR_TEXT_CHARS]
     values = {"tenant": rec.get("tenant", "default"), "entity_id": row["entity_id"], "owner": owner,
               "group": group, "title": title, "text": text, "price": rec.get("price"),
               "currency": rec.get("currency"), "record": row["record"], "signals": row["signals"]}

@@ -41,7 +41,7 @@ import numpy as np
 from indexes.banks import BankItem, BankStore
 from indexes.config import IndexesConfig, Modality
 from indexes.near_duplicates import TextNearDuplicates, pdq_near_duplicates, vector_near_duplicates
-from indexes.pair_features import PairRecord, ParsedRecords
+from indexes.pair_features import PAIR_TEXT_CHARS, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
 from indexes.vector import VectorIndex
 from serving.scoring.indexes import AnyIndex, TenantIndexes
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 
 PDQ_FEATURES = ("image_pdq", "image_pdq_flip", "image_pdq_trimmed")
 SSCD_FEATURES = ("image_sscd", "image_sscd_distilled")
-PAIR_TEXT_CHARS = 2000
-"""Of a description, what the pair scorer reads (the batch job keeps the same)."""
 
 
 @dataclass

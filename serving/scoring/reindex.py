@@ -18,7 +18,7 @@ import numpy as np
 from indexes.config import Modality
 from serving.config import MarketGuardConfig
 from serving.deployments.catalogue import shard_dir
-from serving.scoring.engine import CatalogueEngine
+from serving.scoring.engine import CatalogueEngine, text_feature
 from serving.scoring.extraction import FastExtraction
 from serving.scoring.indexes import MODEL_STAMP
 from serving.store.base import ItemKind
@@ -75,7 +75,7 @@ def _reembed(extraction: FastExtraction, store: SqliteSignalStore, tenant: str, 
         done = extraction.extract(kind, [r for _, r, _ in batch])
         updates = {}
         for (item_id, _, feats), ext in zip(batch, done, strict=True):
-            vec = next((v for name, v in ext.features.items() if name.startswith("text_")), None)
+            vec = text_feature(ext.features)
             feats = {k: v for k, v in feats.items() if k != "text"}
             if vec is not None:
                 feats["text"] = np.asarray(vec, dtype=np.float32)
