@@ -92,12 +92,6 @@ class ClusteringConfig(_Config):
         return self
 
 
-class ShardingConfig(_Config):
-    """Sharding by a stable hash of the id (``indexes/sharding.py``)."""
-
-    shards: int = Field(default=1, ge=1, le=4096)
-
-
 class ThresholdsConfig(_Config):
     """Per-modality match thresholds: similarity for vectors, Hamming distance for PDQ.
 
@@ -166,7 +160,6 @@ class IndexesConfig(_Config):
     pdq: PdqIndexConfig = Field(default_factory=PdqIndexConfig)
     persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
-    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
     banks: BanksConfig = Field(default_factory=BanksConfig)
     near_duplicates: NearDuplicateConfig = Field(default_factory=NearDuplicateConfig)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -32,11 +33,24 @@ from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, NearDuplicateConfig
 from indexes.pair_features import ParsedRecords
 from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer
-from indexes.pdq import PdqIndex
-from indexes.vector import Hit, VectorIndex
+from indexes.pdq import PdqHit
+from indexes.vector import Hit
 from signals.errors import InvalidInput
 
 _SCORE_CHUNK = 8192  # candidate pairs featurised at a time
+
+
+class VectorSearch(Protocol):
+    """What the rules need of a vector index: a :class:`~indexes.vector.VectorIndex`, or one
+    split over shards whose answers are merged."""
+
+    def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]: ...
+
+
+class HashSearch(Protocol):
+    """What the PDQ rule needs of a hash index (a :class:`~indexes.pdq.PdqIndex`, or a split one)."""
+
+    def range_search(self, hashes: np.ndarray, threshold: int | None = None) -> list[list[PdqHit]]: ...
 
 
 # A decided near-duplicate: the other item's id and the pair's score in [0, 1] (the
@@ -69,7 +83,7 @@ class TextNearDuplicates:
         nd = config.near_duplicates
         return cls(nd, config.thresholds.listing_text, load_pair_scorer(nd.pair_scorer))
 
-    def candidates(self, index: VectorIndex, vectors: np.ndarray,
+    def candidates(self, index: VectorSearch, vectors: np.ndarray,
                    exclude: Sequence[str | None]) -> list[list[Hit]]:
         """Each query's neighbours worth deciding on (its own id excluded), best first."""
         if len(exclude) != len(vectors):
@@ -133,7 +147,7 @@ def _f32(threshold: float) -> float:
     return float(np.float32(threshold))
 
 
-def vector_near_duplicates(index: VectorIndex, vectors: np.ndarray, threshold: float,
+def vector_near_duplicates(index: VectorSearch, vectors: np.ndarray, threshold: float,
                            exclude: Sequence[str | None], limit: int = 100) -> list[list[Neighbour]]:
     """``review_text`` / ``image_sscd``: the (at most ``limit``) stored vectors at cosine >= threshold.
 
@@ -147,7 +161,7 @@ def vector_near_duplicates(index: VectorIndex, vectors: np.ndarray, threshold: f
             for hits, own in zip(found, exclude, strict=True)]
 
 
-def pdq_near_duplicates(index: PdqIndex, variants: Sequence[np.ndarray], threshold: int,
+def pdq_near_duplicates(index: HashSearch, variants: Sequence[np.ndarray], threshold: int,
                         exclude: Sequence[str | None], limit: int = 100) -> list[list[Neighbour]]:
     """``image_pdq``: the (at most ``limit``) closest stored hashes within ``threshold`` bits of
     any variant of each query.
@@ -155,17 +169,23 @@ def pdq_near_duplicates(index: PdqIndex, variants: Sequence[np.ndarray], thresho
     ``variants`` are ``(n, 32)`` packed-hash arrays of the same n images (the hash
     itself first, then e.g. its mirror and frame-trimmed hashes); the closest wins.
     """
-    best: list[dict[str, int]] = [{} for _ in exclude]
+    n = len(exclude)
     for hashes in variants:
-        if len(hashes) != len(exclude):
-            raise InvalidInput("variants", f"{len(hashes)} hashes for {len(exclude)} queries")
-        for qi, hits in enumerate(index.range_search(hashes, threshold)):
-            seen = best[qi]
-            for h in hits:
-                if h.id != exclude[qi] and h.distance < seen.get(h.id, 257):
-                    seen[h.id] = h.distance
+        if len(hashes) != n:
+            raise InvalidInput("variants", f"{len(hashes)} hashes for {n} queries")
+    best: list[dict[str, int]] = [{} for _ in exclude]
+    if not n or not variants:
+        return [[] for _ in exclude]
+    # One search for every variant of every query (one fan-out when the index is split).
+    found = index.range_search(np.concatenate([np.asarray(v) for v in variants]), threshold)
+    for row, hits in enumerate(found):
+        qi = row % n
+        seen = best[qi]
+        for h in hits:
+            if h.id != exclude[qi] and h.distance < seen.get(h.id, 257):
+                seen[h.id] = h.distance
     return [sorted((Neighbour(i, 1.0 - d / 256.0) for i, d in seen.items()),
-                   key=lambda n: (-n.score, n.id))[:limit]
+                   key=lambda nb: (-nb.score, nb.id))[:limit]
             for seen in best]
 
 

@@ -370,6 +370,11 @@ class DurableIndex(Generic[IndexT]):
         self._maybe_compact()
         return len(present)
 
+    @property
+    def log_bytes(self) -> int:
+        """Bytes in the mutation log since the last snapshot (0: nothing to snapshot)."""
+        return self._log_bytes
+
     def _maybe_compact(self) -> None:
         if self._log_bytes >= self.config.compact_log_bytes:
             self.compact()

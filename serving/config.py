@@ -88,6 +88,24 @@ class CatalogueDeploymentConfig(BaseModel):
                                       description="index snapshots, off the request path")
 
 
+class IndexShardsDeploymentConfig(BaseModel):
+    """Index shards inside large tenants: a listed tenant's indexes split over ``count`` deployments
+    by a hash of the item id. Its catalogue shard stays the one writer and decider and fans each
+    search out to every index shard (one extra hop, run in parallel)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(default=1, ge=1, le=4096,
+                       description="index-shard deployments; 1: off (each catalogue shard holds its tenants' "
+                                   "indexes)")
+    tenants: list[str] = Field(default_factory=lambda: ["*"],
+                               description="tenants split over the index shards ('*': every tenant)")
+    num_cpus: float = Field(default=0.25, gt=0, le=64)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+    compact_interval_s: float = Field(default=300.0, gt=0,
+                                      description="index snapshots, off the request path")
+
+
 class ServiceConfig(BaseModel):
     """The HTTP service (``marketguard serve``)."""
 
@@ -108,6 +126,7 @@ class ServiceConfig(BaseModel):
     ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local Ray (default: all)")
     ingress: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
     catalogue: CatalogueDeploymentConfig = Field(default_factory=CatalogueDeploymentConfig)
+    index_shards: IndexShardsDeploymentConfig = Field(default_factory=IndexShardsDeploymentConfig)
 
 
 class MarketGuardConfig(BaseModel):

@@ -7,7 +7,7 @@ from typing import cast
 from ray.serve import Application, Deployment
 
 from serving.config import MarketGuardConfig
-from serving.deployments.catalogue import Catalogue
+from serving.deployments.catalogue import Catalogue, IndexShard
 from serving.deployments.ingress import Ingress
 from serving.scoring.extraction import FastExtraction
 
@@ -17,6 +17,7 @@ APP_NAME = "marketguard"
 # class's own type, so the casts only restore what the decorator returns.
 _CATALOGUE = cast(Deployment, Catalogue)
 _INGRESS = cast(Deployment, Ingress)
+_INDEX_SHARD = cast(Deployment, IndexShard)
 
 
 def build_app(config: MarketGuardConfig) -> Application:
@@ -24,16 +25,24 @@ def build_app(config: MarketGuardConfig) -> Application:
 
     Every deployment declares fractional ``num_cpus`` so the graph fits two cores with room
     for Ray itself; stateless ingress replicas scale by ``service.ingress.num_replicas``,
-    catalogue shards (one writer each) by ``service.catalogue.shards``.
+    catalogue shards (one writer each) by ``service.catalogue.shards``, and the indexes of large
+    tenants by ``service.index_shards.count`` (a hash partition each, called by the catalogue shards).
     """
     svc = config.service
     # Model ids stamp the indexes; the registry's constructors are cheap (models load lazily).
     models, dims = FastExtraction.build(config.signals, config.data_dir).models()
+    split = svc.index_shards
+    index_shards = [
+        _INDEX_SHARD.options(name=f"index-shard-{j}", num_replicas=1,
+                             max_ongoing_requests=split.max_ongoing_requests,
+                             ray_actor_options={"num_cpus": split.num_cpus}).bind(config, models, dims, j)
+        for j in range(split.count)
+    ] if split.count > 1 else []
     shards = [
         _CATALOGUE.options(name=f"catalogue-{i}" if svc.catalogue.shards > 1 else "catalogue",
                            num_replicas=1, max_ongoing_requests=svc.catalogue.max_ongoing_requests,
                            ray_actor_options={"num_cpus": svc.catalogue.num_cpus}
-                           ).bind(config, models, dims, i, svc.catalogue.shards)
+                           ).bind(config, models, dims, i, svc.catalogue.shards, index_shards)
         for i in range(svc.catalogue.shards)
     ]
     ingress = _INGRESS.options(

@@ -1,4 +1,6 @@
-"""The catalogue deployment: one shard's store and indexes, one writer (the engine), no HTTP.
+"""The catalogue deployment (one shard's store and indexes, one writer: the engine, no HTTP) and
+the index-shard deployment (a hash partition of large tenants' indexes, see
+:mod:`serving.scoring.index_shards`).
 
 Writes run one at a time on a dedicated thread, so the indexes have one writer; reads
 (entity signals, labels) run on other threads against the store's read connection, so a
@@ -11,17 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from indexes.banks import BankItem
 from indexes.config import Modality
+from indexes.pdq import PdqHit
+from indexes.vector import Hit
 from serving.config import MarketGuardConfig, configure_process
 from serving.scoring.engine import CatalogueEngine, Extracted, Scored
+from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
+from serving.scoring.indexes import ShardClient
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import EntityType, Label, RecordKind
 
@@ -35,11 +43,16 @@ def shard_dir(data_dir: Path, shard: int, shards: int) -> Path:
 
 
 def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: dict[Modality, int],
-                shard: int = 0, shards: int = 1) -> CatalogueEngine:
-    """The engine of one shard over its directory, reconciled with its store."""
+                shard: int = 0, shards: int = 1, index_shards: Sequence[ShardClient] = ()) -> CatalogueEngine:
+    """The engine of one shard over its directory, reconciled with its store.
+
+    ``index_shards``: clients of the index shards that the tenants of ``service.index_shards.tenants``
+    are split over (none: every tenant's indexes are local).
+    """
     root = shard_dir(config.data_dir, shard, shards)
     engine = CatalogueEngine(SqliteSignalStore(root / "store.sqlite3"), root / "indexes", root / "banks",
-                             config.indexes, models, dims, global_banks=config.service.global_banks)
+                             config.indexes, models, dims, global_banks=config.service.global_banks,
+                             index_shards=index_shards, split_tenants=config.service.index_shards.tenants)
     engine.reconcile()
     return engine
 
@@ -49,63 +62,133 @@ class Catalogue:
     """Serve deployment around :class:`~serving.scoring.engine.CatalogueEngine` (one replica a shard)."""
 
     def __init__(self, config: MarketGuardConfig, models: dict[Modality, str], dims: dict[Modality, int],
-                 shard: int = 0, shards: int = 1) -> None:
+                 shard: int = 0, shards: int = 1, index_shards: Sequence[DeploymentHandle] = ()) -> None:
         self.config = config
         configure_process(config)
-        self.engine = open_engine(config, models, dims, shard, shards)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="catalogue-writer")
+        # Opened (and reconciled) on the writer thread, like every write after it: with index
+        # shards the engine waits there on their answers, never on the replica's event loop.
+        self._opening: Future[CatalogueEngine] = self._writer.submit(
+            open_engine, config, models, dims, shard, shards, [HandleShardClient(h) for h in index_shards])
         self._timer: asyncio.Task[None] | None = None
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _engine(self) -> CatalogueEngine:
+        return await asyncio.wrap_future(self._opening)
+
+    async def _write(self, method: str, *args: Any) -> Any:
+        engine = await self._engine()
         if self._timer is None:  # started on the first call: the replica's event loop exists by then
             self._timer = asyncio.get_running_loop().create_task(self._maintain())
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, getattr(engine, method), *args)
 
     async def _maintain(self) -> None:
         interval = self.config.service.catalogue.compact_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.compact)
+                await self._write("compact")
                 days = self.config.service.retention_days
                 if days is not None:
                     before = datetime.now(UTC) - timedelta(days=days)
-                    n = await asyncio.get_running_loop().run_in_executor(self._writer, self.engine.expire,
-                                                                         before)
+                    n = await self._write("expire", before)
                     if n:
                         log.info("retention: deleted %d items not written since %s", n, before.isoformat())
             except Exception:  # noqa: BLE001 - maintenance must never kill the replica
                 log.exception("index maintenance failed")
 
     async def score(self, kind: RecordKind, items: Sequence[Extracted]) -> list[Scored]:
-        fn = self.engine.score_listings if kind == "listing" else self.engine.score_reviews
-        return await self._write(fn, list(items))
+        done: list[Scored] = await self._write("score_listings" if kind == "listing" else "score_reviews",
+                                               list(items))
+        return done
 
     async def delete(self, tenant: str, kind: RecordKind, item_id: str) -> bool:
-        return await self._write(self.engine.delete, tenant, kind, item_id)
+        return bool(await self._write("delete", tenant, kind, item_id))
 
     async def entity(self, tenant: str, entity_type: EntityType, entity_id: str,
                      history: bool) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self.engine.entity_signals, tenant, entity_type, entity_id, history)
+        engine = await self._engine()
+        return await asyncio.to_thread(engine.entity_signals, tenant, entity_type, entity_id, history)
 
     async def add_label(self, label: Label) -> int:
-        return await self._write(self.engine.add_label, label)
+        return int(await self._write("add_label", label))
 
     async def labels(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.engine.store.labels, tenant, entity_type, entity_id)
+        engine = await self._engine()
+        return await asyncio.to_thread(engine.store.labels, tenant, entity_type, entity_id)
 
     async def bank_modality(self, tenant: str, bank: str) -> Modality | None:
-        return await self._write(self.engine.bank_modality, tenant, bank)
+        found: Modality | None = await self._write("bank_modality", tenant, bank)
+        return found
 
     async def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str,
                        items: list[BankItem]) -> int:
-        return await self._write(self.engine.bank_add, tenant, bank, modality, kind, items)
+        return int(await self._write("bank_add", tenant, bank, modality, kind, items))
 
     async def bank_remove(self, tenant: str, bank: str, item_id: str) -> int:
-        return await self._write(self.engine.bank_remove, tenant, bank, item_id)
+        return int(await self._write("bank_remove", tenant, bank, item_id))
 
     async def index_sizes(self) -> dict[tuple[str, str], int]:
-        return self.engine.index_sizes()
+        return (await self._engine()).index_sizes()
 
     async def ready(self) -> bool:
+        """True once the engine is open and reconciled (an opening that failed raises here)."""
+        if not self._opening.done():
+            return False
+        self._opening.result()
         return True
+
+
+@serve.deployment(name="index-shard")
+class IndexShard:
+    """Serve deployment around one :class:`~serving.scoring.index_shards.IndexShardCore`.
+
+    Its callers are the catalogue shards owning the split tenants (one writer per tenant);
+    calls run one at a time on one thread, and snapshots run on a timer between them.
+    """
+
+    def __init__(self, config: MarketGuardConfig, models: dict[Modality, str], dims: dict[Modality, int],
+                 shard: int) -> None:
+        self.config = config
+        configure_process(config)
+        self.core = IndexShardCore(index_shard_dir(config.data_dir, shard), config.indexes, models, dims)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="index-shard")
+        self._timer: asyncio.Task[None] | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._maintain())
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.service.index_shards.compact_interval_s)
+            try:
+                await self._run(self.core.compact)
+            except Exception:  # noqa: BLE001 - maintenance must never kill the replica
+                log.exception("index shard maintenance failed")
+
+    async def search(self, tenant: str, modality: Modality, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        return await self._run(self.core.search, tenant, modality, queries, k)
+
+    async def range_search(self, tenant: str, modality: Modality, hashes: np.ndarray,
+                           threshold: int | None) -> list[list[PdqHit]]:
+        return await self._run(self.core.range_search, tenant, modality, hashes, threshold)
+
+    async def add(self, tenant: str, modality: Modality, ids: list[str], data: np.ndarray,
+                  meta: list[dict[str, Any]] | None) -> int:
+        return await self._run(self.core.add, tenant, modality, ids, data, meta)
+
+    async def remove(self, tenant: str, modality: Modality, ids: list[str]) -> tuple[int, int]:
+        return await self._run(self.core.remove, tenant, modality, ids)
+
+    async def missing(self, tenant: str, modality: Modality, ids: list[str]) -> list[str]:
+        return await self._run(self.core.missing, tenant, modality, ids)
+
+    async def ids(self, tenant: str, modality: Modality) -> list[str]:
+        return await self._run(self.core.ids, tenant, modality)
+
+    async def size(self, tenant: str, modality: Modality) -> int:
+        return await self._run(self.core.size, tenant, modality)
+
+    async def drop_misplaced(self, tenant: str, modality: Modality, shard: int, shards: int) -> int:
+        return await self._run(self.core.drop_misplaced, tenant, modality, shard, shards)

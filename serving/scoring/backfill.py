@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,15 @@ def check_stamps(run_dir: Path, models: dict[Modality, str]) -> list[tuple[str, 
     return out
 
 
-def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str]) -> dict[str, int]:
+def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str],
+                     split: Callable[[str], bool] = lambda tenant: False) -> dict[str, int]:
     """Copy the run's snapshots into ``root/indexes`` and its records, edges, facts and signals
-    into ``root/store.sqlite3``. Returns what was imported."""
+    into ``root/store.sqlite3``. Returns what was imported.
+
+    ``split(tenant)``: whether the tenant's indexes are split over index shards; its snapshots
+    are not copied (one index cannot be a shard's partition): the service's start-up
+    reconciliation fills the shards from the imported store.
+    """
     run_dir = Path(run_dir)
     manifest, digest = _manifest(run_dir)
     kind: ItemKind = "listing" if manifest.get("kind") == "listings" else "review"
@@ -102,6 +108,7 @@ def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str]) -> 
         items = _import_items(store, cat, kind, facts)
         edges = _import_edges(store, run_dir / "pairs.parquet", kind)
         signals = _import_signals(store, run_dir / "signals.jsonl", kind)
+        snapshots = [(t, m, src) for t, m, src in snapshots if not split(t)]
         for tenant, modality, src in snapshots:
             dst = root / "indexes" / tenant / modality
             shutil.rmtree(dst, ignore_errors=True)

@@ -44,7 +44,14 @@ from indexes.near_duplicates import TextNearDuplicates, pdq_near_duplicates, vec
 from indexes.pair_features import PAIR_TEXT_CHARS, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
 from indexes.vector import VectorIndex
-from serving.scoring.indexes import AnyIndex, TenantIndexes
+from serving.scoring.indexes import (
+    AnyIndex,
+    ShardClient,
+    ShardedTenantIndex,
+    TenantIndexes,
+    held_ids,
+    missing_ids,
+)
 from serving.store.base import Edge, ItemKind, SignalStore, StoredItem, WriteBatch
 from signals.derived import BankHit, Match
 from signals.entity_signals import (
@@ -140,10 +147,12 @@ class CatalogueEngine:
                  models: dict[Modality, str], dims: dict[Modality, int], *,
                  global_banks: dict[str, list[str]] | None = None, limits: EngineLimits | None = None,
                  review_behaviour: Sequence[ReviewBehaviour] = (),
+                 index_shards: Sequence[ShardClient] = (), split_tenants: Sequence[str] = ("*",),
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.config = config
-        self.indexes = TenantIndexes(index_root, config, models, dims)
+        self.indexes = TenantIndexes(index_root, config, models, dims, shards=index_shards,
+                                     split_tenants=split_tenants)
         self.text_rule = TextNearDuplicates.from_config(config)
         self.banks_root = Path(banks_root)
         # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
@@ -164,6 +173,25 @@ class CatalogueEngine:
         if idx is None:
             raise RuntimeError(f"tenant {tenant!r} has no {modality} index although one was to be created")
         return idx
+
+    def _vectors(self, tenant: str, modality: Modality, *, create: bool = True
+                 ) -> VectorIndex | ShardedTenantIndex | None:
+        """The search surface of the tenant's vector index of ``modality``."""
+        idx = self.indexes.get(tenant, modality, create=create)
+        if idx is None:
+            return None
+        if isinstance(idx.index, PdqIndex):
+            raise TypeError(f"the {modality} index is not a vector index")
+        return idx.index
+
+    def _hashes(self, tenant: str) -> PdqIndex | ShardedTenantIndex | None:
+        """The search surface of the tenant's PDQ index, if it has one."""
+        idx = self.indexes.get(tenant, "image_pdq", create=False)
+        if idx is None:
+            return None
+        if isinstance(idx.index, VectorIndex):
+            raise TypeError("the image_pdq index is not a hash index")
+        return idx.index
 
     # ------------------------------------------------------------------ banks
     def tenant_banks(self, tenant: str) -> BankStore:
@@ -243,10 +271,9 @@ class CatalogueEngine:
         # 1-2. search and decide (the item's own entries excluded, so a re-post never matches itself)
         edges: list[Edge] = []
         if text is not None:
-            idx = self._index_of(t, "listing_text")
-            index = idx.index
-            if not isinstance(index, VectorIndex):
-                raise TypeError("listing_text index is not a vector index")
+            index = self._vectors(t, "listing_text")
+            if index is None:
+                raise RuntimeError(f"tenant {t!r} has no listing_text index although one was to be created")
             cands = self.text_rule.candidates(index, text[None, :], [lid])
             decided = self.text_rule.decide(ParsedRecords.parse([pair_record(listing)]), cands,
                                             lambda ids: self._parsed(t, ids))
@@ -304,32 +331,30 @@ class CatalogueEngine:
         out: list[Edge] = []
         if pdq is not None:
             good = np.flatnonzero(quality >= nd.pdq_min_quality)
-            idx = self.indexes.get(t, "image_pdq")
-            if len(good) and idx is not None and len(idx.index):
+            hashes = self._hashes(t)
+            if len(good) and hashes is not None and len(hashes):
                 own = len(old.features.get("image_pdq", ())) if old is not None else 0
                 variants = [v[good] for v in (pdq if nd.pdq_variants else pdq[:1])]
-                found = pdq_near_duplicates(idx.index, variants,  # type: ignore[arg-type]  # a PdqIndex here
-                                            self.config.thresholds.image_pdq, [None] * len(good),
-                                            nd.max_neighbours + own)
-                out += self._image_hits(idx.meta, lid, "image_pdq", found, nd.max_neighbours)
+                found = pdq_near_duplicates(hashes, variants, self.config.thresholds.image_pdq,
+                                            [None] * len(good), nd.max_neighbours + own)
+                out += self._image_hits(lid, "image_pdq", found, nd.max_neighbours)
         if sscd is not None:
-            idx = self.indexes.get(t, "image_sscd")
-            if idx is not None and len(idx.index):
+            vectors = self._vectors(t, "image_sscd", create=False)
+            if vectors is not None and len(vectors):
                 own = len(old.features.get("image_sscd", ())) if old is not None else 0
-                found = vector_near_duplicates(idx.index, sscd,  # type: ignore[arg-type]  # a VectorIndex here
-                                               self.config.thresholds.image_sscd, [None] * len(sscd),
-                                               nd.max_neighbours + own)
-                out += self._image_hits(idx.meta, lid, "image_sscd", found, nd.max_neighbours)
+                found = vector_near_duplicates(vectors, sscd, self.config.thresholds.image_sscd,
+                                               [None] * len(sscd), nd.max_neighbours + own)
+                out += self._image_hits(lid, "image_sscd", found, nd.max_neighbours)
         return out
 
     @staticmethod
-    def _image_hits(meta: dict[str, Any], lid: str, modality: str, found: list[list[Any]],
-                    limit: int) -> list[Edge]:
+    def _image_hits(lid: str, modality: str, found: list[list[Any]], limit: int) -> list[Edge]:
+        """Image hits as edges to their listings (an image's index id is ``<listing id>/<k>``)."""
         out = []
         for hits in found:
             kept = 0
             for h in hits:
-                other = (meta.get(h.id) or {}).get("record_id") or h.id.rsplit("/", 1)[0]
+                other = h.id.rsplit("/", 1)[0]
                 if other != lid and kept < limit:
                     out.append(Edge(lid, other, modality, float(h.score)))
                     kept += 1
@@ -366,19 +391,31 @@ class CatalogueEngine:
         by_modality: dict[Modality, list[tuple[str, np.ndarray, dict[str, Any]]]] = {}
         for modality, item_id, vec, meta in self._index_entries(item):
             by_modality.setdefault(modality, []).append((item_id, vec, meta))
+        waits = []  # a split tenant's modalities are written to their shards at once
         for modality, rows in by_modality.items():
-            self._index_of(item.tenant, modality).add([r[0] for r in rows], np.stack([r[1] for r in rows]),
-                                                      [r[2] for r in rows])
+            idx = self._index_of(item.tenant, modality)
+            ids, data, metas = [r[0] for r in rows], np.stack([r[1] for r in rows]), [r[2] for r in rows]
+            if isinstance(idx, ShardedTenantIndex):
+                waits.append(idx.start_add(ids, data, metas))
+            else:
+                idx.add(ids, data, metas)
+        for wait in waits:
+            wait()
 
     def _unindex(self, old: StoredItem) -> None:
         """Remove a stored item's index entries (ids from its stored features)."""
         ids: dict[Modality, list[str]] = {}
         for modality, item_id, _, _ in self._index_entries(old):
             ids.setdefault(modality, []).append(item_id)
+        waits = []
         for modality, item_ids in ids.items():
             idx = self.indexes.get(old.tenant, modality, create=False)
-            if idx is not None:
+            if isinstance(idx, ShardedTenantIndex):
+                waits.append(idx.start_remove(item_ids))
+            elif idx is not None:
                 idx.remove(item_ids)
+        for wait in waits:
+            wait()
 
     def _cluster(self, t: str, start: str, pending: dict[str, list[Edge]]) -> list[str]:
         """The members of ``start``'s cluster: its edges as stored, ``pending``'s items' edges
@@ -512,11 +549,10 @@ class CatalogueEngine:
         edges: list[Edge] = []
         hits: list[BankHit] = []
         if text is not None:
-            idx = self._index_of(t, "review_text")
-            if len(idx.index):
-                found = vector_near_duplicates(idx.index, text[None, :],  # type: ignore[arg-type]  # vectors
-                                               self.config.thresholds.review_text, [rid],
-                                               self.config.near_duplicates.max_neighbours)
+            vectors = self._vectors(t, "review_text")
+            if vectors is not None and len(vectors):
+                found = vector_near_duplicates(vectors, text[None, :], self.config.thresholds.review_text,
+                                               [rid], self.config.near_duplicates.max_neighbours)
                 edges = [Edge(rid, h.id, "review_text", h.score) for h in found[0]]
             hits = self.match_banks(t, "review_text", text[None, :])[0]
         stored = StoredItem(t, "review", rid, review.reviewer_id, review.product_id, None, None,
@@ -653,26 +689,29 @@ class CatalogueEngine:
             if stale is not None:
                 self._unindex(stale)
         wanted: dict[tuple[str, Modality], set[str]] = {}
-        pending: dict[tuple[str, Modality], list[tuple[str, np.ndarray, dict[str, Any]]]] = {}
+        unchecked: dict[tuple[str, Modality], list[tuple[str, np.ndarray, dict[str, Any]]]] = {}
 
         def flush(key: tuple[str, Modality]) -> None:
+            # One membership check for a page of entries (one call a shard for a split tenant).
             nonlocal added
-            rows = pending.pop(key, [])
+            rows = unchecked.pop(key, [])
+            if not rows:
+                return
+            idx = self._index_of(*key)
+            missing = set(missing_ids(idx, [r[0] for r in rows]))
+            rows = [r for r in rows if r[0] in missing]
             if rows:
-                self._index_of(*key).add([r[0] for r in rows], np.stack([r[1] for r in rows]),
-                                         [r[2] for r in rows])
+                idx.add([r[0] for r in rows], np.stack([r[1] for r in rows]), [r[2] for r in rows])
                 added += len(rows)
 
         for it in self.store.iter_items():
             for modality, item_id, vec, meta in self._index_entries(it):
                 key = (it.tenant, modality)
                 wanted.setdefault(key, set()).add(item_id)
-                idx = self._index_of(*key)
-                if item_id not in idx.index:
-                    pending.setdefault(key, []).append((item_id, vec, meta))
-                    if len(pending[key]) >= 1000:
-                        flush(key)
-        for key in list(pending):
+                unchecked.setdefault(key, []).append((item_id, vec, meta))
+                if len(unchecked[key]) >= 1000:
+                    flush(key)
+        for key in list(unchecked):
             flush(key)
         keys: set[tuple[str, Modality]] = set(wanted) | {(t, m) for t in self.indexes.tenants()
                                                          for m in ("listing_text", "review_text", "image_pdq",
@@ -681,8 +720,9 @@ class CatalogueEngine:
             stored_idx = self.indexes.get(t, m, create=False)
             if stored_idx is None:
                 continue
-            want = wanted.get((t, m), set())
-            extra = sorted((set(stored_idx.meta) | set(_index_ids(stored_idx.index))) - want)
+            if isinstance(stored_idx, ShardedTenantIndex):
+                removed += stored_idx.drop_misplaced()  # the shard count changed since they were added
+            extra = sorted(held_ids(stored_idx) - wanted.get((t, m), set()))
             if extra:
                 removed += stored_idx.remove(extra)
         self.store.clear_pending_index()
@@ -718,7 +758,7 @@ class CatalogueEngine:
         for _, _, idx in self.indexes.opened():
             index = idx.index
             retrained = isinstance(index, VectorIndex) and index.compact()
-            if retrained or idx._log_bytes:  # noqa: SLF001 - the durable index exposes no public log size
+            if retrained or idx.log_bytes:
                 idx.compact()
 
     def close(self) -> None:
@@ -727,10 +767,6 @@ class CatalogueEngine:
         for b in self._tenant_banks.values():
             b.close()
         self.store.close()
-
-
-def _index_ids(index: VectorIndex | PdqIndex) -> list[str]:
-    return list(index.ids())
 
 
 def _best_edges(edges: Sequence[Edge]) -> list[Edge]:

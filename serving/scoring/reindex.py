@@ -11,6 +11,7 @@ image bytes, which the store does not keep: an SSCD index made by another model 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from serving.config import MarketGuardConfig
 from serving.deployments.catalogue import shard_dir
 from serving.scoring.engine import CatalogueEngine, text_feature
 from serving.scoring.extraction import FastExtraction
+from serving.scoring.index_shards import close_local_clients, index_shard_dir, local_shard_clients
 from serving.scoring.indexes import MODEL_STAMP
 from serving.store.base import ItemKind
 from serving.store.sqlite import SqliteSignalStore
@@ -32,6 +34,7 @@ def reindex(config: MarketGuardConfig) -> dict[str, Any]:
     extraction = FastExtraction.build(config.signals, config.data_dir)
     models, dims = extraction.models()
     counts: dict[str, Any] = {"embedded": 0, "sscd_indexes_dropped": 0}
+    split = config.service.index_shards
     for shard in range(config.service.catalogue.shards):
         root = shard_dir(config.data_dir, shard, config.service.catalogue.shards)
         if not (root / "store.sqlite3").exists():
@@ -43,24 +46,36 @@ def reindex(config: MarketGuardConfig) -> dict[str, Any]:
                     ("listing", "listing_text"), ("review", "review_text"))
                 for kind, modality in text_modalities:
                     counts["embedded"] += _reembed(extraction, store, tenant, kind, modality)
-                    shutil.rmtree(root / "indexes" / tenant / modality, ignore_errors=True)
-                sscd = root / "indexes" / tenant / "image_sscd"
-                stamp = sscd / MODEL_STAMP
-                if stamp.exists() and models.get("image_sscd", "") not in stamp.read_text(encoding="utf-8"):
-                    shutil.rmtree(sscd)
-                    counts["sscd_indexes_dropped"] += 1
+                    for directory in _index_dirs(config, root, tenant, modality):
+                        shutil.rmtree(directory, ignore_errors=True)
+                for sscd in _index_dirs(config, root, tenant, "image_sscd"):
+                    stamp = sscd / MODEL_STAMP
+                    if stamp.exists() and models.get("image_sscd", "") not in stamp.read_text("utf-8"):
+                        shutil.rmtree(sscd)
+                        counts["sscd_indexes_dropped"] += 1
         finally:
             store.close()
-        # The engine's start-up reconciliation rebuilds the dropped indexes from the store.
+        # The engine's start-up reconciliation rebuilds the dropped indexes from the store (a split
+        # tenant's into the index shards' directories, opened here in-process).
+        shards = local_shard_clients(config.data_dir, split.count, config.indexes, models, dims)
         engine = CatalogueEngine(SqliteSignalStore(root / "store.sqlite3"), root / "indexes", root / "banks",
-                                 config.indexes, models, dims)
+                                 config.indexes, models, dims, index_shards=shards,
+                                 split_tenants=split.tenants)
         try:
             counts.setdefault("indexed", 0)
             counts["indexed"] += engine.reconcile()["added"]
         finally:
             engine.close()
+            close_local_clients(shards)
     counts["models"] = dict(models)
     return counts
+
+
+def _index_dirs(config: MarketGuardConfig, root: Path, tenant: str, modality: Modality) -> list[Path]:
+    """Where a tenant's index of ``modality`` may be: its shard's directory, or the index shards'."""
+    return [root / "indexes" / tenant / modality,
+            *(index_shard_dir(config.data_dir, j) / tenant / modality
+              for j in range(config.service.index_shards.count))]
 
 
 def _reembed(extraction: FastExtraction, store: SqliteSignalStore, tenant: str, kind: ItemKind,

@@ -6,7 +6,6 @@ import pydantic
 import pytest
 
 from indexes.config import ClusteringConfig, IndexesConfig, VectorIndexConfig
-from indexes.sharding import ShardedIndex
 
 
 def test_defaults_load() -> None:
@@ -24,5 +23,3 @@ def test_bad_settings_are_rejected_with_values() -> None:
         VectorIndexConfig(nprobe=0)
     with pytest.raises(pydantic.ValidationError):
         IndexesConfig.model_validate({"vector": {"dimm": 3}})
-    with pytest.raises(ValueError, match="0"):
-        ShardedIndex(0, lambda _: None)  # type: ignore[arg-type,return-value]

@@ -76,7 +76,10 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         port = s.getsockname()[1]
     keys = ",".join(f"{t}:{k}" for t, k in KEYS.items())
     config = load_config(data_dir=d, env={"MARKETGUARD_API_KEYS": keys})
-    config = config.model_copy(update={"service": config.service.model_copy(update={"port": port})})
+    # globex's indexes are split over two index shards (acme's stay in its catalogue shard)
+    split = config.service.index_shards.model_validate({"count": 2, "tenants": ["globex"], "num_cpus": 0.1})
+    config = config.model_copy(update={"service": config.service.model_copy(update={"port": port,
+                                                                                     "index_shards": split})})
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"

@@ -28,6 +28,7 @@ from serving.api.backend import LocalBackend
 from serving.deployments.catalogue import open_engine
 from serving.scoring.backfill import import_batch_run
 from serving.scoring.extraction import FastExtraction
+from serving.scoring.index_shards import close_local_clients, local_shard_clients
 from serving.store.base import StoredItem, WriteBatch
 from serving.store.sqlite import SqliteSignalStore
 from signals.errors import InvalidInput
@@ -69,7 +70,10 @@ def batch_run(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> tup
     return folder, out, cfg
 
 
-def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tuple[Path, Path, Any]) -> None:
+@pytest.mark.parametrize("index_shards", [1, 3], ids=["one-index", "split-over-3-index-shards"])
+def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tuple[Path, Path, Any],
+                                                 index_shards: int) -> None:
+    """With the tenant's indexes split over index shards too: the merged shard answers decide alike."""
     folder, out, cfg = batch_run
     data_dir = cfg.data_dir
     batch = {_key(s): s for s in signals_of(out) if s["name"] in COMPARED}
@@ -80,7 +84,8 @@ def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tupl
     svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
     extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
     models, dims = extraction.models()
-    backend = LocalBackend(extraction, open_engine(svc_cfg, models, dims))
+    shards = local_shard_clients(svc_dir, index_shards, svc_cfg.indexes, models, dims)
+    backend = LocalBackend(extraction, open_engine(svc_cfg, models, dims, index_shards=shards))
     client = TestClient(create_app(backend, svc_cfg.service))
     valid = [r for r in catalogue_rows() if r["listing_id"] not in ("bad id!", "NOPRICE")]
     for row in valid:
@@ -109,6 +114,11 @@ def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tupl
     # the catalogue has what the test is about: copies across sellers, by text and by photo
     assert batch[("listing", "SC1", "near_duplicate.cross_seller_count")]["value"] >= 4
     assert batch[("listing", "SC1", "image.reused_across_sellers")]["value"] >= 1
+    if shards:  # every modality's entries really were spread over the shards
+        for modality in ("listing_text", "image_pdq", "image_sscd"):
+            held = [c.core.size("default", modality) for c in shards]
+            assert sum(held) > max(held) > 0, (modality, held)
+        close_local_clients(shards)
 
 
 def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Path, Path, Any]) -> None:
@@ -156,3 +166,31 @@ def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Pa
         StoredItem("default", "listing", "X", "s", None, None, None, "{}", {})]))
     with pytest.raises(InvalidInput, match="already holds items"):
         import_batch_run(out, other, models)
+
+
+def test_a_split_tenant_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Path, Path, Any]) -> None:
+    """``--from-batch`` into a tenant split over index shards: the store is imported, the run's
+    snapshots are not copied (one index is no shard's partition), and start-up fills the shards."""
+    folder, out, cfg = batch_run
+    svc_dir = tmp_path / "svc"
+    svc_dir.mkdir()
+    (svc_dir / "models").symlink_to(cfg.data_dir / "models")
+    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
+    extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
+    models, dims = extraction.models()
+    counts = import_batch_run(out, svc_dir, models, split=lambda tenant: True)
+    assert counts["items"] == 20 and counts["indexes"] == 0 and not (svc_dir / "indexes").exists()
+    shards = local_shard_clients(svc_dir, 2, svc_cfg.indexes, models, dims)
+    engine = open_engine(svc_cfg, models, dims, index_shards=shards)  # reconciles: fills the shards
+    assert engine.reconcile() == {"added": 0, "removed": 0}
+    assert engine.index_sizes()[("default", "listing_text")] == 20
+    client = TestClient(create_app(LocalBackend(extraction, engine), svc_cfg.service))
+    row = next(r for r in catalogue_rows() if r["listing_id"] == "SC2")
+    copy = {**row, "listing_id": "SC-new", "seller_id": "burner-new",
+            "images": [{"data_b64": base64.b64encode((folder / "phone.jpg").read_bytes()).decode()}]}
+    r = client.post("/v1/listings", json=copy).json()
+    matched = {m["id"] for s in r["signals"] if s["name"] == "near_duplicate.count"
+               for m in s["evidence"]["matches"]}
+    assert {"SC0", "SC1", "SC2"} <= matched
+    engine.close()
+    close_local_clients(shards)

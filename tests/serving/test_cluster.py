@@ -1,9 +1,11 @@
-"""The service on a two-node Ray cluster: ingress replicas on both nodes, each answering correctly.
+"""The service on a two-node Ray cluster: ingress replicas and index shards on both nodes, all correct.
 
 A subprocess driver (the pytest process already has the session's Ray) starts a
 ``ray.cluster_utils.Cluster`` of a head and one worker node of one CPU each, and deploys
-``build_app`` with two ingress replicas of 0.6 CPU: two cannot share a node, so one lands on
-each. Listings and their copies from other sellers go through the head's HTTP proxy; every copy
+``build_app`` with two ingress replicas of 0.6 CPU (two cannot share a node, so one lands on
+each) and the tenant's indexes split over two index shards of 0.3 CPU (after an ingress replica
+and the 0.1-CPU catalogue, a node has room for one): every search fans out across the nodes.
+Listings and their copies from other sellers go through the head's HTTP proxy; every copy
 must name its original, and both replicas must have served some of them (the proxy's
 preference for its own node's replica is off: both nodes are one machine here).
 """
@@ -48,7 +50,8 @@ try:
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     cluster.wait_for_nodes()
     config = MarketGuardConfig.model_validate({"data_dir": str(data_dir), "service": {
-        "port": port, "ingress": {"num_replicas": 2, "num_cpus": 0.6}, "catalogue": {"num_cpus": 0.3}}})
+        "port": port, "ingress": {"num_replicas": 2, "num_cpus": 0.6}, "catalogue": {"num_cpus": 0.1},
+        "index_shards": {"count": 2, "num_cpus": 0.3}}})
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
@@ -135,6 +138,8 @@ def test_ingress_replicas_on_two_nodes_both_answer(tmp_path: Path, data_dir: Pat
     assert len(result["nodes"]) == 2
     ingress = {name: node for name, node in result["replica_nodes"].items() if "#ingress#" in name}
     assert len(ingress) == 2 and set(ingress.values()) == set(result["nodes"]), result["replica_nodes"]
+    shards = {name: node for name, node in result["replica_nodes"].items() if "#index-shard-" in name}
+    assert len(shards) == 2 and set(shards.values()) == set(result["nodes"]), result["replica_nodes"]
     assert result["matched"] == [True] * PAIRS
     served = {log.removeprefix("replica_marketguard_ingress_").removesuffix(".log"): n
               for log, n in result["served"].items()}

@@ -61,9 +61,11 @@ def copy_of(b: int, lid: str, seller: str) -> dict[str, Any]:
     return {"listing_id": lid, "seller_id": seller, **base_listing(b)}
 
 
-def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(data_dir: Path, port: int, log: Path, config: Path | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETGUARD_", "RAY_ADDRESS"))}
     env["PYTHONPATH"] = str(ROOT)
+    if config is not None:
+        env["MARKETGUARD_CONFIG"] = str(config)
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--port", str(port),
                                  "--data-dir", str(data_dir)], cwd=ROOT, env=env, stdout=out,
@@ -117,9 +119,13 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 @pytest.mark.slow
-def test_nothing_acknowledged_is_lost_when_the_service_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("index_shards", [1, 2], ids=["one-index", "split-over-2-index-shards"])
+def test_nothing_acknowledged_is_lost_when_the_service_is_killed(tmp_path: Path, index_shards: int) -> None:
+    """With the tenant's indexes split over index shards, their processes die with the rest."""
     data_dir = tmp_path / "state"
     data_dir.mkdir()
+    config = tmp_path / "marketguard.yaml"
+    config.write_text(f"service:\n  index_shards: {{count: {index_shards}, num_cpus: 0.1}}\n")
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     os.symlink(MODELS_DIR, data_dir / "models")
     log = tmp_path / "serve.log"
@@ -151,7 +157,7 @@ def test_nothing_acknowledged_is_lost_when_the_service_is_killed(tmp_path: Path)
                 if result != "ack":
                     return  # this client's stream was cut off: the service is gone
 
-    proc = start(data_dir, port := free_port(), log)
+    proc = start(data_dir, port := free_port(), log, config)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc, log)
@@ -170,7 +176,7 @@ def test_nothing_acknowledged_is_lost_when_the_service_is_killed(tmp_path: Path)
     assert len(acks) >= KILL_AFTER_ACKS and len(acks) < len(posts), "the kill did not land mid-stream"
     t_killed = time.monotonic()
 
-    proc = start(data_dir, port := free_port(), log)
+    proc = start(data_dir, port := free_port(), log, config)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc, log)

@@ -14,6 +14,8 @@ from tests.serving.api.helpers import listing, photo_b64, review, signal
 from tests.serving.conftest import Service
 
 _ids = itertools.count()
+# acme's indexes live in its catalogue shard; globex's are split over the session's two index shards
+TENANTS = ["acme", "globex"]
 
 
 def uid(prefix: str) -> str:
@@ -51,54 +53,62 @@ def test_health_ready_openapi_and_metrics(http: httpx.Client, serve_app: Service
     assert "marketguard_index_items{" in text
     assert 'marketguard_batch_size_count{batch="extract"}' in text  # the @serve.batch calls
     assert 'marketguard_signals_written_total{kind="listing"}' in text
+    post(http, serve_app, "/v1/listings", listing(uid("Lm"), "s1", title=4, image=None), tenant="globex")
+    text = http.get("/metrics").text  # a split tenant's index sizes come from its catalogue shard too
+    assert 'marketguard_index_items{modality="listing_text",tenant="globex"}' in text
 
 
-def test_a_copy_from_another_seller_matches_and_the_original_learns_of_it(http: httpx.Client,
-                                                                          serve_app: Service) -> None:
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_a_copy_from_another_seller_matches_and_the_original_learns_of_it(
+        http: httpx.Client, serve_app: Service, tenant: str) -> None:
     a, b = uid("La"), uid("Lb")
-    r = post(http, serve_app, "/v1/listings", listing(a, "seller-a", image=11))
+    r = post(http, serve_app, "/v1/listings", listing(a, "seller-a", image=11), tenant=tenant)
     assert r.status_code == 200 and r.json()["listing_id"] == a and r.json()["pending"] == []
     assert signal(r.json(), "near_duplicate.count")["value"] == 0
-    r = post(http, serve_app, "/v1/listings", listing(b, "seller-b", image=11))
+    r = post(http, serve_app, "/v1/listings", listing(b, "seller-b", image=11), tenant=tenant)
     cross = signal(r.json(), "near_duplicate.cross_seller_count")
     assert cross["value"] == 1 and {m["id"] for m in cross["evidence"]["matches"]} == {a}
     assert signal(r.json(), "image.reused_across_sellers")["value"] == 1
-    older = get(http, serve_app, f"/v1/entities/listing/{a}/signals").json()
+    older = get(http, serve_app, f"/v1/entities/listing/{a}/signals", tenant).json()
     assert {m["id"] for m in signal(older, "near_duplicate.count")["evidence"]["matches"]} == {b}
     assert signal(older, "near_duplicate.cluster_size")["value"] == 2
-    seller = get(http, serve_app, "/v1/entities/seller/seller-b/signals").json()
+    seller = get(http, serve_app, "/v1/entities/seller/seller-b/signals", tenant).json()
     assert signal(seller, "seller.duplicate_listing_ratio")["value"] == 1.0
-    hist = get(http, serve_app, f"/v1/entities/listing/{a}/signals?history=true").json()["history"]
+    hist = get(http, serve_app, f"/v1/entities/listing/{a}/signals?history=true", tenant).json()["history"]
     counts = [h["value"] for h in hist if h["name"] == "near_duplicate.count"]
     assert counts == [0, 1]  # every value kept, in order
 
 
-def test_reposting_an_id_replaces_it_and_never_counts_twice(http: httpx.Client, serve_app: Service) -> None:
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_reposting_an_id_replaces_it_and_never_counts_twice(http: httpx.Client, serve_app: Service,
+                                                            tenant: str) -> None:
     a = uid("Lr")
     for _ in range(3):
-        r = post(http, serve_app, "/v1/listings", listing(a, "seller-rp", title=2, image=21))
+        r = post(http, serve_app, "/v1/listings", listing(a, "seller-rp", title=2, image=21), tenant=tenant)
         assert r.status_code == 200
-    seller = get(http, serve_app, "/v1/entities/seller/seller-rp/signals").json()
+    seller = get(http, serve_app, "/v1/entities/seller/seller-rp/signals", tenant).json()
     assert signal(seller, "seller.duplicate_listing_ratio")["evidence"]["listings"] == 1
-    assert signal(get(http, serve_app, f"/v1/entities/listing/{a}/signals").json(),
+    assert signal(get(http, serve_app, f"/v1/entities/listing/{a}/signals", tenant).json(),
                   "near_duplicate.count")["value"] == 0  # never its own near-duplicate
 
 
-def test_delete_takes_a_listing_down_and_updates_its_partners(http: httpx.Client, serve_app: Service) -> None:
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_delete_takes_a_listing_down_and_updates_its_partners(http: httpx.Client, serve_app: Service,
+                                                              tenant: str) -> None:
     a, b = uid("Ld"), uid("Ld")
-    post(http, serve_app, "/v1/listings", listing(a, "seller-d1", title=3, image=31))
-    post(http, serve_app, "/v1/listings", listing(b, "seller-d2", title=3, image=31))
-    r = http.delete(f"/v1/listings/{a}", headers=serve_app.headers("acme"))
+    post(http, serve_app, "/v1/listings", listing(a, "seller-d1", title=3, image=31), tenant=tenant)
+    post(http, serve_app, "/v1/listings", listing(b, "seller-d2", title=3, image=31), tenant=tenant)
+    r = http.delete(f"/v1/listings/{a}", headers=serve_app.headers(tenant))
     assert r.status_code == 200 and r.json() == {"listing_id": a, "deleted": True}
-    partner = get(http, serve_app, f"/v1/entities/listing/{b}/signals").json()
+    partner = get(http, serve_app, f"/v1/entities/listing/{b}/signals", tenant).json()
     assert signal(partner, "near_duplicate.count")["value"] == 0
     assert signal(partner, "near_duplicate.cluster_size")["value"] == 1
-    gone = get(http, serve_app, f"/v1/entities/listing/{a}/signals?history=true").json()
+    gone = get(http, serve_app, f"/v1/entities/listing/{a}/signals?history=true", tenant).json()
     assert gone["signals"] == [] and "deleted_at" in gone and gone["history"]  # history kept, tombstoned
-    again = http.delete(f"/v1/listings/{a}", headers=serve_app.headers("acme"))
+    again = http.delete(f"/v1/listings/{a}", headers=serve_app.headers(tenant))
     assert error_of(again)["code"] == "not_found"
     c = uid("Ld")  # a later copy no longer matches the deleted listing
-    r = post(http, serve_app, "/v1/listings", listing(c, "seller-d3", title=3, image=31))
+    r = post(http, serve_app, "/v1/listings", listing(c, "seller-d3", title=3, image=31), tenant=tenant)
     assert {m["id"] for m in signal(r.json(), "near_duplicate.count")["evidence"]["matches"]} == {b}
 
 

@@ -155,11 +155,10 @@ def test_a_listing_reposted_under_another_seller_leaves_the_first_sellers_rollup
 
 
 def test_own_old_images_never_crowd_out_partners() -> None:
-    meta = {f"L1/{k}": {"record_id": "L1"} for k in range(3)} | {"L2/0": {"record_id": "L2"}}
     from indexes.vector import Hit
 
     found = [[Hit("L1/0", 1.0), Hit("L1/1", 0.99), Hit("L1/2", 0.98), Hit("L2/0", 0.9)]]
-    edges = CatalogueEngine._image_hits(meta, "L1", "image_sscd", found, limit=1)
+    edges = CatalogueEngine._image_hits("L1", "image_sscd", found, limit=1)
     assert [(e.b, e.score) for e in edges] == [("L2", 0.9)]
 
 
