@@ -103,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--demo", action="store_true",
                            help="seed a NEW data dir with the bundled demo catalogue and scam bank")
     serve_cmd.add_argument("--from-batch", type=Path, default=None, metavar="RUN_DIR",
-                           help="start from a batch run's index snapshots "
-                                "(not available yet: see docs/serving.md)")
+                           help="start a new data dir from a finished `marketguard batch` run: its "
+                                "snapshots, records, pairs and signals (docs/serving.md)")
     serve_cmd.set_defaults(handler=_cmd_serve)
 
     reindex = sub.add_parser(
@@ -113,6 +113,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild every tenant's indexes from the signal store (after a model change). The "
                     "service must be stopped.")
     reindex.set_defaults(handler=_cmd_reindex)
+
+    sinks = sub.add_parser("sinks", help="the publishing outbox: dead letters",
+                           description="Signals are queued for each configured sink and delivered at least "
+                                       "once; events a failing sink could not take for "
+                                       "sinks.dead_letter_after_s go to the dead letters.")
+    sinks_sub = sinks.add_subparsers(dest="sinks_command", required=True)
+    replay = sinks_sub.add_parser(
+        "replay", parents=[common], help="queue the dead letters again",
+        description="Queue every dead letter (of one sink, or all) for delivery again, with its event id and "
+                    "sequence number: consumers keep the newest value, so a replay never overwrites a newer "
+                    "one. Works while the service runs.")
+    replay.add_argument("--sink", default=None, help="only this sink ('redis', or 'webhook:<id>' as in "
+                                                     "/metrics)")
+    replay.set_defaults(handler=_cmd_sinks_replay)
     return parser
 
 
@@ -181,6 +195,27 @@ def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,
 
     counts = reindex(config)
     out.write(json.dumps(counts, sort_keys=True) + "\n")
+    return EXIT_OK
+
+
+def _cmd_sinks_replay(args: argparse.Namespace, config: MarketGuardConfig,
+                      out: TextIO, err: TextIO) -> int:
+    from serving.deployments.catalogue import shard_dir
+    from serving.publishing.publisher import sink_names
+    from serving.store.sqlite import SqliteSignalStore
+
+    shards = config.service.catalogue.shards
+    replayed = 0
+    for shard in range(shards):
+        path = shard_dir(config.data_dir, shard, shards) / "store.sqlite3"
+        if not path.exists():
+            continue
+        store = SqliteSignalStore(path, sinks=sink_names(config.sinks))
+        try:
+            replayed += store.replay_dead_letters(args.sink)
+        finally:
+            store.close()
+    out.write(json.dumps({"replayed": replayed}) + "\n")
     return EXIT_OK
 
 

@@ -129,6 +129,43 @@ class ServiceConfig(BaseModel):
     index_shards: IndexShardsDeploymentConfig = Field(default_factory=IndexShardsDeploymentConfig)
 
 
+class RedisSinkConfig(BaseModel):
+    """Redis: a stream per tenant and a hash per entity (``serving/publishing/redis_sink.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="redis://host:port/db (rediss:// for TLS)")
+    key_prefix: str = Field(default="marketguard", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    stream_maxlen: int = Field(default=1_000_000, ge=1,
+                               description="approximate bound of each tenant's stream")
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+
+class WebhookSinkConfig(BaseModel):
+    """A signed webhook: JSON batches of events POSTed to ``url`` (``serving/publishing/webhook.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", description="events go only to the URLs named here")
+    secrets: list[str] = Field(min_length=1, description="HMAC keys; one v1= signature each (rotation)")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+
+class SinksConfig(BaseModel):
+    """Where signals are published: every signal the store accepts is queued for each sink in the
+    same transaction (the outbox) and delivered at least once, in order per sink."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis: RedisSinkConfig | None = None
+    webhooks: list[WebhookSinkConfig] = Field(default_factory=list)
+    batch_size: int = Field(default=256, ge=1, le=10_000, description="events per delivery")
+    poll_interval_s: float = Field(default=0.05, gt=0, le=60, description="idle wait before looking again")
+    max_backoff_s: float = Field(default=30.0, gt=0, description="a failing sink waits at most this long")
+    dead_letter_after_s: float = Field(
+        default=86_400.0, gt=0, description="a failing sink's events older than this are dead-lettered")
+
+
 class MarketGuardConfig(BaseModel):
     """Everything a MarketGuard process needs to know, with embedded defaults."""
 
@@ -142,6 +179,7 @@ class MarketGuardConfig(BaseModel):
     indexes: IndexesConfig = Field(default_factory=IndexesConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
 
 
 def load_config(

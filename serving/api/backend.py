@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from indexes.banks import BankItem
 from indexes.config import Modality
+from serving.publishing.publisher import Publisher
 from serving.scoring.engine import CatalogueEngine, Scored, text_feature
 from serving.scoring.extraction import FastExtraction
 from signals.schemas import EntityType, Label, Listing, RecordKind, Review
@@ -30,6 +31,18 @@ class Backend(Protocol):
     async def bank_remove(self, tenant: str, bank: str, item_id: str) -> int: ...
     async def ready(self) -> bool: ...
     async def index_sizes(self) -> dict[tuple[str, str], int]: ...
+    async def sink_stats(self) -> dict[str, dict[str, float]]: ...
+
+
+def merge_sink_stats(parts: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Sink stats of several catalogue shards as one: counts summed, lag the largest."""
+    out: dict[str, dict[str, float]] = {}
+    for part in parts:
+        for sink, row in part.items():
+            acc = out.setdefault(sink, {})
+            for key, value in row.items():
+                acc[key] = max(acc.get(key, 0.0), value) if key == "lag_s" else acc.get(key, 0.0) + value
+    return out
 
 
 def bank_items(extraction: FastExtraction, modality: Modality, items: list[dict[str, Any]]) -> list[BankItem]:
@@ -89,8 +102,9 @@ def _image_reason(errors: Sequence[Any]) -> str:
 class LocalBackend:
     """The backend in one process: extraction and the engine, writes on one thread."""
 
-    def __init__(self, extraction: FastExtraction, engine: CatalogueEngine) -> None:
-        self.extraction, self.engine = extraction, engine
+    def __init__(self, extraction: FastExtraction, engine: CatalogueEngine,
+                 publisher: Publisher | None = None) -> None:
+        self.extraction, self.engine, self.publisher = extraction, engine, publisher
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="marketguard-writer")
 
     async def _write(self, fn: Any, *args: Any) -> Any:
@@ -132,3 +146,6 @@ class LocalBackend:
 
     async def index_sizes(self) -> dict[tuple[str, str], int]:
         return self.engine.index_sizes()
+
+    async def sink_stats(self) -> dict[str, dict[str, float]]:
+        return self.publisher.stats() if self.publisher is not None else {}

@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
+
+
+class SinkMetrics:
+    """Per sink, as the catalogue shards last reported it (summed over shards): events queued,
+    lag (age of the oldest undelivered event), dead letters, events delivered, failed deliveries."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, dict[str, float]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        Family = GaugeMetricFamily | CounterMetricFamily
+        gauges: dict[str, Family] = {
+            "queued": GaugeMetricFamily("marketguard_sink_queued_events", "events in the outbox",
+                                        labels=["sink"]),
+            "lag_s": GaugeMetricFamily("marketguard_sink_lag_seconds", "age of the oldest undelivered event",
+                                       labels=["sink"]),
+            "dead_letters": GaugeMetricFamily("marketguard_sink_dead_letters",
+                                              "events in the dead-letter table", labels=["sink"])}
+        counters: dict[str, Family] = {
+            "delivered_total": CounterMetricFamily("marketguard_sink_delivered_events", "events delivered",
+                                                   labels=["sink"]),
+            "failures_total": CounterMetricFamily("marketguard_sink_failures", "failed deliveries",
+                                                  labels=["sink"])}
+        for sink, row in sorted(self.stats.items()):
+            for key, fam in {**gauges, **counters}.items():
+                fam.add_metric([sink], row.get(key, 0.0))
+        yield from gauges.values()
+        yield from counters.values()
 
 
 class ApiMetrics:
@@ -25,8 +56,12 @@ class ApiMetrics:
                             ["route"], registry=r)
         self.index_size = Gauge("marketguard_index_items", "items per tenant and modality index",
                                 ["tenant", "modality"], registry=r)
+        self.sinks = SinkMetrics()
+        r.register(self.sinks)
 
-    def render(self, index_sizes: dict[tuple[str, str], int]) -> bytes:
+    def render(self, index_sizes: dict[tuple[str, str], int],
+               sink_stats: dict[str, dict[str, float]] | None = None) -> bytes:
         for (tenant, modality), n in index_sizes.items():
             self.index_size.labels(tenant, modality).set(n)
+        self.sinks.stats = sink_stats or {}
         return generate_latest(self.registry)

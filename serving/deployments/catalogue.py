@@ -27,6 +27,7 @@ from indexes.config import Modality
 from indexes.pdq import PdqHit
 from indexes.vector import Hit
 from serving.config import MarketGuardConfig, configure_process
+from serving.publishing.publisher import Publisher, build_sinks, sink_names
 from serving.scoring.engine import CatalogueEngine, Extracted, Scored
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
@@ -50,7 +51,8 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     are split over (none: every tenant's indexes are local).
     """
     root = shard_dir(config.data_dir, shard, shards)
-    engine = CatalogueEngine(SqliteSignalStore(root / "store.sqlite3"), root / "indexes", root / "banks",
+    store = SqliteSignalStore(root / "store.sqlite3", sinks=sink_names(config.sinks))
+    engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants)
     engine.reconcile()
@@ -69,8 +71,18 @@ class Catalogue:
         # Opened (and reconciled) on the writer thread, like every write after it: with index
         # shards the engine waits there on their answers, never on the replica's event loop.
         self._opening: Future[CatalogueEngine] = self._writer.submit(
-            open_engine, config, models, dims, shard, shards, [HandleShardClient(h) for h in index_shards])
+            self._open, models, dims, shard, shards, [HandleShardClient(h) for h in index_shards])
         self._timer: asyncio.Task[None] | None = None
+        self.publisher: Publisher | None = None
+
+    def _open(self, models: dict[Modality, str], dims: dict[Modality, int], shard: int, shards: int,
+              index_shards: list[ShardClient]) -> CatalogueEngine:
+        engine = open_engine(self.config, models, dims, shard, shards, index_shards)
+        sinks = build_sinks(self.config.sinks)
+        if sinks:  # the shard's outbox, delivered from here (what a SIGKILL left queued goes first)
+            self.publisher = Publisher(engine.store, sinks, self.config.sinks)
+            self.publisher.start()
+        return engine
 
     async def _engine(self) -> CatalogueEngine:
         return await asyncio.wrap_future(self._opening)
@@ -129,6 +141,10 @@ class Catalogue:
 
     async def index_sizes(self) -> dict[tuple[str, str], int]:
         return (await self._engine()).index_sizes()
+
+    async def sink_stats(self) -> dict[str, dict[str, float]]:
+        await self._engine()
+        return await asyncio.to_thread(self.publisher.stats) if self.publisher is not None else {}
 
     async def ready(self) -> bool:
         """True once the engine is open and reconciled (an opening that failed raises here)."""

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from indexes.config import Modality
 from serving.api.app import create_app
-from serving.api.backend import bank_items
+from serving.api.backend import bank_items, merge_sink_stats
 from serving.config import MarketGuardConfig, configure_process
 from serving.scoring.engine import Extracted, Scored
 from serving.scoring.extraction import FastExtraction
@@ -141,6 +141,9 @@ class Ingress:
         if not self._ready:
             self._ready = all(await asyncio.gather(*(c.ready.remote() for c in self.catalogues)))
         return self._ready
+
+    async def sink_stats(self) -> dict[str, dict[str, float]]:
+        return merge_sink_stats(await asyncio.gather(*(c.sink_stats.remote() for c in self.catalogues)))
 
     async def index_sizes(self) -> dict[tuple[str, str], int]:
         sizes: dict[tuple[str, str], int] = {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.publishing.events import retract_event, signal_event
 from serving.store.base import Edge, ItemKind, StoredItem, WriteBatch, decode_features, encode_features
 from signals.schemas import EntityType, Label
 
@@ -52,6 +55,16 @@ CREATE TABLE IF NOT EXISTS labels (
     record TEXT NOT NULL, received_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS labels_entity ON labels (tenant, entity_type, entity_id, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entity_seq (
+    tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, entity_type, entity_id));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, event TEXT NOT NULL,
+    created_at REAL NOT NULL, delivery TEXT);
+CREATE INDEX IF NOT EXISTS outbox_sink ON outbox (sink, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, event TEXT NOT NULL,
+    created_at REAL NOT NULL, dead_at REAL NOT NULL, reason TEXT NOT NULL);
 """
 
 
@@ -66,8 +79,10 @@ def _now() -> str:
 class SqliteSignalStore:
     """The :class:`~serving.store.base.SignalStore` on SQLite (WAL, fsynced commits)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sinks: Sequence[str] = ()) -> None:
+        """``sinks``: the names of the configured sinks; every signal written is queued for each."""
         self.path = Path(path)
+        self.sinks = list(sinks)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The connection is used from the deployment's event-loop thread and its worker
         # threads, one at a time (the lock), so SQLite's same-thread check is off.
@@ -133,6 +148,7 @@ class SqliteSignalStore:
                 for etype, eid in batch.retract:
                     db.execute("DELETE FROM latest WHERE tenant=? AND entity_type=? AND entity_id=?",
                                (t, etype, eid))
+                    self._enqueue(retract_event(t, etype, eid, self._next_seq(t, etype, eid), now))
                 for s in batch.signals:
                     wire = s.to_json_dict()
                     body = json.dumps(wire, sort_keys=True, ensure_ascii=False)
@@ -140,10 +156,105 @@ class SqliteSignalStore:
                     db.execute("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?,?,?)", row)
                     db.execute("INSERT INTO history (tenant, entity_type, entity_id, name, source, signal, "
                                "observed_at) VALUES (?,?,?,?,?,?,?)", row)
+                    self._enqueue(signal_event(wire, self._next_seq(s.tenant, s.entity_type, s.entity_id)))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def _next_seq(self, tenant: str, entity_type: str, entity_id: str) -> int:
+        """The entity's next event sequence number (inside the write transaction)."""
+        row = self._db.execute(
+            "INSERT INTO entity_seq VALUES (?,?,?,1) ON CONFLICT (tenant, entity_type, entity_id) "
+            "DO UPDATE SET seq = seq + 1 RETURNING seq", (tenant, entity_type, entity_id)).fetchone()
+        return int(row[0])
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        """Queue an event for every sink (inside the write transaction: committed with the signal)."""
+        if not self.sinks:
+            return
+        body = json.dumps(event, sort_keys=True, ensure_ascii=False)
+        created = time.time()
+        self._db.executemany("INSERT INTO outbox (sink, event, created_at) VALUES (?,?,?)",
+                             [(sink, body, created) for sink in self.sinks])
+
+    # ------------------------------------------------------------------- outbox
+    def outbox_next(self, sink: str, limit: int) -> tuple[str, list[tuple[int, str]]]:
+        """The sink's next delivery: its id and its (row id, event JSON) rows, oldest first.
+
+        A delivery keeps its id and its rows until acknowledged, across retries and restarts
+        (the id is a webhook's ``Idempotency-Key``); a new one takes up to ``limit`` rows.
+        """
+        with self._lock:
+            head = self._db.execute("SELECT delivery FROM outbox WHERE sink=? ORDER BY id LIMIT 1",
+                                    (sink,)).fetchone()
+            if head is None:
+                return "", []
+            if head[0] is not None:
+                rows = self._db.execute("SELECT id, event FROM outbox WHERE sink=? AND delivery=? "
+                                        "ORDER BY id", (sink, head[0])).fetchall()
+                return str(head[0]), [(int(r[0]), str(r[1])) for r in rows]
+            delivery = uuid.uuid4().hex
+            rows = self._db.execute("SELECT id, event FROM outbox WHERE sink=? AND delivery IS NULL "
+                                    "ORDER BY id LIMIT ?", (sink, limit)).fetchall()
+            self._db.executemany("UPDATE outbox SET delivery=? WHERE id=?", [(delivery, r[0]) for r in rows])
+            return delivery, [(int(r[0]), str(r[1])) for r in rows]
+
+    def outbox_ack(self, sink: str, ids: Sequence[int]) -> None:
+        """Delivered: the rows leave the outbox."""
+        with self._lock:
+            self._db.executemany("DELETE FROM outbox WHERE sink=? AND id=?", [(sink, i) for i in ids])
+
+    def outbox_dead_letter(self, sink: str, created_before: float, reason: str) -> int:
+        """Move the sink's events queued before ``created_before`` (unix seconds) to the dead letters."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                cur = self._db.execute(
+                    "INSERT INTO dead_letters (sink, event, created_at, dead_at, reason) "
+                    "SELECT sink, event, created_at, ?, ? FROM outbox WHERE sink=? AND created_at < ? "
+                    "ORDER BY id",
+                    (now, reason, sink, created_before))
+                moved = cur.rowcount
+                self._db.execute("DELETE FROM outbox WHERE sink=? AND created_at < ?", (sink, created_before))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(moved)
+
+    def replay_dead_letters(self, sink: str | None = None) -> int:
+        """Queue dead letters again (same event ids and sequence numbers; consumers keep the newest)."""
+        where, args = ("WHERE sink=?", (sink,)) if sink is not None else ("", ())
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                cur = self._db.execute(f"INSERT INTO outbox (sink, event, created_at) "  # noqa: S608 - fixed text
+                                       f"SELECT sink, event, ? FROM dead_letters {where} ORDER BY id",
+                                       (now, *args))
+                moved = cur.rowcount
+                self._db.execute(f"DELETE FROM dead_letters {where}", args)  # noqa: S608 - fixed text
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(moved)
+
+    def outbox_stats(self) -> dict[str, dict[str, float]]:
+        """Per sink: events queued, the age in seconds of the oldest one, dead letters."""
+        now = time.time()
+        out: dict[str, dict[str, float]] = {
+            s: {"queued": 0.0, "lag_s": 0.0, "dead_letters": 0.0} for s in self.sinks}
+        queued = self._rows("SELECT sink, COUNT(*), MIN(created_at) FROM outbox GROUP BY sink", ())
+        for sink, n, oldest in queued:
+            out.setdefault(sink, {"queued": 0.0, "lag_s": 0.0, "dead_letters": 0.0})
+            out[sink].update(queued=float(n), lag_s=max(0.0, now - float(oldest)))
+        for sink, n in self._rows("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink", ()):
+            out.setdefault(sink, {"queued": 0.0, "lag_s": 0.0, "dead_letters": 0.0})
+            out[sink]["dead_letters"] = float(n)
+        return out
 
     def add_edges(self, tenant: str, kind: ItemKind, edges: Sequence[Edge]) -> None:
         """Add edges (both directions) without touching the items' other edges: a backfill."""

@@ -51,6 +51,7 @@ class Service:
     base: str
     config: Any
     keys: dict[str, str]
+    hook: Any  # the webhook receiver the service publishes to (tests.serving.publishing.conftest.Receiver)
 
     def headers(self, tenant: str) -> dict[str, str]:
         return {"X-API-Key": self.keys[tenant]}
@@ -66,6 +67,7 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     from serving.config import load_config
     from serving.deployments.app import APP_NAME, build_app
+    from tests.serving.publishing.conftest import start_receiver
 
     d = tmp_path_factory.mktemp("serve") / "state"
     d.mkdir()
@@ -78,8 +80,12 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     config = load_config(data_dir=d, env={"MARKETGUARD_API_KEYS": keys})
     # globex's indexes are split over two index shards (acme's stay in its catalogue shard)
     split = config.service.index_shards.model_validate({"count": 2, "tenants": ["globex"], "num_cpus": 0.1})
-    config = config.model_copy(update={"service": config.service.model_copy(update={"port": port,
-                                                                                     "index_shards": split})})
+    # every signal is published to a signed webhook in this process
+    hook, stop_hook = start_receiver()
+    sinks = config.sinks.model_validate({"webhooks": [{"url": hook.url, "secrets": ["test-secret"]}],
+                                         "poll_interval_s": 0.02})
+    config = config.model_copy(update={"sinks": sinks, "service": config.service.model_copy(
+        update={"port": port, "index_shards": split})})
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
@@ -94,6 +100,7 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     else:
         raise RuntimeError("the test service was not ready in 300 s")
     try:
-        yield Service(base, config, KEYS)
+        yield Service(base, config, KEYS, hook)
     finally:
         serve.shutdown()
+        stop_hook()

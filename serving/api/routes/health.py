@@ -30,8 +30,10 @@ async def readyz(st: Annotated[ApiState, Depends(state)]) -> dict[str, Any]:
 @router.get("/metrics", summary="Prometheus metrics of this replica", response_class=Response)
 async def metrics(st: Annotated[ApiState, Depends(state)]) -> Response:
     sizes: dict[tuple[str, str], int] = {}
+    sinks: dict[str, dict[str, float]] = {}
     try:
         sizes = await st.backend.index_sizes()
+        sinks = await st.backend.sink_stats()
     except Exception:  # noqa: BLE001 - metrics must answer even while the catalogue is down
-        sizes = {}
-    return Response(st.metrics.render(sizes), media_type="text/plain; version=0.0.4")
+        pass
+    return Response(st.metrics.render(sizes, sinks), media_type="text/plain; version=0.0.4")

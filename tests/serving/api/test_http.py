@@ -58,6 +58,34 @@ def test_health_ready_openapi_and_metrics(http: httpx.Client, serve_app: Service
     assert 'marketguard_index_items{modality="listing_text",tenant="globex"}' in text
 
 
+def test_every_signal_written_is_published_signed_to_the_webhook(http: httpx.Client,
+                                                                  serve_app: Service) -> None:
+    import json
+    import time
+
+    from serving.publishing.webhook import SIGNATURE_HEADER, verify_signature
+
+    a = uid("Lpub")
+    r = post(http, serve_app, "/v1/listings", listing(a, "seller-pub", title=6, image=None))
+    written = {(s["name"], s["source"]) for s in r.json()["signals"]}
+    deadline = time.monotonic() + 30
+    def published() -> set[tuple[str, str]]:
+        return {(e["signal"]["name"], e["signal"]["source"]) for e in serve_app.hook.events()
+                if e["entity_id"] == a and e["type"] == "signal"}
+
+    while not published() >= written and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert published() >= written
+    mine = [e for e in serve_app.hook.events() if e["entity_id"] == a]
+    assert all(e["tenant"] == "acme" and e["seq"] >= 1 for e in mine)
+    for headers, body in list(serve_app.hook.got):
+        assert verify_signature(body, headers[SIGNATURE_HEADER], ["test-secret"])
+        assert json.loads(body)["delivery_id"] == headers["Idempotency-Key"]
+    text = http.get("/metrics").text
+    assert "marketguard_sink_delivered_events_total{sink=\"webhook:" in text
+    assert "marketguard_sink_lag_seconds{sink=\"webhook:" in text
+
+
 @pytest.mark.parametrize("tenant", TENANTS)
 def test_a_copy_from_another_seller_matches_and_the_original_learns_of_it(
         http: httpx.Client, serve_app: Service, tenant: str) -> None:

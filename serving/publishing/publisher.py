@@ -1,0 +1,146 @@
+"""Delivers the store's outbox to the sinks: at least once, in order per sink, with backoff.
+
+Every signal the store commits is queued for each configured sink in the same transaction
+(:meth:`~serving.store.sqlite.SqliteSignalStore.write`), so an acknowledged signal is never
+lost: the outbox survives SIGKILL and restarts. One thread a sink takes the oldest queued
+events (a delivery keeps its id and events until acknowledged), hands them to the sink and
+deletes them only once the sink took them. A sink that fails waits, exponentially longer
+with jitter, up to ``sinks.max_backoff_s``, while the other sinks go on; an outage of any
+length loses nothing, and only events older than ``sinks.dead_letter_after_s`` (24 h) move to
+the dead letters, which ``marketguard sinks replay`` queues again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from serving.config import SinksConfig
+
+log = logging.getLogger(__name__)
+
+_FIRST_BACKOFF_S = 0.1
+
+
+class Sink(Protocol):
+    name: str
+
+    def deliver(self, delivery_id: str, events: list[dict[str, Any]]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Outbox(Protocol):
+    """What the publisher needs of the store."""
+
+    def outbox_next(self, sink: str, limit: int) -> tuple[str, list[tuple[int, str]]]: ...
+    def outbox_ack(self, sink: str, ids: Sequence[int]) -> None: ...
+    def outbox_dead_letter(self, sink: str, created_before: float, reason: str) -> int: ...
+    def outbox_stats(self) -> dict[str, dict[str, float]]: ...
+
+
+def build_sinks(config: SinksConfig) -> list[Sink]:
+    """The sinks ``config`` names (Redis first, then each webhook)."""
+    from serving.publishing.redis_sink import RedisSink
+    from serving.publishing.webhook import WebhookSink
+
+    sinks: list[Sink] = [RedisSink(config.redis)] if config.redis is not None else []
+    sinks += [WebhookSink(w) for w in config.webhooks]
+    return sinks
+
+
+def sink_names(config: SinksConfig) -> list[str]:
+    """The outbox names of the configured sinks (without connecting to them)."""
+    from serving.publishing.events import webhook_sink_name
+
+    names = ["redis"] if config.redis is not None else []
+    return names + [webhook_sink_name(w.url) for w in config.webhooks]
+
+
+def backoff_s(attempt: int, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """The wait after the ``attempt``-th failure in a row: exponential, capped, with jitter."""
+    return min(cap, _FIRST_BACKOFF_S * 2 ** min(attempt, 30)) * (0.5 + 0.5 * rand())
+
+
+class Publisher:
+    """One delivery thread a sink over one store's outbox."""
+
+    def __init__(self, outbox: Outbox, sinks: Sequence[Sink], config: SinksConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.outbox = outbox
+        self.sinks = list(sinks)
+        self.config = config
+        self.clock = clock
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.delivered: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self.dead_lettered: dict[str, int] = {s.name: 0 for s in self.sinks}
+
+    def start(self) -> None:
+        for sink in self.sinks:
+            t = threading.Thread(target=self._run, args=(sink,), name=f"publish-{sink.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout_s)
+        for sink in self.sinks:
+            sink.close()
+
+    def deliver_once(self, sink: Sink) -> int:
+        """One delivery to ``sink``: how many events it took (0: nothing queued). Raises on failure."""
+        delivery, rows = self.outbox.outbox_next(sink.name, self.config.batch_size)
+        if not rows:
+            return 0
+        sink.deliver(delivery, [json.loads(body) for _, body in rows])
+        self.outbox.outbox_ack(sink.name, [i for i, _ in rows])
+        with self._lock:
+            self.delivered[sink.name] += len(rows)
+        return len(rows)
+
+    def _run(self, sink: Sink) -> None:
+        failed = 0
+        while not self._stop.is_set():
+            try:
+                if self.deliver_once(sink) == 0:
+                    self._stop.wait(self.config.poll_interval_s)
+                failed = 0
+            except Exception as exc:  # noqa: BLE001 - any failure of a sink is retried, never fatal
+                failed += 1
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+                with self._lock:
+                    self.failures[sink.name] += 1
+                try:
+                    dead = self.outbox.outbox_dead_letter(
+                        sink.name, self.clock() - self.config.dead_letter_after_s, reason)
+                except Exception:  # noqa: BLE001 - the store may be closing; retried next round
+                    dead = 0
+                if dead:
+                    with self._lock:
+                        self.dead_lettered[sink.name] += dead
+                    log.error("sink %s: %d events older than %.0f s dead-lettered (%s)", sink.name, dead,
+                              self.config.dead_letter_after_s, reason)
+                wait = backoff_s(failed, self.config.max_backoff_s)
+                log.warning("sink %s: delivery failed (%s), attempt %d, next in %.2f s", sink.name, reason,
+                            failed, wait)
+                self._stop.wait(wait)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per sink: queued events, lag (age of the oldest, s), dead letters, and this process's
+        delivered / failed / dead-lettered counts."""
+        out = self.outbox.outbox_stats()
+        with self._lock:
+            for name in self.delivered:
+                row = out.setdefault(name, {"queued": 0.0, "lag_s": 0.0, "dead_letters": 0.0})
+                row.update(delivered_total=float(self.delivered[name]),
+                           failures_total=float(self.failures[name]),
+                           dead_lettered_total=float(self.dead_lettered[name]))
+        return out
