@@ -201,7 +201,7 @@ def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,
 def _cmd_sinks_replay(args: argparse.Namespace, config: MarketGuardConfig,
                       out: TextIO, err: TextIO) -> int:
     from serving.deployments.catalogue import shard_dir
-    from serving.publishing.publisher import sink_names
+    from serving.sinks.publisher import sink_names
     from serving.store.sqlite import SqliteSignalStore
 
     shards = config.service.catalogue.shards

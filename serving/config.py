@@ -130,7 +130,7 @@ class ServiceConfig(BaseModel):
 
 
 class RedisSinkConfig(BaseModel):
-    """Redis: a stream per tenant and a hash per entity (``serving/publishing/redis_sink.py``)."""
+    """Redis: a stream per tenant and a hash per entity (``serving/sinks/redis_sink.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -142,7 +142,7 @@ class RedisSinkConfig(BaseModel):
 
 
 class WebhookSinkConfig(BaseModel):
-    """A signed webhook: JSON batches of events POSTed to ``url`` (``serving/publishing/webhook.py``)."""
+    """A signed webhook: JSON batches of events POSTed to ``url`` (``serving/sinks/webhook.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 

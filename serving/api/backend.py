@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from indexes.banks import BankItem
 from indexes.config import Modality
-from serving.publishing.publisher import Publisher
 from serving.scoring.engine import CatalogueEngine, Scored, text_feature
 from serving.scoring.extraction import FastExtraction
+from serving.sinks.publisher import Publisher
 from signals.schemas import EntityType, Label, Listing, RecordKind, Review
 
 

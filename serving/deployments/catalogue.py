@@ -27,10 +27,10 @@ from indexes.config import Modality
 from indexes.pdq import PdqHit
 from indexes.vector import Hit
 from serving.config import MarketGuardConfig, configure_process
-from serving.publishing.publisher import Publisher, build_sinks, sink_names
 from serving.scoring.engine import CatalogueEngine, Extracted, Scored
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
+from serving.sinks.publisher import Publisher, build_sinks, sink_names
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import EntityType, Label, RecordKind
 

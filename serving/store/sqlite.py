@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.publishing.events import retract_event, signal_event
+from serving.sinks.events import retract_event, signal_event
 from serving.store.base import Edge, ItemKind, StoredItem, WriteBatch, decode_features, encode_features
 from signals.schemas import EntityType, Label
 

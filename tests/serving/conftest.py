@@ -51,7 +51,7 @@ class Service:
     base: str
     config: Any
     keys: dict[str, str]
-    hook: Any  # the webhook receiver the service publishes to (tests.serving.publishing.conftest.Receiver)
+    hook: Any  # the webhook receiver the service publishes to (tests.serving.sinks.conftest.Receiver)
 
     def headers(self, tenant: str) -> dict[str, str]:
         return {"X-API-Key": self.keys[tenant]}
@@ -67,7 +67,7 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     from serving.config import load_config
     from serving.deployments.app import APP_NAME, build_app
-    from tests.serving.publishing.conftest import start_receiver
+    from tests.serving.sinks.conftest import start_receiver
 
     d = tmp_path_factory.mktemp("serve") / "state"
     d.mkdir()

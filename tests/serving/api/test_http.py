@@ -63,7 +63,7 @@ def test_every_signal_written_is_published_signed_to_the_webhook(http: httpx.Cli
     import json
     import time
 
-    from serving.publishing.webhook import SIGNATURE_HEADER, verify_signature
+    from serving.sinks.webhook import SIGNATURE_HEADER, verify_signature
 
     a = uid("Lpub")
     r = post(http, serve_app, "/v1/listings", listing(a, "seller-pub", title=6, image=None))

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from serving.config import SinksConfig, WebhookSinkConfig
-from serving.publishing.events import webhook_sink_name
-from serving.publishing.publisher import Publisher, backoff_s
-from serving.publishing.webhook import WebhookSink, verify_signature
+from serving.sinks.events import webhook_sink_name
+from serving.sinks.publisher import Publisher, backoff_s
+from serving.sinks.webhook import WebhookSink, verify_signature
 from serving.store.base import WriteBatch
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import Signal
-from tests.serving.publishing.conftest import Receiver
+from tests.serving.sinks.conftest import Receiver
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from serving.config import RedisSinkConfig, SinksConfig, WebhookSinkConfig
-from serving.publishing.events import retract_event, signal_event, webhook_sink_name
-from serving.publishing.publisher import Publisher
-from serving.publishing.redis_sink import RedisSink, entity_key, stream_key
-from serving.publishing.webhook import SIGNATURE_HEADER, WebhookError, WebhookSink, sign, verify_signature
+from serving.sinks.events import retract_event, signal_event, webhook_sink_name
+from serving.sinks.publisher import Publisher
+from serving.sinks.redis_sink import RedisSink, entity_key, stream_key
+from serving.sinks.webhook import SIGNATURE_HEADER, WebhookError, WebhookSink, sign, verify_signature
 from serving.store.base import WriteBatch
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import Signal
-from tests.serving.publishing.conftest import Receiver, RedisServer
+from tests.serving.sinks.conftest import Receiver, RedisServer
 
 
 def wire(entity: str, name: str, value: float, source: str = "index@1") -> dict[str, Any]:

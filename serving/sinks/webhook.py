@@ -1,7 +1,7 @@
 """Signed webhooks: each delivery is one ``POST`` of a JSON batch of events to a configured URL.
 
 Body: ``{"delivery_id": "...", "event_ids": [...], "events": [...]}`` (events in the shape of
-:mod:`serving.publishing.events`). Headers:
+:mod:`serving.sinks.events`). Headers:
 
 * ``MarketGuard-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>...]``: HMAC-SHA256 of
   ``"<t>." + body`` under each active secret (``sinks.webhooks[].secrets``), so a receiver that
@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from serving.config import WebhookSinkConfig
-from serving.publishing.events import webhook_sink_name
+from serving.sinks.events import webhook_sink_name
 
 SIGNATURE_HEADER = "MarketGuard-Signature"
 

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from serving.config import RedisSinkConfig
-from serving.publishing.events import signal_field
+from serving.sinks.events import signal_field
 
 # KEYS: the tenant's stream, the entity's hash. ARGV: event id, event JSON, seq, field ("" for
 # a retract), signal JSON, stream bound.

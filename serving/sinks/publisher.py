@@ -45,8 +45,8 @@ class Outbox(Protocol):
 
 def build_sinks(config: SinksConfig) -> list[Sink]:
     """The sinks ``config`` names (Redis first, then each webhook)."""
-    from serving.publishing.redis_sink import RedisSink
-    from serving.publishing.webhook import WebhookSink
+    from serving.sinks.redis_sink import RedisSink
+    from serving.sinks.webhook import WebhookSink
 
     sinks: list[Sink] = [RedisSink(config.redis)] if config.redis is not None else []
     sinks += [WebhookSink(w) for w in config.webhooks]
@@ -55,7 +55,7 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
 
 def sink_names(config: SinksConfig) -> list[str]:
     """The outbox names of the configured sinks (without connecting to them)."""
-    from serving.publishing.events import webhook_sink_name
+    from serving.sinks.events import webhook_sink_name
 
     names = ["redis"] if config.redis is not None else []
     return names + [webhook_sink_name(w.url) for w in config.webhooks]
