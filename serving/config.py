@@ -12,11 +12,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from indexes.config import IndexesConfig
 from signals.config import SignalsConfig
@@ -139,6 +139,15 @@ class RedisSinkConfig(BaseModel):
     stream_maxlen: int = Field(default=1_000_000, ge=1,
                                description="approximate bound of each tenant's stream")
     timeout_s: float = Field(default=5.0, gt=0, le=300)
+    redact: Literal["none", "mask", "hash"] = Field(
+        default="none", description="contact values in evidence: as found, masked, or a keyed hash")
+    redact_key: str | None = Field(default=None, description="the HMAC key of redact: hash")
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> RedisSinkConfig:
+        if self.redact == "hash" and not self.redact_key:
+            raise ValueError("redact: hash needs a redact_key")
+        return self
 
 
 class WebhookSinkConfig(BaseModel):
@@ -149,6 +158,16 @@ class WebhookSinkConfig(BaseModel):
     url: str = Field(pattern=r"^https?://", description="events go only to the URLs named here")
     secrets: list[str] = Field(min_length=1, description="HMAC keys; one v1= signature each (rotation)")
     timeout_s: float = Field(default=10.0, gt=0, le=300)
+    redact: Literal["none", "mask", "hash"] = Field(
+        default="mask", description="contact values in evidence: as found, masked (default: a webhook "
+                                    "may leave the building), or a keyed hash")
+    redact_key: str | None = Field(default=None, description="the HMAC key of redact: hash")
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> WebhookSinkConfig:
+        if self.redact == "hash" and not self.redact_key:
+            raise ValueError("redact: hash needs a redact_key")
+        return self
 
 
 class SinksConfig(BaseModel):

@@ -23,6 +23,7 @@ import redis
 
 from serving.config import RedisSinkConfig
 from serving.sinks.events import signal_field
+from serving.sinks.redaction import redact_event
 
 # KEYS: the tenant's stream, the entity's hash. ARGV: event id, event JSON, seq, field ("" for
 # a retract), signal JSON, stream bound.
@@ -73,7 +74,7 @@ class RedisSink:
     def deliver(self, delivery_id: str, events: list[dict[str, Any]]) -> None:
         p = self.config.key_prefix
         pipe = self.client.pipeline(transaction=False)
-        for ev in events:
+        for ev in (redact_event(e, self.config.redact, self.config.redact_key) for e in events):
             signal = ev.get("signal")
             field = signal_field(signal) if signal is not None else ""
             self.apply(keys=[stream_key(p, ev["tenant"]), entity_key(p, ev["tenant"], ev["entity_type"],

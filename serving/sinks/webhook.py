@@ -8,6 +8,7 @@ Body: ``{"delivery_id": "...", "event_ids": [...], "events": [...]}`` (events in
   knows either the old or the new secret accepts it while keys rotate;
 * ``Idempotency-Key: <delivery_id>``: the same on every retry of the delivery.
 
+Contact values in evidence are masked by default (``redact``, :mod:`serving.sinks.redaction`).
 A receiver verifies the signature over the raw body and rejects stale timestamps
 (:func:`verify_signature`; the README has it in ten lines). Any answer but a 2xx, or none in
 ``timeout_s``, is a failure: the delivery is retried with backoff. Redirects are not followed,
@@ -27,6 +28,7 @@ import httpx
 
 from serving.config import WebhookSinkConfig
 from serving.sinks.events import webhook_sink_name
+from serving.sinks.redaction import redact_event
 
 SIGNATURE_HEADER = "MarketGuard-Signature"
 
@@ -67,6 +69,7 @@ class WebhookSink:
         self.client = httpx.Client(timeout=config.timeout_s, follow_redirects=False)
 
     def deliver(self, delivery_id: str, events: list[dict[str, Any]]) -> None:
+        events = [redact_event(e, self.config.redact, self.config.redact_key) for e in events]
         body = json.dumps({"delivery_id": delivery_id, "event_ids": [e["event_id"] for e in events],
                            "events": events}, sort_keys=True, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": delivery_id,

@@ -66,8 +66,12 @@ def test_every_signal_written_is_published_signed_to_the_webhook(http: httpx.Cli
     from serving.sinks.webhook import SIGNATURE_HEADER, verify_signature
 
     a = uid("Lpub")
-    r = post(http, serve_app, "/v1/listings", listing(a, "seller-pub", title=6, image=None))
+    body = listing(a, "seller-pub", title=6, image=61)
+    body["description"] = "Text me on +44 7700 900123 for a better price"
+    r = post(http, serve_app, "/v1/listings", body)
     written = {(s["name"], s["source"]) for s in r.json()["signals"]}
+    contact = signal(r.json(), "content.offplatform_contact")
+    assert contact["evidence"]["matches"][0]["normalized"] == "+447700900123"  # the caller sees it
     deadline = time.monotonic() + 30
     def published() -> set[tuple[str, str]]:
         return {(e["signal"]["name"], e["signal"]["source"]) for e in serve_app.hook.events()
@@ -78,6 +82,10 @@ def test_every_signal_written_is_published_signed_to_the_webhook(http: httpx.Cli
     assert published() >= written
     mine = [e for e in serve_app.hook.events() if e["entity_id"] == a]
     assert all(e["tenant"] == "acme" and e["seq"] >= 1 for e in mine)
+    published = next(e["signal"] for e in mine if e["signal"]["name"] == "content.offplatform_contact")
+    assert published["evidence"]["matches"][0]["normalized"] == "+4*********23"  # masked for the webhook
+    photo = body["images"][0]["data_b64"]
+    assert not any(photo[:64].encode() in b for _, b in serve_app.hook.got)  # image bytes never leave
     for headers, body in list(serve_app.hook.got):
         assert verify_signature(body, headers[SIGNATURE_HEADER], ["test-secret"])
         assert json.loads(body)["delivery_id"] == headers["Idempotency-Key"]
