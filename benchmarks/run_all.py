@@ -29,6 +29,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "er_pairs": ("er_f1", "er_f1_shipped", "er_f1_cosine_baseline", "er_candidate_recall_at_10"),
     "batch": ("throughput_text_rows_s", "throughput_image_rows_s", "throughput_ratio", "end_to_end_ratio",
               "peak_anon_mb_100k", "peak_anon_mb_1m", "er_f1", "er_f1_cosine_baseline"),
+    "publishing": ("redis_events_s", "webhook_events_s", "delivery_p50_ms_redis", "delivery_p99_ms"),
+    "index_shards": ("p50_ms_whole", "p50_ms_split", "split_ratio_p50"),
     "latency": ("p50_ms_c1", "p99_ms_c1", "throughput_rps_c16", "overhead_ratio", "throughput_ratio_16",
                 "errors", "freshness_ms"),
 }

@@ -179,7 +179,9 @@ class SinksConfig(BaseModel):
     redis: RedisSinkConfig | None = None
     webhooks: list[WebhookSinkConfig] = Field(default_factory=list)
     batch_size: int = Field(default=256, ge=1, le=10_000, description="events per delivery")
-    poll_interval_s: float = Field(default=0.05, gt=0, le=60, description="idle wait before looking again")
+    poll_interval_s: float = Field(
+        default=0.05, gt=0, le=60,
+        description="an idle sink looks again after this (a commit in this process wakes it at once)")
     max_backoff_s: float = Field(default=30.0, gt=0, description="a failing sink waits at most this long")
     dead_letter_after_s: float = Field(
         default=86_400.0, gt=0, description="a failing sink's events older than this are dead-lettered")

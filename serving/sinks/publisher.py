@@ -41,6 +41,7 @@ class Outbox(Protocol):
     def outbox_ack(self, sink: str, ids: Sequence[int]) -> None: ...
     def outbox_dead_letter(self, sink: str, created_before: float, reason: str) -> int: ...
     def outbox_stats(self) -> dict[str, dict[str, float]]: ...
+    def on_queued(self, listener: Callable[[], None]) -> None: ...
 
 
 def build_sinks(config: SinksConfig) -> list[Sink]:
@@ -81,6 +82,14 @@ class Publisher:
         self.delivered: dict[str, int] = {s.name: 0 for s in self.sinks}
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
         self.dead_lettered: dict[str, int] = {s.name: 0 for s in self.sinks}
+        # Woken by the store after a commit that queued events; polling covers other writers
+        # (``marketguard sinks replay``, another process).
+        self._wake = {s.name: threading.Event() for s in self.sinks}
+        outbox.on_queued(self._notify)
+
+    def _notify(self) -> None:
+        for event in self._wake.values():
+            event.set()
 
     def start(self) -> None:
         for sink in self.sinks:
@@ -90,6 +99,7 @@ class Publisher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self._notify()
         for t in self._threads:
             t.join(timeout_s)
         for sink in self.sinks:
@@ -110,8 +120,10 @@ class Publisher:
         failed = 0
         while not self._stop.is_set():
             try:
+                wake = self._wake[sink.name]
+                wake.clear()  # before looking: a commit after this look wakes the wait below
                 if self.deliver_once(sink) == 0:
-                    self._stop.wait(self.config.poll_interval_s)
+                    wake.wait(self.config.poll_interval_s)
                 failed = 0
             except Exception as exc:  # noqa: BLE001 - any failure of a sink is retried, never fatal
                 failed += 1

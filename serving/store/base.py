@@ -11,7 +11,7 @@ with the store at start-up (:mod:`serving.scoring.engine`).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -115,6 +115,7 @@ class SignalStore(Protocol):
     def outbox_dead_letter(self, sink: str, created_before: float, reason: str) -> int: ...
     def replay_dead_letters(self, sink: str | None = None) -> int: ...
     def outbox_stats(self) -> dict[str, dict[str, float]]: ...
+    def on_queued(self, listener: Callable[[], None]) -> None: ...
     def close(self) -> None: ...
 
 

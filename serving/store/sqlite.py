@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ class SqliteSignalStore:
         """``sinks``: the names of the configured sinks; every signal written is queued for each."""
         self.path = Path(path)
         self.sinks = list(sinks)
+        self._listeners: list[Callable[[], None]] = []
+        self._queued = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The connection is used from the deployment's event-loop thread and its worker
         # threads, one at a time (the lock), so SQLite's same-thread check is off.
@@ -160,7 +162,12 @@ class SqliteSignalStore:
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                self._queued = False
                 raise
+        if self._queued:
+            self._queued = False
+            for listener in self._listeners:
+                listener()
 
     def _next_seq(self, tenant: str, entity_type: str, entity_id: str) -> int:
         """The entity's next event sequence number (inside the write transaction)."""
@@ -177,6 +184,11 @@ class SqliteSignalStore:
         created = time.time()
         self._db.executemany("INSERT INTO outbox (sink, event, created_at) VALUES (?,?,?)",
                              [(sink, body, created) for sink in self.sinks])
+        self._queued = True
+
+    def on_queued(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each commit that queued events (the publisher wakes on it)."""
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------------- outbox
     def outbox_next(self, sink: str, limit: int) -> tuple[str, list[tuple[int, str]]]:
@@ -197,13 +209,25 @@ class SqliteSignalStore:
             delivery = uuid.uuid4().hex
             rows = self._db.execute("SELECT id, event FROM outbox WHERE sink=? AND delivery IS NULL "
                                     "ORDER BY id LIMIT ?", (sink, limit)).fetchall()
-            self._db.executemany("UPDATE outbox SET delivery=? WHERE id=?", [(delivery, r[0]) for r in rows])
+            self._in_transaction(lambda db: db.executemany(
+                "UPDATE outbox SET delivery=? WHERE id=?", [(delivery, r[0]) for r in rows]))
             return delivery, [(int(r[0]), str(r[1])) for r in rows]
 
     def outbox_ack(self, sink: str, ids: Sequence[int]) -> None:
-        """Delivered: the rows leave the outbox."""
+        """Delivered: the rows leave the outbox (one transaction)."""
         with self._lock:
-            self._db.executemany("DELETE FROM outbox WHERE sink=? AND id=?", [(sink, i) for i in ids])
+            self._in_transaction(lambda db: db.executemany(
+                "DELETE FROM outbox WHERE sink=? AND id=?", [(sink, i) for i in ids]))
+
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``fn`` on the write connection in one transaction (one fsync, not one a statement)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            fn(self._db)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def outbox_dead_letter(self, sink: str, created_before: float, reason: str) -> int:
         """Move the sink's events queued before ``created_before`` (unix seconds) to the dead letters."""

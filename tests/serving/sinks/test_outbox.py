@@ -122,6 +122,21 @@ def test_only_old_events_of_a_failing_sink_are_dead_lettered_and_replay_requeues
     store.close()
 
 
+def test_a_commit_wakes_an_idle_publisher(tmp_path: Path) -> None:
+    store = SqliteSignalStore(tmp_path / "s.sqlite3", sinks=["s"])
+    sink = FlakySink("s")
+    pub = Publisher(store, [sink], SinksConfig(poll_interval_s=60))  # polling alone would take a minute
+    pub.start()
+    time.sleep(0.2)  # the thread found nothing and waits
+    store.write(WriteBatch("default", "listing", signals=[sig("L1")]))
+    deadline = time.monotonic() + 5
+    while not sink.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e["entity_id"] for e in sink.events] == ["L1"]
+    pub.stop()
+    store.close()
+
+
 def test_backoff_grows_to_its_cap_with_jitter() -> None:
     assert backoff_s(1, 30, lambda: 1.0) == pytest.approx(0.2)
     assert backoff_s(5, 30, lambda: 1.0) == pytest.approx(3.2)
