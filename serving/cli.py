@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="discard a previous run in DIR instead of resuming it")
     batch.add_argument("--progress", choices=["auto", "bar", "lines", "off"], default="auto",
                        help="a bar on a terminal, plain lines in logs (default: auto)")
+    batch.add_argument("--publish", action="store_true",
+                       help="then send the run's signals to the configured sinks (resumable; a finished "
+                            "run's signals are never sent twice)")
     batch.set_defaults(handler=_cmd_batch)
 
     serve_cmd = sub.add_parser(
@@ -126,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
                     "one. Works while the service runs.")
     replay.add_argument("--sink", default=None, help="only this sink ('redis', or 'webhook:<id>' as in "
                                                      "/metrics)")
+    replay.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
+                        help="a batch run's --publish outbox instead of the service's store")
     replay.set_defaults(handler=_cmd_sinks_replay)
     return parser
 
@@ -168,9 +173,14 @@ def _cmd_batch(args: argparse.Namespace, config: MarketGuardConfig,
     logging.getLogger("serving").setLevel(logging.INFO)
     summary = run_batch(BatchRequest(args.kind, args.input, args.out, args.address, args.restart,
                                      args.progress), config)
-    out.write(json.dumps({"out": str(args.out), "rows": summary["rows"], "accepted": summary["accepted"],
-                          "rejected": summary["rejected"], "pairs": summary["pairs"],
-                          "clusters": summary["clusters"], "signals": summary["signals"]}) + "\n")
+    result = {"out": str(args.out), "rows": summary["rows"], "accepted": summary["accepted"],
+              "rejected": summary["rejected"], "pairs": summary["pairs"], "clusters": summary["clusters"],
+              "signals": summary["signals"]}
+    if args.publish:
+        from serving.sinks.batch_publish import publish_run
+
+        result["published"] = publish_run(args.out, config)
+    out.write(json.dumps(result) + "\n")
     out.flush()
     return EXIT_OK
 
@@ -201,18 +211,23 @@ def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,
 def _cmd_sinks_replay(args: argparse.Namespace, config: MarketGuardConfig,
                       out: TextIO, err: TextIO) -> int:
     from serving.deployments.catalogue import shard_dir
+    from serving.sinks.batch_publish import OUTBOX
     from serving.sinks.publisher import sink_names
     from serving.store.sqlite import SqliteSignalStore
 
     shards = config.service.catalogue.shards
+    paths = [args.run / OUTBOX] if args.run is not None else [
+        shard_dir(config.data_dir, shard, shards) / "store.sqlite3" for shard in range(shards)]
     replayed = 0
-    for shard in range(shards):
-        path = shard_dir(config.data_dir, shard, shards) / "store.sqlite3"
+    for path in paths:
         if not path.exists():
             continue
         store = SqliteSignalStore(path, sinks=sink_names(config.sinks))
         try:
-            replayed += store.replay_dead_letters(args.sink)
+            n = store.replay_dead_letters(args.sink)
+            if n and args.run is not None:
+                store.set_meta("published", "")  # the run's next --publish delivers them
+            replayed += n
         finally:
             store.close()
     out.write(json.dumps({"replayed": replayed}) + "\n")

@@ -10,8 +10,10 @@ Shape (``marketguard.event/v1``, JSON)::
      "tenant": "acme", "entity_type": "listing", "entity_id": "L1", "seq": 8, "observed_at": "..."}
 
 ``event_id`` is unique and the same on every delivery of the event (de-duplicate on it);
-``seq`` counts the entity's events, across all its signals, from 1: a consumer keeps, per
-entity and signal, the value with the highest ``seq`` (delivery is at-least-once, in order
+``seq`` orders the entity's events, across all its signals: strictly increasing per entity and
+at least the commit time in microseconds since the epoch (so a batch run's published events and
+the service's later ones order by time). A consumer keeps, per entity and signal, the value
+with the highest ``seq`` (delivery is at-least-once, in order
 per sink, but a replayed dead letter arrives after newer events). A ``retract`` (the item was
 deleted, or a seller lost its last listing) withdraws every value of the entity with a lower
 ``seq``.

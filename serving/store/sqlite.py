@@ -170,11 +170,38 @@ class SqliteSignalStore:
                 listener()
 
     def _next_seq(self, tenant: str, entity_type: str, entity_id: str) -> int:
-        """The entity's next event sequence number (inside the write transaction)."""
+        """The entity's next event sequence number (inside the write transaction): strictly
+        increasing per entity, and at least the commit time in microseconds, so events of one
+        entity from different stores (a batch run's ``--publish``, then the service started from
+        it) still order by time."""
         row = self._db.execute(
-            "INSERT INTO entity_seq VALUES (?,?,?,1) ON CONFLICT (tenant, entity_type, entity_id) "
-            "DO UPDATE SET seq = seq + 1 RETURNING seq", (tenant, entity_type, entity_id)).fetchone()
+            "INSERT INTO entity_seq VALUES (?,?,?,?) ON CONFLICT (tenant, entity_type, entity_id) "
+            "DO UPDATE SET seq = MAX(seq + 1, excluded.seq) RETURNING seq",
+            (tenant, entity_type, entity_id, time.time_ns() // 1000)).fetchone()
         return int(row[0])
+
+    def queue_signals(self, signals: Sequence[dict[str, Any]], meta: dict[str, str] | None = None) -> int:
+        """Queue events for signals (their wire form) without storing them, with ``meta`` updated in
+        the same transaction (a batch run's ``--publish`` keeps its place this way)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for wire in signals:
+                    self._enqueue(signal_event(dict(wire), self._next_seq(
+                        wire["tenant"], wire["entity_type"], wire["entity_id"])))
+                for key, value in (meta or {}).items():
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self._queued = False
+                raise
+        if self._queued:
+            self._queued = False
+            for listener in self._listeners:
+                listener()
+        return len(signals)
 
     def _enqueue(self, event: dict[str, Any]) -> None:
         """Queue an event for every sink (inside the write transaction: committed with the signal)."""

@@ -1,4 +1,5 @@
-"""Shared fixtures of the serving tests: one local Ray for the whole session, a models cache.
+"""Shared fixtures of the serving tests: one local Ray for the whole session, a models cache, the
+session's service, a redis-server and a webhook receiver.
 
 Ray starts once per test session (seconds on two cores), with more logical CPUs than
 cores so the batch job's extractor actors never starve its read tasks.
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.serving.servers import receiver, redis_server, start_receiver  # noqa: F401 - fixtures
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "var" / "models"
 
@@ -51,7 +54,7 @@ class Service:
     base: str
     config: Any
     keys: dict[str, str]
-    hook: Any  # the webhook receiver the service publishes to (tests.serving.sinks.conftest.Receiver)
+    hook: Any  # the webhook receiver the service publishes to (tests.serving.servers.Receiver)
 
     def headers(self, tenant: str) -> dict[str, str]:
         return {"X-API-Key": self.keys[tenant]}
@@ -67,7 +70,6 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     from serving.config import load_config
     from serving.deployments.app import APP_NAME, build_app
-    from tests.serving.sinks.conftest import start_receiver
 
     d = tmp_path_factory.mktemp("serve") / "state"
     d.mkdir()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,19 @@ from fastapi.testclient import TestClient
 
 from serving.api.app import create_app
 from serving.api.backend import LocalBackend
+from serving.config import SinksConfig
 from serving.deployments.catalogue import open_engine
 from serving.scoring.backfill import import_batch_run
 from serving.scoring.extraction import FastExtraction
 from serving.scoring.index_shards import close_local_clients, local_shard_clients
+from serving.sinks.batch_publish import publish_run
+from serving.sinks.redis_sink import entity_key, stream_key
 from serving.store.base import StoredItem, WriteBatch
 from serving.store.sqlite import SqliteSignalStore
 from signals.errors import InvalidInput
 from tests.serving.batch.test_job import catalogue_rows, config, rounded, run, signals_of, write_catalogue
 from tests.serving.conftest import MODELS_DIR
+from tests.serving.servers import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +199,22 @@ def test_a_split_tenant_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple
     assert {"SC0", "SC1", "SC2"} <= matched
     engine.close()
     close_local_clients(shards)
+
+
+def test_a_batch_run_is_published_to_redis(tmp_path: Path, batch_run: tuple[Path, Path, Any],
+                                           redis_server: RedisServer) -> None:
+    """``batch --publish`` over a real run: every signal's latest value is in its entity's hash."""
+    _, out, cfg = batch_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("work", "indexes"))
+    sinks = SinksConfig.model_validate({"redis": {"url": redis_server.url}})
+    pub_cfg = cfg.model_copy(update={"sinks": sinks})
+    result = publish_run(run, pub_cfg)
+    signals = signals_of(run)
+    assert result["queued"] == len(signals) and result["delivered"] == {"redis": len(signals)}
+    r = redis_server.client()
+    for s in signals:
+        h = r.hgetall(entity_key("marketguard", s["tenant"], s["entity_type"], s["entity_id"]))
+        assert json.loads(h[f"{s['name']}@{s['source']}"])["value"] == s["value"], s
+    assert r.xlen(stream_key("marketguard", "default")) == len(signals)
+    assert publish_run(run, pub_cfg)["already_published"]

@@ -17,7 +17,7 @@ from serving.sinks.webhook import SIGNATURE_HEADER, WebhookError, WebhookSink, s
 from serving.store.base import WriteBatch
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import Signal
-from tests.serving.sinks.conftest import Receiver, RedisServer
+from tests.serving.servers import Receiver, RedisServer
 
 
 def wire(entity: str, name: str, value: float, source: str = "index@1") -> dict[str, Any]:

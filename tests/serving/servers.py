@@ -1,4 +1,5 @@
-"""A real redis-server on a free loopback port (stoppable, for outages) and a webhook receiver."""
+"""Real servers for the tests: a redis-server on a free loopback port (stoppable, for outages) and a
+webhook receiver; their fixtures are registered in tests/serving/conftest.py."""
 
 from __future__ import annotations
 
@@ -82,9 +83,16 @@ class Receiver:
     url: str
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)  # statuses to give first, then 200
+    statuses: list[int] = field(default_factory=list)  # what each request in ``got`` was answered
 
     def events(self) -> list[dict[str, Any]]:
+        """The events of every request received, taken or not."""
         return [e for _, body in self.got for e in json.loads(body)["events"]]
+
+    def accepted(self) -> list[dict[str, Any]]:
+        """The events of the requests answered 2xx."""
+        return [e for (_, body), status in zip(self.got, self.statuses, strict=True) if status < 300
+                for e in json.loads(body)["events"]]
 
 
 def start_receiver() -> tuple[Receiver, Callable[[], None]]:
@@ -97,8 +105,9 @@ def start_receiver() -> tuple[Receiver, Callable[[], None]]:
         def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with lock:
-                rec.got.append(({k: v for k, v in self.headers.items()}, body))
                 status = rec.answers.pop(0) if rec.answers else 200
+                rec.got.append(({k: v for k, v in self.headers.items()}, body))
+                rec.statuses.append(status)
             self.send_response(status)
             if status in (301, 302, 307):
                 self.send_header("Location", "http://127.0.0.1:9/elsewhere")
