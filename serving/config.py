@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from indexes.config import IndexesConfig
-from signals.config import SignalsConfig
+from signals.config import ContentRulesConfig, SignalsConfig
 from signals.errors import InvalidInput, field_path
 
 ENV_CONFIG = "MARKETGUARD_CONFIG"
@@ -142,6 +142,7 @@ class RedisSinkConfig(BaseModel):
     redact: Literal["none", "mask", "hash"] = Field(
         default="none", description="contact values in evidence: as found, masked, or a keyed hash")
     redact_key: str | None = Field(default=None, description="the HMAC key of redact: hash")
+    shadow: bool = Field(default=False, description="also receive shadow (candidate) signals")
 
     @model_validator(mode="after")
     def _hash_needs_key(self) -> RedisSinkConfig:
@@ -162,6 +163,8 @@ class WebhookSinkConfig(BaseModel):
         default="mask", description="contact values in evidence: as found, masked (default: a webhook "
                                     "may leave the building), or a keyed hash")
     redact_key: str | None = Field(default=None, description="the HMAC key of redact: hash")
+    shadow: bool = Field(default=False, description="also receive shadow (candidate) signals; a decision "
+                                                    "sink does not")
 
     @model_validator(mode="after")
     def _hash_needs_key(self) -> WebhookSinkConfig:
@@ -187,6 +190,20 @@ class SinksConfig(BaseModel):
         default=86_400.0, gt=0, description="a failing sink's events older than this are dead-lettered")
 
 
+class ShadowConfig(BaseModel):
+    """A candidate run beside the live one: its signals are stored under the same names with their own
+    ``source`` (``<extractor>_<label>@<version>``) and ``"shadow": true``, published only to the sinks
+    that take shadow signals, and never returned to the caller of ``POST /v1/...``. Compare the two
+    with the labels before turning the candidate on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(default="candidate", pattern=r"^[a-z0-9_]{1,32}$",
+                       description="joins the extractor's name in the candidate's source")
+    content_rules: ContentRulesConfig | None = Field(
+        default=None, description="a candidate content-rules config (terms, domains, regions, ...)")
+
+
 class MarketGuardConfig(BaseModel):
     """Everything a MarketGuard process needs to know, with embedded defaults."""
 
@@ -201,6 +218,7 @@ class MarketGuardConfig(BaseModel):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
 
 
 def load_config(

@@ -51,7 +51,8 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     are split over (none: every tenant's indexes are local).
     """
     root = shard_dir(config.data_dir, shard, shards)
-    store = SqliteSignalStore(root / "store.sqlite3", sinks=sink_names(config.sinks))
+    store = SqliteSignalStore(root / "store.sqlite3", sinks=sink_names(config.sinks),
+                              shadow_sinks=sink_names(config.sinks, shadow_only=True))
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants)

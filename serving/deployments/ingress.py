@@ -55,7 +55,8 @@ class Ingress:
         fetcher = url_fetcher_for(config.signals.images.decode)
         # URL images are fetched asynchronously before extraction (never on the event loop).
         self.prefetched = PrefetchedUrls(fetcher) if fetcher is not None else None
-        self.extraction = FastExtraction.build(config.signals, config.data_dir, fetch_url=self.prefetched)
+        self.extraction = FastExtraction.build(config.signals, config.data_dir, fetch_url=self.prefetched,
+                                               shadow=config.shadow)
         self.extraction.warm_up()  # readiness means the models are loaded, not loading on request 1
         self._ready = False
 

@@ -308,7 +308,8 @@ class CatalogueEngine:
             batch.facts = facts
         # 5. commit, then log the index change
         self._commit_then_index(batch, stored, old)
-        own = [s.to_json_dict() for s in batch.signals if s.entity_type == "listing" and s.entity_id == lid]
+        own = [s.to_json_dict() for s in batch.signals
+               if s.entity_type == "listing" and s.entity_id == lid and not s.shadow]  # shadow: stored only
         return Scored(lid, own)
 
     def _parsed(self, tenant: str, ids: list[str]) -> ParsedRecords:
@@ -569,7 +570,8 @@ class CatalogueEngine:
         batch = WriteBatch(t, "review", upsert=[stored], edges={rid: best}, facts=facts,
                            signals=list(item.signals) + signals)
         self._commit_then_index(batch, stored, old)
-        own = [s.to_json_dict() for s in batch.signals if s.entity_type == "review" and s.entity_id == rid]
+        own = [s.to_json_dict() for s in batch.signals
+               if s.entity_type == "review" and s.entity_id == rid and not s.shadow]
         return Scored(rid, own)
 
     def _rebuild_reviews(self, t: str, rid: str, new_item: StoredItem | None, partners: set[str],

@@ -54,12 +54,13 @@ def build_sinks(config: SinksConfig) -> list[Sink]:
     return sinks
 
 
-def sink_names(config: SinksConfig) -> list[str]:
-    """The outbox names of the configured sinks (without connecting to them)."""
+def sink_names(config: SinksConfig, *, shadow_only: bool = False) -> list[str]:
+    """The outbox names of the configured sinks (without connecting to them); ``shadow_only``: of
+    those that take shadow signals."""
     from serving.sinks.events import webhook_sink_name
 
-    names = ["redis"] if config.redis is not None else []
-    return names + [webhook_sink_name(w.url) for w in config.webhooks]
+    names = ["redis"] if config.redis is not None and (config.redis.shadow or not shadow_only) else []
+    return names + [webhook_sink_name(w.url) for w in config.webhooks if w.shadow or not shadow_only]
 
 
 def backoff_s(attempt: int, cap: float, rand: Callable[[], float] = random.random) -> float:

@@ -79,10 +79,12 @@ def _now() -> str:
 class SqliteSignalStore:
     """The :class:`~serving.store.base.SignalStore` on SQLite (WAL, fsynced commits)."""
 
-    def __init__(self, path: Path, sinks: Sequence[str] = ()) -> None:
-        """``sinks``: the names of the configured sinks; every signal written is queued for each."""
+    def __init__(self, path: Path, sinks: Sequence[str] = (), shadow_sinks: Sequence[str] = ()) -> None:
+        """``sinks``: the names of the configured sinks; every signal written is queued for each
+        (a shadow signal only for those of ``shadow_sinks``)."""
         self.path = Path(path)
         self.sinks = list(sinks)
+        self.shadow_sinks = [s for s in shadow_sinks if s in self.sinks]
         self._listeners: list[Callable[[], None]] = []
         self._queued = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,12 +207,13 @@ class SqliteSignalStore:
 
     def _enqueue(self, event: dict[str, Any]) -> None:
         """Queue an event for every sink (inside the write transaction: committed with the signal)."""
-        if not self.sinks:
+        targets = self.shadow_sinks if (event.get("signal") or {}).get("shadow") else self.sinks
+        if not targets:
             return
         body = json.dumps(event, sort_keys=True, ensure_ascii=False)
         created = time.time()
         self._db.executemany("INSERT INTO outbox (sink, event, created_at) VALUES (?,?,?)",
-                             [(sink, body, created) for sink in self.sinks])
+                             [(sink, body, created) for sink in targets])
         self._queued = True
 
     def on_queued(self, listener: Callable[[], None]) -> None:
