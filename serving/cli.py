@@ -210,19 +210,21 @@ def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,
 
 def _cmd_sinks_replay(args: argparse.Namespace, config: MarketGuardConfig,
                       out: TextIO, err: TextIO) -> int:
-    from serving.deployments.catalogue import shard_dir
+    from serving.deployments.catalogue import open_store
     from serving.sinks.batch_publish import OUTBOX
     from serving.sinks.publisher import sink_names
+    from serving.store.sql import SqlSignalStore
     from serving.store.sqlite import SqliteSignalStore
 
     shards = config.service.catalogue.shards
-    paths = [args.run / OUTBOX] if args.run is not None else [
-        shard_dir(config.data_dir, shard, shards) / "store.sqlite3" for shard in range(shards)]
+    opened: list[SqlSignalStore]
+    if args.run is not None:
+        path = args.run / OUTBOX
+        opened = [SqliteSignalStore(path, sinks=sink_names(config.sinks))] if path.exists() else []
+    else:
+        opened = [open_store(config, shard, shards) for shard in range(shards)]
     replayed = 0
-    for path in paths:
-        if not path.exists():
-            continue
-        store = SqliteSignalStore(path, sinks=sink_names(config.sinks))
+    for store in opened:
         try:
             n = store.replay_dead_letters(args.sink)
             if n and args.run is not None:

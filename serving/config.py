@@ -23,6 +23,7 @@ from signals.config import ContentRulesConfig, SignalsConfig
 from signals.errors import InvalidInput, field_path
 
 ENV_CONFIG = "MARKETGUARD_CONFIG"
+ENV_STORE_URL = "MARKETGUARD_STORE_URL"
 ENV_DATA_DIR = "MARKETGUARD_DATA_DIR"
 ENV_API_KEYS = "MARKETGUARD_API_KEYS"
 
@@ -190,6 +191,27 @@ class SinksConfig(BaseModel):
         default=86_400.0, gt=0, description="a failing sink's events older than this are dead-lettered")
 
 
+class StoreConfig(BaseModel):
+    """Where the service keeps items, signals, labels and the outbox (``serving/store/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        default="sqlite", description="sqlite: a file per catalogue shard in the data dir; postgres: a "
+                                      "shared server, a schema per catalogue shard (replicas on any node)")
+    url: str | None = Field(default=None, pattern=r"^postgres(ql)?://",
+                            description="postgresql://user@host:port/db (or $MARKETGUARD_STORE_URL, for a "
+                                        "password kept out of the file)")
+    pg_schema: str = Field(default="marketguard", pattern=r"^[a-z_][a-z0-9_]{0,40}$",
+                           description="the schema (with several catalogue shards: <pg_schema>_shard_<i>)")
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> StoreConfig:
+        if self.backend == "postgres" and not self.url:
+            raise ValueError("store.backend postgres needs store.url (or MARKETGUARD_STORE_URL)")
+        return self
+
+
 class ShadowConfig(BaseModel):
     """A candidate run beside the live one: its signals are stored under the same names with their own
     ``source`` (``<extractor>_<label>@<version>``) and ``"shadow": true``, published only to the sinks
@@ -219,6 +241,7 @@ class MarketGuardConfig(BaseModel):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
 
 def load_config(
@@ -239,6 +262,8 @@ def load_config(
         raw["data_dir"] = env[ENV_DATA_DIR]
     if data_dir is not None:
         raw["data_dir"] = str(data_dir)
+    if env.get(ENV_STORE_URL):
+        raw["store"] = {**(raw.get("store") or {}), "url": env[ENV_STORE_URL]}
     if env.get(ENV_API_KEYS):
         # "tenant:key,tenant2:key2": keys from a secret store, never in the config file.
         service = dict(raw.get("service") or {})

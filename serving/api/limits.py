@@ -33,6 +33,13 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": raw})
 
 
+def _app_path(scope: Scope) -> str:
+    """The request's path within the app: behind a route prefix (``root_path``, e.g. a Serve app
+    at ``/pg``) the scope's path still starts with the prefix."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 class LimitsMiddleware:
     """Body-size cap and in-flight cap for ``/v1/`` routes (health and metrics are never shed)."""
 
@@ -43,7 +50,7 @@ class LimitsMiddleware:
         self.on_shed = on_shed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1/"):
+        if scope["type"] != "http" or not _app_path(scope).startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
@@ -54,7 +61,7 @@ class LimitsMiddleware:
             return
         if self.in_flight >= self.max_in_flight:
             if self.on_shed is not None:
-                self.on_shed(str(scope.get("path", "")))
+                self.on_shed(_app_path(scope))
             await _send_json(send, 503,
                              error_body("overloaded", "the service is at capacity; retry later", None),
                              {"Retry-After": "1"})

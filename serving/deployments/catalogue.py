@@ -31,6 +31,7 @@ from serving.scoring.engine import CatalogueEngine, Extracted, Scored
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
 from serving.sinks.publisher import Publisher, build_sinks, sink_names
+from serving.store.sql import SqlSignalStore
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import EntityType, Label, RecordKind
 
@@ -43,6 +44,20 @@ def shard_dir(data_dir: Path, shard: int, shards: int) -> Path:
     return Path(data_dir) if shards == 1 else Path(data_dir) / f"shard-{shard}"
 
 
+def open_store(config: MarketGuardConfig, shard: int = 0, shards: int = 1, *,
+               with_sinks: bool = True) -> SqlSignalStore:
+    """The store of one catalogue shard: its SQLite file, or its schema on the PostgreSQL server.
+    ``with_sinks``: queue events for the configured sinks (the service); off for offline tools."""
+    sinks = sink_names(config.sinks) if with_sinks else []
+    shadow = sink_names(config.sinks, shadow_only=True) if with_sinks else []
+    if config.store.backend == "postgres":
+        from serving.store.postgres import PostgresSignalStore
+
+        schema = config.store.pg_schema if shards == 1 else f"{config.store.pg_schema}_shard_{shard}"
+        return PostgresSignalStore(str(config.store.url), schema, sinks, shadow)
+    return SqliteSignalStore(shard_dir(config.data_dir, shard, shards) / "store.sqlite3", sinks, shadow)
+
+
 def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: dict[Modality, int],
                 shard: int = 0, shards: int = 1, index_shards: Sequence[ShardClient] = ()) -> CatalogueEngine:
     """The engine of one shard over its directory, reconciled with its store.
@@ -51,8 +66,7 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     are split over (none: every tenant's indexes are local).
     """
     root = shard_dir(config.data_dir, shard, shards)
-    store = SqliteSignalStore(root / "store.sqlite3", sinks=sink_names(config.sinks),
-                              shadow_sinks=sink_names(config.sinks, shadow_only=True))
+    store = open_store(config, shard, shards)
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants)

@@ -39,6 +39,9 @@ def start_from_batch(config: MarketGuardConfig, run_dir: Path) -> dict[str, int]
 
     if config.service.catalogue.shards != 1:
         raise InvalidInput("--from-batch", "starting from a batch run needs service.catalogue.shards: 1")
+    if config.store.backend != "sqlite":
+        raise InvalidInput("--from-batch", "starting from a batch run imports into the SQLite store only "
+                                           "(not into PostgreSQL yet)")
     models, _ = FastExtraction.build(config.signals, config.data_dir).models()
     split = config.service.index_shards
     counts = import_batch_run(run_dir, config.data_dir, models,

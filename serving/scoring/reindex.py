@@ -18,13 +18,13 @@ import numpy as np
 
 from indexes.config import Modality
 from serving.config import MarketGuardConfig
-from serving.deployments.catalogue import shard_dir
+from serving.deployments.catalogue import open_store, shard_dir
 from serving.scoring.engine import CatalogueEngine, text_feature
 from serving.scoring.extraction import FastExtraction
 from serving.scoring.index_shards import close_local_clients, index_shard_dir, local_shard_clients
 from serving.scoring.indexes import MODEL_STAMP
 from serving.store.base import ItemKind
-from serving.store.sqlite import SqliteSignalStore
+from serving.store.sql import SqlSignalStore
 from signals.schemas import Listing, Review
 
 _CHUNK = 64
@@ -37,9 +37,9 @@ def reindex(config: MarketGuardConfig) -> dict[str, Any]:
     split = config.service.index_shards
     for shard in range(config.service.catalogue.shards):
         root = shard_dir(config.data_dir, shard, config.service.catalogue.shards)
-        if not (root / "store.sqlite3").exists():
+        if config.store.backend == "sqlite" and not (root / "store.sqlite3").exists():
             continue
-        store = SqliteSignalStore(root / "store.sqlite3")
+        store = open_store(config, shard, config.service.catalogue.shards, with_sinks=False)
         try:
             for tenant in store.tenants():
                 text_modalities: tuple[tuple[ItemKind, Modality], ...] = (
@@ -58,7 +58,8 @@ def reindex(config: MarketGuardConfig) -> dict[str, Any]:
         # The engine's start-up reconciliation rebuilds the dropped indexes from the store (a split
         # tenant's into the index shards' directories, opened here in-process).
         shards = local_shard_clients(config.data_dir, split.count, config.indexes, models, dims)
-        engine = CatalogueEngine(SqliteSignalStore(root / "store.sqlite3"), root / "indexes", root / "banks",
+        engine = CatalogueEngine(open_store(config, shard, config.service.catalogue.shards, with_sinks=False),
+                                 root / "indexes", root / "banks",
                                  config.indexes, models, dims, index_shards=shards,
                                  split_tenants=split.tenants)
         try:
@@ -78,7 +79,7 @@ def _index_dirs(config: MarketGuardConfig, root: Path, tenant: str, modality: Mo
               for j in range(config.service.index_shards.count))]
 
 
-def _reembed(extraction: FastExtraction, store: SqliteSignalStore, tenant: str, kind: ItemKind,
+def _reembed(extraction: FastExtraction, store: SqlSignalStore, tenant: str, kind: ItemKind,
              modality: Modality) -> int:
     n = 0
     batch: list[tuple[str, Listing | Review, dict[str, np.ndarray]]] = []

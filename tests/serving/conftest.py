@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.serving.servers import receiver, redis_server, start_receiver  # noqa: F401 - fixtures
+from tests.serving.servers import open_store, postgres, receiver, redis_server, start_receiver  # noqa: F401
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "var" / "models"
 
@@ -60,12 +60,48 @@ class Service:
         return {"X-API-Key": self.keys[tenant]}
 
 
+def wait_ready(base: str, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the test service at {base} was not ready in {timeout_s:.0f} s")
+
+
+def postgres_service(sqlite_app: Service, server: Any, data_dir: Path) -> Iterator[Service]:
+    """The session's service again as a second app beside it (route prefix ``/pg``), its store on
+    PostgreSQL: the same keys, index shards and webhook, its own data dir for the indexes."""
+    from ray import serve
+
+    from serving.deployments.app import build_app
+    from tests.serving.servers import pg_schema
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.symlink(MODELS_DIR, data_dir / "models")
+    store = {"backend": "postgres", "url": server.url, "pg_schema": pg_schema()}
+    config = sqlite_app.config.model_copy(update={"data_dir": data_dir, "store": type(
+        sqlite_app.config.store).model_validate(store)})
+    name = "marketguard-pg"
+    serve.run(build_app(config), name=name, route_prefix="/pg", blocking=False)
+    base = sqlite_app.base + "/pg"
+    wait_ready(base)
+    try:
+        yield Service(base, config, sqlite_app.keys, sqlite_app.hook)
+    finally:
+        serve.delete(name)
+
+
 @pytest.fixture(scope="session")
 def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """ONE real Ray Serve instance for every HTTP test of the session (keys for two tenants)."""
     import socket
 
-    import httpx
     from ray import serve
 
     from serving.config import load_config
@@ -91,16 +127,7 @@ def serve_app(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        raise RuntimeError("the test service was not ready in 300 s")
+    wait_ready(base)
     try:
         yield Service(base, config, KEYS, hook)
     finally:

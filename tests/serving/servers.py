@@ -3,13 +3,18 @@ webhook receiver; their fixtures are registered in tests/serving/conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,3 +137,79 @@ def receiver() -> Iterator[Receiver]:
         yield rec
     finally:
         stop()
+
+
+class PostgresServer:
+    """PostgreSQL from Debian's package on 127.0.0.1:``port``, a throw-away data directory, trust auth.
+
+    ``initdb`` refuses root: as root, the server runs as the package's ``postgres`` user.
+    """
+
+    def __init__(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        pg_ctl = str(bins[-1]) if bins else shutil.which("pg_ctl")
+        if pg_ctl is None:
+            raise RuntimeError("PostgreSQL is missing: `make test` installs it (Debian package postgresql)")
+        self.bin = Path(pg_ctl).parent
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="mg-pg-"))  # under /tmp: reachable by the server's user
+        self.data = self.root / "data"
+        self.user: dict[str, int] = {}
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            self.user = {"user": pw.pw_uid, "group": pw.pw_gid}
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://marketguard@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str | Path) -> None:
+        subprocess.run([str(a) for a in args], check=True, capture_output=True,
+                       user=self.user.get("user"), group=self.user.get("group"))
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self._run(self.bin / "initdb", "-D", str(self.data), "-U", "marketguard", "--auth=trust",
+                      "-E", "UTF8")
+        self._run(self.bin / "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
+                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}", "start")
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(self.bin / "pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL for the session; each test takes a schema of its own (:func:`pg_schema`)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+def pg_schema() -> str:
+    """A fresh schema name: tests on one server never see each other's rows."""
+    return f"t_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """Opens the test's store, on SQLite and again on PostgreSQL (the same store each call:
+    reopening it is a restart)."""
+    if request.param == "sqlite":
+        from serving.store.sqlite import SqliteSignalStore
+
+        return lambda **kw: SqliteSignalStore(tmp_path / "s.sqlite3", **kw)
+    from serving.store.postgres import PostgresSignalStore
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    schema = pg_schema()
+    return lambda **kw: PostgresSignalStore(server.url, schema, **kw)

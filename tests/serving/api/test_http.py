@@ -5,13 +5,14 @@ undecodable image among good ones, a mixed ``items`` batch."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.serving.api.helpers import listing, photo_b64, review, signal
-from tests.serving.conftest import Service
+from tests.serving.conftest import Service, postgres_service
 
 _ids = itertools.count()
 # acme's indexes live in its catalogue shard; globex's are split over the session's two index shards
@@ -20,6 +21,18 @@ TENANTS = ["acme", "globex"]
 
 def uid(prefix: str) -> str:
     return f"{prefix}-{next(_ids)}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def serve_app(request: pytest.FixtureRequest, serve_app: Service,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """Every test here runs against the session's service (SQLite store), then against the same
+    service with its store on PostgreSQL (a second app beside it)."""
+    if request.param == "sqlite":
+        yield serve_app
+        return
+    yield from postgres_service(serve_app, request.getfixturevalue("postgres"),
+                                tmp_path_factory.mktemp("serve-pg") / "state")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from serving.sinks.events import webhook_sink_name
 from serving.sinks.publisher import Publisher, backoff_s
 from serving.sinks.webhook import WebhookSink, verify_signature
 from serving.store.base import WriteBatch
+from serving.store.sql import SqlSignalStore
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import Signal
 from tests.serving.servers import Receiver
@@ -49,8 +51,9 @@ class FlakySink:
         pass
 
 
-def test_events_are_queued_with_their_signals_for_each_sink(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3", sinks=["a", "b"])
+def test_events_are_queued_with_their_signals_for_each_sink(tmp_path: Path,
+                                                           open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store(sinks=["a", "b"])
     store.write(WriteBatch("default", "listing", signals=[sig("L1"), sig("L1", "near_duplicate.cluster_size"),
                                                           sig("L2")]))
     store.write(WriteBatch("default", "listing", signals=[sig("L1", value=2)], retract=[("listing", "L2")]))
@@ -74,8 +77,9 @@ def test_events_are_queued_with_their_signals_for_each_sink(tmp_path: Path) -> N
     plain.close()
 
 
-def test_a_failed_delivery_is_retried_whole_with_the_same_id(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3", sinks=["flaky"])
+def test_a_failed_delivery_is_retried_whole_with_the_same_id(
+        open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store(sinks=["flaky"])
     store.write(WriteBatch("default", "listing", signals=[sig(f"L{i}") for i in range(5)]))
     sink = FlakySink("flaky", fail=2)
     pub = Publisher(store, [sink], SinksConfig(batch_size=3))
@@ -92,8 +96,9 @@ def test_a_failed_delivery_is_retried_whole_with_the_same_id(tmp_path: Path) -> 
     store.close()
 
 
-def test_only_old_events_of_a_failing_sink_are_dead_lettered_and_replay_requeues_them(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3", sinks=["down", "up"])
+def test_only_old_events_of_a_failing_sink_are_dead_lettered_and_replay_requeues_them(
+        open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store(sinks=["down", "up"])
     store.write(WriteBatch("default", "listing", signals=[sig("L1"), sig("L2")]))
     now = [time.time()]
     config = SinksConfig(dead_letter_after_s=3600, max_backoff_s=0.05, poll_interval_s=0.01)
@@ -148,6 +153,7 @@ WRITER = r'''
 import sys, time
 from pathlib import Path
 from serving.store.base import WriteBatch
+from serving.store.sql import SqlSignalStore
 from serving.store.sqlite import SqliteSignalStore
 from signals.schemas import Signal
 

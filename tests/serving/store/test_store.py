@@ -1,15 +1,16 @@
-"""The SQLite store: idempotent latest, full history, atomic writes, tombstones, labels, no pickle."""
+"""The store, on SQLite and on PostgreSQL: idempotent latest, full history, atomic writes,
+tombstones, labels, no pickle."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from serving.store.base import Edge, StoredItem, WriteBatch, decode_features
-from serving.store.sqlite import SqliteSignalStore
+from serving.store.sql import SqlSignalStore
 from signals.errors import InvalidInput
 from signals.schemas import Label, Signal
 
@@ -24,8 +25,8 @@ def item(iid: str) -> StoredItem:
                       {"text": np.ones(4, dtype=np.float32)})
 
 
-def test_latest_wins_history_keeps_every_value(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+def test_latest_wins_history_keeps_every_value(open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store()
     store.write(WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(0)]))
     store.write(WriteBatch("default", "listing", signals=[sig(2)]))
     assert [s["value"] for s in store.latest("default", "listing", "L1")] == [2]
@@ -33,8 +34,8 @@ def test_latest_wins_history_keeps_every_value(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+def test_a_failed_write_leaves_nothing(open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store()
     bad = WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(1)],
                      facts={"L1": {"x": object()}})  # not JSON: fails inside the transaction
     with pytest.raises(TypeError):
@@ -44,8 +45,9 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     store.close()
 
 
-def test_edges_both_ways_deletes_tombstone_and_reposts_keep_their_place(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+def test_edges_both_ways_deletes_tombstone_and_reposts_keep_their_place(
+        open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store()
     store.write(WriteBatch("default", "listing", upsert=[item("A")]))
     store.write(WriteBatch("default", "listing", upsert=[item("B")],
                            edges={"B": [Edge("B", "A", "listing_text", .9)]}))
@@ -57,13 +59,13 @@ def test_edges_both_ways_deletes_tombstone_and_reposts_keep_their_place(tmp_path
     assert store.edges_of("default", "listing", ["B"])["B"] == []
     assert store.tombstone("default", "listing", "A") is not None
     store.close()
-    reopened = SqliteSignalStore(tmp_path / "s.sqlite3")  # durable across a restart
+    reopened = open_store()  # durable across a restart
     assert reopened.get_item("default", "listing", "B") is not None
     reopened.close()
 
 
-def test_labels_keep_history(tmp_path: Path) -> None:
-    store = SqliteSignalStore(tmp_path / "s.sqlite3")
+def test_labels_keep_history(open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store()
     for lab in ("fraud", "legit"):
         store.add_label(Label(entity_type="seller", entity_id="S", label=lab))
     assert [x["label"] for x in store.labels("default", "seller", "S")] == ["fraud", "legit"]

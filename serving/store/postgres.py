@@ -1,0 +1,121 @@
+"""The signal store on PostgreSQL, for service replicas on a cluster (no shared volume needed).
+
+The store's logic is :class:`~serving.store.sql.SqlSignalStore`; this module connects. Each
+catalogue shard keeps its tables in a schema of its own (``<store.schema>`` with one shard,
+``<store.schema>_shard_<i>`` with several), so shards never see each other's rows and a shard
+behaves exactly as with SQLite. Migrations are versioned (``schema_version``) and run at start-up
+under an advisory lock, so replicas starting together migrate once. Commits are synchronous
+(the server's ``synchronous_commit`` default): a 2xx is durable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from serving.store.sql import Cursor, SqlSignalStore, migrate
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
+    """CREATE TABLE items (
+        tenant TEXT NOT NULL, kind TEXT NOT NULL, item_id TEXT NOT NULL,
+        owner TEXT NOT NULL, grp TEXT, price DOUBLE PRECISION, currency TEXT,
+        record TEXT NOT NULL, features BYTEA, facts TEXT NOT NULL DEFAULT '{}',
+        seq BIGINT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant, kind, item_id))""",
+    "CREATE INDEX items_owner ON items (tenant, kind, owner)",
+    "CREATE INDEX items_group ON items (tenant, kind, grp, currency)",
+    "CREATE INDEX items_updated ON items (updated_at)",
+    "CREATE INDEX items_seq ON items (seq)",
+    """CREATE TABLE edges (
+        tenant TEXT NOT NULL, kind TEXT NOT NULL, a TEXT NOT NULL, b TEXT NOT NULL,
+        modality TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant, kind, a, b, modality))""",
+    "CREATE INDEX edges_b ON edges (tenant, kind, b)",
+    """CREATE TABLE latest (
+        tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL,
+        name TEXT NOT NULL, source TEXT NOT NULL, signal TEXT NOT NULL, observed_at TEXT NOT NULL,
+        PRIMARY KEY (tenant, entity_type, entity_id, name, source))""",
+    """CREATE TABLE history (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL,
+        name TEXT NOT NULL, source TEXT NOT NULL, signal TEXT NOT NULL, observed_at TEXT NOT NULL)""",
+    "CREATE INDEX history_entity ON history (tenant, entity_type, entity_id, id)",
+    """CREATE TABLE tombstones (
+        tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, deleted_at TEXT NOT NULL,
+        PRIMARY KEY (tenant, entity_type, entity_id))""",
+    """CREATE TABLE labels (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, label TEXT NOT NULL,
+        record TEXT NOT NULL, received_at TEXT NOT NULL)""",
+    "CREATE INDEX labels_entity ON labels (tenant, entity_type, entity_id, id)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE entity_seq (
+        tenant TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, seq BIGINT NOT NULL,
+        PRIMARY KEY (tenant, entity_type, entity_id))""",
+    """CREATE TABLE outbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sink TEXT NOT NULL, event TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, delivery TEXT)""",
+    "CREATE INDEX outbox_sink ON outbox (sink, id)",
+    """CREATE TABLE dead_letters (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sink TEXT NOT NULL, event TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, dead_at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL)""",
+])]
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class _Connection:
+    """A psycopg connection behind the store's ``?``-placeholder interface (autocommit: the store
+    begins and commits its transactions itself)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @classmethod
+    def open(cls, url: str, schema: str) -> _Connection:
+        conn = psycopg.connect(url, autocommit=True)
+        conn.execute(f'SET search_path TO "{schema}"')
+        return cls(conn)
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor:
+        cursor: Cursor = self.conn.execute(self._sql(sql), tuple(args))
+        return cursor
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any:
+        if not rows:
+            return None
+        with self.conn.cursor() as cur:
+            cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresSignalStore(SqlSignalStore):
+    """The :class:`~serving.store.base.SignalStore` on PostgreSQL, in schema ``schema``."""
+
+    BEGIN = "BEGIN"
+    GREATEST = "GREATEST"
+
+    def __init__(self, url: str, schema: str = "marketguard", sinks: Sequence[str] = (),
+                 shadow_sinks: Sequence[str] = ()) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"store schema {schema!r}: lower-case letters, digits and _ only")
+        self.schema = schema
+        setup = psycopg.connect(url, autocommit=True)
+        try:
+            # One migrator at a time, whichever replica starts first.
+            setup.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"marketguard:{schema}",))
+            setup.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            setup.execute(f'SET search_path TO "{schema}"')
+            migrate(_Connection(setup), MIGRATIONS, self.BEGIN)
+        finally:
+            setup.close()
+        super().__init__(_Connection.open(url, schema), _Connection.open(url, schema), sinks, shadow_sinks)
