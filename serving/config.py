@@ -107,6 +107,25 @@ class IndexShardsDeploymentConfig(BaseModel):
                                       description="index snapshots, off the request path")
 
 
+class DeepTierConfig(BaseModel):
+    """The deep tier (OCR into the content rules, NSFW) after the answer (``serving/scoring/deep.py``).
+
+    It runs when ``enabled`` and an OCR or NSFW extractor is enabled in ``signals.images``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    num_cpus: float = Field(default=0.25, gt=0, le=64)
+    nice: int = Field(default=10, ge=0, le=19, description="the deep replica's CPU priority (os.nice): "
+                                                            "num_cpus is bookkeeping, not isolation")
+    max_jobs: int = Field(default=1000, ge=1, description="queued jobs; past it deep work is skipped")
+    max_bytes: int = Field(default=256 << 20, ge=1 << 20, description="queued image bytes; past it skipped")
+    batch: int = Field(default=4, ge=1, le=256, description="jobs a worker takes at once")
+    lease_s: float = Field(default=300.0, gt=0, description="a taken job is taken again after this")
+    poll_s: float = Field(default=0.5, gt=0, le=60, description="idle wait between looks for work")
+
+
 class ServiceConfig(BaseModel):
     """The HTTP service (``marketguard serve``)."""
 
@@ -128,6 +147,7 @@ class ServiceConfig(BaseModel):
     ingress: IngressDeploymentConfig = Field(default_factory=IngressDeploymentConfig)
     catalogue: CatalogueDeploymentConfig = Field(default_factory=CatalogueDeploymentConfig)
     index_shards: IndexShardsDeploymentConfig = Field(default_factory=IndexShardsDeploymentConfig)
+    deep: DeepTierConfig = Field(default_factory=DeepTierConfig)
 
 
 class RedisSinkConfig(BaseModel):

@@ -32,6 +32,7 @@ class Backend(Protocol):
     async def ready(self) -> bool: ...
     async def index_sizes(self) -> dict[tuple[str, str], int]: ...
     async def sink_stats(self) -> dict[str, dict[str, float]]: ...
+    async def deep_stats(self) -> dict[str, float]: ...
 
 
 def merge_sink_stats(parts: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -149,3 +150,7 @@ class LocalBackend:
 
     async def sink_stats(self) -> dict[str, dict[str, float]]:
         return self.publisher.stats() if self.publisher is not None else {}
+
+    async def deep_stats(self) -> dict[str, float]:
+        jobs, size = self.engine.deep_backlog()
+        return {"queued": float(jobs), "bytes": float(size), "skipped_total": float(self.engine.deep_skipped)}

@@ -58,10 +58,22 @@ class ApiMetrics:
                                 ["tenant", "modality"], registry=r)
         self.sinks = SinkMetrics()
         r.register(self.sinks)
+        self.deep_queued = Gauge("marketguard_deep_queued_jobs", "deep-tier jobs (OCR, NSFW) waiting",
+                                 registry=r)
+        self.deep_bytes = Gauge("marketguard_deep_queued_bytes", "image bytes of the waiting deep jobs",
+                                registry=r)
+        self.deep_skipped = Gauge("marketguard_deep_skipped_jobs",
+                                  "deep work skipped on a full queue since the catalogue shards started",
+                                  registry=r)
 
     def render(self, index_sizes: dict[tuple[str, str], int],
-               sink_stats: dict[str, dict[str, float]] | None = None) -> bytes:
+               sink_stats: dict[str, dict[str, float]] | None = None,
+               deep_stats: dict[str, float] | None = None) -> bytes:
         for (tenant, modality), n in index_sizes.items():
             self.index_size.labels(tenant, modality).set(n)
         self.sinks.stats = sink_stats or {}
+        if deep_stats:
+            self.deep_queued.set(deep_stats.get("queued", 0.0))
+            self.deep_bytes.set(deep_stats.get("bytes", 0.0))
+            self.deep_skipped.set(deep_stats.get("skipped_total", 0.0))
         return generate_latest(self.registry)

@@ -7,7 +7,8 @@ from typing import cast
 from ray.serve import Application, Deployment
 
 from serving.config import MarketGuardConfig
-from serving.deployments.catalogue import Catalogue, IndexShard
+from serving.deployments.catalogue import Catalogue, IndexShard, deep_queue
+from serving.deployments.deep import DeepTier
 from serving.deployments.ingress import Ingress
 from serving.scoring.extraction import FastExtraction
 
@@ -18,6 +19,7 @@ APP_NAME = "marketguard"
 _CATALOGUE = cast(Deployment, Catalogue)
 _INGRESS = cast(Deployment, Ingress)
 _INDEX_SHARD = cast(Deployment, IndexShard)
+_DEEP = cast(Deployment, DeepTier)
 
 
 def build_app(config: MarketGuardConfig) -> Application:
@@ -45,8 +47,12 @@ def build_app(config: MarketGuardConfig) -> Application:
                            ).bind(config, models, dims, i, svc.catalogue.shards, index_shards)
         for i in range(svc.catalogue.shards)
     ]
+    deep = None
+    if deep_queue(config) is not None:  # OCR / NSFW after the answer, in a low-priority process
+        deep = _DEEP.options(num_replicas=1, ray_actor_options={"num_cpus": svc.deep.num_cpus}
+                             ).bind(config, shards)
     ingress = _INGRESS.options(
         num_replicas=svc.ingress.num_replicas, max_ongoing_requests=svc.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": svc.ingress.num_cpus},
         user_config={"batch_max_size": svc.ingress.batch_max_size, "batch_wait_s": svc.ingress.batch_wait_s})
-    return ingress.bind(config, shards)
+    return ingress.bind(config, shards, deep)

@@ -27,13 +27,16 @@ from indexes.config import Modality
 from indexes.pdq import PdqHit
 from indexes.vector import Hit
 from serving.config import MarketGuardConfig, configure_process
-from serving.scoring.engine import CatalogueEngine, Extracted, Scored
+from serving.scoring.deep import pending_names
+from serving.scoring.engine import CatalogueEngine, DeepQueue, Extracted, Scored
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
 from serving.sinks.publisher import Publisher, build_sinks, sink_names
+from serving.store.base import DeepJob
 from serving.store.sql import SqlSignalStore
 from serving.store.sqlite import SqliteSignalStore
-from signals.schemas import EntityType, Label, RecordKind
+from signals.registry import build_registry
+from signals.schemas import EntityType, Label, RecordKind, Signal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,9 +72,22 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     store = open_store(config, shard, shards)
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
-                             index_shards=index_shards, split_tenants=config.service.index_shards.tenants)
+                             index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
+                             deep=deep_queue(config))
     engine.reconcile()
+    store.deep_release()  # the previous process's deep workers are gone: their jobs are free again
     return engine
+
+
+def deep_queue(config: MarketGuardConfig) -> DeepQueue | None:
+    """The deep tier's queue settings, or None when it does not run (disabled, or no OCR / NSFW)."""
+    if not config.service.deep.enabled:
+        return None
+    pending = pending_names(build_registry(config.signals, config.data_dir))
+    if not pending:
+        return None
+    deep = config.service.deep
+    return DeepQueue(pending, deep.max_jobs, deep.max_bytes)
 
 
 @serve.deployment(name="catalogue")
@@ -156,6 +172,23 @@ class Catalogue:
 
     async def index_sizes(self) -> dict[tuple[str, str], int]:
         return (await self._engine()).index_sizes()
+
+    async def deep_take(self, limit: int, lease_s: float) -> list[DeepJob]:
+        jobs: list[DeepJob] = await self._write("deep_take", limit, lease_s)
+        return jobs
+
+    async def deep_done(self, results: list[tuple[DeepJob, list[Signal]]]) -> int:
+        """Store each job's deep signals (a job whose item changed since is dropped); how many stored."""
+        engine = await self._engine()
+
+        def store_all() -> int:
+            return sum(engine.deep_done(job, signals) for job, signals in results)
+        return int(await asyncio.get_running_loop().run_in_executor(self._writer, store_all))
+
+    async def deep_stats(self) -> dict[str, float]:
+        engine = await self._engine()
+        jobs, size = await self._write("deep_backlog")
+        return {"queued": float(jobs), "bytes": float(size), "skipped_total": float(engine.deep_skipped)}
 
     async def sink_stats(self) -> dict[str, dict[str, float]]:
         await self._engine()

@@ -46,12 +46,14 @@ def shard_of(tenant: str, shards: int) -> int:
 class Ingress:
     """FastAPI ingress; implements :class:`~serving.api.backend.Backend` with the catalogue handles."""
 
-    def __init__(self, config: MarketGuardConfig, catalogues: list[DeploymentHandle]) -> None:
+    def __init__(self, config: MarketGuardConfig, catalogues: list[DeploymentHandle],
+                 deep: DeploymentHandle | None = None) -> None:
         from serving.image_fetch import url_fetcher_for
 
         self.config = config
         configure_process(config)
         self.catalogues = catalogues
+        self.deep = deep  # the deep tier: when it runs, readable image bytes go with their listing
         fetcher = url_fetcher_for(config.signals.images.decode)
         # URL images are fetched asynchronously before extraction (never on the event loop).
         self.prefetched = PrefetchedUrls(fetcher) if fetcher is not None else None
@@ -94,6 +96,10 @@ class Ingress:
             urls = await self.prefetched.fetch(records, self.config.signals.images.decode.max_image_bytes)
         try:
             extracted = await asyncio.gather(*(self._extract((kind, r)) for r in records))
+            if self.deep is not None:
+                max_bytes = self.config.signals.images.decode.max_image_bytes
+                for e in extracted:
+                    e.deep_images = self._readable_images(e, max_bytes)
         finally:
             if self.prefetched is not None:
                 self.prefetched.forget(urls)
@@ -109,6 +115,23 @@ class Ingress:
             for i, s in zip(idx, done, strict=True):
                 out[i] = s
         return [s for s in out if s is not None]
+
+    def _readable_images(self, item: Extracted, max_bytes: int) -> list[bytes]:
+        """The bytes of the listing's images that the fast tier could read (the deep tier's input)."""
+        record = item.record
+        if not isinstance(record, Listing) or not record.images:
+            return []
+        bad = {e.field for e in item.errors if e.field is not None and e.field.startswith("images[")}
+        out = []
+        for k, im in enumerate(record.images):
+            if f"images[{k}]" in bad:
+                continue
+            data = im.data
+            if data is None and im.url is not None and self.prefetched is not None:
+                data = self.prefetched(im.url, max_bytes)  # the prefetched bytes: never fetched twice
+            if data is not None:
+                out.append(data)
+        return out
 
     async def delete(self, tenant: str, kind: RecordKind, item_id: str) -> bool:
         return bool(await self._shard(tenant).delete.remote(tenant, kind, item_id))
@@ -140,8 +163,15 @@ class Ingress:
 
     async def ready(self) -> bool:
         if not self._ready:
-            self._ready = all(await asyncio.gather(*(c.ready.remote() for c in self.catalogues)))
+            parts = [c.ready.remote() for c in self.catalogues]
+            if self.deep is not None:
+                parts.append(self.deep.ready.remote())
+            self._ready = all(await asyncio.gather(*parts))
         return self._ready
+
+    async def deep_stats(self) -> dict[str, float]:
+        parts = await asyncio.gather(*(c.deep_stats.remote() for c in self.catalogues))
+        return {k: sum(p.get(k, 0.0) for p in parts) for k in ("queued", "bytes", "skipped_total")}
 
     async def sink_stats(self) -> dict[str, dict[str, float]]:
         return merge_sink_stats(await asyncio.gather(*(c.sink_stats.remote() for c in self.catalogues)))

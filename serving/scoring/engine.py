@@ -52,7 +52,7 @@ from serving.scoring.indexes import (
     held_ids,
     missing_ids,
 )
-from serving.store.base import Edge, ItemKind, SignalStore, StoredItem, WriteBatch
+from serving.store.base import DeepJob, Edge, ItemKind, SignalStore, StoredItem, WriteBatch
 from signals.derived import BankHit, Match
 from signals.entity_signals import (
     ImageProblem,
@@ -82,6 +82,17 @@ class Extracted:
     signals: list[Signal]
     features: dict[str, np.ndarray]
     errors: list[ItemError] = field(default_factory=list)
+    deep_images: list[bytes] = field(default_factory=list)
+    """The bytes of the item's readable images, for the deep tier (empty: no deep work)."""
+
+
+@dataclass(frozen=True)
+class DeepQueue:
+    """The deep tier as the engine sees it: which signals a queued job will bring, and the bound."""
+
+    pending: tuple[str, ...]
+    max_jobs: int = 1000
+    max_bytes: int = 256 << 20
 
 
 @dataclass
@@ -148,6 +159,7 @@ class CatalogueEngine:
                  global_banks: dict[str, list[str]] | None = None, limits: EngineLimits | None = None,
                  review_behaviour: Sequence[ReviewBehaviour] = (),
                  index_shards: Sequence[ShardClient] = (), split_tenants: Sequence[str] = ("*",),
+                 deep: DeepQueue | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.config = config
@@ -166,6 +178,8 @@ class CatalogueEngine:
         self._indexed: list[tuple[str, ItemKind, str]] = []  # marks to clear with the next commit
         self.review_behaviour = list(review_behaviour)
         self.clock = clock
+        self.deep = deep
+        self.deep_skipped = 0  # jobs not queued because the queue was full (a metric)
 
     def _index_of(self, tenant: str, modality: Modality) -> AnyIndex:
         """The tenant's index of ``modality``, opened or created (``get`` with ``create`` on)."""
@@ -302,6 +316,7 @@ class CatalogueEngine:
             emptied += [] if rollup else [old.owner]
         batch.signals = list(item.signals) + signals
         batch.retract = [("seller", s) for s in emptied]
+        pending = self._queue_deep(item, stored, batch)
         batch.facts = facts
         if lid in facts:
             stored.facts.update(facts.pop(lid))
@@ -310,7 +325,39 @@ class CatalogueEngine:
         self._commit_then_index(batch, stored, old)
         own = [s.to_json_dict() for s in batch.signals
                if s.entity_type == "listing" and s.entity_id == lid and not s.shadow]  # shadow: stored only
-        return Scored(lid, own)
+        return Scored(lid, own, pending)
+
+    def _queue_deep(self, item: Extracted, stored: StoredItem, batch: WriteBatch) -> list[str]:
+        """Queue the item's deep work with its own commit, unless the queue is full: then the work is
+        skipped (a metric, and ``deep_skipped`` in the item's facts). Returns the pending signals."""
+        if self.deep is None or not item.deep_images:
+            return []
+        job = DeepJob(stored.tenant, stored.kind, stored.item_id, stored.record, list(item.deep_images),
+                      enqueued_at=self.clock().timestamp())
+        jobs, size = self.store.deep_backlog()
+        if jobs >= self.deep.max_jobs or size + job.size > self.deep.max_bytes:
+            self.deep_skipped += 1
+            stored.facts["deep_skipped"] = {"signals": list(self.deep.pending), "reason": "deep queue full"}
+            return []
+        batch.deep = [job]
+        return list(self.deep.pending)
+
+    # -------------------------------------------------------------- deep tier
+    def deep_backlog(self) -> tuple[int, int]:
+        return self.store.deep_backlog()
+
+    def deep_take(self, limit: int, lease_s: float) -> list[DeepJob]:
+        """Queued deep work for a worker (leased; taken again if the worker dies)."""
+        return self.store.deep_take(limit, lease_s)
+
+    def deep_done(self, job: DeepJob, signals: Sequence[Signal]) -> bool:
+        """Store (and publish) what the deep tier found for ``job``, and drop the job, in one commit.
+        False, and nothing written, when the item was re-posted or deleted since the job was taken."""
+        if not self.store.deep_current(job.id, job.enqueued_at):
+            return False
+        self.store.write(WriteBatch(job.tenant, job.kind, signals=list(signals),
+                                    deep_done=[(job.id, job.enqueued_at)]))
+        return True
 
     def _parsed(self, tenant: str, ids: list[str]) -> ParsedRecords:
         found = self.store.get_items(tenant, "listing", ids)

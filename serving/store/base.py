@@ -60,6 +60,27 @@ class Edge:
 
 
 @dataclass
+class DeepJob:
+    """Deep-tier work (OCR, NSFW) for one item, queued with the item's own commit.
+
+    ``images``: the item's image bytes (the only place the service keeps them, until the job is
+    done); ``enqueued_at`` tells a job apart from the one a re-post of the item replaced it with.
+    """
+
+    tenant: str
+    kind: ItemKind
+    item_id: str
+    record: str
+    images: list[bytes]
+    enqueued_at: float = 0.0
+    id: int = 0
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.images)
+
+
+@dataclass
 class WriteBatch:
     """Everything one request changes, committed together by :meth:`SignalStore.write`."""
 
@@ -81,6 +102,10 @@ class WriteBatch:
     ids, so an id check alone would not see the stale vector)."""
     index_done: list[tuple[str, ItemKind, str]] = field(default_factory=list)
     """Earlier marks whose indexing completed: cleared in this transaction (no extra commit)."""
+    deep: list[DeepJob] = field(default_factory=list)
+    """Deep work queued with the items (replacing an item's earlier job); a deleted item's goes."""
+    deep_done: list[tuple[int, float]] = field(default_factory=list)
+    """(job id, enqueued_at) of finished deep work: removed with the signals it produced."""
 
 
 class SignalStore(Protocol):
@@ -116,6 +141,11 @@ class SignalStore(Protocol):
     def replay_dead_letters(self, sink: str | None = None) -> int: ...
     def outbox_stats(self) -> dict[str, dict[str, float]]: ...
     def on_queued(self, listener: Callable[[], None]) -> None: ...
+    # The deep tier's queue (serving/scoring/deep.py): bounded by the engine, leased to workers.
+    def deep_backlog(self) -> tuple[int, int]: ...
+    def deep_take(self, limit: int, lease_s: float) -> list[DeepJob]: ...
+    def deep_current(self, job_id: int, enqueued_at: float) -> bool: ...
+    def deep_release(self) -> None: ...
     def close(self) -> None: ...
 
 

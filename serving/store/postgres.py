@@ -62,6 +62,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
     """CREATE TABLE dead_letters (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sink TEXT NOT NULL, event TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL, dead_at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL)""",
+]), (2, [
+    """CREATE TABLE deep_jobs (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+        item_id TEXT NOT NULL, record TEXT NOT NULL, images BYTEA NOT NULL, bytes BIGINT NOT NULL,
+        enqueued_at DOUBLE PRECISION NOT NULL, lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+        UNIQUE (tenant, kind, item_id))""",
 ])]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -24,7 +24,15 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from serving.sinks.events import retract_event, signal_event
-from serving.store.base import Edge, ItemKind, StoredItem, WriteBatch, decode_features, encode_features
+from serving.store.base import (
+    DeepJob,
+    Edge,
+    ItemKind,
+    StoredItem,
+    WriteBatch,
+    decode_features,
+    encode_features,
+)
 from signals.schemas import EntityType, Label
 
 PENDING_PREFIX = "index_pending\x1f"
@@ -93,6 +101,23 @@ UPSERT_LATEST = _upsert(
 )
 
 
+UPSERT_DEEP = _upsert(
+    "deep_jobs",
+    ("tenant", "kind", "item_id", "record", "images", "bytes", "enqueued_at", "lease_until"),
+    ("tenant", "kind", "item_id"),
+)
+
+
+def _images_blob(images: Sequence[bytes]) -> bytes:
+    """Image bytes as one ``.npz`` (uint8 arrays: never pickled objects)."""
+    return encode_features({f"i{k}": np.frombuffer(b, dtype=np.uint8) for k, b in enumerate(images)})
+
+
+def _images_of(blob: Any) -> list[bytes]:
+    arrays = decode_features(bytes(blob))
+    return [arrays[f"i{k}"].tobytes() for k in range(len(arrays))]
+
+
 class SqlSignalStore:
     """The :class:`~serving.store.base.SignalStore` over a :class:`Db`; subclasses connect."""
 
@@ -141,9 +166,13 @@ class SqlSignalStore:
         with self._tx() as db:
             for item_id in batch.delete:
                 self._drop_edges(t, k, item_id)
+                db.execute("DELETE FROM deep_jobs WHERE tenant=? AND kind=? AND item_id=?", (t, k, item_id))
                 db.execute("DELETE FROM items WHERE tenant=? AND kind=? AND item_id=?", (t, k, item_id))
                 db.execute(UPSERT_TOMBSTONE, (t, k, item_id, now))
             for it in batch.upsert:
+                if not any(j.item_id == it.item_id for j in batch.deep):  # new content: the old job is moot
+                    db.execute("DELETE FROM deep_jobs WHERE tenant=? AND kind=? AND item_id=?",
+                               (t, k, it.item_id))
                 old = db.execute(
                     "SELECT seq, created_at FROM items WHERE tenant=? AND kind=? AND item_id=?",
                     (t, k, it.item_id),
@@ -192,6 +221,22 @@ class SqlSignalStore:
                     "UPDATE items SET facts=? WHERE tenant=? AND kind=? AND item_id=?",
                     (json.dumps(facts, sort_keys=True), t, k, item_id),
                 )
+            for job in batch.deep:
+                db.execute(
+                    UPSERT_DEEP,
+                    (
+                        job.tenant,
+                        job.kind,
+                        job.item_id,
+                        job.record,
+                        _images_blob(job.images),
+                        job.size,
+                        job.enqueued_at,
+                        0.0,
+                    ),
+                )
+            for job_id, enqueued_at in batch.deep_done:
+                db.execute("DELETE FROM deep_jobs WHERE id=? AND enqueued_at=?", (job_id, enqueued_at))
             for etype, eid in batch.retract:
                 db.execute(
                     "DELETE FROM latest WHERE tenant=? AND entity_type=? AND entity_id=?", (t, etype, eid)
@@ -293,6 +338,39 @@ class SqlSignalStore:
         self._db.execute(
             "DELETE FROM edges WHERE tenant=? AND kind=? AND (a=? OR b=?)", (t, k, item_id, item_id)
         )
+
+    # --------------------------------------------------------------- deep tier
+    def deep_backlog(self) -> tuple[int, int]:
+        """Jobs queued for the deep tier and their image bytes."""
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM deep_jobs").fetchone()
+        return int(row[0]), int(row[1])
+
+    def deep_take(self, limit: int, lease_s: float) -> list[DeepJob]:
+        """Up to ``limit`` jobs, oldest first, leased for ``lease_s`` seconds: a worker that dies
+        with them leaves them to be taken again when the lease ends (and a restart's first take)."""
+        now = time.time()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, tenant, kind, item_id, record, images, enqueued_at FROM deep_jobs "
+                "WHERE lease_until < ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE deep_jobs SET lease_until=? WHERE id=?", [(now + lease_s, r[0]) for r in rows]
+            )
+        return [DeepJob(r[1], r[2], r[3], r[4], _images_of(r[5]), float(r[6]), int(r[0])) for r in rows]
+
+    def deep_current(self, job_id: int, enqueued_at: float) -> bool:
+        """Whether the job is still queued as it was taken (not replaced by a re-post, not deleted)."""
+        row = self._db.execute(
+            "SELECT 1 FROM deep_jobs WHERE id=? AND enqueued_at=?", (job_id, enqueued_at)
+        ).fetchone()
+        return row is not None
+
+    def deep_release(self) -> None:
+        """End every lease (at start-up: the previous process's workers are gone)."""
+        with self._tx() as db:
+            db.execute("UPDATE deep_jobs SET lease_until=0")
 
     # ------------------------------------------------------------------- outbox
     def outbox_next(self, sink: str, limit: int) -> tuple[str, list[tuple[int, str]]]:

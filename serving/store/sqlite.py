@@ -58,6 +58,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
     """CREATE TABLE IF NOT EXISTS dead_letters (
         id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, event TEXT NOT NULL,
         created_at REAL NOT NULL, dead_at REAL NOT NULL, reason TEXT NOT NULL)""",
+]), (2, [
+    """CREATE TABLE deep_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, kind TEXT NOT NULL, item_id TEXT NOT NULL,
+        record TEXT NOT NULL, images BLOB NOT NULL, bytes INTEGER NOT NULL, enqueued_at REAL NOT NULL,
+        lease_until REAL NOT NULL DEFAULT 0, UNIQUE (tenant, kind, item_id))""",
 ])]
 
 

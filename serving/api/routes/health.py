@@ -31,9 +31,11 @@ async def readyz(st: Annotated[ApiState, Depends(state)]) -> dict[str, Any]:
 async def metrics(st: Annotated[ApiState, Depends(state)]) -> Response:
     sizes: dict[tuple[str, str], int] = {}
     sinks: dict[str, dict[str, float]] = {}
+    deep: dict[str, float] = {}
     try:
         sizes = await st.backend.index_sizes()
         sinks = await st.backend.sink_stats()
+        deep = await st.backend.deep_stats()
     except Exception:  # noqa: BLE001 - metrics must answer even while the catalogue is down
         pass
-    return Response(st.metrics.render(sizes, sinks), media_type="text/plain; version=0.0.4")
+    return Response(st.metrics.render(sizes, sinks, deep), media_type="text/plain; version=0.0.4")

@@ -60,3 +60,19 @@ def signal(doc: dict[str, Any], name: str) -> dict[str, Any]:
     found = [s for s in doc["signals"] if s["name"] == name]
     assert found, f"no {name} in {[s['name'] for s in doc['signals']]}"
     return found[0]
+
+
+def text_photo_b64(text: str, size: tuple[int, int] = (640, 240)) -> str:
+    """A JPEG of dark text on white (what the OCR of the deep tier reads)."""
+    from PIL import ImageFont
+
+    font_path = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+    try:
+        font: Any = ImageFont.truetype(font_path, 36)
+    except OSError:
+        font = ImageFont.load_default(36)
+    im = Image.new("RGB", size, "white")
+    ImageDraw.Draw(im).text((20, size[1] // 2 - 24), text, fill="black", font=font)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=92)
+    return base64.b64encode(buf.getvalue()).decode()
