@@ -10,6 +10,7 @@ shard that owns their tenant.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +33,7 @@ from signals.schemas import EntityType, Label, Listing, RecordKind, Review
 def _without_image_bytes(item: Extracted) -> Extracted:
     record = item.record
     if isinstance(record, Listing) and record.images:
-        return Extracted(record.model_copy(update={"images": []}), item.signals, item.features, item.errors)
+        return dataclasses.replace(item, record=record.model_copy(update={"images": []}))
     return item
 
 

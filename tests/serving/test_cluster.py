@@ -5,6 +5,7 @@ A subprocess driver (the pytest process already has the session's Ray) starts a
 ``build_app`` with two ingress replicas of 0.6 CPU (two cannot share a node, so one lands on
 each) and the tenant's indexes split over two index shards of 0.3 CPU (after an ingress replica
 and the 0.1-CPU catalogue, a node has room for one): every search fans out across the nodes.
+The deep tier is off here (no room left; it is tested through HTTP in tests/serving/api).
 Listings and their copies from other sellers go through the head's HTTP proxy; every copy
 must name its original, and both replicas must have served some of them (the proxy's
 preference for its own node's replica is off: both nodes are one machine here).
@@ -51,7 +52,7 @@ try:
     cluster.wait_for_nodes()
     config = MarketGuardConfig.model_validate({"data_dir": str(data_dir), "service": {
         "port": port, "ingress": {"num_replicas": 2, "num_cpus": 0.6}, "catalogue": {"num_cpus": 0.1},
-        "index_shards": {"count": 2, "num_cpus": 0.3}}})
+        "index_shards": {"count": 2, "num_cpus": 0.3}, "deep": {"enabled": False}}})
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"

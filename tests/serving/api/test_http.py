@@ -107,12 +107,44 @@ def test_every_signal_written_is_published_signed_to_the_webhook(http: httpx.Cli
     assert "marketguard_sink_lag_seconds{sink=\"webhook:" in text
 
 
+def test_deep_signals_arrive_after_the_answer(http: httpx.Client, serve_app: Service) -> None:
+    """OCR reads a phone number off the photo after the listing was answered; the deep tier's
+    signals are stored, served and published like any other."""
+    import time
+
+    from tests.serving.api.helpers import text_photo_b64
+
+    a = uid("Ldeep")
+    photo = text_photo_b64("Call +44 7700 900123")
+    body = listing(a, "seller-deep", title=7, image=None, images=[{"data_b64": photo}])
+    r = post(http, serve_app, "/v1/listings", body)
+    assert r.status_code == 200
+    assert r.json()["pending"] == ["content.offplatform_contact@image_ocr", "image.nsfw"]
+    assert not any(s["source"].startswith("image_ocr@") for s in r.json()["signals"])
+    deadline = time.monotonic() + 180  # OCR runs at low priority beside the rest of the suite
+    while time.monotonic() < deadline:
+        stored = get(http, serve_app, f"/v1/entities/listing/{a}/signals").json()["signals"]
+        if {"image_ocr", "image_nsfw"} <= {s["source"].split("@")[0] for s in stored}:
+            break
+        time.sleep(0.5)
+    ocr = next(s for s in stored if s["source"].startswith("image_ocr@"))
+    assert ocr["name"] == "content.offplatform_contact" and ocr["value"] == 1
+    assert any(s["name"] == "image.nsfw" for s in stored)
+    deadline = time.monotonic() + 30
+    while not any(e["entity_id"] == a and e["signal"]["source"].startswith("image_ocr@")
+                  for e in serve_app.hook.events() if e["type"] == "signal"):
+        assert time.monotonic() < deadline, "the deep signal was not published"
+        time.sleep(0.1)
+    assert "marketguard_deep_queued_jobs" in http.get("/metrics").text
+
+
 @pytest.mark.parametrize("tenant", TENANTS)
 def test_a_copy_from_another_seller_matches_and_the_original_learns_of_it(
         http: httpx.Client, serve_app: Service, tenant: str) -> None:
     a, b = uid("La"), uid("Lb")
     r = post(http, serve_app, "/v1/listings", listing(a, "seller-a", image=11), tenant=tenant)
-    assert r.status_code == 200 and r.json()["listing_id"] == a and r.json()["pending"] == []
+    assert r.status_code == 200 and r.json()["listing_id"] == a
+    assert r.json()["pending"] == ["content.offplatform_contact@image_ocr", "image.nsfw"]  # its photo's
     assert signal(r.json(), "near_duplicate.count")["value"] == 0
     r = post(http, serve_app, "/v1/listings", listing(b, "seller-b", image=11), tenant=tenant)
     cross = signal(r.json(), "near_duplicate.cross_seller_count")
