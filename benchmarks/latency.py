@@ -133,6 +133,9 @@ class Plan:
     inproc_conc: int
     freshness: int
     copies: int
+    deep_s: float = 20.0
+    deep_max: int = 200
+    deep_flood: int = 120
 
     def slices(self) -> dict[str, range]:
         """Payload numbers per phase: a payload (a listing id) is posted at most once per run."""
@@ -156,7 +159,8 @@ def plan_for(quick: bool) -> Plan:
     if quick:
         return Plan(prefill=10_000, levels=(1, 4, 16), level_s=4.0, top_round_s=4.0, level_max=(60, 60, 100),
                     rounds=2, echo_s=2.0, echo_max=300, warmup=3, inproc_warm=3, inproc_single=12,
-                    inproc_single_s=6.0, inproc_batches=2, batch=16, inproc_conc=100, freshness=4, copies=2)
+                    inproc_single_s=6.0, inproc_batches=2, batch=16, inproc_conc=100, freshness=4, copies=2,
+                    deep_s=4.0, deep_max=40, deep_flood=24)
     return Plan(prefill=100_000, levels=(1, 4, 16), level_s=20.0, top_round_s=10.0, level_max=(250, 300, 500),
                 rounds=4, echo_s=6.0, echo_max=1000, warmup=5, inproc_warm=3, inproc_single=80,
                 inproc_single_s=30.0, inproc_batches=8, batch=16, inproc_conc=500, freshness=20, copies=3)
@@ -452,6 +456,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def prefill(data_dir: str, n: int, real: list[ListingText], seed: int = 7) -> dict[str, Any]:
     """Child process: ``n`` listings into the store (features included) and the indexes."""
+    from indexes.persistence import DurableIndex
     from serving.config import load_config
     from serving.deployments.catalogue import open_engine
     from serving.scoring.extraction import FastExtraction
@@ -510,7 +515,8 @@ def prefill(data_dir: str, n: int, real: list[ListingText], seed: int = 7) -> di
             ("image_sscd", image_ids, sscd, [{"owner": b["seller_id"], "record_id": b["listing_id"]}
                                              for b in bodies])):
         idx = engine.indexes.get(TENANT, modality)  # type: ignore[arg-type]
-        assert idx is not None
+        if not isinstance(idx, DurableIndex):
+            raise RuntimeError("the pre-fill writes the tenant's local indexes (no index shards here)")
         idx.add(keys, data, meta)  # one add: the IVF is trained for the whole catalogue
         idx.compact()  # a snapshot, so the service's start loads it rather than replaying a log
     index_s = time.perf_counter() - t
@@ -1069,6 +1075,7 @@ def run(quick: bool, port: int = 0, keep: bool = False) -> tuple[dict[str, Any],
                                                 plan.copies).result(timeout=1800)
         details["index_items_after_http"] = [ln for ln in get_text(port, "/metrics")[1].splitlines()
                                              if ln.startswith("marketguard_index_items{")]
+        details["deep_tier"] = deep_tier_phase(port, payload_dir, queries, plan, load)
         inproc(inproc_close)
     except BaseException:
         for pool in (load_pool, inproc_pool, gen_pool, prefill_pool):
@@ -1090,6 +1097,56 @@ def run(quick: bool, port: int = 0, keep: bool = False) -> tuple[dict[str, Any],
             shutil.rmtree(work, ignore_errors=True)
     summarise(plan, steps, app_ms, details)
     return figures_of(plan, details, quick), details
+
+
+def _deep_queued(port: int) -> float:
+    for line in get_text(port, "/metrics")[1].splitlines():
+        if line.startswith("marketguard_deep_queued_jobs "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def deep_tier_phase(port: int, payload_dir: Path, texts: Sequence[ListingText], plan: Plan,
+                    load: Any) -> dict[str, Any]:
+    """The synchronous path with the deep tier idle, then saturated, same run and same requests.
+
+    Text-only listings (no deep work of their own) at one client, first with the deep queue
+    empty, then after a flood of listings whose photos carry text (full OCR, ~0.9 s each on 2
+    cores) filled it for longer than the phase lasts. ``slowdown``: p50 saturated / p50 idle.
+    """
+    photos = photo_paths()
+    files: dict[str, list[str]] = {"idle": [], "saturated": []}
+    for phase in files:
+        for k in range(plan.deep_max):
+            body = listing_body(f"deep-{phase}-{k:04d}", f"deep-seller-{k % 50}", texts[k % len(texts)],
+                                seed=k)
+            path = payload_dir / f"deep-{phase}-{k:04d}.json"
+            path.write_bytes(json.dumps(body).encode())
+            files[phase].append(str(path))
+    deadline = time.monotonic() + 900
+    while _deep_queued(port) > 0 and time.monotonic() < deadline:  # the earlier phases' deep work
+        time.sleep(2.0)
+    out: dict[str, Any] = {"queued_before_idle": _deep_queued(port)}
+    out["idle"] = load(LISTINGS_ROUTE, files["idle"], 1, plan.deep_s)
+    conn = _connect(port, 120.0)
+    for start in range(0, plan.deep_flood, 8):
+        items = []
+        for k in range(start, min(plan.deep_flood, start + 8)):
+            body = listing_body(f"deep-flood-{k:04d}", f"flood-seller-{k}", texts[k % len(texts)],
+                                seed=10_000 + k)
+            jpeg = collage_jpeg(2_000_003 + k, f"CALL 0{7700900100 + k}", photos)
+            items.append(json.loads(_with_image(body, jpeg)))
+        _request(conn, "POST", LISTINGS_ROUTE, json.dumps({"items": items}).encode())
+    conn.close()
+    out["queued_after_flood"] = _deep_queued(port)
+    out["saturated"] = load(LISTINGS_ROUTE, files["saturated"], 1, plan.deep_s)
+    out["queued_after_saturated"] = _deep_queued(port)
+    idle_p50, sat_p50 = out["idle"]["latency_ms"]["p50"], out["saturated"]["latency_ms"]["p50"]
+    out["p50_ms_idle"], out["p50_ms_saturated"] = idle_p50, sat_p50
+    out["slowdown"] = ratio(sat_p50, idle_p50)
+    for phase in ("idle", "saturated"):  # the raw latencies stay out of the results file
+        out[phase] = {k: v for k, v in out[phase].items() if k not in ("ok_ms", "answered")}
+    return out
 
 
 def summarise(plan: Plan, steps: dict[str, list[dict[str, Any]]], app_ms: dict[str, float | None],
@@ -1165,6 +1222,8 @@ def figures_of(plan: Plan, details: dict[str, Any], quick: bool) -> dict[str, An
         + details["freshness"]["errors"],
         "echo_errors": http["echo_c1"]["errors"] + http["echo_c16"]["errors"],
         "freshness_ms": details["freshness"]["freshness_ms"],
+        "deep_tier_slowdown": details["deep_tier"]["slowdown"],
+        "deep_tier_saturated": details["deep_tier"]["queued_after_saturated"] > 0,
         "seconds": details.get("seconds"),
     })
     return figures
