@@ -33,19 +33,18 @@ def check_bind(config: MarketGuardConfig) -> None:
 
 def start_from_batch(config: MarketGuardConfig, run_dir: Path) -> dict[str, int]:
     """Import a finished batch run into the (new) data dir: snapshots, records, edges, signals."""
+    from serving.deployments.catalogue import open_store
     from serving.scoring.backfill import import_batch_run
     from serving.scoring.extraction import FastExtraction
     from serving.scoring.indexes import tenant_is_split
 
     if config.service.catalogue.shards != 1:
         raise InvalidInput("--from-batch", "starting from a batch run needs service.catalogue.shards: 1")
-    if config.store.backend != "sqlite":
-        raise InvalidInput("--from-batch", "starting from a batch run imports into the SQLite store only "
-                                           "(not into PostgreSQL yet)")
     models, _ = FastExtraction.build(config.signals, config.data_dir).models()
     split = config.service.index_shards
     counts = import_batch_run(run_dir, config.data_dir, models,
-                              lambda t: split.count > 1 and tenant_is_split(t, split.tenants))
+                              lambda t: split.count > 1 and tenant_is_split(t, split.tenants),
+                              lambda: open_store(config, with_sinks=False))
     log.warning("started from batch run %s: %s", run_dir, counts)
     return counts
 

@@ -32,6 +32,7 @@ from serving.batch.catalogue import Catalogue, load_catalogue
 from serving.scoring.engine import PDQ_FEATURES
 from serving.scoring.indexes import MODEL_STAMP
 from serving.store.base import Edge, ItemKind, StoredItem, WriteBatch
+from serving.store.sql import SqlSignalStore
 from serving.store.sqlite import SqliteSignalStore
 from signals.errors import InvalidInput
 from signals.schemas import Signal
@@ -74,9 +75,10 @@ def check_stamps(run_dir: Path, models: dict[Modality, str]) -> list[tuple[str, 
 
 
 def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str],
-                     split: Callable[[str], bool] = lambda tenant: False) -> dict[str, int]:
+                     split: Callable[[str], bool] = lambda tenant: False,
+                     open_store: Callable[[], SqlSignalStore] | None = None) -> dict[str, int]:
     """Copy the run's snapshots into ``root/indexes`` and its records, edges, facts and signals
-    into ``root/store.sqlite3``. Returns what was imported.
+    into the store (``open_store()``; default ``root/store.sqlite3``). Returns what was imported.
 
     ``split(tenant)``: whether the tenant's indexes are split over index shards; its snapshots
     are not copied (one index cannot be a shard's partition): the service's start-up
@@ -85,15 +87,12 @@ def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str],
     run_dir = Path(run_dir)
     manifest, digest = _manifest(run_dir)
     kind: ItemKind = "listing" if manifest.get("kind") == "listings" else "review"
-    store = SqliteSignalStore(root / "store.sqlite3")
+    store = open_store() if open_store is not None else SqliteSignalStore(root / "store.sqlite3")
     if store.get_meta(STARTED_KEY) == digest and store.get_meta(META_KEY) is None:
         # An import of this run that died part-way: nothing else was written since (a data dir
         # with a started import refuses other writes only by this rule), so start it afresh.
-        store.close()
-        for suffix in ("", "-wal", "-shm"):
-            (root / f"store.sqlite3{suffix}").unlink(missing_ok=True)
+        store.clear()
         shutil.rmtree(root / "indexes", ignore_errors=True)
-        store = SqliteSignalStore(root / "store.sqlite3")
     try:
         done = store.get_meta(META_KEY)
         if done == digest:
@@ -154,7 +153,7 @@ def _facts(run_dir: Path, kind: ItemKind) -> dict[tuple[str, str], dict[str, Any
     return facts
 
 
-def _import_items(store: SqliteSignalStore, cat: Catalogue, kind: ItemKind,
+def _import_items(store: SqlSignalStore, cat: Catalogue, kind: ItemKind,
                   facts: dict[tuple[str, str], dict[str, Any]]) -> int:
     order = np.argsort(cat.image_rows, kind="stable") if len(cat.image_rows) else np.zeros(0, dtype=np.int64)
     sorted_rows = np.asarray(cat.image_rows)[order] if len(order) else np.zeros(0, dtype=np.int64)
@@ -192,7 +191,7 @@ def _import_items(store: SqliteSignalStore, cat: Catalogue, kind: ItemKind,
     return n
 
 
-def _import_edges(store: SqliteSignalStore, path: Path, kind: ItemKind) -> int:
+def _import_edges(store: SqlSignalStore, path: Path, kind: ItemKind) -> int:
     if not path.exists():
         return 0
     n = 0
@@ -208,7 +207,7 @@ def _import_edges(store: SqliteSignalStore, path: Path, kind: ItemKind) -> int:
     return n
 
 
-def _import_signals(store: SqliteSignalStore, path: Path, kind: ItemKind) -> int:
+def _import_signals(store: SqlSignalStore, path: Path, kind: ItemKind) -> int:
     n = 0
     chunk: list[Signal] = []
     for s in _signal_lines(path):

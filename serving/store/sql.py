@@ -171,8 +171,9 @@ class SqlSignalStore:
                 db.execute(UPSERT_TOMBSTONE, (t, k, item_id, now))
             for it in batch.upsert:
                 if not any(j.item_id == it.item_id for j in batch.deep):  # new content: the old job is moot
-                    db.execute("DELETE FROM deep_jobs WHERE tenant=? AND kind=? AND item_id=?",
-                               (t, k, it.item_id))
+                    db.execute(
+                        "DELETE FROM deep_jobs WHERE tenant=? AND kind=? AND item_id=?", (t, k, it.item_id)
+                    )
                 old = db.execute(
                     "SELECT seq, created_at FROM items WHERE tenant=? AND kind=? AND item_id=?",
                     (t, k, it.item_id),
@@ -338,6 +339,27 @@ class SqlSignalStore:
         self._db.execute(
             "DELETE FROM edges WHERE tenant=? AND kind=? AND (a=? OR b=?)", (t, k, item_id, item_id)
         )
+
+    TABLES: ClassVar[tuple[str, ...]] = (
+        "items",
+        "edges",
+        "latest",
+        "history",
+        "tombstones",
+        "labels",
+        "meta",
+        "entity_seq",
+        "outbox",
+        "dead_letters",
+        "deep_jobs",
+    )
+
+    def clear(self) -> None:
+        """Delete every row (an import that died part-way starts afresh); the schema stays."""
+        with self._tx() as db:
+            for table in self.TABLES:
+                db.execute(f"DELETE FROM {table}")  # noqa: S608 - the store's own table names
+        self._seq = 0
 
     # --------------------------------------------------------------- deep tier
     def deep_backlog(self) -> tuple[int, int]:

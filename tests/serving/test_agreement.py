@@ -218,3 +218,37 @@ def test_a_batch_run_is_published_to_redis(tmp_path: Path, batch_run: tuple[Path
         assert json.loads(h[f"{s['name']}@{s['source']}"])["value"] == s["value"], s
     assert r.xlen(stream_key("marketguard", "default")) == len(signals)
     assert publish_run(run, pub_cfg)["already_published"]
+
+
+def test_the_service_starts_from_a_batch_run_on_postgres(tmp_path: Path, batch_run: tuple[Path, Path, Any],
+                                                          postgres: Any) -> None:
+    """``--from-batch`` into a PostgreSQL store: the run is served and matchable from the first request."""
+    from serving.config import StoreConfig
+    from serving.deployments.run import start_from_batch
+    from serving.store.postgres import PostgresSignalStore
+    from tests.serving.servers import pg_schema
+
+    folder, out, cfg = batch_run
+    svc_dir = tmp_path / "svc"
+    svc_dir.mkdir()
+    (svc_dir / "models").symlink_to(cfg.data_dir / "models")
+    store = StoreConfig(backend="postgres", url=postgres.url, pg_schema=pg_schema())
+    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir, "store": store})
+    assert start_from_batch(svc_cfg, out)["items"] == 20
+    assert start_from_batch(svc_cfg, out)["items"] == 0  # the same run again: a no-op
+    extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
+    engine = open_engine(svc_cfg, *extraction.models())
+    assert isinstance(engine.store, PostgresSignalStore)
+    assert engine.reconcile() == {"added": 0, "removed": 0}
+    client = TestClient(create_app(LocalBackend(extraction, engine), svc_cfg.service))
+    batch = {_key(s): s for s in signals_of(out)}
+    first = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
+    of_sc1 = [s for s in batch.values() if s["entity_type"] == "listing" and s["entity_id"] == "SC1"]
+    assert {_key(s): _comparable(s) for s in first} == {_key(s): _comparable(s) for s in of_sc1}
+    row = next(r for r in catalogue_rows() if r["listing_id"] == "SC2")
+    copy = {**row, "listing_id": "SC-new", "seller_id": "burner-new",
+            "images": [{"data_b64": base64.b64encode((folder / "phone.jpg").read_bytes()).decode()}]}
+    r = client.post("/v1/listings", json=copy).json()
+    count = next(s for s in r["signals"] if s["name"] == "near_duplicate.count")
+    assert {"SC0", "SC1", "SC2"} <= {m["id"] for m in count["evidence"]["matches"]}
+    engine.close()
