@@ -802,13 +802,8 @@ class CatalogueEngine:
         return self.indexes.sizes()
 
     def compact(self) -> None:
-        """Re-train vector indexes that outgrew their IVF training (``vector.retrain_growth``), then
-        snapshot every open index whose log grew. A timer calls it, between writes."""
-        for _, _, idx in self.indexes.opened():
-            index = idx.index
-            retrained = isinstance(index, VectorIndex) and index.compact()
-            if retrained or idx.log_bytes:
-                idx.compact()
+        """Re-train grown IVFs and snapshot grown logs of the local indexes (index shards do their own)."""
+        self.indexes.compact()
 
     def close(self) -> None:
         self.indexes.close()

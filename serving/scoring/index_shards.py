@@ -108,11 +108,7 @@ class IndexShardCore:
 
     def compact(self) -> None:
         """Re-train grown IVFs and snapshot grown logs (a timer calls it, off the request path)."""
-        for _, _, idx in self.indexes.opened():
-            index = idx.index
-            retrained = isinstance(index, VectorIndex) and index.compact()
-            if retrained or idx.log_bytes:
-                idx.compact()
+        self.indexes.compact()
 
     def close(self) -> None:
         self.indexes.close()

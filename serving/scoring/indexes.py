@@ -262,6 +262,15 @@ class TenantIndexes:
         idx = self.get(tenant, modality, create=False)
         return None if idx is None else idx.meta.get(item_id)
 
+    def compact(self) -> None:
+        """Re-train vector indexes that outgrew their IVF training (``vector.retrain_growth``), then
+        snapshot every open local index whose log grew (a timer calls it, between writes)."""
+        for _, _, idx in self.opened():
+            index = idx.index
+            retrained = isinstance(index, VectorIndex) and index.compact()
+            if retrained or idx.log_bytes:
+                idx.compact()
+
     def close(self) -> None:
         for idx in self._open.values():
             idx.close()

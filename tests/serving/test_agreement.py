@@ -126,6 +126,22 @@ def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tupl
         close_local_clients(shards)
 
 
+def served_from_the_first_request(client: TestClient, folder: Path, out: Path) -> dict[Any, Any]:
+    """A batch-scored listing's signals are served as the run wrote them, and a copy posted now
+    matches the run's listings; returns the run's signals by key."""
+    batch = {_key(s): s for s in signals_of(out)}
+    first = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
+    of_sc1 = [s for s in batch.values() if s["entity_type"] == "listing" and s["entity_id"] == "SC1"]
+    assert {_key(s): _comparable(s) for s in first} == {_key(s): _comparable(s) for s in of_sc1}
+    row = next(r for r in catalogue_rows() if r["listing_id"] == "SC2")
+    copy = {**row, "listing_id": "SC-new", "seller_id": "burner-new",
+            "images": [{"data_b64": base64.b64encode((folder / "phone.jpg").read_bytes()).decode()}]}
+    r = client.post("/v1/listings", json=copy).json()
+    count = next(s for s in r["signals"] if s["name"] == "near_duplicate.count")
+    assert {"SC0", "SC1", "SC2"} <= {m["id"] for m in count["evidence"]["matches"]}
+    return batch
+
+
 def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Path, Path, Any]) -> None:
     """``--from-batch``: the run's catalogue is matchable and its signals are served from the first
     request; a copy posted then updates the batch-scored original and the seller roll-ups."""
@@ -150,17 +166,7 @@ def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Pa
     engine = open_engine(svc_cfg, models, dims)
     assert engine.reconcile() == {"added": 0, "removed": 0}  # snapshots and store agree
     client = TestClient(create_app(LocalBackend(extraction, engine), svc_cfg.service))
-    batch = {_key(s): s for s in signals_of(out)}
-    first = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
-    of_sc1 = [s for s in batch.values() if s["entity_type"] == "listing" and s["entity_id"] == "SC1"]
-    assert {_key(s): _comparable(s) for s in first} == {_key(s): _comparable(s) for s in of_sc1}
-    row = next(r for r in catalogue_rows() if r["listing_id"] == "SC2")
-    copy = {**row, "listing_id": "SC-new", "seller_id": "burner-new",
-            "images": [{"data_b64": base64.b64encode((folder / "phone.jpg").read_bytes()).decode()}]}
-    r = client.post("/v1/listings", json=copy).json()
-    count = next(s for s in r["signals"] if s["name"] == "near_duplicate.count")
-    matched = {m["id"] for m in count["evidence"]["matches"]}
-    assert {"SC0", "SC1", "SC2"} <= matched
+    batch = served_from_the_first_request(client, folder, out)
     sc1 = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
     size = next(s["value"] for s in sc1 if s["name"] == "near_duplicate.cluster_size")
     assert size == batch[("listing", "SC1", "near_duplicate.cluster_size")]["value"] + 1
@@ -241,14 +247,5 @@ def test_the_service_starts_from_a_batch_run_on_postgres(tmp_path: Path, batch_r
     assert isinstance(engine.store, PostgresSignalStore)
     assert engine.reconcile() == {"added": 0, "removed": 0}
     client = TestClient(create_app(LocalBackend(extraction, engine), svc_cfg.service))
-    batch = {_key(s): s for s in signals_of(out)}
-    first = client.get("/v1/entities/listing/SC1/signals").json()["signals"]
-    of_sc1 = [s for s in batch.values() if s["entity_type"] == "listing" and s["entity_id"] == "SC1"]
-    assert {_key(s): _comparable(s) for s in first} == {_key(s): _comparable(s) for s in of_sc1}
-    row = next(r for r in catalogue_rows() if r["listing_id"] == "SC2")
-    copy = {**row, "listing_id": "SC-new", "seller_id": "burner-new",
-            "images": [{"data_b64": base64.b64encode((folder / "phone.jpg").read_bytes()).decode()}]}
-    r = client.post("/v1/listings", json=copy).json()
-    count = next(s for s in r["signals"] if s["name"] == "near_duplicate.count")
-    assert {"SC0", "SC1", "SC2"} <= {m["id"] for m in count["evidence"]["matches"]}
+    served_from_the_first_request(client, folder, out)
     engine.close()
