@@ -122,6 +122,9 @@ class DeepTierConfig(BaseModel):
     max_jobs: int = Field(default=1000, ge=1, description="queued jobs; past it deep work is skipped")
     max_bytes: int = Field(default=256 << 20, ge=1 << 20, description="queued image bytes; past it skipped")
     batch: int = Field(default=4, ge=1, le=256, description="jobs a worker takes at once")
+    threads: int = Field(default=1, ge=1, le=64,
+                         description="OCR and NSFW threads in the deep replica (instead of "
+                                     "signals.images.*.threads there): a core is left to the request path")
     lease_s: float = Field(default=300.0, gt=0, description="a taken job is taken again after this")
     poll_s: float = Field(default=0.5, gt=0, le=60, description="idle wait between looks for work")
 

@@ -24,14 +24,17 @@ class DeepTier:
 
     Ray's ``num_cpus`` is bookkeeping, not isolation: OCR at ~0.9 s an image would take the cores
     the request path needs, so the replica's process runs at ``service.deep.nice`` (set once,
-    here, for this process only).
+    here, for this process only) and its models on ``service.deep.threads`` threads (1).
     """
 
     def __init__(self, config: MarketGuardConfig, catalogues: Sequence[DeploymentHandle]) -> None:
         configure_process(config)
         self.config = config.service.deep
         os.nice(self.config.nice)
-        self.work = DeepWork.build(config.signals, config.data_dir)
+        images = config.signals.images.model_copy(update={
+            "ocr": config.signals.images.ocr.model_copy(update={"threads": self.config.threads}),
+            "nsfw": config.signals.images.nsfw.model_copy(update={"threads": self.config.threads})})
+        self.work = DeepWork.build(config.signals.model_copy(update={"images": images}), config.data_dir)
         self.catalogues = list(catalogues)
         self.done = 0
         self._stop = threading.Event()
