@@ -117,8 +117,9 @@ class DeepTierConfig(BaseModel):
 
     enabled: bool = True
     num_cpus: float = Field(default=0.25, gt=0, le=64)
-    nice: int = Field(default=10, ge=0, le=19, description="the deep replica's CPU priority (os.nice): "
-                                                            "num_cpus is bookkeeping, not isolation")
+    idle_class: bool = Field(default=True, description="run the deep replica in Linux's SCHED_IDLE class "
+                                                          "(only on otherwise idle CPU)")
+    nice: int = Field(default=10, ge=0, le=19, description="its priority where SCHED_IDLE is not available")
     max_jobs: int = Field(default=1000, ge=1, description="queued jobs; past it deep work is skipped")
     max_bytes: int = Field(default=256 << 20, ge=1 << 20, description="queued image bytes; past it skipped")
     batch: int = Field(default=4, ge=1, le=256, description="jobs a worker takes at once")

@@ -18,19 +18,34 @@ from serving.scoring.deep import DeepWork
 log = logging.getLogger(__name__)
 
 
+def lower_priority(nice: int, idle_class: bool) -> str:
+    """Make this thread, and the threads it starts from now on (the worker, the models' pools),
+    yield the CPU: Linux's SCHED_IDLE class when asked and available (they run only on a core
+    nothing else wants), else ``nice``. Returns what was applied."""
+    if idle_class and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:
+            pass
+    os.nice(nice)
+    return f"nice {nice}"
+
+
 @serve.deployment(name="deep")
 class DeepTier:
     """One worker thread over every catalogue shard's deep queue, in a process that yields the CPU.
 
     Ray's ``num_cpus`` is bookkeeping, not isolation: OCR at ~0.9 s an image would take the cores
-    the request path needs, so the replica's process runs at ``service.deep.nice`` (set once,
-    here, for this process only) and its models on ``service.deep.threads`` threads (1).
+    the request path needs, so the replica's threads run in Linux's idle scheduling class (or at
+    ``service.deep.nice``; set once, here, for this process only) and its models on
+    ``service.deep.threads`` threads (1).
     """
 
     def __init__(self, config: MarketGuardConfig, catalogues: Sequence[DeploymentHandle]) -> None:
         configure_process(config)
         self.config = config.service.deep
-        os.nice(self.config.nice)
+        lower_priority(self.config.nice, self.config.idle_class)
         images = config.signals.images.model_copy(update={
             "ocr": config.signals.images.ocr.model_copy(update={"threads": self.config.threads}),
             "nsfw": config.signals.images.nsfw.model_copy(update={"threads": self.config.threads})})
