@@ -23,7 +23,23 @@ from typing import Any, Literal
 Redaction = Literal["none", "mask", "hash"]
 
 PERSONAL_SIGNALS = frozenset({"content.offplatform_contact"})
-_VALUE_KEYS = ("matched", "normalized")
+# What a match may carry out as it is; every other string (the value found, its normal form, a
+# messaging link, whatever a later rule adds) is masked or hashed: an allowlist, not a denylist.
+SAFE_KEYS = frozenset(
+    {
+        "kind",
+        "field",
+        "start",
+        "end",
+        "techniques",
+        "app",
+        "shortener",
+        "ip_host",
+        "scheme",
+        "source",
+        "image",
+    }
+)
 
 
 def mask(value: str) -> str:
@@ -45,11 +61,24 @@ def redact_event(event: dict[str, Any], mode: Redaction, key: str | None = None)
     if mode == "hash" and not key:
         raise ValueError("redact: hash needs a redact_key")
     out = copy.deepcopy(event)
-    for match in out["signal"].get("evidence", {}).get("matches", []):
-        if not isinstance(match, dict):
-            continue
-        basis = str(match.get("normalized") or match.get("matched") or "")
-        for k in _VALUE_KEYS:
-            if isinstance(match.get(k), str):
-                match[k] = mask(match[k]) if mode == "mask" else keyed_hash(basis, key or "")
+    evidence = out["signal"].get("evidence", {})
+    matches = evidence.get("matches", [])
+    evidence["matches"] = [_redact_match(m, mode, key or "") for m in matches if isinstance(m, dict)]
+    return out
+
+
+def _redact_match(match: dict[str, Any], mode: Redaction, key: str) -> dict[str, Any]:
+    basis = str(match.get("normalized") or match.get("matched") or "")
+    out: dict[str, Any] = {}
+    for k, v in match.items():
+        if k in SAFE_KEYS and not (k == "app" and not isinstance(v, str)):
+            out[k] = v
+        elif isinstance(v, str):
+            # the value and its normal form share one token, so a receiver can still correlate
+            out[k] = (
+                mask(v) if mode == "mask" else keyed_hash(basis if k in ("matched", "normalized") else v, key)
+            )
+        elif isinstance(v, bool | int | float) or v is None:
+            out[k] = v
+        # anything else (a list, a mapping) that is not known to be safe stays home
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from serving.config import WebhookSinkConfig
@@ -43,3 +45,27 @@ def test_other_signals_pass_untouched_and_hash_needs_a_key() -> None:
     with pytest.raises(ValueError, match="redact_key"):
         WebhookSinkConfig(url="https://x.example/h", secrets=["s"], redact="hash")
     assert WebhookSinkConfig(url="https://x.example/h", secrets=["s"]).redact == "mask"  # the default
+
+
+@pytest.mark.parametrize("mode", ["mask", "hash"])
+def test_no_contact_value_leaves_in_what_the_content_rules_really_emit(mode: str) -> None:
+    from signals.config import ContentRulesConfig
+    from signals.content_rules import ContentRulesExtractor
+    from signals.schemas import Listing
+
+    values = ["wa.me/447700900123", "t.me/johnsmith99", "7700 900123", "bob.seller@example.com",
+              "sketchy-shop.example.net/pay"]
+    text = ("Message me on wa.me/447700900123 or t.me/johnsmith99, call +44 7700 900123, "
+            "mail bob.seller@example.com or pay at https://sketchy-shop.example.net/pay")
+    item = Listing(listing_id="L1", seller_id="s", title="Bike", description=text, price=10, currency="GBP")
+    extractor = ContentRulesExtractor(ContentRulesConfig())
+    found = extractor.extract_batch([item])[0].signals
+    contact = next(s for s in found if s.name == "content.offplatform_contact")
+    event = signal_event(contact.to_json_dict(), 1)
+    raw = json.dumps(event)
+    assert all(v in raw for v in ("johnsmith99", "bob.seller@example.com", "447700900123"))  # found as is
+    redacted = json.dumps(redact_event(event, mode, "k"))  # type: ignore[arg-type]
+    parts = ["johnsmith99", "447700900123", "bob.seller", "sketchy-shop"]
+    leaked = [v for v in values + parts if v in redacted]
+    assert not leaked, leaked
+    assert '"kind": "handle"' in redacted and '"kind": "email"' in redacted  # what was found is still said
