@@ -161,9 +161,11 @@ def _run(request: BatchRequest, config: MarketGuardConfig, kind: Kind, units: li
 # ------------------------------------------------------------------------ manifest
 def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path],
               units: int) -> dict[str, Any]:
-    # What shapes the outputs; not where state lives or how many actors run it.
-    shaping = config.model_dump(mode="json", exclude={"data_dir": True,
-                                                      "batch": {"actors", "actor_cpus", "top"}})
+    # What shapes the outputs (the extractors, the index rules, the job's own settings); not where
+    # state lives, how many actors run it, nor the service's settings (sinks, store, shadow, ...):
+    # configuring a webhook must not make a finished run's --publish look like another run.
+    shaping = config.model_dump(mode="json", include={"signals": True, "indexes": True, "batch": True},
+                                exclude={"batch": {"actors", "actor_cpus", "top"}})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units,
             "settings_sha256": digest, "marketguard": _version(),

@@ -1,7 +1,7 @@
 """The signal store on SQL: one implementation for SQLite and PostgreSQL.
 
 Everything the store does is written once here in SQL both databases run (``?`` placeholders,
-``INSERT ... ON CONFLICT ... DO UPDATE``, ``RETURNING``, ``IS NOT DISTINCT FROM``); a backend
+``INSERT ... ON CONFLICT ... DO UPDATE``, ``RETURNING``); a backend
 (:mod:`serving.store.sqlite`, :mod:`serving.store.postgres`) supplies its connections, how a write
 transaction begins, the few words that differ and its versioned migrations.
 
@@ -123,6 +123,7 @@ class SqlSignalStore:
 
     BEGIN: ClassVar[str] = "BEGIN"
     GREATEST: ClassVar[str] = "GREATEST"
+    NULL_SAFE_EQ: ClassVar[str] = "IS NOT DISTINCT FROM"  # = that also matches NULL to NULL
 
     def __init__(
         self, writer: Db, reader: Db, sinks: Sequence[str] = (), shadow_sinks: Sequence[str] = ()
@@ -537,12 +538,12 @@ class SqlSignalStore:
 
     def items_of_group(self, tenant: str, kind: ItemKind, group: str | None) -> list[StoredItem]:
         return self._items(
-            "tenant=? AND kind=? AND grp IS NOT DISTINCT FROM ? ORDER BY seq", (tenant, kind, group), False
+            f"tenant=? AND kind=? AND grp {self.NULL_SAFE_EQ} ? ORDER BY seq", (tenant, kind, group), False
         )
 
     def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]:
         rows = self._rows(
-            "SELECT price FROM items WHERE tenant=? AND kind='listing' AND grp IS NOT DISTINCT FROM ? "
+            f"SELECT price FROM items WHERE tenant=? AND kind='listing' AND grp {self.NULL_SAFE_EQ} ? "
             "AND currency=? AND price > 0 ORDER BY seq DESC LIMIT ?",
             (tenant, group, currency, limit),
         )

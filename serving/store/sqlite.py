@@ -66,6 +66,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
 ])]
 
 
+MIN_SQLITE = (3, 35, 0)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # Used from the deployment's event-loop thread and its worker threads, one at a time (the
     # store's locks), so SQLite's same-thread check is off; transactions are explicit.
@@ -77,8 +80,13 @@ class SqliteSignalStore(SqlSignalStore):
 
     BEGIN = "BEGIN IMMEDIATE"
     GREATEST = "MAX"  # SQLite's two-argument MAX is PostgreSQL's GREATEST
+    NULL_SAFE_EQ = "IS"  # SQLite's IS compares NULLs too (IS NOT DISTINCT FROM needs 3.39)
 
     def __init__(self, path: Path, sinks: Sequence[str] = (), shadow_sinks: Sequence[str] = ()) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            need = ".".join(map(str, MIN_SQLITE))
+            raise RuntimeError(f"the store needs SQLite >= {need} (RETURNING, upserts); this Python has "
+                               f"{sqlite3.sqlite_version}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = _connect(self.path)

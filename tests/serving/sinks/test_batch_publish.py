@@ -61,3 +61,21 @@ def test_publishing_needs_sinks_and_a_finished_run(tmp_path: Path, receiver: Rec
         publish_run(tmp_path, MarketGuardConfig.model_validate({"data_dir": str(tmp_path)}))
     with pytest.raises(InvalidInput, match="not a finished batch run"):
         publish_run(tmp_path / "nothing", config_for(receiver, tmp_path))
+
+
+def test_configuring_sinks_does_not_make_a_finished_run_another_run(tmp_path: Path) -> None:
+    """The run's settings digest covers what shapes its outputs, not the service's settings: a
+    webhook configured after the run (or a store URL) must not refuse its ``--publish``."""
+    from serving.batch.job import BatchRequest, _manifest
+
+    request = BatchRequest("listings", tmp_path, tmp_path / "out")
+    base = MarketGuardConfig.model_validate({"data_dir": str(tmp_path)})
+    digest = _manifest(request, base, [], 1)["settings_sha256"]
+    service_side = MarketGuardConfig.model_validate({"data_dir": str(tmp_path / "elsewhere"), "sinks": {
+        "webhooks": [{"url": "https://risk.example.com/h", "secrets": ["s"]}]},
+        "store": {"backend": "postgres", "url": "postgresql://u@db/x"}, "service": {"port": 9000},
+        "shadow": {"content_rules": {}}})
+    assert _manifest(request, service_side, [], 1)["settings_sha256"] == digest
+    shaping = MarketGuardConfig.model_validate({"data_dir": str(tmp_path), "indexes": {"thresholds": {
+        "image_pdq": 20}}})
+    assert _manifest(request, shaping, [], 1)["settings_sha256"] != digest
