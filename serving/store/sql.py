@@ -118,6 +118,12 @@ def _images_of(blob: Any) -> list[bytes]:
     return [arrays[f"i{k}"].tobytes() for k in range(len(arrays))]
 
 
+def _micros(wire: dict[str, Any]) -> int:
+    """A signal's ``observed_at`` in microseconds since the epoch."""
+    stamp = datetime.fromisoformat(str(wire["observed_at"]).replace("Z", "+00:00"))
+    return int(stamp.timestamp() * 1_000_000)
+
+
 class SqlSignalStore:
     """The :class:`~serving.store.base.SignalStore` over a :class:`Db`; subclasses connect."""
 
@@ -256,27 +262,30 @@ class SqlSignalStore:
                 )
                 self._enqueue(signal_event(wire, self._next_seq(s.tenant, s.entity_type, s.entity_id)))
 
-    def _next_seq(self, tenant: str, entity_type: str, entity_id: str) -> int:
+    def _next_seq(self, tenant: str, entity_type: str, entity_id: str, floor_us: int | None = None) -> int:
         """The entity's next event sequence number (inside the write transaction): strictly
-        increasing per entity, and at least the commit time in microseconds, so events of one
-        entity from different stores (a batch run's ``--publish``, then the service started from
-        it) still order by time."""
+        increasing per entity, and at least ``floor_us``, by default the commit time in microseconds,
+        so events of one entity from different stores (a batch run's ``--publish``, the service)
+        order by when they were observed."""
         row = self._db.execute(
             "INSERT INTO entity_seq (tenant, entity_type, entity_id, seq) VALUES (?,?,?,?) "
             "ON CONFLICT (tenant, entity_type, entity_id) "
             f"DO UPDATE SET seq = {self.GREATEST}(entity_seq.seq + 1, excluded.seq) RETURNING seq",
-            (tenant, entity_type, entity_id, time.time_ns() // 1000),
+            (tenant, entity_type, entity_id, time.time_ns() // 1000 if floor_us is None else floor_us),
         ).fetchone()
         return int(row[0])
 
     def queue_signals(self, signals: Sequence[dict[str, Any]], meta: dict[str, str] | None = None) -> int:
         """Queue events for signals (their wire form) without storing them, with ``meta`` updated in
-        the same transaction (a batch run's ``--publish`` keeps its place this way)."""
+        the same transaction (a batch run's ``--publish`` keeps its place this way). Their sequence
+        numbers follow their ``observed_at``: a run published after the service wrote newer values
+        never outranks them."""
         with self._tx() as db:
             for wire in signals:
                 self._enqueue(
                     signal_event(
-                        dict(wire), self._next_seq(wire["tenant"], wire["entity_type"], wire["entity_id"])
+                        dict(wire),
+                        self._next_seq(wire["tenant"], wire["entity_type"], wire["entity_id"], _micros(wire)),
                     )
                 )
             for key, value in (meta or {}).items():

@@ -77,6 +77,22 @@ def test_events_are_queued_with_their_signals_for_each_sink(tmp_path: Path,
     plain.close()
 
 
+def test_a_batch_runs_events_never_outrank_newer_service_values(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    service = SqliteSignalStore(tmp_path / "svc.sqlite3", sinks=["s"])
+    service.write(WriteBatch("default", "listing", signals=[sig("L1", value=5)]))  # now
+    run = SqliteSignalStore(tmp_path / "run.sqlite3", sinks=["s"])
+    old = Signal(entity_type="listing", entity_id="L1", name="near_duplicate.count", value=1, source="index@1",
+                 observed_at=datetime.now(UTC) - timedelta(days=2))
+    run.queue_signals([old.to_json_dict()])  # published afterwards, observed before
+    seq_service = json.loads(service.outbox_next("s", 10)[1][0][1])["seq"]
+    seq_run = json.loads(run.outbox_next("s", 10)[1][0][1])["seq"]
+    assert seq_run < seq_service
+    service.close()
+    run.close()
+
+
 def test_a_failed_delivery_is_retried_whole_with_the_same_id(
         open_store: Callable[..., SqlSignalStore]) -> None:
     store = open_store(sinks=["flaky"])
