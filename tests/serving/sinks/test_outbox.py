@@ -83,8 +83,8 @@ def test_a_batch_runs_events_never_outrank_newer_service_values(tmp_path: Path) 
     service = SqliteSignalStore(tmp_path / "svc.sqlite3", sinks=["s"])
     service.write(WriteBatch("default", "listing", signals=[sig("L1", value=5)]))  # now
     run = SqliteSignalStore(tmp_path / "run.sqlite3", sinks=["s"])
-    old = Signal(entity_type="listing", entity_id="L1", name="near_duplicate.count", value=1, source="index@1",
-                 observed_at=datetime.now(UTC) - timedelta(days=2))
+    old = Signal(entity_type="listing", entity_id="L1", name="near_duplicate.count", value=1,
+                 source="index@1", observed_at=datetime.now(UTC) - timedelta(days=2))
     run.queue_signals([old.to_json_dict()])  # published afterwards, observed before
     seq_service = json.loads(service.outbox_next("s", 10)[1][0][1])["seq"]
     seq_run = json.loads(run.outbox_next("s", 10)[1][0][1])["seq"]
