@@ -222,14 +222,13 @@ def _cmd_sinks_replay(args: argparse.Namespace, config: MarketGuardConfig,
         path = args.run / OUTBOX
         opened = [SqliteSignalStore(path, sinks=sink_names(config.sinks))] if path.exists() else []
     else:
-        opened = [open_store(config, shard, shards) for shard in range(shards)]
+        opened = [open_store(config, shard, shards, exclusive=False) for shard in range(shards)]
     replayed = 0
     for store in opened:
         try:
-            n = store.replay_dead_letters(args.sink)
-            if n and args.run is not None:
-                store.set_meta("published", "")  # the run's next --publish delivers them
-            replayed += n
+            # a run's next --publish delivers them (marked in the replay's own transaction)
+            mark = {"published": ""} if args.run is not None else None
+            replayed += store.replay_dead_letters(args.sink, mark)
         finally:
             store.close()
     out.write(json.dumps({"replayed": replayed}) + "\n")

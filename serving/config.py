@@ -212,7 +212,15 @@ class SinksConfig(BaseModel):
         description="an idle sink looks again after this (a commit in this process wakes it at once)")
     max_backoff_s: float = Field(default=30.0, gt=0, description="a failing sink waits at most this long")
     dead_letter_after_s: float = Field(
-        default=86_400.0, gt=0, description="a failing sink's events older than this are dead-lettered")
+        default=86_400.0, gt=0,
+        description="a sink failing for longer than this has its events older than this dead-lettered")
+
+    @model_validator(mode="after")
+    def _one_sink_per_url(self) -> SinksConfig:
+        urls = [w.url for w in self.webhooks]
+        if len(set(urls)) != len(urls):
+            raise ValueError("sinks.webhooks: each URL once (its events would be split between the entries)")
+        return self
 
 
 class StoreConfig(BaseModel):

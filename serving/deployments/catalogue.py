@@ -48,16 +48,17 @@ def shard_dir(data_dir: Path, shard: int, shards: int) -> Path:
 
 
 def open_store(config: MarketGuardConfig, shard: int = 0, shards: int = 1, *,
-               with_sinks: bool = True) -> SqlSignalStore:
+               with_sinks: bool = True, exclusive: bool = True) -> SqlSignalStore:
     """The store of one catalogue shard: its SQLite file, or its schema on the PostgreSQL server.
-    ``with_sinks``: queue events for the configured sinks (the service); off for offline tools."""
+    ``with_sinks``: queue events for the configured sinks (the service); off for offline tools.
+    ``exclusive``: the shard's one writer (PostgreSQL fences others); off for a tool beside it."""
     sinks = sink_names(config.sinks) if with_sinks else []
     shadow = sink_names(config.sinks, shadow_only=True) if with_sinks else []
     if config.store.backend == "postgres":
         from serving.store.postgres import PostgresSignalStore
 
         schema = config.store.pg_schema if shards == 1 else f"{config.store.pg_schema}_shard_{shard}"
-        return PostgresSignalStore(str(config.store.url), schema, sinks, shadow)
+        return PostgresSignalStore(str(config.store.url), schema, sinks, shadow, exclusive=exclusive)
     return SqliteSignalStore(shard_dir(config.data_dir, shard, shards) / "store.sqlite3", sinks, shadow)
 
 

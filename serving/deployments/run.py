@@ -49,6 +49,27 @@ def start_from_batch(config: MarketGuardConfig, run_dir: Path) -> dict[str, int]
     return counts
 
 
+def _store_state(config: MarketGuardConfig) -> bool:
+    """Whether the store is new (nothing written yet); refuses a store whose ``--from-batch``
+    import died part-way (serving it would mix a half import with new writes, which the next
+    import would wipe)."""
+    from serving.deployments.catalogue import open_store
+    from serving.scoring.backfill import META_KEY, STARTED_KEY
+
+    shards = config.service.catalogue.shards
+    new = True
+    for shard in range(shards):
+        store = open_store(config, shard, shards, with_sinks=False)
+        try:
+            if store.get_meta(STARTED_KEY) is not None and store.get_meta(META_KEY) is None:
+                raise InvalidInput("--from-batch", "the store holds a --from-batch import that did not "
+                                                   "finish: run `serve --from-batch RUN_DIR` again")
+            new = new and not store.counts() and store.get_meta("seq") is None
+        finally:
+            store.close()
+    return new
+
+
 def serve_forever(config: MarketGuardConfig, *, demo: bool = False, from_batch: Path | None = None,
                   ready_timeout_s: float = 600.0) -> int:
     """Start Ray and Serve, deploy, seed the demo when asked, and block until SIGINT/SIGTERM."""
@@ -60,10 +81,11 @@ def serve_forever(config: MarketGuardConfig, *, demo: bool = False, from_batch: 
     check_bind(config)
     svc = config.service
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    fresh = not (config.data_dir / "store.sqlite3").exists()
     if from_batch is not None:
-        start_from_batch(config, from_batch)
+        start_from_batch(config, from_batch)  # restarts an import that died part-way
         fresh = False
+    else:
+        fresh = _store_state(config)
     if not svc.api_keys:
         log.warning("local mode: no API keys configured; listening on %s only, tenant from the request",
                     svc.host)

@@ -5,9 +5,10 @@ Every signal the store commits is queued for each configured sink in the same tr
 lost: the outbox survives SIGKILL and restarts. One thread a sink takes the oldest queued
 events (a delivery keeps its id and events until acknowledged), hands them to the sink and
 deletes them only once the sink took them. A sink that fails waits, exponentially longer
-with jitter, up to ``sinks.max_backoff_s``, while the other sinks go on; an outage of any
-length loses nothing, and only events older than ``sinks.dead_letter_after_s`` (24 h) move to
-the dead letters, which ``marketguard sinks replay`` queues again.
+with jitter, up to ``sinks.max_backoff_s``, while the other sinks go on; an outage loses
+nothing, and only once a sink has been failing for longer than ``sinks.dead_letter_after_s``
+(24 h) do its events older than that move to the dead letters, which ``marketguard sinks
+replay`` queues again.
 """
 
 from __future__ import annotations
@@ -119,32 +120,40 @@ class Publisher:
 
     def _run(self, sink: Sink) -> None:
         failed = 0
+        failing_since: float | None = None
         while not self._stop.is_set():
             try:
                 wake = self._wake[sink.name]
                 wake.clear()  # before looking: a commit after this look wakes the wait below
                 if self.deliver_once(sink) == 0:
                     wake.wait(self.config.poll_interval_s)
-                failed = 0
+                failed, failing_since = 0, None
             except Exception as exc:  # noqa: BLE001 - any failure of a sink is retried, never fatal
                 failed += 1
+                now = self.clock()
+                failing_since = now if failing_since is None else failing_since
                 reason = f"{type(exc).__name__}: {exc}"[:500]
                 with self._lock:
                     self.failures[sink.name] += 1
-                try:
-                    dead = self.outbox.outbox_dead_letter(
-                        sink.name, self.clock() - self.config.dead_letter_after_s, reason)
-                except Exception:  # noqa: BLE001 - the store may be closing; retried next round
-                    dead = 0
-                if dead:
-                    with self._lock:
-                        self.dead_lettered[sink.name] += dead
-                    log.error("sink %s: %d events older than %.0f s dead-lettered (%s)", sink.name, dead,
-                              self.config.dead_letter_after_s, reason)
+                if now - failing_since > self.config.dead_letter_after_s:
+                    # Failing for longer than that, whatever the events' age (a backlog after a
+                    # long stop is not an outage): only then do its old events give way.
+                    self._dead_letter(sink, now - self.config.dead_letter_after_s, reason)
                 wait = backoff_s(failed, self.config.max_backoff_s)
                 log.warning("sink %s: delivery failed (%s), attempt %d, next in %.2f s", sink.name, reason,
                             failed, wait)
                 self._stop.wait(wait)
+
+    def _dead_letter(self, sink: Sink, created_before: float, reason: str) -> None:
+        try:
+            dead = self.outbox.outbox_dead_letter(sink.name, created_before, reason)
+        except Exception:  # noqa: BLE001 - the store may be closing; tried again next round
+            return
+        if dead:
+            with self._lock:
+                self.dead_lettered[sink.name] += dead
+            log.error("sink %s: %d events older than %.0f s dead-lettered (%s)", sink.name, dead,
+                      self.config.dead_letter_after_s, reason)
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per sink: queued events, lag (age of the oldest, s), dead letters, and this process's

@@ -11,6 +11,7 @@ under an advisory lock, so replicas starting together migrate once. Commits are 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
         UNIQUE (tenant, kind, item_id))""",
 ])]
 
+WRITER_LOCK_WAIT_S = 60.0
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -111,7 +113,10 @@ class PostgresSignalStore(SqlSignalStore):
     GREATEST = "GREATEST"
 
     def __init__(self, url: str, schema: str = "marketguard", sinks: Sequence[str] = (),
-                 shadow_sinks: Sequence[str] = ()) -> None:
+                 shadow_sinks: Sequence[str] = (), *, exclusive: bool = True,
+                 lock_wait_s: float = WRITER_LOCK_WAIT_S) -> None:
+        """``exclusive``: be the schema's one writer (the catalogue shard; waits up to ``lock_wait_s``
+        for a previous one's session to end); off for a tool beside it (``sinks replay``)."""
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"store schema {schema!r}: lower-case letters, digits and _ only")
         self.schema = schema
@@ -124,4 +129,15 @@ class PostgresSignalStore(SqlSignalStore):
             migrate(_Connection(setup), MIGRATIONS, self.BEGIN)
         finally:
             setup.close()
-        super().__init__(_Connection.open(url, schema), _Connection.open(url, schema), sinks, shadow_sinks)
+        writer = _Connection.open(url, schema)
+        # One writer a schema: a replacement replica waits for the old one's session to end (a
+        # partitioned or dying one), so two never write the shard's rows at once.
+        deadline = time.monotonic() + lock_wait_s
+        while exclusive and not writer.execute("SELECT pg_try_advisory_lock(hashtext(?))",
+                                               (f"marketguard-writer:{schema}",)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                writer.close()
+                raise RuntimeError(f"another writer holds the store schema {schema!r} "
+                                   f"(waited {lock_wait_s:.0f} s)")
+            time.sleep(0.5)
+        super().__init__(writer, _Connection.open(url, schema), sinks, shadow_sinks)

@@ -374,7 +374,8 @@ class SqlSignalStore:
     # --------------------------------------------------------------- deep tier
     def deep_backlog(self) -> tuple[int, int]:
         """Jobs queued for the deep tier and their image bytes."""
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM deep_jobs").fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM deep_jobs").fetchone()
         return int(row[0]), int(row[1])
 
     def deep_take(self, limit: int, lease_s: float) -> list[DeepJob]:
@@ -394,9 +395,10 @@ class SqlSignalStore:
 
     def deep_current(self, job_id: int, enqueued_at: float) -> bool:
         """Whether the job is still queued as it was taken (not replaced by a re-post, not deleted)."""
-        row = self._db.execute(
-            "SELECT 1 FROM deep_jobs WHERE id=? AND enqueued_at=?", (job_id, enqueued_at)
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM deep_jobs WHERE id=? AND enqueued_at=?", (job_id, enqueued_at)
+            ).fetchone()
         return row is not None
 
     def deep_release(self) -> None:
@@ -449,8 +451,9 @@ class SqlSignalStore:
             db.execute("DELETE FROM outbox WHERE sink=? AND created_at < ?", (sink, created_before))
         return int(moved)
 
-    def replay_dead_letters(self, sink: str | None = None) -> int:
-        """Queue dead letters again (same event ids and sequence numbers; consumers keep the newest)."""
+    def replay_dead_letters(self, sink: str | None = None, meta: dict[str, str] | None = None) -> int:
+        """Queue dead letters again (same event ids and sequence numbers; consumers keep the newest),
+        with ``meta`` updated in the same transaction."""
         where, args = ("WHERE sink=?", (sink,)) if sink is not None else ("", ())
         with self._tx() as db:
             cur = db.execute(
@@ -460,6 +463,9 @@ class SqlSignalStore:
             )
             moved = cur.rowcount
             db.execute(f"DELETE FROM dead_letters {where}", args)  # noqa: S608 - fixed text
+            if moved:
+                for key, value in (meta or {}).items():
+                    db.execute(UPSERT_META, (key, value))
         return int(moved)
 
     def outbox_stats(self) -> dict[str, dict[str, float]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,3 +78,17 @@ def test_features_never_unpickle() -> None:
     np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
     with pytest.raises(InvalidInput):
         decode_features(buf.getvalue())
+
+
+def test_one_writer_a_postgres_schema(postgres: Any) -> None:
+    from serving.store.postgres import PostgresSignalStore
+    from tests.serving.servers import pg_schema
+
+    schema = pg_schema()
+    first = PostgresSignalStore(postgres.url, schema)
+    with pytest.raises(RuntimeError, match="another writer"):
+        PostgresSignalStore(postgres.url, schema, lock_wait_s=0.5)  # a second replica of the shard
+    tool = PostgresSignalStore(postgres.url, schema, exclusive=False)  # sinks replay, beside it
+    tool.close()
+    first.close()
+    PostgresSignalStore(postgres.url, schema, lock_wait_s=5).close()  # the first one gone: free
