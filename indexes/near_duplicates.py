@@ -5,12 +5,18 @@ so that the catalogue-wide batch job and the per-request service call the very s
 rule and never disagree on what a "near-duplicate" is:
 
 * ``listing_text``: the ``text_k`` nearest listings by embedding cosine (at or above
-  ``text_candidate_floor``) are candidates, and the :class:`~indexes.pair_scorer.PairScorer`
-  decides from what tells products apart (model numbers, sizes, prices). The pair's
-  score is the scorer's probability. A pair at or above ``text_copy_cosine`` is a copy
-  whatever the scorer says (score: the larger of the two): the scorer weighs price, and
-  a scam repost keeps the text and baits with the price. With ``pair_scorer: none`` the decision is the
-  cosine against ``thresholds.listing_text`` and the score is the cosine.
+  ``text_candidate_floor``) are candidates: the listing's neighbourhood. They are scored
+  together by the :class:`~indexes.pair_scorer.PairScorer` (features in
+  :mod:`indexes.pair_features`, some read from the neighbourhood: word rarity, how far a
+  candidate stands out of it, so how many neighbours a listing keeps adapts to how dense its
+  neighbourhood is). Two questions are kept apart
+  (:meth:`~indexes.pair_scorer.PairScorer.decision_scores`): is the text a **copy** (the
+  text's evidence alone, prices ignored: a scam repost keeps the text and baits with the
+  price), and is it the **same product** (prices included: what clustering and
+  ``price.anomaly`` need). The pair's score is the larger; a pair at or above
+  ``text_copy_cosine`` is a copy whatever the scorer says (score: at least the cosine).
+  With ``pair_scorer: none`` the decision is the cosine against ``thresholds.listing_text``
+  and the score is the cosine.
 * ``review_text`` and ``image_sscd``: cosine at or above the modality's threshold;
   the score is the cosine.
 * Every modality keeps at most ``max_neighbours`` (100) per item, best first, so a stock

@@ -25,7 +25,14 @@ The features (names in :data:`BASE_FEATURES`):
 - numbers: Jaccard of the title's numbers, and quantities with a unit (``32gb`` vs
   ``64gb``): agreement (a unit with a shared value) and conflict (a shared unit with
   no shared value);
-- price: whether both sides have one, and the absolute log ratio (capped at 5).
+- price: whether both sides have one, and the absolute log ratio (capped at 5);
+- the neighbourhood (:class:`PairContext`: the query and its candidates): the title's
+  content words (words of any script, numbers, sizes and units left out) weighted by their
+  rarity among the neighbourhood's records, as a weighted Jaccard and containment, and the
+  cosine over the neighbourhood's background (its :data:`BACKGROUND_RANK`-th candidate);
+- whether both records have a description (title-only pairs are weighed apart).
+
+Tokens are words of every script (``[^\\W_]+`` after NFKC and lower-casing).
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ held-out labelled pairs for best F1 or for a target precision
 (:meth:`PairScorer.with_threshold`). Nothing here knows any dataset or shop.
 
 The shipped default, ``indexes/models/pair_scorer.json``, is fitted by
-``python -m benchmarks.er_pairs --refit`` on the union of the public listing-pair
-benchmarks' ``train`` splits with its threshold picked on their ``valid`` splits.
+``python -m benchmarks.er_pairs --write-model`` on the public listing-pair benchmarks'
+``train`` splits and a share of a generated multilingual title set's ``train`` split, each
+pair featurised in its neighbourhood, with its threshold picked on the benchmarks' ``valid``
+splits (docs/indexes.md says what was measured to choose).
 """
 
 from __future__ import annotations
