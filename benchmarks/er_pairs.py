@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,6 @@ DATASETS: dict[str, dict[str, Path]] = {
 }
 DITTO_F1 = {"Abt-Buy": 0.893, "Amazon-Google": 0.756, "Walmart-Amazon": 0.868}
 CACHE_DIR = Path("var/bench-cache")
-TOP_K = (10, 20)
 
 # Attribute names that carry the product's name, its free text, its price. Every other
 # text attribute (brand, manufacturer, modelno, category) joins the description when the
@@ -177,12 +176,6 @@ def embed_text(record: PairRecord) -> str:
     return f"{record.title}\n{record.description}" if record.description else record.title
 
 
-def pair_cosines(pairs: Sequence[LabelledPair], emb: CachedEmbedder) -> np.ndarray:
-    a = emb.embed([embed_text(p.left) for p in pairs])
-    b = emb.embed([embed_text(p.right) for p in pairs])
-    return np.einsum("ij,ij->i", a, b).astype(np.float64)
-
-
 def prf(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     tp = int((pred & (y == 1)).sum())
     fp = int((pred & (y == 0)).sum())
@@ -191,34 +184,6 @@ def prf(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4)}
-
-
-def candidate_recall(pairs: Sequence[LabelledPair], emb: CachedEmbedder,
-                     ks: Iterable[int] = TOP_K) -> dict[str, float]:
-    """Share of the positive test pairs that top-k search over the test catalogue retrieves.
-
-    The catalogue is every distinct test record (both sides); a pair counts as retrieved
-    when either record has the other among its k nearest neighbours (itself excluded).
-    """
-    from indexes.config import VectorIndexConfig
-    from indexes.vector import VectorIndex
-
-    texts = sorted({embed_text(r) for p in pairs for r in (p.left, p.right)})
-    ids = {t: f"r{i}" for i, t in enumerate(texts)}
-    vecs = emb.embed(texts)
-    index = VectorIndex(VectorIndexConfig(dim=vecs.shape[1], exact_max=max(20_000, len(texts))))
-    index.add(list(ids.values()), vecs)
-    kmax = max(ks)
-    hits = index.search(vecs, k=kmax + 1)
-    neighbours: dict[str, list[str]] = {}
-    for t, row in zip(texts, hits, strict=True):
-        neighbours[ids[t]] = [h.id for h in row if h.id != ids[t]][:kmax]
-    positives = [(ids[embed_text(p.left)], ids[embed_text(p.right)]) for p in pairs if p.label == 1]
-    out: dict[str, float] = {"catalogue": len(texts)}
-    for k in ks:
-        found = sum(1 for a, b in positives if a == b or b in neighbours[a][:k] or a in neighbours[b][:k])
-        out[f"recall@{k}"] = round(found / max(len(positives), 1), 4)
-    return out
 
 
 # --------------------------------------------------------------------------- the run
