@@ -25,8 +25,9 @@
     Amazon-Google, Walmart-Amazon from DeepMatcher/Magellan and WDC Products, as
     packaged by megagonlabs/ditto): each dataset's ``test`` records become a
     listings catalogue; a pair scorer is fitted on that dataset's ``train`` (weights)
-    and ``valid`` (threshold) only, with cosines computed the way the job computes
-    them (the embedding of title + description), saved as JSON and named by
+    and ``valid`` (threshold) only, each labelled pair featurised in its records'
+    neighbourhoods in its split, with cosines computed the way the job computes them
+    (the embedding of title + description), saved as JSON and named by
     ``indexes.near_duplicates.pair_scorer``; the job runs with images off and its
     ``listing_text`` pairs are scored against the labelled test pairs. A predicted
     pair counts only if it is a labelled test pair; recall is over all labelled
@@ -546,21 +547,23 @@ def _job_view(rec: Any) -> tuple[Any, str]:
     return (PairRecord(listing.title, listing.description[:PAIR_TEXT_CHARS], listing.price), listing.text)
 
 
-def _labelled(pairs: Sequence[Any], emb: Any) -> tuple[list[tuple[Any, Any]], np.ndarray, np.ndarray]:
-    """Job-view record pairs, their embedding cosines (as the job computes them), labels."""
-    views = {}
+def _contextual(pairs: Sequence[Any], emb: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled pairs featurised as the job's decision sees them: the split's job-view records
+    as one catalogue, each pair in both its records' neighbourhoods (features, features from
+    the other side, labels); self pairs dropped."""
+    from benchmarks.text_catalogue import TextCatalogue
+
+    views: dict[Any, tuple[Any, str]] = {}
     for p in pairs:
         for r in (p.left, p.right):
             if r not in views:
                 views[r] = _job_view(r)
     records = list(views)
-    vecs = emb.embed([views[r][1] for r in records])
     pos = {r: i for i, r in enumerate(records)}
-    a = np.array([pos[p.left] for p in pairs])
-    b = np.array([pos[p.right] for p in pairs])
-    cos = np.einsum("ij,ij->i", vecs[a], vecs[b]).astype(np.float64)
-    return ([(views[p.left][0], views[p.right][0]) for p in pairs], cos,
-            np.array([p.label for p in pairs], dtype=np.int64))
+    cat = TextCatalogue.build([views[r][0] for r in records], emb.embed([views[r][1] for r in records]))
+    kept = [p for p in pairs if pos[p.left] != pos[p.right]]
+    fa, fb = cat.symmetric_features([(pos[p.left], pos[p.right]) for p in kept])
+    return fa, fb, np.array([p.label for p in kept], dtype=np.int64)
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
@@ -588,9 +591,9 @@ def er_dataset(name: str, paths: dict[str, Path], tmp: Path, emb: Any, quick: bo
     """One dataset: test records as a catalogue; scorer fitted on train + valid; the job's pairs."""
     import pyarrow.parquet as pq
 
-    from benchmarks.er_pairs import _subsample, load_pairs
+    from benchmarks.er_pairs import _subsample, decision, load_pairs
+    from benchmarks.text_catalogue import TextCatalogue
     from indexes.near_duplicates import TextNearDuplicates
-    from indexes.pair_features import feature_matrix
     from indexes.pair_scorer import PairScorer, best_f1_threshold
     from indexes.vector import VectorIndex
     from serving.batch.catalogue import load_catalogue
@@ -621,10 +624,14 @@ def er_dataset(name: str, paths: dict[str, Path], tmp: Path, emb: Any, quick: bo
         truth[(a, b)] = max(truth.get((a, b), 0), p.label)
 
     # The scorer: weights on train, threshold on valid; cosines of the job's texts.
-    tr_pairs, tr_cos, tr_y = _labelled(splits["train"], emb)
-    va_pairs, va_cos, va_y = _labelled(splits["valid"], emb)
-    scorer = PairScorer.fit(feature_matrix(tr_pairs, tr_cos), tr_y, feature_matrix(va_pairs, va_cos), va_y,
+    tr_fa, tr_fb, tr_y = _contextual(splits["train"], emb)
+    va_fa, va_fb, va_y = _contextual(splits["valid"], emb)
+    va_cos = va_fa[:, 0]
+    fitted = PairScorer.fit(np.vstack([tr_fa, tr_fb]), np.concatenate([tr_y, tr_y]), va_fa, va_y,
                             description=f"{name}: weights on train, threshold on valid (benchmarks.batch)")
+    scorer = PairScorer(weights=fitted.weights, bias=fitted.bias, mean=fitted.mean, scale=fitted.scale,
+                        threshold=best_f1_threshold(decision(fitted, va_fa, va_fb), va_y).threshold,
+                        meta=fitted.meta)
     scorer_path = folder / "pair_scorer.json"
     scorer.save(scorer_path)
     cos_thr = best_f1_threshold(va_cos, va_y).threshold
@@ -661,9 +668,11 @@ def er_dataset(name: str, paths: dict[str, Path], tmp: Path, emb: Any, quick: bo
     te_cos = np.array([float(vecs[row_of[a]] @ vecs[row_of[b]]) if a in row_of and b in row_of else 0.0
                        for a, b in te_keys])
     by_id = {v: k for k, v in ids.items()}
-    te_feats = feature_matrix([(_job_view(by_id[a])[0], _job_view(by_id[b])[0]) for a, b in te_keys], te_cos)
+    job_cat = TextCatalogue.build([_job_view(by_id[i])[0] for i in cat_ids], vecs)
+    te_rows = [(row_of[a], row_of[b]) for a, b in te_keys]
+    te_fa, te_fb = job_cat.symmetric_features(te_rows)
     te_y = np.array([truth[k] for k in te_keys])
-    te_pred = scorer.score_features(te_feats) >= scorer.threshold
+    te_pred = decision(scorer, te_fa, te_fb) >= scorer.threshold
     labelled = _prf(int((te_pred & (te_y == 1)).sum()), int((te_pred & (te_y == 0)).sum()),
                     int((~te_pred & (te_y == 1)).sum()))
     in_narrow = np.array([k in narrow_pairs for k in te_keys])

@@ -144,6 +144,11 @@ class NearDuplicateConfig(_Config):
         default=0.985, ge=-1, le=1,
         description="a pair this close is a copy whatever the scorer says (a bait-priced repost of a "
                     "listing has the same text and a very different price); null: the scorer alone")
+    text_copy_title_similarity: float | None = Field(
+        default=0.9, ge=0, le=1,
+        description="titles at least this alike (character-3-gram cosine) are also judged as a copy: "
+                    "on the text alone, prices ignored; null: the pair scorer's same-product "
+                    "score alone (prices included)")
     max_neighbours: int = Field(
         default=100, ge=1, le=100_000,
         description="near-duplicates kept per item and modality, best first: a stock photo on 30k "

@@ -5,12 +5,18 @@ so that the catalogue-wide batch job and the per-request service call the very s
 rule and never disagree on what a "near-duplicate" is:
 
 * ``listing_text``: the ``text_k`` nearest listings by embedding cosine (at or above
-  ``text_candidate_floor``) are candidates, and the :class:`~indexes.pair_scorer.PairScorer`
-  decides from what tells products apart (model numbers, sizes, prices). The pair's
-  score is the scorer's probability. A pair at or above ``text_copy_cosine`` is a copy
-  whatever the scorer says (score: the larger of the two): the scorer weighs price, and
-  a scam repost keeps the text and baits with the price. With ``pair_scorer: none`` the decision is the
-  cosine against ``thresholds.listing_text`` and the score is the cosine.
+  ``text_candidate_floor``) are candidates: the listing's neighbourhood. They are scored
+  together by the :class:`~indexes.pair_scorer.PairScorer` (features in
+  :mod:`indexes.pair_features`, some read from the neighbourhood: word rarity, how far a
+  candidate stands out of it, so how many neighbours a listing keeps adapts to how dense its
+  neighbourhood is). Two questions are kept apart
+  (:meth:`~indexes.pair_scorer.PairScorer.decision_scores`): is the text a **copy** (the
+  text's evidence alone, prices ignored: a scam repost keeps the text and baits with the
+  price), and is it the **same product** (prices included: what clustering and
+  ``price.anomaly`` need). The pair's score is the larger; a pair at or above
+  ``text_copy_cosine`` is a copy whatever the scorer says (score: at least the cosine).
+  With ``pair_scorer: none`` the decision is the cosine against ``thresholds.listing_text``
+  and the score is the cosine.
 * ``review_text`` and ``image_sscd``: cosine at or above the modality's threshold;
   the score is the cosine.
 * Every modality keeps at most ``max_neighbours`` (100) per item, best first, so a stock
@@ -31,7 +37,7 @@ import numpy as np
 
 from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, NearDuplicateConfig
-from indexes.pair_features import ParsedRecords
+from indexes.pair_features import PairContext, ParsedRecords, background_cosine, pair_feature_matrix
 from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer
 from indexes.pdq import PdqHit
 from indexes.vector import Hit
@@ -108,29 +114,17 @@ class TextNearDuplicates:
             scoring = (self.scorer, queries)
         if queries is not None and len(queries) != len(candidates):
             raise InvalidInput("candidates", f"{len(candidates)} candidate lists for {len(queries)} queries")
-        flat = [(qi, h) for qi, hits in enumerate(candidates) for h in hits]
         out: list[list[Neighbour]] = [[] for _ in candidates]
+        flat = [(qi, h) for qi, hits in enumerate(candidates) for h in hits]
         if not flat:
             return out
         cosines = np.array([h.score for _, h in flat], dtype=np.float64)
         if scoring is None:
             scores, keep = cosines, cosines >= _f32(self.cosine_threshold)
         else:
-            scorer, parsed_queries = scoring
-            scores = np.empty(len(flat), dtype=np.float64)
-            query_rows = np.array([qi for qi, _ in flat], dtype=np.int64)
-            # In chunks: one chunk's candidate records are materialised at a time.
-            for start in range(0, len(flat), _SCORE_CHUNK):
-                part = flat[start:start + _SCORE_CHUNK]
-                others = parsed_of([h.id for _, h in part])
-                if len(others) != len(part):
-                    raise InvalidInput("parsed_of", f"{len(others)} parsed records for {len(part)} ids")
-                # This chunk's queries, then one candidate a pair: every row is used once.
-                asked, which = np.unique(query_rows[start:start + len(part)], return_inverse=True)
-                both = ParsedRecords.concat([parsed_queries.take(asked), others])
-                scores[start:start + len(part)] = scorer.score_parsed(
-                    both, which, len(asked) + np.arange(len(part)), cosines[start:start + len(part)])
-            keep = scores >= scorer.threshold
+            scores = self._scores(scoring[0], scoring[1], candidates, cosines, parsed_of,
+                                  self.config.text_copy_title_similarity)
+            keep = scores >= scoring[0].threshold
             copy = self.config.text_copy_cosine
             if copy is not None:
                 copies = cosines >= _f32(copy)
@@ -140,6 +134,40 @@ class TextNearDuplicates:
             if k:
                 out[qi].append(Neighbour(h.id, min(1.0, float(s))))
         return out
+
+    @staticmethod
+    def _scores(scorer: PairScorer, queries: ParsedRecords, candidates: Sequence[Sequence[Hit]],
+                cosines: np.ndarray, parsed_of: Callable[[list[str]], ParsedRecords],
+                copy_title_similarity: float | None) -> np.ndarray:
+        """Each candidate pair's score, in ``candidates`` order
+        (:meth:`~indexes.pair_scorer.PairScorer.decision_scores`: copy or same product).
+
+        A query's candidates are its neighbourhood (:class:`~indexes.pair_features.PairContext`):
+        they are scored together, never split across chunks.
+        """
+        scores = np.empty(len(cosines), dtype=np.float64)
+        starts = np.concatenate([[0], np.cumsum([len(c) for c in candidates])]).astype(np.int64)
+        q = 0
+        while q < len(candidates):
+            # Whole queries, about _SCORE_CHUNK pairs: one chunk's candidate records at a time.
+            end = q + 1
+            while end < len(candidates) and starts[end + 1] - starts[q] <= _SCORE_CHUNK:
+                end += 1
+            lo, hi = int(starts[q]), int(starts[end])
+            asked = [i for i in range(q, end) if candidates[i]]
+            if hi > lo:
+                ids = [h.id for i in asked for h in candidates[i]]
+                others = parsed_of(ids)
+                if len(others) != len(ids):
+                    raise InvalidInput("parsed_of", f"{len(others)} parsed records for {len(ids)} ids")
+                which = np.repeat(np.arange(len(asked)), [len(candidates[i]) for i in asked])
+                background = np.array([background_cosine([h.score for h in candidates[i]]) for i in asked])
+                both = ParsedRecords.concat([queries.take(np.asarray(asked, dtype=np.int64)), others])
+                features = pair_feature_matrix(both, which, len(asked) + np.arange(len(ids)),
+                                               cosines[lo:hi], PairContext(which, background[which]))
+                scores[lo:hi] = scorer.decision_scores(features, copy_title_similarity)
+            q = end
+        return scores
 
 
 def _f32(threshold: float) -> float:

@@ -25,7 +25,14 @@ The features (names in :data:`BASE_FEATURES`):
 - numbers: Jaccard of the title's numbers, and quantities with a unit (``32gb`` vs
   ``64gb``): agreement (a unit with a shared value) and conflict (a shared unit with
   no shared value);
-- price: whether both sides have one, and the absolute log ratio (capped at 5).
+- price: whether both sides have one, and the absolute log ratio (capped at 5);
+- the neighbourhood (:class:`PairContext`: the query and its candidates): the title's
+  content words (words of any script, numbers, sizes and units left out) weighted by their
+  rarity among the neighbourhood's records, as a weighted Jaccard and containment, and the
+  cosine over the neighbourhood's background (its :data:`BACKGROUND_RANK`-th candidate);
+- whether both records have a description (title-only pairs are weighed apart).
+
+Tokens are words of every script (``[^\\W_]+`` after NFKC and lower-casing).
 """
 
 from __future__ import annotations
@@ -63,14 +70,21 @@ BASE_FEATURES: tuple[str, ...] = (
     "unit_conflict",
     "price_both",
     "price_log_ratio",
+    "rare_token_jaccard",
+    "rare_token_containment",
+    "cosine_over_background",
+    "both_described",
 )
+# The features that read a price: a copy is judged without them (``indexes.near_duplicates``).
+PRICE_FEATURES: tuple[str, ...] = ("price_both", "price_log_ratio")
 _COLUMN = {name: i for i, name in enumerate(BASE_FEATURES)}
 
-_TOKEN = re.compile(r"[0-9a-z]+")
+# Words of any script (letters and digits of every alphabet; ``_`` is not a letter).
+_TOKEN = re.compile(r"[^\W_]+")
 # A code candidate: runs of letters/digits joined by - . / (kept together, then squashed).
 _CODE_SPAN = re.compile(r"[0-9a-z]+(?:[-./][0-9a-z]+)*")
 _DIGIT = re.compile(r"[0-9]")
-_NOT_ALNUM = re.compile(r"[^0-9a-z]")
+_NOT_ALNUM = re.compile(r"[\W_]+")
 _CODE_SEPARATORS = str.maketrans("", "", "-./")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 # Quantities with a unit: generic product vocabulary (storage, frequency, power, size, weight).
@@ -88,6 +102,38 @@ _QUANTITY = re.compile(
 )
 # Codes shorter than this are too common to count as "found inside the other's text".
 _MIN_CONTAINED = 4
+# Scripts written without spaces between words (CJK, kana, Hangul, Thai, Lao, Khmer, Myanmar):
+# a run of them is one "token" to the regex, so their character bigrams stand in for words.
+_UNSPACED = re.compile(r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_NUMERIC = re.compile(r"[\d.,]+")
+# The neighbourhood features: the background of a query's neighbourhood is the cosine of its
+# BACKGROUND_RANK-th candidate (the floor below which nothing is a candidate, when it has fewer);
+# token rarity is counted among the query and its candidates, as if there were at least
+# MIN_NEIGHBOURHOOD of them (a sparse neighbourhood says little about what is common).
+BACKGROUND_RANK = 5
+BACKGROUND_FLOOR = 0.4
+MIN_NEIGHBOURHOOD = 10
+
+
+def content_tokens(title_tokens: Sequence[str]) -> list[str]:
+    """The title's words that can tell one product from another, in any language.
+
+    Numbers, sizes and units (``1``, ``0.5``, ``kg``, ``500ml``) are left out: a shared
+    "1 Kg" or "0.5 mm" is what unrelated listings have in common, never evidence on its
+    own (sizes are compared by the quantity features, where a conflict counts). Words of
+    unspaced scripts also give their character bigrams, so two Thai or Chinese titles
+    that share a phrase share tokens.
+    """
+    out: dict[str, None] = {}
+    for tok in title_tokens:
+        if _NUMERIC.fullmatch(tok) or tok in _UNITS or _QUANTITY.fullmatch(tok):
+            continue
+        if len(tok) >= 2 or _UNSPACED.match(tok):
+            out.setdefault(tok, None)
+        if len(tok) > 2 and _UNSPACED.search(tok):
+            for i in range(len(tok) - 1):
+                out.setdefault(tok[i:i + 2], None)
+    return list(out)
 
 
 class ListingLike(Protocol):
@@ -172,12 +218,15 @@ PARSED_SCHEMA = pa.schema([
     ("quantities", pa.list_(pa.string())),     # distinct "unit=value" of the title
     ("units", pa.list_(pa.string())),          # distinct units of those
     ("price", pa.float64()),                   # null when missing or <= 0
+    ("content", pa.list_(pa.string())),        # distinct content tokens of the title
+    ("described", pa.bool_()),                 # has a description with a word in it
 ])
 
 
 def _parse_one(record: PairRecord) -> tuple[object, ...]:
     title = _normalise(record.title)
-    text = title + " " + _normalise(record.description)
+    description = _normalise(record.description)
+    text = title + " " + description
     title_tokens = _TOKEN.findall(title)
     squashed_title = " " + " ".join(title_tokens) + " "
     char3 = Counter([squashed_title[i:i + 3] for i in range(max(len(squashed_title) - 2, 0))])
@@ -196,6 +245,8 @@ def _parse_one(record: PairRecord) -> tuple[object, ...]:
         [f"{u}={v!r}" for u, vs in quantities.items() for v in sorted(vs)],
         list(quantities),
         price if price is not None and price > 0 and math.isfinite(price) else None,
+        content_tokens(title_tokens),
+        _TOKEN.search(description) is not None,
     )
 
 
@@ -281,11 +332,73 @@ def _contained(codes: list[str], squashed: str) -> float:
     return sum(1 for c in codes if len(c) >= _MIN_CONTAINED and c in squashed) / len(codes)
 
 
+@dataclass(frozen=True, slots=True)
+class PairContext:
+    """Where each pair was found: the neighbourhood of the query that found it.
+
+    ``group[i]``: pair i's neighbourhood (the pairs of one query and its candidates share
+    one); token rarity is counted among the records of a group. ``background[i]``: the
+    cosine of that query's :data:`BACKGROUND_RANK`-th candidate (:func:`background_cosine`),
+    how dense its neighbourhood is. Without a context each pair is its own neighbourhood
+    on the :data:`BACKGROUND_FLOOR` background.
+    """
+
+    group: np.ndarray
+    background: np.ndarray
+
+    @classmethod
+    def isolated(cls, n: int) -> PairContext:
+        return cls(np.arange(n, dtype=np.int64), np.full(n, BACKGROUND_FLOOR, dtype=np.float64))
+
+
+def background_cosine(cosines: Sequence[float]) -> float:
+    """A neighbourhood's background: the :data:`BACKGROUND_RANK`-th best of its candidates'
+    cosines (best first), or :data:`BACKGROUND_FLOOR` when it has fewer."""
+    if len(cosines) >= BACKGROUND_RANK:
+        return max(float(cosines[BACKGROUND_RANK - 1]), BACKGROUND_FLOOR)
+    return BACKGROUND_FLOOR
+
+
+def _rarity(t: pa.Table, ia: np.ndarray, ib: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rarity-weighted Jaccard and containment of the pairs' title content tokens.
+
+    A token's weight is ``log((N + 1) / df)``, ``df`` the records of the pair's neighbourhood
+    (the query and its candidates) that hold it and ``N`` their number (at least
+    :data:`MIN_NEIGHBOURHOOD`): a word every neighbour has ("kaos", "murah", "original")
+    weighs little, a brand or a rare word shared by two titles weighs much, and a rare word
+    only one side has counts against the pair.
+    """
+    n = len(ia)
+    m, _ = _sets(t, "content")
+    m.data[:] = 1.0
+    _, g = np.unique(group, return_inverse=True)
+    rows = np.concatenate([ia, ib])
+    member = sparse.csr_matrix((np.ones(2 * n), (np.concatenate([g, g]), rows)),
+                               shape=(int(g.max()) + 1, m.shape[0]))
+    member.data[:] = 1.0  # a record in two pairs of one group counts once
+    df = (member @ m).tocsr()
+    size = np.maximum(np.asarray(member.sum(axis=1)).ravel(), MIN_NEIGHBOURHOOD)
+    df.data = np.log((np.repeat(size, np.diff(df.indptr)) + 1.0) / df.data)
+    w = df[g]
+    a, b = m[ia], m[ib]
+    shared = a.multiply(b)
+    union = a + b
+    union.data[:] = 1.0
+
+    def weighted(x: sparse.csr_matrix) -> np.ndarray:
+        return np.asarray(x.multiply(w).sum(axis=1), dtype=np.float64).ravel()
+
+    sw, uw, aw, bw = weighted(shared), weighted(union), weighted(a), weighted(b)
+    return _ratio(sw, uw), _ratio(sw, np.minimum(aw, bw))
+
+
 def pair_feature_matrix(records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
-                        cosines: Sequence[float] | np.ndarray) -> np.ndarray:
+                        cosines: Sequence[float] | np.ndarray,
+                        context: PairContext | None = None) -> np.ndarray:
     """``len(ia) x len(BASE_FEATURES)`` features of the pairs ``(records[ia[i]], records[ib[i]])``.
 
-    Symmetric in the two sides. ``cosines`` are the pairs' text-embedding cosines.
+    Symmetric in the two sides but for the neighbourhood (``context``). ``cosines`` are the
+    pairs' text-embedding cosines.
     """
     ia = np.asarray(ia, dtype=np.int64).reshape(-1)
     ib = np.asarray(ib, dtype=np.int64).reshape(-1)
@@ -301,6 +414,11 @@ def pair_feature_matrix(records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
     if (ia.min(initial=0) < 0 or ib.min(initial=0) < 0
             or max(ia.max(initial=0), ib.max(initial=0)) >= len(records)):
         raise InvalidInput("pairs", f"a row outside the {len(records)} parsed records")
+    ctx = context if context is not None else PairContext.isolated(n)
+    group = np.asarray(ctx.group, dtype=np.int64).reshape(-1)
+    background = np.asarray(ctx.background, dtype=np.float64).reshape(-1)
+    if len(group) != n or len(background) != n:
+        raise InvalidInput("context", f"{len(group)} groups and {len(background)} backgrounds for {n} pairs")
     # Only the records the pairs use take part (a chunk of a memory-mapped catalogue).
     used, inverse = np.unique(np.concatenate([ia, ib]), return_inverse=True)
     t = records.table if len(used) == len(records) else take_rows(records.table, used)
@@ -383,11 +501,16 @@ def pair_feature_matrix(records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
         # log a - log b rather than log(a / b): the same value whichever side is first.
         log_ratio = np.minimum(np.abs(np.log(pa_) - np.log(pb_)), 5.0)
     out[:, f["price_log_ratio"]] = np.where(both_prices, log_ratio, 0.0)
+
+    out[:, f["rare_token_jaccard"]], out[:, f["rare_token_containment"]] = _rarity(t, ia, ib, group)
+    out[:, f["cosine_over_background"]] = cos - background
+    described = np.asarray(t.column("described").to_numpy(zero_copy_only=False), dtype=bool)
+    out[:, f["both_described"]] = described[ia] & described[ib]
     return out
 
 
 def feature_matrix(pairs: Sequence[tuple[PairRecord, PairRecord]],
-                   cosines: Sequence[float] | np.ndarray) -> np.ndarray:
+                   cosines: Sequence[float] | np.ndarray, context: PairContext | None = None) -> np.ndarray:
     """``len(pairs) x len(BASE_FEATURES)`` features of record pairs (each record parsed once)."""
     cos = np.asarray(cosines, dtype=np.float64).reshape(-1)
     if len(cos) != len(pairs):
@@ -399,4 +522,4 @@ def feature_matrix(pairs: Sequence[tuple[PairRecord, PairRecord]],
     parsed = ParsedRecords.parse(list(position))
     ia = np.array([position[a] for a, _ in pairs], dtype=np.int64)
     ib = np.array([position[b] for _, b in pairs], dtype=np.int64)
-    return pair_feature_matrix(parsed, ia, ib, cos)
+    return pair_feature_matrix(parsed, ia, ib, cos, context)

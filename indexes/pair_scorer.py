@@ -17,8 +17,10 @@ held-out labelled pairs for best F1 or for a target precision
 (:meth:`PairScorer.with_threshold`). Nothing here knows any dataset or shop.
 
 The shipped default, ``indexes/models/pair_scorer.json``, is fitted by
-``python -m benchmarks.er_pairs --refit`` on the union of the public listing-pair
-benchmarks' ``train`` splits with its threshold picked on their ``valid`` splits.
+``python -m benchmarks.er_pairs --write-model`` on the public listing-pair benchmarks'
+``train`` splits and a share of a generated multilingual title set's ``train`` split, each
+pair featurised in its neighbourhood, with its threshold picked on the benchmarks' ``valid``
+splits (docs/indexes.md says what was measured to choose).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import numpy as np
 from indexes.atomic import read_json, write_json_atomic
 from indexes.pair_features import (
     BASE_FEATURES,
+    PRICE_FEATURES,
+    PairContext,
     PairRecord,
     ParsedRecords,
     feature_matrix,
@@ -49,7 +53,8 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "pair_scorer.j
 # Similarities in [0, 1] that get hinge terms max(0, x - knot): a piecewise-linear
 # response without binning the data by hand.
 HINGE_FEATURES: tuple[str, ...] = ("cosine", "title_token_jaccard", "title_char3_cosine",
-                                   "code_best_similarity")
+                                   "code_best_similarity", "rare_token_jaccard", "rare_token_containment",
+                                   "cosine_over_background")
 HINGE_KNOTS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9)
 
 
@@ -152,25 +157,57 @@ class PairScorer:
         self.meta: dict[str, Any] = dict(meta or {})
 
     # ---- scoring ------------------------------------------------------------------
-    def score_features(self, base: np.ndarray) -> np.ndarray:
-        """Probabilities of ``n x len(BASE_FEATURES)`` base features."""
-        z = (_expand(np.atleast_2d(base)) - self.mean) / self.scale
+    def score_features(self, base: np.ndarray, *, price_blind: bool = False) -> np.ndarray:
+        """Probabilities of ``n x len(BASE_FEATURES)`` base features.
+
+        ``price_blind``: score as if neither side had a price (the text's evidence alone):
+        what decides whether a listing's text is a copy, whatever price it baits with.
+        """
+        x = np.array(np.atleast_2d(base), dtype=np.float64)
+        if price_blind:
+            x[:, [BASE_FEATURES.index(f) for f in PRICE_FEATURES]] = 0.0
+        z = (_expand(x) - self.mean) / self.scale
         return _sigmoid(z @ self.weights + self.bias)
 
     def score(self, pairs: Sequence[tuple[PairRecord, PairRecord]],
-              cosines: Sequence[float] | np.ndarray) -> np.ndarray:
+              cosines: Sequence[float] | np.ndarray, context: PairContext | None = None, *,
+              price_blind: bool = False) -> np.ndarray:
         """Same-product probability of each pair, given each pair's embedding cosine."""
-        return self.score_features(feature_matrix(pairs, cosines))
+        return self.score_features(feature_matrix(pairs, cosines, context), price_blind=price_blind)
 
     def score_parsed(self, records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
-                     cosines: Sequence[float] | np.ndarray) -> np.ndarray:
+                     cosines: Sequence[float] | np.ndarray, context: PairContext | None = None, *,
+                     price_blind: bool = False) -> np.ndarray:
         """Same-product probability of the pairs ``(records[ia[i]], records[ib[i]])``."""
-        return self.score_features(pair_feature_matrix(records, ia, ib, cosines))
+        return self.score_features(pair_feature_matrix(records, ia, ib, cosines, context),
+                                   price_blind=price_blind)
+
+    def decision_scores(self, base: np.ndarray, copy_title_similarity: float | None) -> np.ndarray:
+        """The score a near-duplicate decision compares with :attr:`threshold`.
+
+        Two questions, kept apart: is the listing's text a **copy** (judged on the text's
+        evidence alone, prices blanked, for pairs whose titles' character-3-gram cosine is
+        at least ``copy_title_similarity``: a scam repost keeps the text and baits with the
+        price), and are the two the **same product** (every feature, prices included: two
+        shops' offers of one product differ in wording, and a price far apart says they are
+        different products). The score is the larger of the two; ``None`` turns the copy
+        question off.
+        """
+        x = np.atleast_2d(base)
+        product = self.score_features(x)
+        if copy_title_similarity is None:
+            return product
+        near = x[:, BASE_FEATURES.index("title_char3_cosine")] >= copy_title_similarity
+        if not near.any():
+            return product
+        copy = np.zeros(len(x))
+        copy[near] = self.score_features(x[near], price_blind=True)
+        return np.maximum(product, copy)
 
     def decide(self, pairs: Sequence[tuple[PairRecord, PairRecord]],
-               cosines: Sequence[float] | np.ndarray) -> np.ndarray:
+               cosines: Sequence[float] | np.ndarray, context: PairContext | None = None) -> np.ndarray:
         """Boolean same-product decision of each pair (score >= threshold)."""
-        return self.score(pairs, cosines) >= self.threshold
+        return self.score(pairs, cosines, context) >= self.threshold
 
     # ---- fitting ------------------------------------------------------------------
     @classmethod

@@ -22,7 +22,7 @@ from indexes.near_duplicates import (
     pdq_near_duplicates,
     vector_near_duplicates,
 )
-from indexes.pair_features import PairRecord, ParsedRecords
+from indexes.pair_features import BACKGROUND_FLOOR, PairContext, PairRecord, ParsedRecords, feature_matrix
 from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer
 from indexes.pdq import PdqIndex
 from indexes.vector import Hit, VectorIndex
@@ -185,17 +185,21 @@ def test_scorer_tells_model_numbers_apart_and_keeps_a_reworded_copy(scorer: Pair
         "tv55-copy": PairRecord("Samsung UE55AU7100 55 inch Smart TV", price=489.0),
     }
     # The embedding puts the other model even closer than the copy: cosine alone would merge it.
-    idx = vector_index({"tv55": at(1.0), "tv43": at(0.96875), "tv55-copy": at(0.9375)})
+    idx = vector_index({"tv55": at(1.0), "tv43": at(0.9375), "tv55-copy": at(0.90625)})
     nd = TextNearDuplicates(NearDuplicateConfig(), 0.9, scorer)
     cands = nd.candidates(idx, E0, ["tv55"])
     assert ids_of(cands) == [["tv43", "tv55-copy"]]
     got = nd.decide(parsed(by_id["tv55"]), cands, records(by_id))
     assert ids_of(got) == [["tv55-copy"]]
-    expected = scorer.score([(by_id["tv55"], by_id["tv55-copy"])], [0.9375])[0]
-    assert got[0][0].score == pytest.approx(expected)  # below the copy cosine: the scorer's probability
+    # Below the copy cosine: the scorer's decision score, in the query's neighbourhood (both candidates).
+    features = feature_matrix([(by_id["tv55"], by_id["tv43"]), (by_id["tv55"], by_id["tv55-copy"])],
+                              [0.9375, 0.90625],
+                              PairContext(np.zeros(2, dtype=np.int64), np.full(2, BACKGROUND_FLOOR)))
+    expected = scorer.decision_scores(features, NearDuplicateConfig().text_copy_title_similarity)[1]
+    assert got[0][0].score == pytest.approx(expected, abs=1e-6)
     by_cosine = TextNearDuplicates(NearDuplicateConfig(), 0.9, None)
     assert by_cosine.decide(None, cands, never_called) == [
-        [Neighbour("tv43", 0.96875), Neighbour("tv55-copy", 0.9375)]]
+        [Neighbour("tv43", 0.9375), Neighbour("tv55-copy", 0.90625)]]
 
 
 # A bait-priced repost: the very same text, a price to lure a buyer off the platform.
@@ -204,9 +208,13 @@ ORIGINAL = PairRecord("iPhone 13 128GB blue unlocked", "Excellent condition, com
 BAIT = PairRecord(ORIGINAL.title, ORIGINAL.description, 45.0)
 
 
-def test_copy_rule_catches_a_bait_priced_repost(scorer: PairScorer) -> None:
-    # Why the rule exists: the scorer weighs price, and on its own calls this pair two products.
-    assert scorer.decide([(ORIGINAL, BAIT)], [1.0]).tolist() == [False]
+def test_a_bait_priced_repost_is_a_copy_whatever_the_price(scorer: PairScorer) -> None:
+    # "Same product" weighs the price; "a copy" is asked of the text alone, so the bait price
+    # cannot hide a repost.
+    x = feature_matrix([(ORIGINAL, BAIT)], [0.95])
+    copy_only = scorer.score_features(x, price_blind=True)[0]
+    assert copy_only >= scorer.threshold
+    assert scorer.decision_scores(x, 0.9)[0] == pytest.approx(max(copy_only, scorer.score_features(x)[0]))
     by_id = {"orig": ORIGINAL, "bait": BAIT, "far": PairRecord("Vintage leather sofa", price=260.0)}
     idx = vector_index({"orig": at(1.0), "bait": at(1.0), "far": at(0.5)})
     config = NearDuplicateConfig()
@@ -214,19 +222,22 @@ def test_copy_rule_catches_a_bait_priced_repost(scorer: PairScorer) -> None:
     nd = TextNearDuplicates(config, 0.9, scorer)
     cands = nd.candidates(idx, E0, ["orig"])
     assert ids_of(cands) == [["bait", "far"]]
-    # A copy's score is the larger of the scorer's probability and the cosine.
+    # A copy's score is the larger of the decision score and the cosine.
     assert nd.decide(parsed(ORIGINAL), cands, records(by_id)) == [[Neighbour("bait", 1.0)]]
-
-    alone = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=None), 0.9, scorer)
-    assert alone.decide(parsed(ORIGINAL), cands, records(by_id)) == [[]]
+    # Either copy rule alone still finds it.
+    for update in ({"text_copy_cosine": None}, {"text_copy_title_similarity": None}):
+        one = TextNearDuplicates(config.model_copy(update=update), 0.9, scorer)
+        assert ids_of(one.decide(parsed(ORIGINAL), cands, records(by_id))) == [["bait"]]
 
 
 def test_copy_cosine_is_inclusive(scorer: PairScorer) -> None:
-    assert scorer.decide([(ORIGINAL, BAIT)], [0.875]).tolist() == [False]
-    cands = [[Hit("bait", 0.875)]]
-    by_id = {"bait": BAIT}
+    # Texts with nothing in common that the scorer rejects: only the copy cosine can pair them.
+    other = PairRecord("Vintage leather sofa three seater", price=900.0)
+    assert scorer.decide([(ORIGINAL, other)], [0.875]).tolist() == [False]
+    cands = [[Hit("other", 0.875)]]
+    by_id = {"other": other}
     at_rule = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=0.875), 0.9, scorer)
-    assert at_rule.decide(parsed(ORIGINAL), cands, records(by_id)) == [[Neighbour("bait", 0.875)]]
+    assert at_rule.decide(parsed(ORIGINAL), cands, records(by_id)) == [[Neighbour("other", 0.875)]]
     above = TextNearDuplicates(NearDuplicateConfig(text_copy_cosine=0.90625), 0.9, scorer)
     assert above.decide(parsed(ORIGINAL), cands, records(by_id)) == [[]]
 

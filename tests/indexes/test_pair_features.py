@@ -16,8 +16,10 @@ import pytest
 
 from indexes.pair_features import (
     BASE_FEATURES,
+    PairContext,
     PairRecord,
     ParsedRecords,
+    content_tokens,
     extract_codes,
     extract_quantities,
     feature_matrix,
@@ -46,14 +48,15 @@ def reference_features(a: PairRecord, b: PairRecord, cosine: float) -> list[floa
     def parse(r: PairRecord) -> dict[str, object]:
         title = _norm(r.title)
         text = title + " " + _norm(r.description)
-        tokens = re.findall(r"[0-9a-z]+", title)
+        tokens = re.findall(r"[^\W_]+", title)
         padded = " " + " ".join(tokens) + " "
         grams: dict[str, int] = {}
         for i in range(len(padded) - 2):
             grams[padded[i:i + 3]] = grams.get(padded[i:i + 3], 0) + 1
-        return {"tokens": set(tokens), "n": len(tokens), "text": set(re.findall(r"[0-9a-z]+", text)),
+        return {"tokens": set(tokens), "n": len(tokens), "text": set(re.findall(r"[^\W_]+", text)),
                 "grams": grams, "codes": extract_codes(r.title) | extract_codes(r.description),
-                "squashed": re.sub(r"[^0-9a-z]", "", text),
+                "squashed": re.sub(r"[\W_]", "", text), "content": set(content_tokens(tokens)),
+                "described": re.search(r"[^\W_]", _norm(r.description)) is not None,
                 "numbers": set(re.findall(r"\d+(?:\.\d+)?", title)),
                 "q": extract_quantities(r.title), "price": r.price if r.price and r.price > 0 else None}
 
@@ -77,6 +80,18 @@ def reference_features(a: PairRecord, b: PairRecord, cosine: float) -> list[floa
     common = len(p["tokens"] & q["tokens"])  # type: ignore[operator]
     smaller = min(len(p["tokens"]), len(q["tokens"]))  # type: ignore[arg-type]
     both = p["price"] is not None and q["price"] is not None
+    # Rarity in a neighbourhood of just these two records (counted as 10: MIN_NEIGHBOURHOOD).
+    ta, tb = p["content"], q["content"]
+    same = a == b
+
+    def w(t: str) -> float:
+        return math.log(11 / (1 if same else (t in ta) + (t in tb)))  # type: ignore[operator]
+
+    def total(ts: set[str]) -> float:
+        return sum(w(t) for t in ts)
+
+    shared = total(ta & tb)  # type: ignore[operator]
+    union, smallest = total(ta | tb), min(total(ta), total(tb))  # type: ignore[operator, arg-type]
     return [
         cosine, _jaccard(p["tokens"], q["tokens"]), common / smaller if smaller else 0.0,  # type: ignore[arg-type]
         dot / (na * nb) if na and nb else 0.0, _jaccard(p["text"], q["text"]),  # type: ignore[arg-type]
@@ -86,12 +101,15 @@ def reference_features(a: PairRecord, b: PairRecord, cosine: float) -> list[floa
         float(any(p["q"][u] & q["q"][u] for u in units)),  # type: ignore[index]
         float(any(not (p["q"][u] & q["q"][u]) for u in units)),  # type: ignore[index]
         float(both), min(abs(math.log(p["price"] / q["price"])), 5.0) if both else 0.0,  # type: ignore[operator]
+        shared / union if union else 0.0, shared / smallest if smallest else 0.0, cosine - 0.4,
+        float(bool(p["described"] and q["described"])),
     ]
 
 
-WORDS = ("samsung", "sony", "galaxy", "tv", "led", "ultra", "black", "case", "pro", "kit", "new", "inch")
+WORDS = ("samsung", "sony", "galaxy", "tv", "led", "ultra", "black", "case", "pro", "kit", "new", "inch",
+         "madu", "murah", "мёд", "纯天然蜂蜜", "น้ำผึ้งป่า", "kg")
 SPECS = ("32gb", "64 GB", "55 inch", '15.6"', "1080p", "2.5 in", "600w", "600 W", "12mp", "3 pack",
-         "16gb 32gb", "5 in 5.0in")
+         "16gb 32gb", "5 in 5.0in", "1 Kg", "0.5 mm")
 CODES = ("UE55AU7100", "ue-55au7100", "UE43AU7100", "KDL-40 EX500", "kdl40ex500", "mb13-pnk-see-v2",
          "SX530", "sx530hs", "4821", "48210", "A1", "x-1.5")
 
@@ -201,3 +219,41 @@ def test_parsed_records_take_concat_and_empty() -> None:
     assert x[:, BASE_FEATURES.index("code_exact")].tolist() == [1.0, 1.0]
     assert len(ParsedRecords.parse([])) == 0
     assert pair_feature_matrix(recs, np.zeros(0, int), np.zeros(0, int), []).shape == (0, len(BASE_FEATURES))
+
+
+def test_content_tokens_leave_out_sizes_and_units_and_split_unspaced_scripts() -> None:
+    assert content_tokens(["beras", "pandan", "1", "kg", "500ml", "0.5", "mm", "x", "30s"]) == \
+        ["beras", "pandan", "30s"]
+    thai = content_tokens(["น้ำผึ้งป่า"])
+    assert "น้ำผึ้งป่า" in thai and "ป่" in thai  # the run and its character bigrams
+    assert content_tokens(["蜂蜜"]) == ["蜂蜜"]
+    assert content_tokens(["мёд", "1кг"]) == ["мёд", "1кг"]  # a unit the list does not know stays
+
+
+def test_a_word_every_neighbour_has_weighs_less_than_a_rare_one() -> None:
+    # Query 0 shares a word with 1 and with 2: "kaos" is in every record, "velaro" only in 0 and 2.
+    recs = [PairRecord("kaos velaro hitam"), PairRecord("kaos rumaki putih"), PairRecord("velaro kaos merah")]
+    recs += [PairRecord(f"kaos polos {w}") for w in ("alpha", "beta", "gamma", "delta", "omega")]
+    parsed = ParsedRecords.parse(recs)
+    ia, ib = np.zeros(7, dtype=np.int64), np.arange(1, 8)
+    ctx = PairContext(np.zeros(7, dtype=np.int64), np.full(7, 0.6))
+    x = pair_feature_matrix(parsed, ia, ib, np.full(7, 0.8), ctx)
+    rare = x[:, BASE_FEATURES.index("rare_token_jaccard")]
+    assert rare[1] > 2 * rare[0] > 0  # "velaro" (rare) outweighs "kaos" (everywhere)
+    assert x[0, BASE_FEATURES.index("cosine_over_background")] == pytest.approx(0.2)
+    # The same pairs each alone: nothing says "kaos" is common, so the gap narrows.
+    alone = pair_feature_matrix(parsed, ia, ib, np.full(7, 0.8))[:, BASE_FEATURES.index("rare_token_jaccard")]
+    assert rare[1] / rare[0] > alone[1] / alone[0] > 1
+
+
+def test_a_shared_size_is_no_shared_word() -> None:
+    f = feat("Beras Pandan Wangi 1 Kg", "Gula Pasir Putih 1 Kg")
+    assert f["unit_agree"] == 1.0 and f["rare_token_jaccard"] == 0.0 and f["rare_token_containment"] == 0.0
+
+
+def test_context_of_the_wrong_length_is_refused() -> None:
+    parsed = ParsedRecords.parse([PairRecord("a"), PairRecord("b")])
+    with pytest.raises(InvalidInput) as err:
+        pair_feature_matrix(parsed, np.array([0]), np.array([1]), [0.5],
+                            PairContext(np.zeros(2, int), np.zeros(2)))
+    assert err.value.field == "context"

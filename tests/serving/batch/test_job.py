@@ -71,6 +71,18 @@ def catalogue_rows() -> list[dict[str, Any]]:
                      "description": f"Good condition, collection only. Item {i}.", "price": 50.0 + 10 * i,
                      "currency": "GBP", "category": "home",
                      "images": [{"path": "table.png"}] if i == 0 else []})
+    # Marketplace titles: an Indonesian title and another seller's copy with a word changed (a pair),
+    # two unrelated products that share only "1 Kg" with it (no pair), a bait-priced repost of a
+    # title without a description (a pair).
+    market = [("M0", "tk0", "Madu Hutan Asli Lumora 1 Kg Murah", 120_000.0),
+              ("M1", "tk1", "Madu Hutan Murni Lumora 1 Kg Murah", 125_000.0),
+              ("M2", "tk2", "Beras Pandan Wangi Zentika 1 Kg", 80_000.0),
+              ("M3", "tk3", "Gula Pasir Putih Kiraso 1 Kg", 18_000.0),
+              ("M4", "tk4", "Sepatu Lari Pria Velaro Hitam 42 Original", 350_000.0),
+              ("M5", "tk5", "Sepatu Lari Pria Velaro Hitam 42 Original", 35_000.0)]
+    for lid, seller, title, price in market:
+        rows.append({"listing_id": lid, "seller_id": seller, "title": title, "description": "",
+                     "price": price, "currency": "IDR", "category": "market"})
     rows.append({"listing_id": "bad id!", "seller_id": "S1", "title": "x"})
     rows.append({"listing_id": "NOPRICE", "seller_id": "S1", "title": "Thing", "price": "cheap"})
     return rows
@@ -173,9 +185,12 @@ def test_outputs_are_readable_and_as_the_contract_says(jsonl_run: tuple[Path, di
     assert by[("SC0", "price.anomaly", "price_anomaly@1")]["score"] > 0.9  # 45 vs ~263: bait price
     assert by[("SC3", "price.anomaly", "price_anomaly@1")]["score"] < 0.1
     assert by[("H3", "near_duplicate.count", "listing_near_duplicate@1")]["value"] == 0
+    text_pairs = {tuple(sorted((a, b))) for a, b, m in zip(pairs.a, pairs.b, pairs.modality, strict=True)
+                  if m == "listing_text" and a.startswith("M")}
+    assert text_pairs == {("M0", "M1"), ("M4", "M5")}  # copies pair, a shared "1 Kg" does not
     assert by[("burner0", "seller.cluster_count", "seller_rollup@1")]["value"] == 1
     assert by[("burner0", "seller.duplicate_listing_ratio", "seller_rollup@1")]["value"] == 1.0
-    assert summary["accepted"] == 20 and summary["rejected"] == 3 and summary["rows"] == 23
+    assert summary["accepted"] == 26 and summary["rejected"] == 3 and summary["rows"] == 29
     assert summary["top_clusters"][0]["size"] == 6 and summary["top_clusters"][0]["owners"] == 6
     assert summary["pairs"]["listing_text"] >= 15
 
@@ -183,8 +198,8 @@ def test_outputs_are_readable_and_as_the_contract_says(jsonl_run: tuple[Path, di
 def test_rejected_rows_name_the_reason(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
     out, _, _ = jsonl_run
     rejected = [json.loads(ln) for ln in (out / "rejected.jsonl").read_text().splitlines()]
-    assert [r["where"] for r in rejected] == ["listings.jsonl line 21", "listings.jsonl line 22",
-                                              "listings.jsonl line 23"]
+    assert [r["where"] for r in rejected] == ["listings.jsonl line 27", "listings.jsonl line 28",
+                                              "listings.jsonl line 29"]
     assert rejected[0]["error"]["field"] == "listing_id"
     assert rejected[1]["error"]["field"] == "price"
     assert rejected[2]["error"]["code"] == "unreadable"
@@ -199,7 +214,7 @@ def test_extractor_signals_are_the_services(jsonl_run: tuple[Path, dict[str, Any
     registry = build_registry(signals_cfg, cfg.data_dir)
     folder = out.parent / "in"
     records = []
-    for r in catalogue_rows()[:20]:
+    for r in catalogue_rows()[:26]:
         r = json.loads(json.dumps(r))
         for img in r.get("images", []):
             img["path"] = str(folder / img["path"])
@@ -218,9 +233,9 @@ def test_pairs_are_what_the_service_would_decide(jsonl_run: tuple[Path, dict[str
         out / "indexes" / "default" / "listing_text", lambda: VectorIndex(), VectorIndex.load)
     try:
         index = durable.index
-        assert len(index) == 20 and durable.meta["SC1"]["owner"] == "burner1"
+        assert len(index) == 26 and durable.meta["SC1"]["owner"] == "burner1"
         rule = TextNearDuplicates.from_config(cfg.indexes)
-        records = {r["listing_id"]: r for r in catalogue_rows()[:20]}
+        records = {r["listing_id"]: r for r in catalogue_rows()[:26]}
 
         def parsed(ids: list[str]) -> ParsedRecords:
             return ParsedRecords.parse([PairRecord(records[i]["title"], records[i]["description"],
@@ -291,7 +306,7 @@ def test_formats_give_the_same_results(tmp_path: Path, data_dir: Path, fmt: str,
     ref_out, _, _ = jsonl_run
     inp = write_catalogue(tmp_path / "in", fmt)
     out, summary = run(tmp_path, data_dir, inp)
-    assert summary["accepted"] == 20
+    assert summary["accepted"] == 26
     # Units differ by format (bytes vs rows), so batches differ, and int8 text vectors move
     # in the 4th decimal with their batch-mates: scores are compared to 3 decimals.
     got, ref = pd.read_parquet(out / "pairs.parquet"), pd.read_parquet(ref_out / "pairs.parquet")
@@ -306,14 +321,14 @@ def test_formats_give_the_same_results(tmp_path: Path, data_dir: Path, fmt: str,
 
 
 def test_a_folder_of_mixed_files(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
-    rows = catalogue_rows()[:20]
+    rows = catalogue_rows()[:26]
     folder = tmp_path / "in"
     write_catalogue(folder / "a", "jsonl", rows[:7])
     write_catalogue(folder / "b", "csv", rows[7:14])
     write_catalogue(folder / "b" / "c", "parquet", rows[14:])
     (folder / "_SUCCESS").write_text("")
     out, summary = run(tmp_path, data_dir, folder)
-    assert summary["accepted"] == 20 and summary["rejected"] == 1  # the JSONL's bad last line
+    assert summary["accepted"] == 26 and summary["rejected"] == 1  # the JSONL's bad last line
     ids = [s["entity_id"] for s in signals_of(out) if s["name"] == "near_duplicate.count"]
     assert ids == [r["listing_id"] for r in rows[:7] + rows[14:] + rows[7:14]]  # a/, b/c/, b/ sorted paths
 
@@ -359,7 +374,7 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 
 def test_killed_job_resumes_without_redoing_units(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
-    rows = [dict(r, listing_id=f"{r['listing_id']}x{k}") for k in range(3) for r in catalogue_rows()[:20]]
+    rows = [dict(r, listing_id=f"{r['listing_id']}x{k}") for k in range(3) for r in catalogue_rows()[:26]]
     inp = write_catalogue(tmp_path / "in", rows=rows)
     cfg_file = tmp_path / "config.json"
     cfg_file.write_text(config(data_dir, images=False, unit_bytes=1024).model_dump_json())
@@ -455,7 +470,7 @@ def test_vectors_and_clusters_stay_memory_mapped(jsonl_run: tuple[Path, dict[str
 
     out, _, _ = jsonl_run
     cat = load_catalogue(out / "work" / "catalogue", "listing")
-    assert isinstance(cat.text, np.memmap) and cat.text.shape == (20, 384)
+    assert isinstance(cat.text, np.memmap) and cat.text.shape == (26, 384)
     assert isinstance(cat.sscd, np.memmap) and cat.sscd.shape[0] == 4
 
 
