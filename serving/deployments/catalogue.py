@@ -76,6 +76,7 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
                              deep=deep_queue(config))
     engine.reconcile()
+    engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again
     return engine
 
@@ -130,6 +131,7 @@ class Catalogue:
         while True:
             await asyncio.sleep(interval)
             try:
+                await self._write("repair")
                 await self._write("compact")
                 days = self.config.service.retention_days
                 if days is not None:
@@ -257,3 +259,6 @@ class IndexShard:
 
     async def drop_misplaced(self, tenant: str, modality: Modality, shard: int, shards: int) -> int:
         return await self._run(self.core.drop_misplaced, tenant, modality, shard, shards)
+
+    async def boot_id(self) -> str:
+        return self.core.boot_id()

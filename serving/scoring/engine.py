@@ -722,6 +722,22 @@ class CatalogueEngine:
         return self.store.add_label(label)
 
     # --------------------------------------------------------- start-up repair
+    def repair(self) -> dict[str, int]:
+        """Between writes (a timer): re-index what a failed index call left out, and reconcile in
+        full when an index shard restarted (its partition may be empty)."""
+        if self.indexes.shards_restarted():
+            log.warning("an index shard restarted: reconciling its partitions with the store")
+            return self.reconcile()
+        repaired = 0
+        for tenant, kind, item_id in self.store.pending_index():
+            item = self.store.get_item(tenant, kind, item_id)
+            if item is not None:  # committed: its entries are logged again (idempotent)
+                self._index_item(item, item)
+                repaired += 1
+        self.store.clear_pending_index()
+        self._indexed = []
+        return {"added": repaired, "removed": 0}
+
     def reconcile(self) -> dict[str, int]:
         """Make the indexes agree with the store (authoritative): add what the store has and an
         index lacks (a crash after the commit), drop what an index has and the store does not

@@ -19,6 +19,7 @@ shard's own IVF past ``vector.exact_max``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class IndexShardCore:
     def __init__(self, root: Path, config: IndexesConfig, models: dict[Modality, str],
                  dims: dict[Modality, int]) -> None:
         self.indexes = TenantIndexes(root, config, models, dims)
+        self.boot = uuid.uuid4().hex  # a restarted shard (maybe on another node, its disk empty) says so
+
+    def boot_id(self) -> str:
+        return self.boot
 
     def _durable(self, tenant: str, modality: Modality,
                  create: bool = False) -> DurableIndex[VectorIndex] | DurableIndex[PdqIndex] | None:
@@ -132,15 +137,27 @@ class LocalShardClient:
         return _Done(getattr(self.core, method)(*args))
 
 
-class HandleShardClient:
-    """An ``index-shard`` Serve deployment, called from the catalogue's writer thread (not its loop)."""
+class _Timed:
+    def __init__(self, response: Any, timeout_s: float) -> None:
+        self.response, self.timeout_s = response, timeout_s
 
-    def __init__(self, handle: Any) -> None:
+    def result(self) -> Any:
+        return self.response.result(timeout_s=self.timeout_s)
+
+
+class HandleShardClient:
+    """An ``index-shard`` Serve deployment, called from the catalogue's writer thread (not its loop).
+
+    A call that does not answer in ``timeout_s`` raises (the request fails; its item, committed,
+    is re-indexed by the next maintenance round from its pending mark): a hung shard never holds
+    the writer for ever."""
+
+    def __init__(self, handle: Any, timeout_s: float = 60.0) -> None:
         self.handle = handle
+        self.timeout_s = timeout_s
 
     def call(self, method: str, *args: Any) -> ShardCall:
-        response: ShardCall = getattr(self.handle, method).remote(*args)
-        return response
+        return _Timed(getattr(self.handle, method).remote(*args), self.timeout_s)
 
 
 def local_shard_clients(data_dir: Path, count: int, config: IndexesConfig, models: dict[Modality, str],

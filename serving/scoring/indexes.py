@@ -200,7 +200,22 @@ class TenantIndexes:
         self.split_tenants = list(split_tenants)
         self._open: dict[tuple[str, Modality], LocalIndex] = {}
         self._split: dict[tuple[str, Modality], ShardedTenantIndex] = {}
+        self._boots: list[str] | None = None
         self.lock_wait_s = 60.0
+
+    def shards_restarted(self) -> bool:
+        """Whether an index shard restarted since the last look (its partition may be empty: on
+        another node, or its volume lost); the first look only records them. Forgets the split
+        indexes' cached sizes when one did."""
+        if len(self.shards) < 2:
+            return False
+        calls = [c.call("boot_id") for c in self.shards]
+        boots = [str(c.result()) for c in calls]
+        changed = self._boots is not None and boots != self._boots
+        self._boots = boots
+        if changed:
+            self._split.clear()
+        return changed
 
     def is_split(self, tenant: str) -> bool:
         return len(self.shards) > 1 and tenant_is_split(tenant, self.split_tenants)

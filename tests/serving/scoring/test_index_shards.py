@@ -141,3 +141,37 @@ def test_the_sharded_index_sends_each_id_to_one_shard(data_dir: Path) -> None:
     assert idx.remove(ids[:10] + ["nope"]) == 10 and len(idx) == 30
     assert idx.missing(ids[:12]) == ids[:10]
     close_local_clients(clients)
+
+
+def test_a_restarted_shard_and_a_failed_index_call_are_repaired_between_writes(
+        tmp_path: Path, data_dir: Path, ex: FastExtraction) -> None:
+    from serving.scoring.index_shards import IndexShardCore, LocalShardClient
+
+    cfg = split_config(data_dir, 2)
+    engine, clients = open_split(cfg, ex)
+    rows = [listing(lid, seller, title) for lid, seller, title in CATALOGUE]
+    engine.score_listings(ex.extract("listing", rows))
+    assert engine.repair() == {"added": 1, "removed": 0}  # the last write's mark: logged again, idempotent
+    # index shard 1 comes back on another node with an empty disk
+    models, dims = ex.models()
+    clients[1].core.close()
+    clients[1].core = IndexShardCore(tmp_path / "elsewhere", cfg.indexes, models, dims)
+    idx = engine.indexes.get("default", "listing_text")
+    assert isinstance(idx, ShardedTenantIndex) and idx.missing([r.listing_id for r in rows])
+    assert engine.repair()["added"] > 0  # noticed the restart: reconciled
+    idx = engine.indexes.get("default", "listing_text")
+    assert isinstance(idx, ShardedTenantIndex) and not idx.missing([r.listing_id for r in rows])
+    assert len(idx) == len(rows)
+    # an index call that fails after the commit: the item is re-indexed by the next repair
+    real = engine._index_item
+
+    def failing(*args: object) -> None:
+        raise TimeoutError("index shard did not answer")
+    engine._index_item = failing  # type: ignore[method-assign,assignment]
+    with pytest.raises(TimeoutError):
+        engine.score_listings(ex.extract("listing", [listing("G", "s9")]))
+    engine._index_item = real  # type: ignore[method-assign]
+    assert "G" in idx.missing(["G"])
+    engine.repair()
+    assert not idx.missing(["G"]) and isinstance(clients[0], LocalShardClient)
+    close(engine, clients)
