@@ -27,7 +27,7 @@ from indexes.config import Modality
 from indexes.pdq import PdqHit
 from indexes.vector import Hit
 from serving.config import MarketGuardConfig, configure_process
-from serving.scoring.deep import pending_names
+from serving.scoring.deep import deep_sources, pending_names
 from serving.scoring.engine import CatalogueEngine, DeepQueue, Extracted, Scored
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
@@ -85,11 +85,12 @@ def deep_queue(config: MarketGuardConfig) -> DeepQueue | None:
     """The deep tier's queue settings, or None when it does not run (disabled, or no OCR / NSFW)."""
     if not config.service.deep.enabled:
         return None
-    pending = pending_names(build_registry(config.signals, config.data_dir))
+    registry = build_registry(config.signals, config.data_dir)
+    pending = pending_names(registry)
     if not pending:
         return None
     deep = config.service.deep
-    return DeepQueue(pending, deep.max_jobs, deep.max_bytes)
+    return DeepQueue(pending, deep.max_jobs, deep.max_bytes, deep_sources(registry))
 
 
 @serve.deployment(name="catalogue")

@@ -32,6 +32,11 @@ def pending_names(registry: ExtractorRegistry) -> tuple[str, ...]:
                  for e in registry.extractors if e.tier == "deep" for n in e.emits)
 
 
+def deep_sources(registry: ExtractorRegistry) -> tuple[str, ...]:
+    """The deep extractors' names (their signals' sources, without the version)."""
+    return tuple(e.name for e in registry.extractors if e.tier == "deep")
+
+
 class DeepWork:
     """The registry's deep extractors over queued jobs (listings, rebuilt with their image bytes)."""
 

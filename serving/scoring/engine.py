@@ -93,6 +93,8 @@ class DeepQueue:
     pending: tuple[str, ...]
     max_jobs: int = 1000
     max_bytes: int = 256 << 20
+    sources: tuple[str, ...] = ("image_ocr", "image_nsfw")
+    """The deep extractors: a re-post whose photos will not be read withdraws their old values."""
 
 
 @dataclass
@@ -316,7 +318,7 @@ class CatalogueEngine:
             emptied += [] if rollup else [old.owner]
         batch.signals = list(item.signals) + signals
         batch.retract = [("seller", s) for s in emptied]
-        pending = self._queue_deep(item, stored, batch)
+        pending = self._queue_deep(item, stored, batch, reposted=old is not None)
         batch.facts = facts
         if lid in facts:
             stored.facts.update(facts.pop(lid))
@@ -327,20 +329,25 @@ class CatalogueEngine:
                if s.entity_type == "listing" and s.entity_id == lid and not s.shadow]  # shadow: stored only
         return Scored(lid, own, pending)
 
-    def _queue_deep(self, item: Extracted, stored: StoredItem, batch: WriteBatch) -> list[str]:
+    def _queue_deep(self, item: Extracted, stored: StoredItem, batch: WriteBatch,
+                    reposted: bool = False) -> list[str]:
         """Queue the item's deep work with its own commit, unless the queue is full: then the work is
-        skipped (a metric, and ``deep_skipped`` in the item's facts). Returns the pending signals."""
-        if self.deep is None or not item.deep_images:
+        skipped (a metric, and ``deep_skipped`` in the item's facts). Returns the pending signals.
+        A re-post whose photos will not be read withdraws its old photos' deep values."""
+        if self.deep is None:
             return []
-        job = DeepJob(stored.tenant, stored.kind, stored.item_id, stored.record, list(item.deep_images),
-                      enqueued_at=self.clock().timestamp())
-        jobs, size = self.store.deep_backlog()
-        if jobs >= self.deep.max_jobs or size + job.size > self.deep.max_bytes:
+        if item.deep_images:
+            job = DeepJob(stored.tenant, stored.kind, stored.item_id, stored.record, list(item.deep_images),
+                          enqueued_at=self.clock().timestamp())
+            jobs, size = self.store.deep_backlog()
+            if jobs < self.deep.max_jobs and size + job.size <= self.deep.max_bytes:
+                batch.deep = [job]
+                return list(self.deep.pending)
             self.deep_skipped += 1
             stored.facts["deep_skipped"] = {"signals": list(self.deep.pending), "reason": "deep queue full"}
-            return []
-        batch.deep = [job]
-        return list(self.deep.pending)
+        if reposted:
+            batch.withdraw = {stored.item_id: list(self.deep.sources)}
+        return []
 
     # -------------------------------------------------------------- deep tier
     def deep_backlog(self) -> tuple[int, int]:

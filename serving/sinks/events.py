@@ -11,18 +11,20 @@ Shape (``marketguard.event/v1``, JSON)::
 
 ``event_id`` is unique and the same on every delivery of the event (de-duplicate on it);
 ``seq`` orders the entity's events, across all its signals: strictly increasing per entity and
-at least the commit time in microseconds since the epoch (so a batch run's published events and
-the service's later ones order by time). A consumer keeps, per entity and signal, the value
-with the highest ``seq`` (delivery is at-least-once, in order
-per sink, but a replayed dead letter arrives after newer events). A ``retract`` (the item was
-deleted, or a seller lost its last listing) withdraws every value of the entity with a lower
-``seq``.
+at least its observation time in microseconds since the epoch (so a batch run's published
+events and the service's later ones order by time). A consumer keeps, per entity and signal,
+the value with the highest ``seq`` (delivery is at-least-once, in order per sink, but a replayed
+dead letter arrives after newer events). A ``retract`` (the item was deleted, or a seller lost
+its last listing) withdraws every value of the entity with a lower ``seq``; one that names
+``sources`` (a re-posted listing whose new photos will not be read: its old photos' OCR and
+NSFW values go) only the values of those extractors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 SCHEMA = "marketguard.event/v1"
@@ -35,11 +37,16 @@ def signal_event(signal: dict[str, Any], seq: int) -> dict[str, Any]:
             "signal": signal}
 
 
-def retract_event(tenant: str, entity_type: str, entity_id: str, seq: int,
-                  observed_at: str) -> dict[str, Any]:
-    """The event that withdraws an entity's signals (its history stays in the store)."""
-    return {"schema": SCHEMA, "event_id": uuid.uuid4().hex, "type": "retract", "tenant": tenant,
-            "entity_type": entity_type, "entity_id": entity_id, "seq": seq, "observed_at": observed_at}
+def retract_event(tenant: str, entity_type: str, entity_id: str, seq: int, observed_at: str,
+                  sources: Sequence[str] = ()) -> dict[str, Any]:
+    """The event that withdraws an entity's signals (its history stays in the store): all of them,
+    or only those of the extractors named in ``sources`` (``image_ocr``: the old photos' OCR when a
+    re-posted listing's new photos will not be read)."""
+    event = {"schema": SCHEMA, "event_id": uuid.uuid4().hex, "type": "retract", "tenant": tenant,
+             "entity_type": entity_type, "entity_id": entity_id, "seq": seq, "observed_at": observed_at}
+    if sources:
+        event["sources"] = list(sources)
+    return event
 
 
 def signal_field(signal: dict[str, Any]) -> str:

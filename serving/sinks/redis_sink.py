@@ -8,7 +8,8 @@ keeps a tenant's keys in one Redis Cluster slot):
 * ``<p>:{<tenant>}:<entity_type>:<entity_id>``: a hash, one field per ``name@source`` holding
   the signal's JSON, and ``name@source#seq`` its event's sequence number. A value is written
   only over an older one (a replayed dead letter never overwrites a newer value), and a
-  ``retract`` event removes every value older than itself (``#retracted`` keeps its ``seq``).
+  ``retract`` event removes every value older than itself (``#retracted`` keeps its ``seq``), or,
+  naming ``sources``, only the older values of those extractors.
 
 Each event is applied by one Lua script (atomic per event); a delivery's events go in one
 pipeline, one round trip.
@@ -26,7 +27,7 @@ from serving.sinks.events import signal_field
 from serving.sinks.redaction import redact_event
 
 # KEYS: the tenant's stream, the entity's hash. ARGV: event id, event JSON, seq, field ("" for
-# a retract), signal JSON, stream bound.
+# a retract), signal JSON, stream bound, then (a retract of some sources only) each source.
 _APPLY = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*', 'event_id', ARGV[1], 'event', ARGV[2])
 local seq = tonumber(ARGV[3])
@@ -35,11 +36,18 @@ if ARGV[4] == '' then
   for j = 1, #all, 2 do
     local f = all[j]
     if string.sub(f, -4) == '#seq' and tonumber(all[j + 1]) < seq then
-      redis.call('HDEL', KEYS[2], f, string.sub(f, 1, -5))
+      local base = string.sub(f, 1, -5)
+      local hit = #ARGV == 6
+      for a = 7, #ARGV do
+        if string.find(base, '@' .. ARGV[a] .. '@', 1, true) then hit = true end
+      end
+      if hit then redis.call('HDEL', KEYS[2], f, base) end
     end
   end
-  local was = tonumber(redis.call('HGET', KEYS[2], '#retracted') or '0')
-  if seq > was then redis.call('HSET', KEYS[2], '#retracted', seq) end
+  if #ARGV == 6 then
+    local was = tonumber(redis.call('HGET', KEYS[2], '#retracted') or '0')
+    if seq > was then redis.call('HSET', KEYS[2], '#retracted', seq) end
+  end
   return 1
 end
 local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[4] .. '#seq') or '0')
@@ -81,7 +89,7 @@ class RedisSink:
                                                                       ev["entity_id"])],
                        args=[ev["event_id"], json.dumps(ev, sort_keys=True, ensure_ascii=False), ev["seq"],
                              field, json.dumps(signal, sort_keys=True, ensure_ascii=False) if signal else "",
-                             self.config.stream_maxlen],
+                             self.config.stream_maxlen, *ev.get("sources", [])],
                        client=pipe)
         pipe.execute()
 

@@ -102,6 +102,8 @@ class WriteBatch:
     ids, so an id check alone would not see the stale vector)."""
     index_done: list[tuple[str, ItemKind, str]] = field(default_factory=list)
     """Earlier marks whose indexing completed: cleared in this transaction (no extra commit)."""
+    withdraw: dict[str, list[str]] = field(default_factory=dict)
+    """Item id -> extractor names whose latest values of the item are withdrawn (history kept)."""
     deep: list[DeepJob] = field(default_factory=list)
     """Deep work queued with the items (replacing an item's earlier job); a deleted item's goes."""
     deep_done: list[tuple[int, float]] = field(default_factory=list)

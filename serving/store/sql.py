@@ -250,6 +250,15 @@ class SqlSignalStore:
                     "DELETE FROM latest WHERE tenant=? AND entity_type=? AND entity_id=?", (t, etype, eid)
                 )
                 self._enqueue(retract_event(t, etype, eid, self._next_seq(t, etype, eid), now))
+            for item_id, sources in batch.withdraw.items():
+                for source in sources:
+                    # source >= "x@" and < "xA" ('A' follows '@'): every version of extractor x
+                    db.execute(
+                        "DELETE FROM latest WHERE tenant=? AND entity_type=? AND entity_id=? "
+                        "AND source >= ? AND source < ?",
+                        (t, k, item_id, f"{source}@", f"{source}A"),
+                    )
+                self._enqueue(retract_event(t, k, item_id, self._next_seq(t, k, item_id), now, sources))
             for s in batch.signals:
                 wire = s.to_json_dict()
                 body = json.dumps(wire, sort_keys=True, ensure_ascii=False)

@@ -71,6 +71,22 @@ def test_jobs_are_queued_bounded_done_once_and_dropped_when_the_listing_changes(
     engine.close()
 
 
+def test_a_repost_whose_photos_will_not_be_read_withdraws_the_old_deep_values(
+        setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]) -> None:
+    cfg, ex, engine = setup
+    scored(engine, ex, "A", [b"jpeg-a"])
+    job = engine.deep_take(1, 60)[0]
+    assert engine.deep_done(job, [nsfw_signal("A", 0.97)])
+    names = {s["name"] for s in engine.entity_signals("default", "listing", "A", False)["signals"]}  # type: ignore[index]
+    assert "image.nsfw" in names
+    scored(engine, ex, "A", [], title="Item A, photos removed")  # re-posted without a readable photo
+    found = engine.entity_signals("default", "listing", "A", True)
+    assert found is not None and not any(s["name"] == "image.nsfw" for s in found["signals"])
+    assert any(h["name"] == "image.nsfw" for h in found["history"])  # the history keeps it
+    assert any(s["name"] == "near_duplicate.count" for s in found["signals"])  # the rest stays
+    engine.close()
+
+
 def test_deep_work_queued_before_a_crash_is_done_after_the_restart(
         setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]) -> None:
     cfg, ex, engine = setup

@@ -43,6 +43,12 @@ def test_redis_keeps_every_event_and_the_newest_value_of_each_signal(redis_serve
     h = r.hgetall(entity_key("marketguard", "default", "listing", "L1"))
     assert "near_duplicate.count@shadow@2" not in h  # seq 3 < 4: withdrawn
     assert json.loads(h["near_duplicate.count@index@1"])["value"] == 3  # seq 5 > 4: newer than the retract
+    nsfw = signal_event(wire("L1", "image.nsfw", 0.9, source="image_nsfw@1"), seq=6)
+    sink.deliver("d4", [nsfw, retract_event("default", "listing", "L1", 7, "2026-11-30T00:00:00Z",
+                                            sources=["image_nsfw"])])
+    h = r.hgetall(entity_key("marketguard", "default", "listing", "L1"))
+    assert "image.nsfw@image_nsfw@1" not in h  # only that extractor's values went
+    assert json.loads(h["near_duplicate.count@index@1"])["value"] == 3
     sink.deliver("d3", [signal_event(wire("L1", "price.anomaly", 0.5), seq=4)])  # not newer than the retract
     assert "price.anomaly@index@1" not in r.hgetall(entity_key("marketguard", "default", "listing", "L1"))
     sink.close()
