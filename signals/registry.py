@@ -107,7 +107,8 @@ def build_image_extractors(config: SignalsConfig,
     which serving may run asynchronously after answering with the fast signals.
     """
     images = config.images
-    wanted = [images.pdq.enabled, images.sscd.enabled, images.ocr.enabled, images.nsfw.enabled]
+    wanted = [images.pdq.enabled, images.sscd.enabled, images.local.enabled, images.ocr.enabled,
+              images.nsfw.enabled]
     if not any(wanted):
         return []
     from signals.image_decode import ImageDecoder
@@ -122,6 +123,10 @@ def build_image_extractors(config: SignalsConfig,
         from signals.image_sscd import build_sscd_extractor
 
         out.append(build_sscd_extractor(images.sscd, decoder))
+    if images.local.enabled:
+        from signals.image_local import LocalFeatureExtractor
+
+        out.append(LocalFeatureExtractor(decoder, images.local))
     if images.ocr.enabled:
         from signals.image_ocr import OcrExtractor, build_ocr_engine, content_rules_finder
 
