@@ -171,10 +171,10 @@ class NearDuplicateConfig(_Config):
     image_verify: bool = Field(
         default=True, description="decide candidates by geometric verification of local features; "
                                   "false: the thresholds.image_sscd cosine alone (the old rule)")
-    image_min_inliers: int = Field(default=8, ge=4, le=10_000,
+    image_min_inliers: int = Field(default=6, ge=4, le=10_000,
                                    description="geometric inliers a verified copy needs")
     image_min_density: float = Field(
-        default=0.1, ge=0, le=1,
+        default=0.08, ge=0, le=1,
         description="inliers per keypoint where the two images overlap (the better direction): a copy "
                     "matches densely, photos sharing only a head, hands or a logo sparsely")
     image_min_spread: float = Field(

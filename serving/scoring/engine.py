@@ -358,7 +358,7 @@ class CatalogueEngine:
     def _local_features(self, tenant: str, image_ids: list[str]) -> list[np.ndarray | None]:
         """The stored ``image_local`` blocks of image ids (``<listing>/<k>``), None where missing."""
         split = [i.rsplit("/", 1) for i in image_ids]
-        items = self.store.get_items(tenant, "listing", sorted({p[0] for p in split}))
+        items = self.store.get_items(tenant, "listing", sorted({p[0] for p in split}), with_features=True)
         out: list[np.ndarray | None] = []
         for rid, k in split:
             it = items.get(rid)

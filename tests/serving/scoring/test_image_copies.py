@@ -85,8 +85,11 @@ def test_the_engine_keeps_local_features_and_verifies_copies(data_dir: Path) -> 
         count = next(s for s in found["signals"] if s["name"] == "near_duplicate.count")
         return {(m["id"], m["modality"]) for m in (count.get("evidence") or {}).get("matches", [])}
 
+    # The candidates' local features come from the store (without them the old cosine rule
+    # would decide, and C ~ D, at cosine 0.75, would pass it).
+    assert all(b is not None for b in engine._local_features("default", ["A/0", "C/0"]))
     assert ("A", "image_sscd") in matches("B") and ("B", "image_sscd") in matches("A")
-    assert not any(m[0] == "C" for m in matches("D"))  # alike on white, refused by verification
+    assert not any(m[0] == "C" for m in matches("D")), matches("D")  # alike on white: refused
     engine.close()
 
 
