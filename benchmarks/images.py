@@ -275,8 +275,8 @@ def build_suite(quick: bool) -> Suite:
     negatives = [p for p in products if p not in source_products]
     ukbench = sorted(UKBENCH.glob("*.jpg")) if UKBENCH.exists() else []
     if quick:
-        photos, source_products = photos[::6], source_products[::8]
-        negatives, ukbench = negatives[::8], ukbench[:3]
+        photos, source_products = photos[::10], source_products[::10]
+        negatives, ukbench = negatives[::10], ukbench[:3]
     suite = Suite()
     for seed, p in enumerate(photos + source_products):
         base = Image.fromarray(_load(p))
