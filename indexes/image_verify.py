@@ -1,16 +1,19 @@
 """Geometric verification of an image pair: are these the same pixels, moved?
 
 Two images are a copy when many of their local features (``image_local``, ORB, see
-:mod:`signals.image_local`) match and one transform (crop, scale, rotation, aspect
-change, skew, mirror) maps the matches onto each other. Another
-product photographed the same way shares a pose and a white background but not
-the pixels: its feature matches do not agree on one transform.
+:mod:`signals.image_local`) match, one transform (crop, scale, rotation, aspect
+change, skew, mirror) maps the matches onto each other, and the matches are dense
+where the two images overlap. Another product photographed the same way shares a pose
+and a white background but not the pixels: its matches do not agree on one transform,
+or (one model's head composited over another garment) agree only on a small part.
 
 :func:`verify_pair` matches the first image's features (and those of its mirror
-image) against the second's with a ratio test, fits a homography with RANSAC
+image) against the second's with a ratio test, fits an affine transform with RANSAC
 (OpenCV, deterministic: its RANSAC draws from a fixed-seed generator), and reports
-the inliers of the better of the two sets. The caller decides with
-:meth:`Verification.accepted`; the thresholds are ``NearDuplicateConfig``'s.
+the better of the two sets. The direction matters a little (RANSAC samples the first
+image's matches), so callers verify a pair in one canonical order. The caller decides
+with :meth:`Verification.accepted`; the thresholds are ``NearDuplicateConfig``'s
+(:meth:`indexes.near_duplicates.ImageNearDuplicates.accepts`).
 """
 
 from __future__ import annotations

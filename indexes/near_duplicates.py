@@ -166,11 +166,13 @@ class ImageNearDuplicates:
     best cosine between any of its entries and any of the query's, and the ``image_k``
     best images at or above ``image_candidate_floor`` are candidates. Region-to-region
     search is what makes the candidate relation hold both ways (a collage found from
-    its original and the original from the collage), so the batch job and the service
-    agree whatever order the two arrive in.
+    its original and the original from the collage): the service searches from whichever
+    of two images arrives later, the batch job from both, and they find the same pairs
+    (up to the ``image_k`` cut, which can differ by direction).
 
-    Decision: a candidate whose best cosine is at or above ``image_accept_cosine`` is a
-    copy (measured safe in ``benchmarks/images.py``); any other is verified on both
+    Decision: a candidate whose best cosine is at or above ``image_accept_cosine`` (off
+    by default: ``benchmarks/images.py`` found nothing to gain) is a copy; any other is
+    verified on both
     images' ``image_local`` features, and is a copy with at least ``image_min_inliers``
     geometric inliers that are at least ``image_min_density`` of the keypoints where the
     two images overlap (and spread over ``image_min_spread`` of them). Without local

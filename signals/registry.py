@@ -103,7 +103,7 @@ def build_image_extractors(config: SignalsConfig,
                            fetch_url: UrlFetcher | None = None) -> list[Extractor]:
     """The image extractors the config enables, sharing one decoder (one decode per image).
 
-    Fast tier first (PDQ, SSCD), then the deep tier (OCR, NSFW: ``tier == "deep"``),
+    Fast tier first (PDQ, SSCD, local features), then the deep tier (OCR, NSFW: ``tier == "deep"``),
     which serving may run asynchronously after answering with the fast signals.
     """
     images = config.images
