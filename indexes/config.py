@@ -126,8 +126,10 @@ class NearDuplicateConfig(_Config):
     numbers, sizes, prices), or, with ``pair_scorer: none``, the ``listing_text`` cosine
     threshold. A pair at or above ``text_copy_cosine`` is a copy whatever the scorer says:
     the scorer weighs price, and a scam repost copies the text but baits with the price.
-    Images: SSCD cosine and PDQ Hamming thresholds from ``thresholds``; PDQ hashes
-    below ``pdq_min_quality`` (flat, featureless images) never match.
+    Images: SSCD candidates (regions too) verified on local features (the ``image_*`` keys;
+    ``thresholds.image_sscd`` only where an image has no local features), and PDQ Hamming
+    within ``thresholds.image_pdq``; PDQ hashes below ``pdq_min_quality`` (flat,
+    featureless images) never match.
     """
 
     # 50 and 0.4: picked on the listing-pair benchmarks' valid splits (never test), where
@@ -156,6 +158,30 @@ class NearDuplicateConfig(_Config):
     pdq_min_quality: int = Field(default=50, ge=0, le=100, description="PDQ quality needed to match")
     pdq_variants: bool = Field(default=True,
                                description="also match the mirrored and frame-trimmed PDQ hashes")
+    # Image copies (ImageNearDuplicates): SSCD candidates over regions, verified on local features.
+    # Defaults chosen in benchmarks/images.py on the fitting half of the photos (never the
+    # half the figures are reported on); see docs/images.md.
+    image_regions: bool = Field(
+        default=True, description="index and query the SSCD vectors of each image's regions "
+                                  "(quarter tiles, centre) beside the whole image's")
+    image_k: int = Field(default=20, ge=1, le=1000, description="candidate images verified per query image")
+    image_candidate_floor: float = Field(
+        default=0.3, ge=-1, le=1, description="best region cosine below which an image is no candidate")
+    image_verify: bool = Field(
+        default=True, description="decide candidates by geometric verification of local features; "
+                                  "false: the thresholds.image_sscd cosine alone (the old rule)")
+    image_min_inliers: int = Field(default=6, ge=4, le=10_000,
+                                   description="geometric inliers a verified copy needs")
+    image_min_density: float = Field(
+        default=0.08, ge=0, le=1,
+        description="inliers per keypoint where the two images overlap (the better direction): a copy "
+                    "matches densely, photos sharing only a head, hands or a logo sparsely")
+    image_min_spread: float = Field(
+        default=0.0, ge=0, le=1,
+        description="how far the inliers spread: sqrt(their hull's area / the image's keypoint box)")
+    image_accept_cosine: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="a candidate this close is a copy without verification; null: always verify")
 
 
 class IndexesConfig(_Config):

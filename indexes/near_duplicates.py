@@ -17,8 +17,15 @@ rule and never disagree on what a "near-duplicate" is:
   ``text_copy_cosine`` is a copy whatever the scorer says (score: at least the cosine).
   With ``pair_scorer: none`` the decision is the cosine against ``thresholds.listing_text``
   and the score is the cosine.
-* ``review_text`` and ``image_sscd``: cosine at or above the modality's threshold;
-  the score is the cosine.
+* ``review_text``: cosine at or above the modality's threshold; the score is the cosine.
+* ``image_sscd``: :class:`ImageNearDuplicates`. Each image is indexed and queried with
+  its whole (frame-trimmed) SSCD vector and its region vectors (``image_sscd_regions``:
+  the four quarter tiles and the centre), so a crop, or the photo as one tile of a
+  collage, finds its original from either side. The ``image_k`` best images at or above
+  ``image_candidate_floor`` are candidates, and each is verified geometrically on the
+  stored local features (``image_local``, :func:`indexes.image_verify.verify_pair`):
+  a copy shares pixels that one transform maps onto each other, another product shot
+  alike does not. See :class:`ImageNearDuplicates` for the score.
 * Every modality keeps at most ``max_neighbours`` (100) per item, best first, so a stock
   photo or a review template shared by 100k items costs 100 pairs an item, not 100k.
 * ``image_pdq``: Hamming distance within ``thresholds.image_pdq`` of the image's hash or,
@@ -36,7 +43,8 @@ from typing import Protocol
 import numpy as np
 
 from indexes.clustering import Pairs
-from indexes.config import IndexesConfig, NearDuplicateConfig
+from indexes.config import IndexesConfig, NearDuplicateConfig, ThresholdsConfig
+from indexes.image_verify import Verification, verify_pair
 from indexes.pair_features import PairContext, ParsedRecords, background_cosine, pair_feature_matrix
 from indexes.pair_scorer import DEFAULT_MODEL_PATH, PairScorer
 from indexes.pdq import PdqHit
@@ -170,6 +178,143 @@ class TextNearDuplicates:
         return scores
 
 
+REGION_SEPARATOR = "@"
+"""Index ids of region vectors: ``<image id>@<region>`` (the whole image is ``<image id>``). An
+image id is ``<record id>/<position>``, so the separator is looked for after its last ``/``
+(a record id may hold an ``@`` itself)."""
+
+
+def region_entries(image_id: str, whole: np.ndarray, regions: np.ndarray | None
+                   ) -> list[tuple[str, np.ndarray]]:
+    """The ``image_sscd`` index entries of one image: its whole vector, then its regions'."""
+    out = [(image_id, np.asarray(whole, dtype=np.float32))]
+    if regions is not None:
+        out += [(f"{image_id}{REGION_SEPARATOR}{r}", np.asarray(v, dtype=np.float32))
+                for r, v in enumerate(regions, start=1)]
+    return out
+
+
+def image_of_entry(entry_id: str) -> str:
+    """The image id of an ``image_sscd`` index entry (a region's id names its image)."""
+    head, slash, tail = entry_id.rpartition("/")
+    return f"{head}{slash}{tail.split(REGION_SEPARATOR, 1)[0]}"
+
+
+class ImageNearDuplicates:
+    """Image copies: SSCD candidates over regions, decided by geometric verification.
+
+    Candidates: the query image's whole and region vectors each search the index
+    (which holds every image's whole and region vectors); an image's similarity is the
+    best cosine between any of its entries and any of the query's, and the ``image_k``
+    best images at or above ``image_candidate_floor`` are candidates. Region-to-region
+    search is what makes the candidate relation hold both ways (a collage found from
+    its original and the original from the collage): the service searches from whichever
+    of two images arrives later, the batch job from both, and they find the same pairs
+    (up to the ``image_k`` cut, which can differ by direction).
+
+    Decision: a candidate whose best cosine is at or above ``image_accept_cosine`` (off
+    by default: ``benchmarks/images.py`` found nothing to gain) is a copy; any other is
+    verified on both
+    images' ``image_local`` features, and is a copy with at least ``image_min_inliers``
+    geometric inliers that are at least ``image_min_density`` of the keypoints where the
+    two images overlap (and spread over ``image_min_spread`` of them). Without local
+    features on either side (a store from before them) the old rule applies: cosine at
+    or above ``thresholds.image_sscd``. The verification runs with the pair in id order,
+    so a pair gets the same answer from either side.
+
+    Score: the cosine, raised for a verified pair to ``1 - image_min_inliers / (2 *
+    inliers)`` when that is higher (0.5 at the minimum, 0.9 at five times it), so that
+    a verified crop (cosine perhaps 0.4) does not read as a weak match.
+    """
+
+    def __init__(self, config: NearDuplicateConfig, thresholds: ThresholdsConfig) -> None:
+        self.config = config
+        self.fallback_threshold = float(thresholds.image_sscd)
+
+    @classmethod
+    def from_config(cls, config: IndexesConfig) -> ImageNearDuplicates:
+        return cls(config.near_duplicates, config.thresholds)
+
+    def candidates(self, index: VectorSearch, queries: Sequence[np.ndarray],
+                   exclude: Sequence[str | None], extra: int = 0) -> list[list[Hit]]:
+        """Each query image's candidate images (image ids, best cosine), best first.
+
+        ``queries[i]``: the ``(1 + regions, dim)`` vectors of query image ``i`` (whole
+        first); ``exclude[i]``: its own image id (its entries never count). ``extra``
+        more candidates are kept (a caller that drops some, such as a re-posted listing's
+        own old images, still gets ``image_k`` others).
+        """
+        if len(exclude) != len(queries):
+            raise InvalidInput("exclude", f"{len(exclude)} ids for {len(queries)} queries")
+        nd = self.config
+        floor = _f32(nd.image_candidate_floor)
+        k = nd.image_k + extra
+        if not queries:
+            return []
+        sizes = [len(q) for q in queries]
+        flat = np.concatenate([np.asarray(q, dtype=np.float32).reshape(-1, q.shape[-1]) for q in queries])
+        # Each image has 1 + regions entries: ask for enough to still see k distinct images.
+        per_image = 1 + (max(sizes) - 1 if nd.image_regions else 0)
+        found = index.search(flat, (k + 1) * per_image)
+        out: list[list[Hit]] = []
+        pos = 0
+        for size, own in zip(sizes, exclude, strict=True):
+            best: dict[str, float] = {}
+            for hits in found[pos:pos + size]:
+                for h in hits:
+                    img = image_of_entry(h.id)
+                    if img != own and h.score >= floor and h.score > best.get(img, -2.0):
+                        best[img] = h.score
+            pos += size
+            ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+            out.append([Hit(i, float(min(1.0, s))) for i, s in ranked])
+        return out
+
+    def decide(self, query_ids: Sequence[str], query_local: Sequence[np.ndarray | None],
+               candidates: Sequence[Sequence[Hit]],
+               local_of: Callable[[list[str]], Sequence[np.ndarray | None]]) -> list[list[Neighbour]]:
+        """The candidates that are copies of each query image, with the pair's score.
+
+        ``query_local[i]``: query image ``i``'s ``image_local`` block (None without one);
+        ``local_of(ids)``: the blocks of candidate image ids, in order (None where missing).
+        """
+        if not (len(query_ids) == len(query_local) == len(candidates)):
+            raise InvalidInput("candidates", f"{len(candidates)} candidate lists, {len(query_ids)} ids "
+                                             f"and {len(query_local)} local features")
+        nd = self.config
+        need = sorted({h.id for hits in candidates for h in hits})
+        blocks = dict(zip(need, local_of(need), strict=True)) if need else {}
+        out: list[list[Neighbour]] = []
+        for qid, qloc, hits in zip(query_ids, query_local, candidates, strict=True):
+            kept: list[Neighbour] = []
+            for h in hits:
+                score = self.pair_score(qid, qloc, h.id, blocks.get(h.id), h.score)
+                if score is not None:
+                    kept.append(Neighbour(h.id, score))
+            kept.sort(key=lambda n: (-n.score, n.id))
+            out.append(kept[:nd.max_neighbours])
+        return out
+
+    def accepts(self, v: Verification) -> bool:
+        """Whether a geometric verification shows a copy, under this rule's thresholds."""
+        nd = self.config
+        return v.accepted(nd.image_min_inliers, nd.image_min_spread, nd.image_min_density)
+
+    def pair_score(self, a_id: str, a_local: np.ndarray | None, b_id: str, b_local: np.ndarray | None,
+                   cosine: float) -> float | None:
+        """The decision on one pair: its score if the two images are copies, else None."""
+        nd = self.config
+        if nd.image_accept_cosine is not None and cosine >= _f32(nd.image_accept_cosine):
+            return min(1.0, cosine)
+        if a_local is None or b_local is None or not nd.image_verify:
+            return min(1.0, cosine) if cosine >= _f32(self.fallback_threshold) else None
+        first, second = (a_local, b_local) if a_id <= b_id else (b_local, a_local)
+        v = verify_pair(first, second)
+        if not self.accepts(v):
+            return None
+        return float(min(1.0, max(cosine, 1.0 - nd.image_min_inliers / (2.0 * v.inliers))))
+
+
 def _f32(threshold: float) -> float:
     """A threshold as the float32 the index compares (``range_search`` is inclusive of it)."""
     return float(np.float32(threshold))
@@ -177,7 +322,7 @@ def _f32(threshold: float) -> float:
 
 def vector_near_duplicates(index: VectorSearch, vectors: np.ndarray, threshold: float,
                            exclude: Sequence[str | None], limit: int = 100) -> list[list[Neighbour]]:
-    """``review_text`` / ``image_sscd``: the (at most ``limit``) stored vectors at cosine >= threshold.
+    """``review_text``: the (at most ``limit``) stored vectors at cosine >= threshold.
 
     A k-nearest search rather than a range search: a template shared by 100k reviews
     must cost ``limit`` neighbours per query, not 100k.

@@ -155,6 +155,22 @@ class SscdConfig(_Config):
                                   "made with and without it must not share an index")
     threads: int = Field(default=2, ge=1, le=256)
     batch_size: int = Field(default=16, ge=1, le=512)
+    regions: bool = Field(default=True, description="also embed the four quarter tiles and the centre "
+                                                    "(<feature>_regions), for crops and collages")
+    region_size: int = Field(default=224, ge=64, le=1024,
+                             description="regions are resized to region_size x region_size")
+
+
+class LocalFeaturesConfig(_Config):
+    """Local features (ORB keypoints) of listing images, for geometric copy verification
+    (``signals/image_local.py``; the decision is ``indexes/image_verify.py``)."""
+
+    enabled: bool = True
+    keypoints: int = Field(default=256, ge=16, le=2048,
+                           description="keypoints kept per image and per set (image, mirror): "
+                                       "the stored block is 2 x keypoints x 36 bytes")
+    max_side: int = Field(default=512, ge=128, le=2048,
+                          description="long side of the working frame the keypoints are found in")
 
 
 class OcrConfig(_Config):
@@ -190,6 +206,7 @@ class ImagesConfig(_Config):
     decode: ImageDecodeConfig = Field(default_factory=ImageDecodeConfig)
     pdq: PdqConfig = Field(default_factory=PdqConfig)
     sscd: SscdConfig = Field(default_factory=SscdConfig)
+    local: LocalFeaturesConfig = Field(default_factory=LocalFeaturesConfig)
     ocr: OcrConfig = Field(default_factory=OcrConfig)
     nsfw: NsfwConfig = Field(default_factory=NsfwConfig)
 

@@ -21,6 +21,14 @@ symbolic), so the resolution is ours to choose. Left to us:
   Pillow's bilinear filter with antialiasing, as torchvision's ``Resize`` does on PIL
   images.
 
+- **Regions** (``regions``, default on): beside the whole image, the four quarter
+  tiles and the centre (half the width and height) of the trimmed image are embedded
+  too, as ``<feature>_regions`` (``(n_images, 5, 512)``). A photo cropped to half, or
+  pasted as one tile of a collage, is far from its original as a whole but close to one
+  of its regions; :class:`indexes.near_duplicates.ImageNearDuplicates` indexes and
+  queries them all (measured in ``benchmarks/images.py``). Six embeddings an image
+  instead of one: the regions are small, so they are embedded at ``region_size``.
+
 Two extractors, because the two models' vectors live in different spaces and
 must never share an index: :class:`SscdDistilledExtractor` (``image_sscd_distilled``,
 the synchronous path) and :class:`SscdExtractor` (``image_sscd``, batch jobs).
@@ -44,6 +52,15 @@ from signals.schemas import Listing
 
 SscdModel = Literal["sscd", "sscd_distilled"]
 EMBEDDING_DIM = 512
+REGIONS = ("tile_top_left", "tile_top_right", "tile_bottom_left", "tile_bottom_right", "centre")
+
+
+def image_regions(rgb: np.ndarray) -> list[np.ndarray]:
+    """The regions of an (already frame-trimmed) image, in :data:`REGIONS` order."""
+    h, w = rgb.shape[:2]
+    h2, w2 = max(1, h // 2), max(1, w // 2)
+    boxes = [(0, 0), (0, w - w2), (h - h2, 0), (h - h2, w - w2), ((h - h2) // 2, (w - w2) // 2)]
+    return [np.ascontiguousarray(rgb[y:y + h2, x:x + w2]) for y, x in boxes]
 
 
 def default_model_path(model: SscdModel) -> Path:
@@ -63,7 +80,7 @@ class SscdEmbedder:
     """One SSCD graph on onnxruntime: RGB arrays in, unit 512-d float32 vectors out."""
 
     def __init__(self, model_path: Path, input_size: int = 320, threads: int = 2,
-                 batch_size: int = 16, trim: bool = True) -> None:
+                 batch_size: int = 16, trim: bool = True, region_size: int = 320) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -86,11 +103,12 @@ class SscdEmbedder:
         self.input_size = input_size
         self.batch_size = batch_size
         self.trim = trim
+        self.region_size = region_size
 
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+    def preprocess(self, rgb: np.ndarray, size: int | None = None, trim: bool | None = None) -> np.ndarray:
         """(h, w, 3) uint8 -> (size, size, 3) uint8, the graph normalises the rest."""
-        size = self.input_size
-        if self.trim:
+        size = size or self.input_size
+        if self.trim if trim is None else trim:
             rgb = trim_borders(rgb)
         im = Image.fromarray(rgb, "RGB")
         if im.size != (size, size):
@@ -99,11 +117,20 @@ class SscdEmbedder:
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Unit vectors, ``(len(images), 512)`` float32, computed in batches."""
-        out = np.empty((len(images), EMBEDDING_DIM), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = np.stack([self.preprocess(im) for im in chunk])
-            vecs = self.session.run([self._output], {self._input: batch})[0]
+        return self._embed([self.preprocess(im) for im in images])
+
+    def embed_regions(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The :data:`REGIONS` of each image (frame trimmed first, as configured):
+        ``(len(images), len(REGIONS), 512)`` unit vectors."""
+        tiles = [self.preprocess(r, self.region_size, trim=False)
+                 for im in images for r in image_regions(trim_borders(im) if self.trim else im)]
+        return self._embed(tiles).reshape(len(images), len(REGIONS), EMBEDDING_DIM)
+
+    def _embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.empty((len(prepared), EMBEDDING_DIM), dtype=np.float32)
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start:start + self.batch_size]
+            vecs = self.session.run([self._output], {self._input: np.stack(chunk)})[0]
             out[start:start + len(chunk)] = vecs
         # The graph normalises already; renormalising in float32 costs nothing and makes the
         # contract exact whatever graph a config points at.
@@ -114,24 +141,37 @@ class SscdEmbedder:
 def build_sscd_embedder(config: SscdConfig) -> SscdEmbedder:
     path = Path(config.model_path) if config.model_path else default_model_path(config.model)
     return SscdEmbedder(path, config.input_size, config.threads, config.batch_size,
-                        config.trim_borders)
+                        config.trim_borders, config.region_size)
 
 
-class _SscdBase(ImageExtractor[np.ndarray]):
+class _SscdBase(ImageExtractor[tuple[np.ndarray, np.ndarray | None]]):
+    """Whole-image vectors as ``features[0]``; with regions on, their vectors as ``features[1]``."""
+
     model: ClassVar[SscdModel]
 
-    def __init__(self, decoder: ImageDecoder, embedder: SscdEmbedder) -> None:
+    def __init__(self, decoder: ImageDecoder, embedder: SscdEmbedder, regions: bool = True) -> None:
         super().__init__(decoder)
         self.embedder = embedder
+        self.regions = regions
 
-    def _run(self, images: Sequence[DecodedImage]) -> list[np.ndarray]:
-        return list(self.embedder.embed([im.rgb for im in images]))
+    def _run(self, images: Sequence[DecodedImage]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        rgbs = [im.rgb for im in images]
+        whole = self.embedder.embed(rgbs)
+        if not self.regions:
+            return [(w, None) for w in whole]
+        parts = self.embedder.embed_regions(rgbs)
+        return list(zip(whole, parts, strict=True))
 
     def _assemble(self, item: Listing, images: Sequence[DecodedImage],
-                  outputs: Sequence[np.ndarray], observed_at: datetime) -> ItemResult:
+                  outputs: Sequence[tuple[np.ndarray, np.ndarray | None]], observed_at: datetime
+                  ) -> ItemResult:
         if not images:
             return ItemResult(item.entity_id)
-        return ItemResult(item.entity_id, features={self.features[0]: np.stack(outputs)})
+        features = {self.features[0]: np.stack([w for w, _ in outputs])}
+        regions = [r for _, r in outputs if r is not None]
+        if len(regions) == len(outputs):
+            features[self.features[1]] = np.stack(regions)
+        return ItemResult(item.entity_id, features=features)
 
 
 class SscdDistilledExtractor(_SscdBase):
@@ -140,7 +180,7 @@ class SscdDistilledExtractor(_SscdBase):
     name: ClassVar[str] = "image_sscd_distilled"
     version: ClassVar[int] = 2  # 2: frames trimmed before embedding; don't mix with 1
     model: ClassVar[SscdModel] = "sscd_distilled"
-    features: ClassVar[tuple[str, ...]] = ("image_sscd_distilled",)
+    features: ClassVar[tuple[str, ...]] = ("image_sscd_distilled", "image_sscd_distilled_regions")
     per_image_features: ClassVar[tuple[str, ...]] = features
 
 
@@ -150,7 +190,7 @@ class SscdExtractor(_SscdBase):
     name: ClassVar[str] = "image_sscd"
     version: ClassVar[int] = 2  # 2: frames trimmed before embedding; don't mix with 1
     model: ClassVar[SscdModel] = "sscd"
-    features: ClassVar[tuple[str, ...]] = ("image_sscd",)
+    features: ClassVar[tuple[str, ...]] = ("image_sscd", "image_sscd_regions")
     per_image_features: ClassVar[tuple[str, ...]] = features
 
 
@@ -163,4 +203,4 @@ def build_sscd_extractor(config: SscdConfig, decoder: ImageDecoder) -> _SscdBase
         cls = SscdDistilledExtractor
     else:
         raise ValueError(f"Unsupported SSCD model {config.model!r}")
-    return cls(decoder, build_sscd_embedder(config))
+    return cls(decoder, build_sscd_embedder(config), config.regions)

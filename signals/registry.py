@@ -103,11 +103,12 @@ def build_image_extractors(config: SignalsConfig,
                            fetch_url: UrlFetcher | None = None) -> list[Extractor]:
     """The image extractors the config enables, sharing one decoder (one decode per image).
 
-    Fast tier first (PDQ, SSCD), then the deep tier (OCR, NSFW: ``tier == "deep"``),
+    Fast tier first (PDQ, SSCD, local features), then the deep tier (OCR, NSFW: ``tier == "deep"``),
     which serving may run asynchronously after answering with the fast signals.
     """
     images = config.images
-    wanted = [images.pdq.enabled, images.sscd.enabled, images.ocr.enabled, images.nsfw.enabled]
+    wanted = [images.pdq.enabled, images.sscd.enabled, images.local.enabled, images.ocr.enabled,
+              images.nsfw.enabled]
     if not any(wanted):
         return []
     from signals.image_decode import ImageDecoder
@@ -122,6 +123,10 @@ def build_image_extractors(config: SignalsConfig,
         from signals.image_sscd import build_sscd_extractor
 
         out.append(build_sscd_extractor(images.sscd, decoder))
+    if images.local.enabled:
+        from signals.image_local import LocalFeatureExtractor
+
+        out.append(LocalFeatureExtractor(decoder, images.local))
     if images.ocr.enabled:
         from signals.image_ocr import OcrExtractor, build_ocr_engine, content_rules_finder
 

@@ -9,7 +9,8 @@ accepted record (global row numbers follow the input's order), with
   process memory;
 * ``text.f32``: the text vectors, ``n x dim`` float32 (zeros where a record had no text);
 * ``image_rows.i64``, ``pdq0.u8``/``pdq1.u8``/``pdq2.u8`` (``m x 32``: hash, mirror, trimmed),
-  ``pdq_quality.f32``, ``sscd.f32``: one row per image with features.
+  ``pdq_quality.f32``, ``sscd.f32``, ``sscd_regions.f32`` (``m x regions x dim``),
+  ``local.u8`` (``m x`` the ``image_local`` block): one row per image with features.
 
 A record id seen twice in one tenant is rejected the second time ("duplicate"); the
 keys seen are kept as digests (:class:`serving.batch.seen_ids.SeenIds`, ~24-70 bytes a key,
@@ -73,6 +74,8 @@ class Catalogue:
     pdq: list[np.ndarray] | None  # hash, mirror, trimmed: (m, 32) uint8 each
     pdq_quality: np.ndarray | None
     sscd: np.ndarray | None       # (m, dim) float32
+    sscd_regions: np.ndarray | None = None  # (m, regions, dim) float32
+    local: np.ndarray | None = None  # (m, 2, K, 36) uint8: image_local blocks
 
     def value(self, name: str, row: int) -> Any:
         """One cell of ``meta.arrow`` (random access through the memory map)."""
@@ -131,11 +134,12 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
     seen = SeenIds()  # (tenant, id) -> where first seen, as (unit << 32 | row in its part)
     wheres = _wheres(parts_dir)
     n = m = rejected = with_errors = no_text_yet = 0
-    text_dim = sscd_dim = 0
+    text_dim = sscd_dim = regions = 0
+    local_shape: list[int] = []
     text_feature: str | None = None
     files = {name: _Appender(out / name) for name in
              ("text.f32", "image_rows.i64", "image_index.i32", "pdq0.u8", "pdq1.u8", "pdq2.u8",
-              "pdq_quality.f32", "sscd.f32")}
+              "pdq_quality.f32", "sscd.f32", "sscd_regions.f32", "local.u8")}
     sink = pa.OSFile(str(out / "meta.arrow"), "wb")
     writer = ipc.new_file(sink, META_SCHEMA)
     with open(rejected_tmp, "w", encoding="utf-8") as rej, open(errors_tmp, "w", encoding="utf-8") as errs:
@@ -186,6 +190,13 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
                     if row["sscd"] is not None:
                         sscd_dim = len(row["sscd"]) // (4 * k)
                         files["sscd.f32"].write(row["sscd"])
+                        if row["sscd_regions"] is not None:
+                            regions = len(row["sscd_regions"]) // (4 * k * sscd_dim)
+                            files["sscd_regions.f32"].write(row["sscd_regions"])
+                    if row["local"] is not None:
+                        per = len(row["local"]) // k
+                        local_shape = [2, per // 72, 36]  # image_local: (2, K, 36) uint8
+                        files["local.u8"].write(row["local"])
                     m += k
                 n += 1
             if cols["entity_id"]:
@@ -198,7 +209,8 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
     for f in files.values():
         f.close()
     return {"n": n, "m": m, "rejected": rejected, "with_errors": with_errors, "text_dim": text_dim,
-            "text_feature": text_feature, "sscd_dim": sscd_dim}
+            "text_feature": text_feature, "sscd_dim": sscd_dim, "sscd_regions": regions,
+            "local_shape": local_shape}
 
 
 def _wheres(parts_dir: Path) -> Callable[[int], list[str]]:
@@ -236,6 +248,7 @@ def load_catalogue(directory: Path, kind: Kind) -> Catalogue:
     n, m = int(stats["n"]), int(stats["m"])
     meta = ipc.open_file(pa.memory_map(str(directory / "meta.arrow"))).read_all()
     text_dim, sscd_dim = int(stats["text_dim"]), int(stats["sscd_dim"])
+    regions, local_shape = int(stats.get("sscd_regions", 0)), tuple(stats.get("local_shape") or ())
 
     def mm(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
         path = directory / name
@@ -256,4 +269,6 @@ def load_catalogue(directory: Path, kind: Kind) -> Catalogue:
         image_index=image_index if image_index is not None else np.zeros(0, dtype=np.int32),
         pdq=pdq, pdq_quality=mm("pdq_quality.f32", "<f4", (m,)),
         sscd=mm("sscd.f32", "<f4", (m, sscd_dim)) if sscd_dim else None,
+        sscd_regions=mm("sscd_regions.f32", "<f4", (m, regions, sscd_dim)) if regions and sscd_dim else None,
+        local=mm("local.u8", "u1", (m, *local_shape)) if local_shape else None,
     )

@@ -16,7 +16,8 @@ The pipeline is ``units -> read + validate (tasks) -> extractors (actor pool) ->
 
 A part holds, per row: where it came from, the validated record (images reduced to
 their count), the rejection or extractor errors, the extractor signals (JSON), and
-the features the catalogue-wide stages need (text vector, PDQ hashes, SSCD vectors)
+the features the catalogue-wide stages need (text vector, PDQ hashes, SSCD vectors and
+their regions', the images' local features)
 as raw little-endian bytes.
 """
 
@@ -65,6 +66,8 @@ PART_SCHEMA = pa.schema([
     ("pdq", pa.binary()),         # images x 32 bytes, then the mirrored, then the trimmed hashes
     ("pdq_quality", pa.binary()),  # float32 per image
     ("sscd", pa.binary()),        # images x dim float32
+    ("sscd_regions", pa.binary()),  # images x regions x dim float32 (image_sscd*_regions)
+    ("local", pa.binary()),       # images x the image_local block (uint8; 2 x K x 36)
 ])
 
 
@@ -135,6 +138,7 @@ class ExtractActor:
         names = {e.name for e in self.registry.for_kind(kind)}
         self.want_pdq = "image_pdq" in names
         self.want_sscd = bool(names & set(SSCD_FEATURES))
+        self.want_local = "image_local" in names
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -150,7 +154,8 @@ class ExtractActor:
             records = [parse_record(model, json.loads(rows[i]["record"])) for i in idx]
             for i, rec, res in zip(idx, records,
                                    self.registry.extract_batch(self.kind, records), strict=True):
-                fill_features(out[i], res, want_pdq=self.want_pdq, want_sscd=self.want_sscd)
+                fill_features(out[i], res, want_pdq=self.want_pdq, want_sscd=self.want_sscd,
+                              want_local=self.want_local)
                 # The part keeps the record without its images' bytes (they are features now).
                 out[i]["record"] = rec.model_dump_json(by_alias=True, exclude={"images"})
         return pa.Table.from_pylist(out, schema=PART_SCHEMA)
@@ -166,7 +171,7 @@ def extract_row_stub(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def fill_features(out: dict[str, Any], result: Any, *,
-                  want_pdq: bool = False, want_sscd: bool = False) -> None:
+                  want_pdq: bool = False, want_sscd: bool = False, want_local: bool = False) -> None:
     """Copy one registry result into a part row (signals as JSON, features as bytes)."""
     out["signals"] = json.dumps([s.to_json_dict() for s in result.signals], ensure_ascii=False)
     if result.errors:
@@ -181,19 +186,28 @@ def fill_features(out: dict[str, Any], result: Any, *,
         out["images"] = n
         out["pdq"] = b"".join(np.asarray(feats[f], dtype=np.uint8).tobytes() for f in PDQ_FEATURES)
         out["pdq_quality"] = np.asarray(feats["image_pdq_quality"], dtype="<f4").tobytes()
+    counts: set[int] = set()
+    if out["pdq"] is not None:
+        counts.add(len(feats["image_pdq"]))
     for f in SSCD_FEATURES:
         if f in feats:
             out["images"] = len(feats[f])
+            counts.add(len(feats[f]))
             out["sscd"] = np.asarray(feats[f], dtype="<f4").tobytes()
+            if f"{f}_regions" in feats:
+                counts.add(len(feats[f"{f}_regions"]))
+                out["sscd_regions"] = np.asarray(feats[f"{f}_regions"], dtype="<f4").tobytes()
+    if "image_local" in feats:
+        counts.add(len(feats["image_local"]))
+        out["local"] = np.asarray(feats["image_local"], dtype=np.uint8).tobytes()
     has_pdq, has_sscd = out["pdq"] is not None, out["sscd"] is not None
-    counts = {len(feats["image_pdq"]) if has_pdq else None,
-              len(next(feats[f] for f in SSCD_FEATURES if f in feats)) if has_sscd else None} - {None}
-    if (want_pdq and not has_pdq) or (want_sscd and not has_sscd) or len(counts) > 1:
+    if (want_pdq and not has_pdq) or (want_sscd and not has_sscd) or (want_local and out["local"] is None) \
+            or len(counts) > 1:
         # One image kind failed where the other did not (its error is in errors.jsonl): the
         # catalogue keeps one row per image with every configured kind, or none of them.
         # An error of another extractor (OCR, NSFW, text) leaves the image features alone.
         out["images"] = 0
-        out["pdq"] = out["pdq_quality"] = out["sscd"] = None
+        out["pdq"] = out["pdq_quality"] = out["sscd"] = out["sscd_regions"] = out["local"] = None
 
 
 # --------------------------------------------------------------------------- driver

@@ -43,7 +43,7 @@ from indexes.arrow_rows import take_rows
 from indexes.atomic import read_json, write_file_atomic, write_json_atomic
 from indexes.clustering import Pairs
 from indexes.config import Modality
-from indexes.near_duplicates import TextNearDuplicates
+from indexes.near_duplicates import ImageNearDuplicates, TextNearDuplicates
 from serving.batch.catalogue import Catalogue, build_catalogue
 from serving.batch.extract import Kind, part_path, run_extract, write_parquet_atomic
 from serving.batch.inputs import Unit, discover_inputs, fingerprint, plan_units
@@ -316,6 +316,7 @@ def _search(cat: Catalogue, views: _Views, config: MarketGuardConfig, out: Path,
     block = config.batch.query_block
     text = any(m == "listing_text" for _, m, _ in views)
     text_rule = TextNearDuplicates.from_config(icfg) if text else None
+    image_rule = ImageNearDuplicates.from_config(icfg)
     blocks = [(t, m, b) for t, m, v in views for b in range(-(-len(v) // block))]
     pairs_dir = out / "work" / "pairs"
     todo = [(t, m, b) for t, m, b in blocks if not block_path(pairs_dir, t, m, b).exists()]
@@ -333,7 +334,8 @@ def _search(cat: Catalogue, views: _Views, config: MarketGuardConfig, out: Path,
             return not block_path(pairs_dir, t, m, b).exists()
 
         for b, queries, found in search_blocks(
-                view, icfg, index, text_rule, parsed if m == "listing_text" else None, block, pending):
+                view, icfg, index, text_rule, parsed if m == "listing_text" else None, block, pending,
+                image_rule):
             write_block(block_path(pairs_dir, tenant, m, b), found)
             stage.update(1, queries)
         del index  # before the next one loads

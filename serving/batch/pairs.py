@@ -36,9 +36,12 @@ from indexes.atomic import write_file_atomic
 from indexes.clustering import Pairs
 from indexes.config import IndexesConfig, Modality
 from indexes.near_duplicates import (
+    REGION_SEPARATOR,
+    ImageNearDuplicates,
     TextNearDuplicates,
     canonical_pairs,
     pdq_near_duplicates,
+    region_entries,
     vector_near_duplicates,
 )
 from indexes.pair_features import PARSED_SCHEMA, PairRecord, ParsedRecords
@@ -116,13 +119,44 @@ class ModalityView:
         assert self.cat.pdq is not None
         return np.asarray(self.cat.pdq[0][idx])
 
+    def entries(self, pos: np.ndarray, config: IndexesConfig) -> tuple[list[str], np.ndarray]:
+        """Index ids and vectors of the items at ``pos``: for ``image_sscd`` with regions, each
+        image's whole vector then its regions' (:func:`indexes.near_duplicates.region_entries`)."""
+        data = self.data(pos)
+        if not self.with_regions(config):
+            return [self.ids[i] for i in pos], data
+        assert self.cat.sscd_regions is not None
+        regions = np.asarray(self.cat.sscd_regions[self.items[pos]])
+        rows = [e for i, p in enumerate(pos) for e in region_entries(self.ids[p], data[i], regions[i])]
+        return [r[0] for r in rows], np.stack([r[1] for r in rows]) if rows else data[:0]
+
+    def queries(self, pos: np.ndarray, config: IndexesConfig) -> list[np.ndarray]:
+        """``image_sscd``: each image's whole vector, then its regions' (when indexed)."""
+        data = self.data(pos)
+        if not self.with_regions(config):
+            return [data[i:i + 1] for i in range(len(pos))]
+        assert self.cat.sscd_regions is not None
+        regions = np.asarray(self.cat.sscd_regions[self.items[pos]])
+        return [np.concatenate([data[i:i + 1], regions[i]]) for i in range(len(pos))]
+
+    def local(self, pos: np.ndarray) -> list[np.ndarray | None]:
+        """``image_local`` blocks of the items at ``pos`` (None when the run has none)."""
+        if self.cat.local is None:
+            return [None] * len(pos)
+        return list(np.asarray(self.cat.local[self.items[pos]]))
+
+    def with_regions(self, config: IndexesConfig) -> bool:
+        return (self.modality == "image_sscd" and config.near_duplicates.image_regions
+                and self.cat.sscd_regions is not None)
+
     def variants(self, pos: np.ndarray, with_variants: bool) -> list[np.ndarray]:
         assert self.cat.pdq is not None
         idx = self.items[pos]
         return [np.asarray(v[idx]) for v in (self.cat.pdq if with_variants else self.cat.pdq[:1])]
 
-    def iter_items(self, chunk: int = 65_536) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(index id, per-item metadata) of every item, in order, ``chunk`` rows read at a time."""
+    def iter_items(self, chunk: int = 65_536, regions: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(index id, per-item metadata) of every item, in order, ``chunk`` rows read at a time
+        (with ``regions``, each image's region entries follow it with the same metadata)."""
         fields = _ITEM_META.get(self.modality, _IMAGE_META)  # metadata key -> catalogue column
         keys, columns = list(fields), list(fields.values())
         meta = self.cat.meta.select(columns)
@@ -130,7 +164,10 @@ class ModalityView:
             part = take_rows(meta, self.record_rows[start:start + chunk])
             values = zip(*(part.column(c).to_pylist() for c in columns), strict=True)
             for item_id, row in zip(self.ids[start:start + chunk], values, strict=True):
-                yield item_id, dict(zip(keys, row, strict=True))
+                meta = dict(zip(keys, row, strict=True))
+                yield item_id, meta
+                for r in range(1, regions + 1):
+                    yield f"{item_id}{REGION_SEPARATOR}{r}", meta
 
 
 # What the service needs of each indexed item (cross-seller counts, cluster prices),
@@ -167,18 +204,26 @@ def build_index(view: ModalityView, config: IndexesConfig, final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     index = _empty_index(view, config)
     n = len(view)
-    if isinstance(index, VectorIndex) and n > index.config.exact_max:
+    # image_sscd with regions: each image is 1 + regions entries (its whole vector first).
+    regions = 0
+    if view.modality == "image_sscd" and view.with_regions(config):
+        assert view.cat.sscd_regions is not None
+        regions = int(view.cat.sscd_regions.shape[1])
+
+    def entries(pos: np.ndarray) -> tuple[list[str], np.ndarray]:
+        return view.entries(pos, config) if regions else ([view.ids[i] for i in pos], view.data(pos))
+
+    if isinstance(index, VectorIndex) and n * (1 + regions) > index.config.exact_max:
         # Train the IVF on a seeded random sample (representative, and the same on a re-run),
         # then add the rest in chunks so no copy of all the vectors is ever made.
         sample = np.sort(np.random.default_rng(0).choice(n, min(n, index.config.train_sample), replace=False))
-        index.build([view.ids[i] for i in sample], view.data(sample), expected_size=n)
+        index.build(*entries(sample), expected_size=n * (1 + regions))
         rest = np.setdiff1d(np.arange(n), sample)
     else:
         rest = np.arange(n)
     for start in range(0, len(rest), _BUILD_CHUNK):
-        pos = rest[start:start + _BUILD_CHUNK]
-        index.add([view.ids[i] for i in pos], view.data(pos))
-    write_snapshot(tmp, index, view.iter_items())
+        index.add(*entries(rest[start:start + _BUILD_CHUNK]))
+    write_snapshot(tmp, index, view.iter_items(regions=regions) if regions else view.iter_items())
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
 
@@ -224,7 +269,8 @@ def _chunks(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[A
 
 def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex | PdqIndex,
                   text_rule: TextNearDuplicates | None, parsed: ParsedRecords | None, block_size: int,
-                  todo: Callable[[int], bool]) -> Iterator[tuple[int, int, Pairs]]:
+                  todo: Callable[[int], bool],
+                  image_rule: ImageNearDuplicates | None = None) -> Iterator[tuple[int, int, Pairs]]:
     """(block, queries, pairs as record rows) for every block ``todo`` accepts.
 
     ``parsed``: the catalogue's :func:`parsed_records` when the text rule has a pair scorer.
@@ -249,6 +295,12 @@ def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex 
             nd = config.near_duplicates
             found = pdq_near_duplicates(index, view.variants(pos, nd.pdq_variants),
                                         config.thresholds.image_pdq, own, nd.max_neighbours)
+        elif view.modality == "image_sscd":
+            assert isinstance(index, VectorIndex)
+            rule = image_rule or ImageNearDuplicates.from_config(config)
+            cands = rule.candidates(index, view.queries(pos, config), own)
+            found = rule.decide(own, view.local(pos), cands,
+                                lambda ids: view.local(np.array([id_pos[i] for i in ids], dtype=np.int64)))
         else:
             assert isinstance(index, VectorIndex)
             threshold = config.thresholds.for_modality(view.modality)

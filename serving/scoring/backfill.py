@@ -178,6 +178,10 @@ def _import_items(store: SqlSignalStore, cat: Catalogue, kind: ItemKind,
                 features["image_pdq_quality"] = np.asarray(cat.pdq_quality[images], dtype=np.float32)
             if images is not None and cat.sscd is not None:
                 features["image_sscd"] = np.asarray(cat.sscd[images], dtype=np.float32)
+                if cat.sscd_regions is not None:
+                    features["image_sscd_regions"] = np.asarray(cat.sscd_regions[images], dtype=np.float32)
+                if cat.local is not None:
+                    features["image_local"] = np.asarray(cat.local[images], dtype=np.uint8)
             f = facts.get((tenant, eid), {})
             f.setdefault("bank_hits", [])
             f.setdefault("image_problems", [])

@@ -40,7 +40,13 @@ import numpy as np
 
 from indexes.banks import BankItem, BankStore
 from indexes.config import IndexesConfig, Modality
-from indexes.near_duplicates import TextNearDuplicates, pdq_near_duplicates, vector_near_duplicates
+from indexes.near_duplicates import (
+    ImageNearDuplicates,
+    TextNearDuplicates,
+    pdq_near_duplicates,
+    region_entries,
+    vector_near_duplicates,
+)
 from indexes.pair_features import PAIR_TEXT_CHARS, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
 from indexes.vector import VectorIndex
@@ -144,6 +150,21 @@ def _sscd_feature(features: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def image_features(features: dict[str, np.ndarray], n_images: int) -> dict[str, np.ndarray]:
+    """The per-image features the image rule keeps beside SSCD: ``image_sscd_regions`` (from
+    whichever SSCD model made them) and ``image_local``, when they cover every image."""
+    out: dict[str, np.ndarray] = {}
+    for name in SSCD_FEATURES:
+        regions = features.get(f"{name}_regions")
+        if regions is not None and len(regions) == n_images:
+            out["image_sscd_regions"] = np.asarray(regions, dtype=np.float32)
+            break
+    local = features.get("image_local")
+    if local is not None and len(local) == n_images:
+        out["image_local"] = np.asarray(local, dtype=np.uint8)
+    return out
+
+
 def image_problems(errors: Sequence[ItemError]) -> list[ImageProblem]:
     """The per-image errors among an item's extractor errors, one per image field."""
     seen: dict[str | None, ImageProblem] = {}
@@ -168,6 +189,7 @@ class CatalogueEngine:
         self.indexes = TenantIndexes(index_root, config, models, dims, shards=index_shards,
                                      split_tenants=split_tenants)
         self.text_rule = TextNearDuplicates.from_config(config)
+        self.image_rule = ImageNearDuplicates.from_config(config)
         self.banks_root = Path(banks_root)
         # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
         # use), <banks_root>/../tenant-banks/<tenant>/ each tenant's own.
@@ -283,6 +305,7 @@ class CatalogueEngine:
             features["image_pdq_quality"] = quality
         if sscd is not None:
             features["image_sscd"] = sscd
+            features.update(image_features(item.features, len(sscd)))
 
         # 1-2. search and decide (the item's own entries excluded, so a re-post never matches itself)
         edges: list[Edge] = []
@@ -294,7 +317,7 @@ class CatalogueEngine:
             decided = self.text_rule.decide(ParsedRecords.parse([pair_record(listing)]), cands,
                                             lambda ids: self._parsed(t, ids))
             edges += [Edge(lid, h.id, "listing_text", h.score) for h in decided[0]]
-        edges += self._image_edges(t, lid, pdq, quality, sscd, old)
+        edges += self._image_edges(t, lid, pdq, quality, features, old)
         hits = self._listing_bank_hits(t, text, pdq, quality, sscd)
         problems = image_problems(item.errors)
 
@@ -378,7 +401,7 @@ class CatalogueEngine:
         return ParsedRecords.parse(records)
 
     def _image_edges(self, t: str, lid: str, pdq: list[np.ndarray] | None, quality: np.ndarray,
-                     sscd: np.ndarray | None, old: StoredItem | None) -> list[Edge]:
+                     features: dict[str, np.ndarray], old: StoredItem | None) -> list[Edge]:
         """Image partners, at most ``max_neighbours`` other listings' images per query image. A
         re-posted listing's own old images are still indexed (they go after the commit): they
         are asked for on top of the limit and dropped, so they never crowd out real partners."""
@@ -393,13 +416,32 @@ class CatalogueEngine:
                 found = pdq_near_duplicates(hashes, variants, self.config.thresholds.image_pdq,
                                             [None] * len(good), nd.max_neighbours + own)
                 out += self._image_hits(lid, "image_pdq", found, nd.max_neighbours)
+        sscd = features.get("image_sscd")
         if sscd is not None:
             vectors = self._vectors(t, "image_sscd", create=False)
             if vectors is not None and len(vectors):
                 own = len(old.features.get("image_sscd", ())) if old is not None else 0
-                found = vector_near_duplicates(vectors, sscd, self.config.thresholds.image_sscd,
-                                               [None] * len(sscd), nd.max_neighbours + own)
+                regions = features.get("image_sscd_regions") if nd.image_regions else None
+                queries = [sscd[k:k + 1] if regions is None else np.concatenate([sscd[k:k + 1], regions[k]])
+                           for k in range(len(sscd))]
+                ids = [f"{lid}/{k}" for k in range(len(sscd))]
+                local = features.get("image_local")
+                blocks = [None if local is None else local[k] for k in range(len(sscd))]
+                cands = self.image_rule.candidates(vectors, queries, ids, extra=own)
+                found = self.image_rule.decide(ids, blocks, cands,
+                                               lambda image_ids: self._local_features(t, image_ids))
                 out += self._image_hits(lid, "image_sscd", found, nd.max_neighbours)
+        return out
+
+    def _local_features(self, tenant: str, image_ids: list[str]) -> list[np.ndarray | None]:
+        """The stored ``image_local`` blocks of image ids (``<listing>/<k>``), None where missing."""
+        split = [i.rsplit("/", 1) for i in image_ids]
+        items = self.store.get_items(tenant, "listing", sorted({p[0] for p in split}), with_features=True)
+        out: list[np.ndarray | None] = []
+        for rid, k in split:
+            it = items.get(rid)
+            local = it.features.get("image_local") if it is not None else None
+            out.append(local[int(k)] if local is not None and int(k) < len(local) else None)
         return out
 
     @staticmethod
@@ -818,7 +860,10 @@ class CatalogueEngine:
             for k in np.flatnonzero(q >= self.config.near_duplicates.pdq_min_quality).tolist():
                 out.append(("image_pdq", f"{it.item_id}/{k}", f["image_pdq"][k], meta))
         if "image_sscd" in f:
-            out += [("image_sscd", f"{it.item_id}/{k}", vec, meta) for k, vec in enumerate(f["image_sscd"])]
+            regions = f.get("image_sscd_regions") if self.config.near_duplicates.image_regions else None
+            for k, vec in enumerate(f["image_sscd"]):
+                out += [("image_sscd", entry_id, v, meta) for entry_id, v in
+                        region_entries(f"{it.item_id}/{k}", vec, None if regions is None else regions[k])]
         return out
 
     def index_sizes(self) -> dict[tuple[str, str], int]:

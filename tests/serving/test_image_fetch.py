@@ -713,7 +713,7 @@ def _pdq_only_config() -> SignalsConfig:
     config.text_embedding.enabled = False
     config.content_rules.enabled = False
     images = config.images
-    images.sscd.enabled = images.ocr.enabled = images.nsfw.enabled = False
+    images.sscd.enabled = images.local.enabled = images.ocr.enabled = images.nsfw.enabled = False
     images.decode.url_allow_hosts = ["127.0.0.1"]
     images.decode.url_allow_http = True
     images.decode.url_timeout_s = TIMEOUT_S

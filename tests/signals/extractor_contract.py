@@ -24,7 +24,8 @@ class ExtractorContract:
     # Feature vectors this extractor returns L2-normalised (checked to 1e-3).
     unit_features: ClassVar[tuple[str, ...]] = ()
     # Features holding one row per listing image (first axis: the image, in
-    # ``listing.images`` order): (n_images, d) matrices or (n_images,) per-image scalars.
+    # ``listing.images`` order): (n_images, d) matrices, (n_images,) per-image scalars, or
+    # blocks per image ((n_images, regions, d)); unit features are unit along the last axis.
     # Every other feature is one 1-D vector per item.
     per_image_features: ClassVar[tuple[str, ...]] = ()
     # Features that are packed binary hashes (uint8, e.g. PDQ) rather than float32 vectors.
@@ -121,10 +122,11 @@ class ExtractorContract:
             else:
                 assert vec.dtype == np.float32 and np.isfinite(vec).all(), name
             if name in self.per_image_features:
-                assert vec.ndim in (1, 2) and vec.shape[0] >= 1, (name, vec.shape)
+                # (n_images,), (n_images, d), or blocks per image such as (n_images, regions, d)
+                assert vec.ndim >= 1 and vec.shape[0] >= 1, (name, vec.shape)
                 if isinstance(item, Listing):
                     assert vec.shape[0] == len(item.images), (name, vec.shape)
-                rows = vec.reshape(vec.shape[0], -1)
+                rows = vec.reshape(-1, vec.shape[-1]) if vec.ndim > 1 else vec.reshape(vec.shape[0], -1)
             else:
                 assert vec.ndim == 1, (name, vec.shape)
                 rows = vec.reshape(1, -1)

@@ -65,8 +65,8 @@ class TestPdqContract(ExtractorContract):
 
 
 class TestSscdDistilledContract(ExtractorContract):
-    per_image_features: ClassVar[tuple[str, ...]] = ("image_sscd_distilled",)
-    unit_features: ClassVar[tuple[str, ...]] = ("image_sscd_distilled",)
+    per_image_features: ClassVar[tuple[str, ...]] = SscdDistilledExtractor.per_image_features
+    unit_features: ClassVar[tuple[str, ...]] = ("image_sscd_distilled", "image_sscd_distilled_regions")
 
     def make_extractor(self) -> Extractor:
         return SscdDistilledExtractor(decoder(), sscd_embedder("sscd_distilled"))
@@ -154,7 +154,9 @@ def test_sscd_shape_norm_and_copy_closer_than_unrelated(model: SscdModel) -> Non
 
 def test_full_sscd_extractor_feature_name() -> None:
     r = SscdExtractor(decoder(), sscd_embedder("sscd")).extract(listing("L1", [encode(photo(1))]))
-    assert set(r.features) == {"image_sscd"} and r.features["image_sscd"].shape == (1, 512)
+    assert set(r.features) == {"image_sscd", "image_sscd_regions"}
+    assert r.features["image_sscd"].shape == (1, 512)
+    assert r.features["image_sscd_regions"].shape == (1, 5, 512)
 
 
 def test_image_extractors_share_one_decode() -> None:

@@ -40,11 +40,12 @@ pytestmark = pytest.mark.slow
 
 
 def config(data_dir: Path, *, images: bool = True, **batch: Any) -> MarketGuardConfig:
-    """Fast settings: PDQ + distilled SSCD (OCR and NSFW off), small units."""
+    """Fast settings: PDQ, distilled SSCD and local features (OCR and NSFW off), small units."""
     return MarketGuardConfig.model_validate({
         "data_dir": str(data_dir),
         "signals": {"images": {"pdq": {"enabled": images}, "sscd": {"enabled": images},
-                               "ocr": {"enabled": False}, "nsfw": {"enabled": False}}},
+                               "local": {"enabled": images}, "ocr": {"enabled": False},
+                               "nsfw": {"enabled": False}}},
         "batch": {"unit_bytes": 2048, "unit_rows": 7, "query_block": 16, **batch},
     })
 

@@ -24,7 +24,8 @@ def text_only(data_dir: Path) -> MarketGuardConfig:
     return MarketGuardConfig.model_validate({
         "data_dir": str(data_dir),
         "signals": {"images": {"pdq": {"enabled": False}, "sscd": {"enabled": False},
-                               "ocr": {"enabled": False}, "nsfw": {"enabled": False}}}})
+                               "local": {"enabled": False}, "ocr": {"enabled": False},
+                               "nsfw": {"enabled": False}}}})
 
 
 @pytest.fixture
