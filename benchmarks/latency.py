@@ -135,7 +135,7 @@ class Plan:
     copies: int
     deep_s: float = 20.0
     deep_max: int = 200
-    deep_flood: int = 120
+    deep_flood: int = 400  # full OCR on each: more than the deep tier gets through in deep_s
 
     def slices(self) -> dict[str, range]:
         """Payload numbers per phase: a payload (a listing id) is posted at most once per run."""
