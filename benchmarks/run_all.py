@@ -35,7 +35,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "publishing": ("redis_events_s", "webhook_events_s", "delivery_p50_ms_redis", "delivery_p99_ms"),
     "index_shards": ("p50_ms_whole", "p50_ms_split", "split_ratio_p50"),
     "latency": ("p50_ms_c1", "p99_ms_c1", "throughput_rps_c16", "overhead_ratio", "throughput_ratio_16",
-                "errors", "freshness_ms"),
+                "errors", "freshness_ms", "deep_tier_slowdown"),
 }
 
 
