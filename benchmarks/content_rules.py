@@ -24,7 +24,6 @@ Uses only the public API (``ContentRulesExtractor``), default config.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import time
@@ -33,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import SHARED_DATA, finish, median, parse_args
+from benchmarks.common import SHARED_DATA, finish, median, parse_args, wilson
 from signals.config import ContentRulesConfig
 from signals.content_rules import ContentRulesExtractor
 from signals.schemas import Review
@@ -187,16 +186,6 @@ def rule_kinds(ex: ContentRulesExtractor, i: int, text: str) -> set[str]:
 
 def baseline_kinds(text: str) -> set[str]:
     return {k for k, pat in BASELINE.items() if pat.search(text)}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    """Wilson score 95% interval of a proportion k/n (None when n is 0)."""
-    if n == 0:
-        return None
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def _score(pairs: list[tuple[int, set[str], set[str]]]) -> dict[str, dict[str, Any]]:

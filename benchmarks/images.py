@@ -46,7 +46,6 @@ Costs are medians per image or pair on this machine (2 shared cores; noisy).
 from __future__ import annotations
 
 import io
-import math
 import random
 import time
 import zlib
@@ -57,7 +56,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from benchmarks.common import SHARED_DATA, finish, median, parse_args
+from benchmarks.common import SHARED_DATA, finish, median, parse_args, wilson
 from indexes.config import IndexesConfig
 from indexes.image_verify import verify_pair
 from indexes.near_duplicates import ImageNearDuplicates, pdq_near_duplicates, region_entries
@@ -382,16 +381,6 @@ def decide(suite: Suite, feats: Features, config: IndexesConfig) -> dict[tuple[i
 
 
 # ------------------------------------------------------------------------------ scoring
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    """Wilson score interval of k successes in n trials (None for n = 0)."""
-    if n == 0:
-        return None
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
 def _rate(k: int, n: int) -> dict[str, Any]:
     return {"value": round(k / n, 4) if n else None, "k": k, "n": n, "ci95": wilson(k, n)}
 

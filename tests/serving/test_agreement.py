@@ -132,6 +132,15 @@ def test_batch_and_service_give_the_same_signals(tmp_path: Path, batch_run: tupl
         close_local_clients(shards)
 
 
+def service_dir(tmp_path: Path, cfg: Any) -> tuple[Path, Any, FastExtraction]:
+    """A new data dir for the service beside the run (the models cache linked): dir, config, extraction."""
+    svc_dir = tmp_path / "svc"
+    svc_dir.mkdir()
+    (svc_dir / "models").symlink_to(cfg.data_dir / "models")
+    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
+    return svc_dir, svc_cfg, FastExtraction.build(svc_cfg.signals, svc_dir)
+
+
 def served_from_the_first_request(client: TestClient, folder: Path, out: Path) -> dict[Any, Any]:
     """A batch-scored listing's signals are served as the run wrote them, and a copy posted now
     matches the run's listings; returns the run's signals by key."""
@@ -152,11 +161,7 @@ def test_the_service_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple[Pa
     """``--from-batch``: the run's catalogue is matchable and its signals are served from the first
     request; a copy posted then updates the batch-scored original and the seller roll-ups."""
     folder, out, cfg = batch_run
-    svc_dir = tmp_path / "svc"
-    svc_dir.mkdir()
-    (svc_dir / "models").symlink_to(cfg.data_dir / "models")
-    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
-    extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
+    svc_dir, svc_cfg, extraction = service_dir(tmp_path, cfg)
     models, dims = extraction.models()
     counts = import_batch_run(out, svc_dir, models)
     assert counts["items"] == 26 and counts["edges"] >= 15 and counts["indexes"] >= 2
@@ -189,11 +194,7 @@ def test_a_split_tenant_starts_from_a_batch_run(tmp_path: Path, batch_run: tuple
     """``--from-batch`` into a tenant split over index shards: the store is imported, the run's
     snapshots are not copied (one index is no shard's partition), and start-up fills the shards."""
     folder, out, cfg = batch_run
-    svc_dir = tmp_path / "svc"
-    svc_dir.mkdir()
-    (svc_dir / "models").symlink_to(cfg.data_dir / "models")
-    svc_cfg = cfg.model_copy(update={"data_dir": svc_dir})
-    extraction = FastExtraction.build(svc_cfg.signals, svc_dir)
+    svc_dir, svc_cfg, extraction = service_dir(tmp_path, cfg)
     models, dims = extraction.models()
     counts = import_batch_run(out, svc_dir, models, split=lambda tenant: True)
     assert counts["items"] == 26 and counts["indexes"] == 0 and not (svc_dir / "indexes").exists()
