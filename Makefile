@@ -21,7 +21,7 @@ SYSTEM_PACKAGES := redis-server:redis-server pg_ctlcluster:postgresql
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "MarketGuard needs Python >= 3.11, found " + sys.version.split()[0])'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --copies $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
