@@ -249,7 +249,7 @@ class SqlSignalStore:
                 db.execute(
                     "DELETE FROM latest WHERE tenant=? AND entity_type=? AND entity_id=?", (t, etype, eid)
                 )
-                self._enqueue(retract_event(t, etype, eid, self._next_seq(t, etype, eid), now))
+                self._enqueue_retract(t, etype, eid, now)
             for item_id, sources in batch.withdraw.items():
                 for source in sources:
                     # source >= "x@" and < "xA" ('A' follows '@'): every version of extractor x
@@ -258,7 +258,7 @@ class SqlSignalStore:
                         "AND source >= ? AND source < ?",
                         (t, k, item_id, f"{source}@", f"{source}A"),
                     )
-                self._enqueue(retract_event(t, k, item_id, self._next_seq(t, k, item_id), now, sources))
+                self._enqueue_retract(t, k, item_id, now, sources)
             for s in batch.signals:
                 wire = s.to_json_dict()
                 body = json.dumps(wire, sort_keys=True, ensure_ascii=False)
@@ -269,7 +269,7 @@ class SqlSignalStore:
                     "observed_at) VALUES (?,?,?,?,?,?,?)",
                     row,
                 )
-                self._enqueue(signal_event(wire, self._next_seq(s.tenant, s.entity_type, s.entity_id)))
+                self._enqueue_signal(wire)
 
     def _next_seq(self, tenant: str, entity_type: str, entity_id: str, floor_us: int | None = None) -> int:
         """The entity's next event sequence number (inside the write transaction): strictly
@@ -291,21 +291,28 @@ class SqlSignalStore:
         never outranks them."""
         with self._tx() as db:
             for wire in signals:
-                self._enqueue(
-                    signal_event(
-                        dict(wire),
-                        self._next_seq(wire["tenant"], wire["entity_type"], wire["entity_id"], _micros(wire)),
-                    )
-                )
+                self._enqueue_signal(dict(wire), _micros(wire))
             for key, value in (meta or {}).items():
                 db.execute(UPSERT_META, (key, value))
         return len(signals)
 
-    def _enqueue(self, event: dict[str, Any]) -> None:
-        """Queue an event for every sink (inside the write transaction: committed with the signal)."""
-        targets = self.shadow_sinks if (event.get("signal") or {}).get("shadow") else self.sinks
-        if not targets:
-            return
+    def _enqueue_signal(self, wire: dict[str, Any], floor_us: int | None = None) -> None:
+        """Queue a signal's event for every sink that takes it (a shadow signal: the shadow sinks);
+        without one, nothing is written, not even a sequence number (time-based: none is lost)."""
+        targets = self.shadow_sinks if wire.get("shadow") else self.sinks
+        if targets:
+            seq = self._next_seq(wire["tenant"], wire["entity_type"], wire["entity_id"], floor_us)
+            self._enqueue(targets, signal_event(wire, seq))
+
+    def _enqueue_retract(
+        self, tenant: str, entity_type: str, entity_id: str, now: str, sources: Sequence[str] = ()
+    ) -> None:
+        if self.sinks:
+            seq = self._next_seq(tenant, entity_type, entity_id)
+            self._enqueue(self.sinks, retract_event(tenant, entity_type, entity_id, seq, now, sources))
+
+    def _enqueue(self, targets: Sequence[str], event: dict[str, Any]) -> None:
+        """Queue an event for ``targets`` (inside the write transaction: committed with the signal)."""
         body = json.dumps(event, sort_keys=True, ensure_ascii=False)
         created = time.time()
         self._db.executemany(

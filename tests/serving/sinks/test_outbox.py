@@ -74,6 +74,7 @@ def test_events_are_queued_with_their_signals_for_each_sink(tmp_path: Path,
     plain = SqliteSignalStore(tmp_path / "p.sqlite3")  # no sinks: nothing queued
     plain.write(WriteBatch("default", "listing", signals=[sig("L1")]))
     assert plain.outbox_next("a", 10) == ("", [])
+    assert plain._db.execute("SELECT COUNT(*) FROM entity_seq").fetchone()[0] == 0  # no bookkeeping either
     plain.close()
 
 
