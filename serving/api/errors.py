@@ -14,7 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.store.base import StoreUnavailable
 from signals.errors import InvalidInput, field_path
+
+STORE_RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 while the store's database is unavailable."""
 
 STATUS_OF_CODE: dict[str, int] = {
     "invalid": 422,
@@ -76,6 +80,12 @@ def install_error_handlers(app: FastAPI) -> None:
                                                                                    "http_error")
         return JSONResponse(error_body(code, str(exc.detail), None), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # The store's database is down or failing over: nothing was acknowledged; try again soon.
+        return JSONResponse(error_body("unavailable", "the signal store is unavailable; retry", None),
+                            status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -22,10 +22,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from serving.config import SinksConfig
+from serving.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF_S = 0.1
+STORE_RETRY_S = 1.0
+"""How often a publisher looks again while the store itself is unavailable."""
 
 
 class Sink(Protocol):
@@ -128,6 +131,11 @@ class Publisher:
                 if self.deliver_once(sink) == 0:
                     wake.wait(self.config.poll_interval_s)
                 failed, failing_since = 0, None
+            except StoreUnavailable as exc:
+                # The store's database is down (a PostgreSQL restart), not the sink: its events stay
+                # queued and the sink's failure clock does not run.
+                log.warning("sink %s: the store is unavailable (%s); retrying", sink.name, exc)
+                self._stop.wait(min(self.config.max_backoff_s, STORE_RETRY_S))
             except Exception as exc:  # noqa: BLE001 - any failure of a sink is retried, never fatal
                 failed += 1
                 now = self.clock()

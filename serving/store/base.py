@@ -24,6 +24,11 @@ from signals.schemas import EntityType, Label, Signal
 ItemKind = Literal["listing", "review"]
 
 
+class StoreUnavailable(Exception):
+    """The store's database cannot be reached (a PostgreSQL restart or failover): nothing of the
+    operation was acknowledged, and it can be tried again (the API answers 503 with ``Retry-After``)."""
+
+
 @dataclass
 class StoredItem:
     """One live listing or review as the store keeps it.

@@ -10,6 +10,8 @@ under an advisory lock, so replicas starting together migrate once. Commits are 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -17,7 +19,10 @@ from typing import Any
 
 import psycopg
 
+from serving.store.base import StoreUnavailable
 from serving.store.sql import Cursor, SqlSignalStore, migrate
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
     """CREATE TABLE items (
@@ -75,32 +80,119 @@ WRITER_LOCK_WAIT_S = 60.0
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+class WriterFenced(StoreUnavailable, RuntimeError):
+    """Another replica holds the schema's writer lock: this one must not write."""
+
+
+CONNECT_TIMEOUT_S = 5
+"""How long one connection attempt waits for the server."""
+
+
+class _NoRows:
+    """The result of a ``ROLLBACK`` on a lost connection (the server rolled it back already)."""
+
+    rowcount = 0
+
+    def fetchone(self) -> Any:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+
 class _Connection:
     """A psycopg connection behind the store's ``?``-placeholder interface (autocommit: the store
-    begins and commits its transactions itself)."""
+    begins and commits its transactions itself), that survives a server restart or failover.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+    A connection found broken is opened again before a statement outside a transaction (a read,
+    or the ``BEGIN`` of a write), and that statement is sent once more: nothing of it can have
+    taken effect. A connection lost inside a transaction (or on its ``COMMIT``) raises
+    :class:`StoreUnavailable`: the server rolled the transaction back, or the outcome of the
+    ``COMMIT`` is unknown, and either way the caller was not answered, so its retry is safe (every
+    write is an upsert). A writer's connection takes the schema's writer lock again on reconnecting:
+    if a replacement replica took it meanwhile, this one stays fenced off (every write raises).
+    """
 
-    @classmethod
-    def open(cls, url: str, schema: str) -> _Connection:
-        conn = psycopg.connect(url, autocommit=True)
-        conn.execute(f'SET search_path TO "{schema}"')
-        return cls(conn)
+    def __init__(self, url: str, schema: str, writer_lock: str | None = None,
+                 lock_wait_s: float = 0.0) -> None:
+        self.url, self.schema = url, schema
+        self.writer_lock, self.lock_wait_s = writer_lock, lock_wait_s
+        self.in_tx = False
+        self.reconnects = 0
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            conn.execute(f'SET search_path TO "{self.schema}"')
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL unreachable: {exc}".strip()) from exc
+        if self.writer_lock is not None:
+            # One writer a schema: a replacement replica waits for the old one's session to end (a
+            # partitioned or dying one), so two never write the shard's rows at once.
+            deadline = time.monotonic() + self.lock_wait_s
+            while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                   (self.writer_lock,)).fetchone()[0]:  # type: ignore[index]
+                if time.monotonic() > deadline:
+                    conn.close()
+                    raise WriterFenced(f"another writer holds the store schema {self.schema!r} "
+                                       f"(waited {self.lock_wait_s:.0f} s)")
+                time.sleep(0.5)
+        return conn
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        self.in_tx = False
+        self.conn = self._connect()
+        self.reconnects += 1
+        log.warning("store schema %s: reconnected to PostgreSQL (%d so far)", self.schema, self.reconnects)
+
+    @property
+    def _lost(self) -> bool:
+        return bool(self.conn.closed or self.conn.broken)
 
     @staticmethod
     def _sql(sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s")
 
     def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor:
-        cursor: Cursor = self.conn.execute(self._sql(sql), tuple(args))
+        verb = sql.lstrip()[:8].upper()
+        if verb.startswith("ROLLBACK") and self._lost:
+            self.in_tx = False
+            return _NoRows()
+        retry = not self.in_tx  # a read, or the BEGIN of a write: nothing of it has happened
+        if self._lost:
+            if not retry:
+                raise StoreUnavailable("the PostgreSQL connection was lost in a transaction")
+            self._reconnect()
+        try:
+            cursor: Cursor = self.conn.execute(self._sql(sql), tuple(args))
+        except psycopg.OperationalError as exc:
+            if not self._lost:
+                raise  # a statement's own failure (a lock timeout, a cancel), not the connection
+            if not retry:
+                raise StoreUnavailable(f"the PostgreSQL connection was lost: {exc}".strip()) from exc
+            self._reconnect()
+            cursor = self.conn.execute(self._sql(sql), tuple(args))
+        if verb.startswith("BEGIN"):
+            self.in_tx = True
+        elif verb.startswith(("COMMIT", "ROLLBACK")):
+            self.in_tx = False
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any:
         if not rows:
             return None
-        with self.conn.cursor() as cur:
-            cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+        if self._lost:
+            raise StoreUnavailable("the PostgreSQL connection was lost in a transaction")
+        try:
+            with self.conn.cursor() as cur:
+                cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+        except psycopg.OperationalError as exc:
+            if self._lost:
+                raise StoreUnavailable(f"the PostgreSQL connection was lost: {exc}".strip()) from exc
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -120,24 +212,14 @@ class PostgresSignalStore(SqlSignalStore):
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"store schema {schema!r}: lower-case letters, digits and _ only")
         self.schema = schema
-        setup = psycopg.connect(url, autocommit=True)
+        setup = _Connection(url, schema)
         try:
             # One migrator at a time, whichever replica starts first.
-            setup.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"marketguard:{schema}",))
+            setup.execute("SELECT pg_advisory_lock(hashtext(?))", (f"marketguard:{schema}",))
             setup.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            setup.execute(f'SET search_path TO "{schema}"')
-            migrate(_Connection(setup), MIGRATIONS, self.BEGIN)
+            migrate(setup, MIGRATIONS, self.BEGIN)
         finally:
             setup.close()
-        writer = _Connection.open(url, schema)
-        # One writer a schema: a replacement replica waits for the old one's session to end (a
-        # partitioned or dying one), so two never write the shard's rows at once.
-        deadline = time.monotonic() + lock_wait_s
-        while exclusive and not writer.execute("SELECT pg_try_advisory_lock(hashtext(?))",
-                                               (f"marketguard-writer:{schema}",)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                writer.close()
-                raise RuntimeError(f"another writer holds the store schema {schema!r} "
-                                   f"(waited {lock_wait_s:.0f} s)")
-            time.sleep(0.5)
-        super().__init__(writer, _Connection.open(url, schema), sinks, shadow_sinks)
+        writer_lock = f"marketguard-writer:{schema}" if exclusive else None
+        writer = _Connection(url, schema, writer_lock, lock_wait_s)
+        super().__init__(writer, _Connection(url, schema), sinks, shadow_sinks)

@@ -160,6 +160,35 @@ def test_a_commit_wakes_an_idle_publisher(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_store_outage_is_not_a_sink_failure(tmp_path: Path) -> None:
+    """While the store's database is down (a PostgreSQL restart), the publisher waits and looks again:
+    the sink's failure count and dead-letter clock do not move, and delivery resumes after."""
+    from serving.store.base import StoreUnavailable
+
+    store = SqliteSignalStore(tmp_path / "s.sqlite3", sinks=["s"])
+    store.write(WriteBatch("default", "listing", signals=[sig("L1")]))
+    real_next = store.outbox_next
+    down = [3]
+
+    def outbox_next(sink: str, limit: int) -> Any:
+        if down[0]:
+            down[0] -= 1
+            raise StoreUnavailable("PostgreSQL unreachable")
+        return real_next(sink, limit)
+
+    store.outbox_next = outbox_next  # type: ignore[method-assign]
+    sink = FlakySink("s")
+    pub = Publisher(store, [sink], SinksConfig(poll_interval_s=0.05, max_backoff_s=0.05))
+    pub.start()
+    deadline = time.monotonic() + 10
+    while not sink.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pub.stop()
+    assert [e["entity_id"] for e in sink.events] == ["L1"]
+    assert down[0] == 0 and pub.failures["s"] == 0 and pub.dead_lettered["s"] == 0
+    store.close()
+
+
 def test_backoff_grows_to_its_cap_with_jitter() -> None:
     assert backoff_s(1, 30, lambda: 1.0) == pytest.approx(0.2)
     assert backoff_s(5, 30, lambda: 1.0) == pytest.approx(3.2)

@@ -92,3 +92,69 @@ def test_one_writer_a_postgres_schema(postgres: Any) -> None:
     tool.close()
     first.close()
     PostgresSignalStore(postgres.url, schema, lock_wait_s=5).close()  # the first one gone: free
+
+
+def test_postgres_restart_the_store_reconnects_and_keeps_its_writer_lock() -> None:
+    """A PostgreSQL restart (or failover) mid-service: writes while it is down raise
+    StoreUnavailable (the API's 503, nothing acknowledged), the first write after it is back
+    succeeds on a new connection that holds the schema's writer lock again, and what was
+    committed before is all there."""
+    from serving.store.base import StoreUnavailable
+    from serving.store.postgres import PostgresSignalStore, WriterFenced
+    from tests.serving.servers import PostgresServer, pg_schema
+
+    server = PostgresServer()  # its own server: restarting the session's would cut other tests off
+    server.start()
+    try:
+        schema = pg_schema()
+        store = PostgresSignalStore(server.url, schema, sinks=["redis"])
+        store.write(WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(1)]))
+        server.stop()  # immediate: every session is cut, as in a crash
+        with pytest.raises(StoreUnavailable):
+            store.write(WriteBatch("default", "listing", upsert=[item("L2")], signals=[sig(2, "L2")]))
+        with pytest.raises(StoreUnavailable):
+            store.latest("default", "listing", "L1")
+        server.start()
+        store.write(WriteBatch("default", "listing", upsert=[item("L2")], signals=[sig(2, "L2")]))
+        assert [s["value"] for s in store.latest("default", "listing", "L1")] == [1]
+        assert [s["value"] for s in store.latest("default", "listing", "L2")] == [2]
+        assert store.outbox_stats()["redis"]["queued"] == 2
+        with pytest.raises(WriterFenced):  # the reconnected writer took its lock back
+            PostgresSignalStore(server.url, schema, lock_wait_s=0.5)
+        store.close()
+    finally:
+        server.remove()
+
+
+def test_postgres_a_connection_lost_mid_transaction_is_not_retried(postgres: Any) -> None:
+    """Cut inside a write: the server rolls it back and the store says so (never re-sends half a
+    transaction on a new connection); the next write goes through."""
+    import psycopg
+
+    from serving.store.base import StoreUnavailable
+    from serving.store.postgres import PostgresSignalStore
+    from tests.serving.servers import pg_schema
+
+    store = PostgresSignalStore(postgres.url, pg_schema())
+    writer: Any = store._db  # noqa: SLF001 - the test cuts the writer's own session
+
+    def cut() -> None:
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (writer.conn.info.backend_pid,))
+
+    batch = WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(1)])
+    original = writer.execute
+
+    def execute(sql: str, args: Any = ()) -> Any:
+        if writer.in_tx:  # the first statement after BEGIN: the session is gone under it
+            cut()
+        return original(sql, args)
+
+    writer.execute = execute
+    with pytest.raises(StoreUnavailable):
+        store.write(batch)
+    writer.execute = original
+    assert store.latest("default", "listing", "L1") == []
+    store.write(batch)
+    assert [s["value"] for s in store.latest("default", "listing", "L1")] == [1]
+    store.close()
