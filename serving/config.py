@@ -256,6 +256,23 @@ class ShadowConfig(BaseModel):
                        description="joins the extractor's name in the candidate's source")
     content_rules: ContentRulesConfig | None = Field(
         default=None, description="a candidate content-rules config (terms, domains, regions, ...)")
+    thresholds: dict[str, Any] | None = Field(
+        default=None, description="candidate match thresholds, over the live `indexes.thresholds` "
+                                  "(only the keys given change), e.g. {image_sscd: 0.8}")
+    near_duplicates: dict[str, Any] | None = Field(
+        default=None, description="candidate near-duplicate settings, over the live "
+                                  "`indexes.near_duplicates` (only the keys given change)")
+
+    def candidate_indexes(self, live: IndexesConfig) -> IndexesConfig | None:
+        """The live index settings with the candidate's thresholds / near-duplicate settings laid
+        over them; None when no near-duplicate candidate is configured."""
+        if self.thresholds is None and self.near_duplicates is None:
+            return None
+        return live.model_validate({
+            **live.model_dump(),
+            "thresholds": {**live.thresholds.model_dump(), **(self.thresholds or {})},
+            "near_duplicates": {**live.near_duplicates.model_dump(), **(self.near_duplicates or {})},
+        })
 
 
 class MarketGuardConfig(BaseModel):
@@ -274,6 +291,11 @@ class MarketGuardConfig(BaseModel):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _shadow_candidate_is_valid(self) -> MarketGuardConfig:
+        self.shadow.candidate_indexes(self.indexes)  # a bad key or value fails here, at load time
+        return self
 
 
 def load_config(

@@ -28,7 +28,14 @@ from indexes.pdq import PdqHit
 from indexes.vector import Hit
 from serving.config import MarketGuardConfig, configure_process
 from serving.scoring.deep import deep_sources, pending_names
-from serving.scoring.engine import CatalogueEngine, DeepQueue, Extracted, Scored
+from serving.scoring.engine import (
+    CatalogueEngine,
+    DeepQueue,
+    Extracted,
+    NearDuplicateRules,
+    Scored,
+    ShadowNearDuplicates,
+)
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
 from serving.sinks.publisher import Publisher, build_sinks, sink_names
@@ -62,6 +69,14 @@ def open_store(config: MarketGuardConfig, shard: int = 0, shards: int = 1, *,
     return SqliteSignalStore(shard_dir(config.data_dir, shard, shards) / "store.sqlite3", sinks, shadow)
 
 
+def shadow_near_duplicates(config: MarketGuardConfig) -> ShadowNearDuplicates | None:
+    """The shadow near-duplicate rule of ``shadow.thresholds`` / ``shadow.near_duplicates``, if any."""
+    candidate = config.shadow.candidate_indexes(config.indexes)
+    if candidate is None:
+        return None
+    return ShadowNearDuplicates(NearDuplicateRules.from_config(candidate), config.shadow.label)
+
+
 def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: dict[Modality, int],
                 shard: int = 0, shards: int = 1, index_shards: Sequence[ShardClient] = ()) -> CatalogueEngine:
     """The engine of one shard over its directory, reconciled with its store.
@@ -74,7 +89,7 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
-                             deep=deep_queue(config))
+                             deep=deep_queue(config), shadow=shadow_near_duplicates(config))
     engine.reconcile()
     engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again

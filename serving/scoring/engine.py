@@ -59,7 +59,7 @@ from serving.scoring.indexes import (
     missing_ids,
 )
 from serving.store.base import DeepJob, Edge, ItemKind, SignalStore, StoredItem, WriteBatch
-from signals.derived import BankHit, Match
+from signals.derived import LISTING_NEAR_DUPLICATE, BankHit, Match
 from signals.entity_signals import (
     ImageProblem,
     ListingFacts,
@@ -70,6 +70,7 @@ from signals.entity_signals import (
 )
 from signals.errors import InvalidInput
 from signals.extractor import ItemError
+from signals.near_duplicate import listing_near_duplicate_signals
 from signals.price_anomaly import PriceReference
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
 from signals.schemas import EntityType, Label, Listing, Review, Signal
@@ -174,6 +175,37 @@ def image_problems(errors: Sequence[ItemError]) -> list[ImageProblem]:
     return list(seen.values())
 
 
+@dataclass(frozen=True)
+class NearDuplicateRules:
+    """The listing near-duplicate decision of one config: the text rule, the image rule and the
+    settings they read (the live one, or a shadow candidate's)."""
+
+    config: IndexesConfig
+    text: TextNearDuplicates
+    image: ImageNearDuplicates
+
+    @classmethod
+    def from_config(cls, config: IndexesConfig) -> NearDuplicateRules:
+        return cls(config, TextNearDuplicates.from_config(config), ImageNearDuplicates.from_config(config))
+
+
+@dataclass(frozen=True)
+class ShadowNearDuplicates:
+    """A candidate near-duplicate rule run beside the live one (config ``shadow.thresholds`` /
+    ``shadow.near_duplicates``). Each listing is judged against the catalogue as it stands when the
+    listing is scored, and only its own count signals are kept (``near_duplicate.count``,
+    ``.cross_seller_count``, ``.max_similarity``, ``image.reused_across_sellers``), under the
+    source ``listing_near_duplicate_<label>@<version>`` with ``"shadow": true``: the candidate's
+    edges are never stored, so they never move the live partners, clusters or roll-ups."""
+
+    rules: NearDuplicateRules
+    label: str
+
+
+SHADOW_NEAR_DUPLICATE_EXCLUDED = frozenset({"near_duplicate.cluster_size"})
+"""Live-only near-duplicate signals: a cluster needs the candidate's edges of every listing."""
+
+
 class CatalogueEngine:
     """One shard's store and indexes, and the one implementation of the service's write path."""
 
@@ -182,14 +214,14 @@ class CatalogueEngine:
                  global_banks: dict[str, list[str]] | None = None, limits: EngineLimits | None = None,
                  review_behaviour: Sequence[ReviewBehaviour] = (),
                  index_shards: Sequence[ShardClient] = (), split_tenants: Sequence[str] = ("*",),
-                 deep: DeepQueue | None = None,
+                 deep: DeepQueue | None = None, shadow: ShadowNearDuplicates | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.config = config
         self.indexes = TenantIndexes(index_root, config, models, dims, shards=index_shards,
                                      split_tenants=split_tenants)
-        self.text_rule = TextNearDuplicates.from_config(config)
-        self.image_rule = ImageNearDuplicates.from_config(config)
+        self.rules = NearDuplicateRules.from_config(config)
+        self.shadow = shadow
         self.banks_root = Path(banks_root)
         # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
         # use), <banks_root>/../tenant-banks/<tenant>/ each tenant's own.
@@ -308,16 +340,7 @@ class CatalogueEngine:
             features.update(image_features(item.features, len(sscd)))
 
         # 1-2. search and decide (the item's own entries excluded, so a re-post never matches itself)
-        edges: list[Edge] = []
-        if text is not None:
-            index = self._vectors(t, "listing_text")
-            if index is None:
-                raise RuntimeError(f"tenant {t!r} has no listing_text index although one was to be created")
-            cands = self.text_rule.candidates(index, text[None, :], [lid])
-            decided = self.text_rule.decide(ParsedRecords.parse([pair_record(listing)]), cands,
-                                            lambda ids: self._parsed(t, ids))
-            edges += [Edge(lid, h.id, "listing_text", h.score) for h in decided[0]]
-        edges += self._image_edges(t, lid, pdq, quality, features, old)
+        edges = self._listing_edges(self.rules, listing, text, pdq, quality, features, old)
         hits = self._listing_bank_hits(t, text, pdq, quality, sscd)
         problems = image_problems(item.errors)
 
@@ -340,6 +363,9 @@ class CatalogueEngine:
             signals += rollup
             emptied += [] if rollup else [old.owner]
         batch.signals = list(item.signals) + signals
+        if self.shadow is not None:
+            batch.signals += self._shadow_near_duplicates(self.shadow, listing, text, pdq, quality, features,
+                                                          old, now)
         batch.retract = [("seller", s) for s in emptied]
         pending = self._queue_deep(item, stored, batch, reposted=old is not None)
         batch.facts = facts
@@ -400,12 +426,43 @@ class CatalogueEngine:
                 records.append(pair_record(Listing.model_validate_json(it.record)))
         return ParsedRecords.parse(records)
 
-    def _image_edges(self, t: str, lid: str, pdq: list[np.ndarray] | None, quality: np.ndarray,
-                     features: dict[str, np.ndarray], old: StoredItem | None) -> list[Edge]:
+    def _listing_edges(self, rules: NearDuplicateRules, listing: Listing, text: np.ndarray | None,
+                       pdq: list[np.ndarray] | None, quality: np.ndarray, features: dict[str, np.ndarray],
+                       old: StoredItem | None) -> list[Edge]:
+        """The listing's near-duplicate partners under ``rules``, text then images."""
+        t, lid = listing.tenant, listing.listing_id
+        edges: list[Edge] = []
+        if text is not None:
+            index = self._vectors(t, "listing_text")
+            if index is None:
+                raise RuntimeError(f"tenant {t!r} has no listing_text index although one was to be created")
+            cands = rules.text.candidates(index, text[None, :], [lid])
+            decided = rules.text.decide(ParsedRecords.parse([pair_record(listing)]), cands,
+                                        lambda ids: self._parsed(t, ids))
+            edges += [Edge(lid, h.id, "listing_text", h.score) for h in decided[0]]
+        return edges + self._image_edges(rules, t, lid, pdq, quality, features, old)
+
+    def _shadow_near_duplicates(self, shadow: ShadowNearDuplicates, listing: Listing, text: np.ndarray | None,
+                                pdq: list[np.ndarray] | None, quality: np.ndarray,
+                                features: dict[str, np.ndarray], old: StoredItem | None,
+                                now: datetime) -> list[Signal]:
+        """The candidate rule's count signals of the listing being scored (see ShadowNearDuplicates)."""
+        edges = _best_edges(self._listing_edges(shadow.rules, listing, text, pdq, quality, features, old))
+        owners = self.store.get_items(listing.tenant, "listing", sorted({e.b for e in edges}))
+        matches = [Match(e.b, e.modality, e.score, owners[e.b].owner)  # type: ignore[arg-type]  # Modality values
+                   for e in edges if e.b in owners]
+        source = f"{LISTING_NEAR_DUPLICATE.name}_{shadow.label}@{LISTING_NEAR_DUPLICATE.version}"
+        return [s.model_copy(update={"source": source, "shadow": True})
+                for s in listing_near_duplicate_signals(listing, matches, 1, now)
+                if s.name not in SHADOW_NEAR_DUPLICATE_EXCLUDED]
+
+    def _image_edges(self, rules: NearDuplicateRules, t: str, lid: str, pdq: list[np.ndarray] | None,
+                     quality: np.ndarray, features: dict[str, np.ndarray],
+                     old: StoredItem | None) -> list[Edge]:
         """Image partners, at most ``max_neighbours`` other listings' images per query image. A
         re-posted listing's own old images are still indexed (they go after the commit): they
         are asked for on top of the limit and dropped, so they never crowd out real partners."""
-        nd = self.config.near_duplicates
+        nd = rules.config.near_duplicates
         out: list[Edge] = []
         if pdq is not None:
             good = np.flatnonzero(quality >= nd.pdq_min_quality)
@@ -413,7 +470,7 @@ class CatalogueEngine:
             if len(good) and hashes is not None and len(hashes):
                 own = len(old.features.get("image_pdq", ())) if old is not None else 0
                 variants = [v[good] for v in (pdq if nd.pdq_variants else pdq[:1])]
-                found = pdq_near_duplicates(hashes, variants, self.config.thresholds.image_pdq,
+                found = pdq_near_duplicates(hashes, variants, rules.config.thresholds.image_pdq,
                                             [None] * len(good), nd.max_neighbours + own)
                 out += self._image_hits(lid, "image_pdq", found, nd.max_neighbours)
         sscd = features.get("image_sscd")
@@ -427,8 +484,8 @@ class CatalogueEngine:
                 ids = [f"{lid}/{k}" for k in range(len(sscd))]
                 local = features.get("image_local")
                 blocks = [None if local is None else local[k] for k in range(len(sscd))]
-                cands = self.image_rule.candidates(vectors, queries, ids, extra=own)
-                found = self.image_rule.decide(ids, blocks, cands,
+                cands = rules.image.candidates(vectors, queries, ids, extra=own)
+                found = rules.image.decide(ids, blocks, cands,
                                                lambda image_ids: self._local_features(t, image_ids))
                 out += self._image_hits(lid, "image_sscd", found, nd.max_neighbours)
         return out
