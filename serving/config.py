@@ -128,6 +128,10 @@ class DeepTierConfig(BaseModel):
                                      "signals.images.*.threads there): a core is left to the request path")
     lease_s: float = Field(default=300.0, gt=0, description="a taken job is taken again after this")
     poll_s: float = Field(default=0.5, gt=0, le=60, description="idle wait between looks for work")
+    yield_s: float = Field(default=0.25, ge=0, le=60,
+                           description="deep work starts only when no catalogue shard has had a request "
+                                       "for this long (it runs in the gaps; 0: never waits, for a deep "
+                                       "tier on cores or a node of its own)")
 
 
 class ServiceConfig(BaseModel):

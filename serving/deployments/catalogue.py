@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,6 +111,27 @@ def deep_queue(config: MarketGuardConfig) -> DeepQueue | None:
     return DeepQueue(pending, deep.max_jobs, deep.max_bytes, deep_sources(registry))
 
 
+class RequestActivity:
+    """When the shard last served a request, and how many it serves now (one event loop: no lock)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.in_flight = 0
+        self.last_end = -math.inf
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.last_end = self.clock()
+
+    def quiet_for(self) -> float:
+        return 0.0 if self.in_flight else self.clock() - self.last_end
+
+
 @serve.deployment(name="catalogue")
 class Catalogue:
     """Serve deployment around :class:`~serving.scoring.engine.CatalogueEngine` (one replica a shard)."""
@@ -123,6 +147,7 @@ class Catalogue:
             self._open, models, dims, shard, shards, [HandleShardClient(h) for h in index_shards])
         self._timer: asyncio.Task[None] | None = None
         self.publisher: Publisher | None = None
+        self.requests = RequestActivity()  # what the deep tier waits on (DeepWorker.yield_s)
 
     def _open(self, models: dict[Modality, str], dims: dict[Modality, int], shard: int, shards: int,
               index_shards: list[ShardClient]) -> CatalogueEngine:
@@ -159,12 +184,18 @@ class Catalogue:
                 log.exception("index maintenance failed")
 
     async def score(self, kind: RecordKind, items: Sequence[Extracted]) -> list[Scored]:
-        done: list[Scored] = await self._write("score_listings" if kind == "listing" else "score_reviews",
-                                               list(items))
+        with self.requests.serving():
+            done: list[Scored] = await self._write("score_listings" if kind == "listing" else "score_reviews",
+                                                   list(items))
         return done
 
     async def delete(self, tenant: str, kind: RecordKind, item_id: str) -> bool:
-        return bool(await self._write("delete", tenant, kind, item_id))
+        with self.requests.serving():
+            return bool(await self._write("delete", tenant, kind, item_id))
+
+    async def deep_quiet_for(self) -> float:
+        """Seconds since this shard last answered a request (0 while one is in flight)."""
+        return self.requests.quiet_for()
 
     async def entity(self, tenant: str, entity_type: EntityType, entity_id: str,
                      history: bool) -> dict[str, Any] | None:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import MarketGuardConfig, configure_process
-from serving.scoring.deep import DeepWork
+from serving.scoring.deep import DeepWork, DeepWorker
+from serving.store.base import DeepJob
+from signals.schemas import Signal
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,23 @@ def lower_priority(nice: int, idle_class: bool) -> str:
             pass
     os.nice(nice)
     return f"nice {nice}"
+
+
+class _HandleSource:
+    """A catalogue shard's deep queue through its Serve handle (called from the worker thread)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    def take(self, limit: int, lease_s: float) -> list[DeepJob]:
+        jobs: list[DeepJob] = self.handle.deep_take.remote(limit, lease_s).result()
+        return jobs
+
+    def done(self, results: list[tuple[DeepJob, list[Signal]]]) -> int:
+        return int(self.handle.deep_done.remote(results).result())
+
+    def quiet_for(self) -> float:
+        return float(self.handle.deep_quiet_for.remote().result())
 
 
 @serve.deployment(name="deep")
@@ -49,35 +67,18 @@ class DeepTier:
         images = config.signals.images.model_copy(update={
             "ocr": config.signals.images.ocr.model_copy(update={"threads": self.config.threads}),
             "nsfw": config.signals.images.nsfw.model_copy(update={"threads": self.config.threads})})
-        self.work = DeepWork.build(config.signals.model_copy(update={"images": images}), config.data_dir)
-        self.catalogues = list(catalogues)
-        self.done = 0
-        self._stop = threading.Event()
+        self.worker = DeepWorker(DeepWork.build(config.signals.model_copy(update={"images": images}),
+                                                config.data_dir),
+                                 [_HandleSource(c) for c in catalogues], batch=self.config.batch,
+                                 lease_s=self.config.lease_s, poll_s=self.config.poll_s,
+                                 yield_s=self.config.yield_s)
         # A thread, not a task: it waits on the catalogues' answers without holding the event loop,
         # and starts with the replica, whether or not anything ever calls it.
-        self._thread = threading.Thread(target=self._run, name="deep-tier", daemon=True)
+        self._thread = threading.Thread(target=self.worker.run_forever, name="deep-tier", daemon=True)
         self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            took = 0
-            for catalogue in self.catalogues:
-                try:
-                    jobs = catalogue.deep_take.remote(self.config.batch, self.config.lease_s).result()
-                    if not jobs:
-                        continue
-                    took += len(jobs)
-                    results = self.work.run(jobs)
-                    pairs = list(zip(jobs, results, strict=True))
-                    self.done += int(catalogue.deep_done.remote(pairs).result())
-                except Exception:  # noqa: BLE001 - a failed round is retried; its jobs' leases run out
-                    log.exception("deep tier: a round of work failed")
-                    time.sleep(self.config.poll_s)
-            if not took:
-                self._stop.wait(self.config.poll_s)
 
     async def ready(self) -> bool:
         return self._thread.is_alive()
 
     def __del__(self) -> None:
-        self._stop.set()
+        self.worker.stop.set()

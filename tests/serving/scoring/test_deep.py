@@ -4,6 +4,7 @@ the listing changed, kept across a restart; OCR and NSFW on real images."""
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from serving.deployments.catalogue import open_engine
 from serving.scoring.deep import DeepWork, pending_names
 from serving.scoring.engine import CatalogueEngine, DeepQueue
 from serving.scoring.extraction import FastExtraction
+from serving.store.base import DeepJob
 from signals.registry import build_registry
 from signals.schemas import Signal
 from tests.serving.api.helpers import photo_b64, text_photo_b64
@@ -117,3 +119,95 @@ def test_ocr_and_nsfw_run_on_the_jobs_images(data_dir: Path) -> None:
     assert any(m["normalized"] == "+447700900123" for m in ocr.evidence["matches"])
     nsfw = next(s for s in out[1] if s.name == "image.nsfw")
     assert nsfw.entity_id == "B" and float(nsfw.value) < 0.5  # shapes, not skin; the junk image is named
+
+
+class FakeShard:
+    """A catalogue shard's deep queue with a request-activity clock the test moves."""
+
+    def __init__(self, jobs: list[DeepJob]) -> None:
+        self.jobs = list(jobs)
+        self.quiet = 10.0
+        self.stored: list[str] = []
+
+    def take(self, limit: int, lease_s: float) -> list[DeepJob]:
+        taken, self.jobs = self.jobs[:limit], self.jobs[limit:]
+        return taken
+
+    def done(self, results: list[tuple[DeepJob, list[Signal]]]) -> int:
+        self.stored += [job.item_id for job, _ in results]
+        return len(results)
+
+    def quiet_for(self) -> float:
+        return self.quiet
+
+
+class CountingWork:
+    """Stands in for OCR / NSFW: records what ran, and what the shards' activity was when it did."""
+
+    def __init__(self, shard: FakeShard, busy_after: int | None = None) -> None:
+        self.shard, self.busy_after = shard, busy_after
+        self.ran: list[tuple[str, float]] = []
+
+    def run(self, jobs: list[DeepJob]) -> list[list[Signal]]:
+        for job in jobs:
+            self.ran.append((job.item_id, self.shard.quiet))
+        if self.busy_after is not None and len(self.ran) == self.busy_after:
+            self.shard.quiet = 0.0  # a request came in while this job ran
+        return [[nsfw_signal(job.item_id, 0.1)] for job in jobs]
+
+
+def deep_job(lid: str) -> DeepJob:
+    return DeepJob("default", "listing", lid, "{}", [b"x"], enqueued_at=1.0)
+
+
+def test_the_deep_worker_runs_only_in_quiet_moments_and_one_job_at_a_time() -> None:
+    """Before each job the worker waits until no shard has had a request for yield_s: a request that
+    comes in overlaps at most the job already running, and the rest wait for the next quiet moment."""
+    import threading
+
+    from serving.scoring.deep import DeepWorker
+
+    shard = FakeShard([deep_job(f"L{k}") for k in range(4)])
+    work = CountingWork(shard, busy_after=2)
+    stop = threading.Event()
+    worker = DeepWorker(work, [shard], batch=4, lease_s=60, poll_s=0.01, yield_s=0.05,  # type: ignore[arg-type]
+                        stop=stop)
+    runner = threading.Thread(target=worker.round)
+    runner.start()
+    deadline = time.monotonic() + 5
+    while len(work.ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert [lid for lid, _ in work.ran] == ["L0", "L1"]  # busy since L1 ran: L2 waits
+    assert worker.yielded > 0
+    shard.quiet = 10.0  # the requests stopped
+    runner.join(5)
+    assert [lid for lid, _ in work.ran] == ["L0", "L1", "L2", "L3"]
+    assert all(quiet >= 0.05 for _, quiet in work.ran)  # no job started while a request was recent
+    assert shard.stored == ["L0", "L1", "L2", "L3"] and worker.done == 4
+
+
+def test_without_yielding_the_deep_worker_never_waits() -> None:
+    from serving.scoring.deep import DeepWorker
+
+    shard = FakeShard([deep_job("L0"), deep_job("L1")])
+    shard.quiet = 0.0  # busy all along
+    work = CountingWork(shard)
+    worker = DeepWorker(work, [shard], batch=4, lease_s=60, poll_s=0.01, yield_s=0.0)  # type: ignore[arg-type]
+    assert worker.round() == 2 and worker.yielded == 0
+
+
+def test_request_activity_counts_in_flight_and_quiet_time() -> None:
+    from serving.deployments.catalogue import RequestActivity
+
+    now = [100.0]
+    activity = RequestActivity(clock=lambda: now[0])
+    assert activity.quiet_for() == float("inf")  # never served
+    with activity.serving():
+        now[0] = 101.0
+        assert activity.quiet_for() == 0.0
+        with pytest.raises(RuntimeError), activity.serving():
+            raise RuntimeError("a failed request ends too")
+        assert activity.quiet_for() == 0.0
+    now[0] = 101.5
+    assert activity.quiet_for() == pytest.approx(0.5)
