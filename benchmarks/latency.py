@@ -1141,6 +1141,8 @@ def deep_tier_phase(port: int, payload_dir: Path, texts: Sequence[ListingText], 
     out["queued_after_flood"] = _deep_queued(port)
     out["saturated"] = load(LISTINGS_ROUTE, files["saturated"], 1, plan.deep_s)
     out["queued_after_saturated"] = _deep_queued(port)
+    # What the deep tier got through meanwhile (it yields to requests: ~0 under back-to-back load).
+    out["deep_jobs_done_while_saturated"] = out["queued_after_flood"] - out["queued_after_saturated"]
     idle_p50, sat_p50 = out["idle"]["latency_ms"]["p50"], out["saturated"]["latency_ms"]["p50"]
     out["p50_ms_idle"], out["p50_ms_saturated"] = idle_p50, sat_p50
     out["slowdown"] = ratio(sat_p50, idle_p50)
