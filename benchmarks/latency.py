@@ -67,7 +67,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="10k pre-filled listings, 4 s a step; does not write benchmarks/results/")
+    parser.add_argument("--deep-only", action="store_true",
+                        help="only the deep-tier phase, full size, on a 10k service "
+                             "(writes benchmarks/results/latency_deep.json)")
     parser.add_argument("--port", type=int, default=0,
                         help="Serve's HTTP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--keep", action="store_true",
@@ -930,8 +933,14 @@ def _p50(step: dict[str, Any]) -> float | None:
     return None if p50 is None else float(p50)
 
 
-def run(quick: bool, port: int = 0, keep: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    plan = plan_for(quick)
+def run(quick: bool, port: int = 0, keep: bool = False,
+        deep_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole benchmark; ``deep_only``: the quick plan's service (10k pre-filled) and warm-up, then
+    only the deep-tier phase at its full size (``benchmarks/results/latency_deep.json``)."""
+    plan = plan_for(quick or deep_only)
+    if deep_only:
+        full = plan_for(False)
+        plan = replace(plan, deep_s=full.deep_s, deep_max=full.deep_max, deep_flood=full.deep_flood)
     spawn = get_context("spawn")
     work = Path(tempfile.mkdtemp(prefix="marketguard-latency-"))
     data_dir, inproc_dir, payload_dir = work / "data", work / "data-inprocess", work / "payloads"
@@ -1039,6 +1048,13 @@ def run(quick: bool, port: int = 0, keep: bool = False) -> tuple[dict[str, Any],
         steps: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         app_ms: dict[str, float | None] = {}
         steps["warmup"].append(load(LISTINGS_ROUTE, files["warmup"], 1, 600.0))
+        if deep_only:
+            deep = details["deep_tier"] = deep_tier_phase(port, payload_dir, queries, plan, load)
+            inproc(inproc_close)
+            return {"deep_tier_slowdown": deep["slowdown"], "p50_ms_idle": deep["p50_ms_idle"],
+                    "p50_ms_saturated": deep["p50_ms_saturated"],
+                    "deep_jobs_done_while_saturated": deep["deep_jobs_done_while_saturated"],
+                    "deep_tier_saturated": deep["queued_after_saturated"] > 0}, details
         echo_files = [f for c in plan.levels for f in files[f"c{c}"]]
         echo_files = (echo_files * (plan.echo_max // max(1, len(echo_files)) + 1))[:plan.echo_max]
         _, metrics_before = get_text(port, "/metrics")
@@ -1235,11 +1251,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the models are local; nothing is downloaded
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    figures, details = run(args.quick, args.port, args.keep)
+    figures, details = run(args.quick, args.port, args.keep, args.deep_only)
     if args.details is not None:
         record = {"figures": figures, "details": details}
         args.details.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    finish("latency", figures, quick=args.quick, packages=PACKAGES, details=details)
+    finish("latency_deep" if args.deep_only else "latency", figures, quick=args.quick, packages=PACKAGES,
+           details=details)
 
 
 if __name__ == "__main__":
