@@ -210,27 +210,33 @@ def _breakdown(f: SignalFigures, threshold: float,
 
 
 def compare_shadow(live: SignalFigures, shadow: SignalFigures, points: int = 6) -> dict[str, Any]:
-    """Shadow beside live on the same labelled entities: at each of the live signal's coverages (its
-    operating point first), the shadow's threshold with the closest coverage not above it."""
+    """Shadow beside live on the same labelled entities, at the same coverage: at the live signal's
+    operating point and a few more of its thresholds, the shadow's threshold with the closest coverage
+    not above it; then at the shadow's own operating point, the live threshold matched the same way
+    (so a candidate is judged even where the live signal never flags)."""
     lc, sc = live.curve, shadow.curve
+
+    def point(cov: float, lr: int | None, sr: int | None, matched_on: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"coverage": _num(cov), "matched_on": matched_on}
+        for side, c, r in (("live", lc, lr), ("shadow", sc, sr)):
+            out[f"{side}_threshold"] = _num(c.thresholds[r], 6) if r is not None else None
+            out[f"{side}_coverage"] = _num(c.coverage[r]) if r is not None else None
+            out[f"{side}_precision"] = _num(c.precision[r]) if r is not None else None
+            out[f"{side}_recall"] = _num(c.recall[r]) if r is not None else None
+            out[f"{side}_tp"] = int(c.tp[r]) if r is not None else 0
+            out[f"{side}_flagged"] = int(c.flagged[r]) if r is not None else 0
+        return out
+
     rows = [live.operating] if live.operating is not None else []
     rows += [r for r in lc.rows(points) if r not in rows]
     out = []
     for r in rows:
         cov = float(lc.coverage[r])
-        s = sc.at_coverage(cov)
-        out.append({
-            "coverage": _num(cov), "live_threshold": _num(lc.thresholds[r], 6),
-            "live_precision": _num(lc.precision[r]), "live_recall": _num(lc.recall[r]),
-            "live_tp": int(lc.tp[r]), "live_flagged": int(lc.flagged[r]),
-            "shadow_threshold": _num(sc.thresholds[s], 6) if s is not None else None,
-            "shadow_coverage": _num(sc.coverage[s]) if s is not None else None,
-            "shadow_precision": _num(sc.precision[s]) if s is not None else None,
-            "shadow_recall": _num(sc.recall[s]) if s is not None else None,
-            "shadow_tp": int(sc.tp[s]) if s is not None else 0,
-            "shadow_flagged": int(sc.flagged[s]) if s is not None else 0,
-            "operating": r == live.operating,
-        })
+        out.append(point(cov, r, sc.at_coverage(cov),
+                         "live operating threshold" if r == live.operating else "live threshold"))
+    if shadow.operating is not None:
+        cov = float(sc.coverage[shadow.operating])
+        out.append(point(cov, lc.at_coverage(cov), shadow.operating, "shadow operating threshold"))
     return {"entity_type": live.values.entity_type, "name": live.values.name, "live": live.id,
             "shadow": shadow.id, "labelled": lc.labelled, "fraud": lc.positives, "points": out}
 

@@ -162,10 +162,11 @@ _INTRO = (
 
 _SHADOW_INTRO = (
     "<h2>Shadow candidates beside the live signals</h2><p>Each candidate (shadow) signal is compared "
-    "with the live signal of the same name on the same labelled entities, at the same coverage: for "
-    "each of the live signal's thresholds, the candidate's threshold that flags as many entities or just "
-    "fewer. Better precision and recall at the same coverage mean the candidate catches more fraud for "
-    "the same review load.</p>")
+    "with the live signal of the same name on the same labelled entities, at the same coverage: at "
+    "some of the live signal's thresholds, the candidate's threshold that flags as many entities or just "
+    "fewer, and at the candidate's own operating threshold, the live one matched the same way. Better "
+    "precision and recall at the same coverage mean the candidate catches more fraud for the same review "
+    "load.</p>")
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -258,15 +259,16 @@ def _shadow_section(report: Report, by_id: dict[str, SignalFigures], plots: Path
                      f"{html.escape(live.values.source)} vs <span class=shadow>"
                      f"{html.escape(shadow.values.source)}</span></h3>"
                      f'<p class=muted>{cmp["labelled"]} labelled, {cmp["fraud"]} fraud.</p>'
-                     "<table class=sortable><thead><tr><th>coverage</th><th>live threshold</th>"
-                     "<th>live precision</th><th>live recall</th><th>shadow threshold</th>"
-                     "<th>shadow coverage</th><th>shadow precision</th><th>shadow recall</th>"
-                     "</tr></thead><tbody>")
+                     "<table class=sortable><thead><tr><th>matched at</th><th>coverage</th>"
+                     "<th>live threshold</th><th>live coverage</th><th>live precision</th>"
+                     "<th>live recall</th><th>shadow threshold</th><th>shadow coverage</th>"
+                     "<th>shadow precision</th><th>shadow recall</th></tr></thead><tbody>")
         for p in cmp["points"]:
-            mark = " (operating)" if p["operating"] else ""
             parts.append(
-                "<tr>" + _td(_fmt(p["coverage"], True) + mark, _num_sort(p["coverage"]))
+                "<tr>" + _td(html.escape(p["matched_on"]), p["matched_on"])
+                + _td(_fmt(p["coverage"], True), _num_sort(p["coverage"]))
                 + _td(_fmt(p["live_threshold"]), _num_sort(p["live_threshold"]))
+                + _td(_fmt(p["live_coverage"], True), _num_sort(p["live_coverage"]))
                 + _td(_pct_n(p["live_precision"], p["live_tp"], p["live_flagged"]),
                       _num_sort(p["live_precision"]))
                 + _td(_fmt(p["live_recall"], True), _num_sort(p["live_recall"]))

@@ -153,8 +153,13 @@ def test_shadow_never_gets_more_coverage_than_live() -> None:
     inputs = ReportInputs("t", judged, {}, {})
     live = _figures(sv([0.9, 0.0, 0.0, 0.0], False), inputs, 0.9)  # flags 1 of 4
     cand = _figures(sv([0.5, 0.5, 0.5, 0.0], True), inputs, 0.9)  # flags 3 of 4 at its only threshold
-    point = compare_shadow(live, cand)["points"][0]
-    assert point["coverage"] == 0.25 and point["shadow_threshold"] is None and point["shadow_tp"] == 0
+    points = compare_shadow(live, cand)["points"]
+    assert points[0]["matched_on"] == "live operating threshold"
+    assert points[0]["coverage"] == 0.25
+    assert points[0]["shadow_threshold"] is None and points[0]["shadow_tp"] == 0
+    # and at the candidate's own operating point (3 of 4 flagged), the live signal at most as wide
+    assert points[-1]["matched_on"] == "shadow operating threshold"
+    assert (points[-1]["shadow_coverage"], points[-1]["live_coverage"]) == (0.75, 0.25)
 
 
 def test_account_age_flags_the_young(tmp_path: Path) -> None:
