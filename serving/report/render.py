@@ -134,13 +134,17 @@ def _row_cells(row: dict[str, Any], parties: str | None, sign: float) -> str:
         _td(_fmt(row["lift"]), _num_sort(row["lift"])),
         _td(_fmt(row["fpr"], True), _num_sort(row["fpr"])),
         _td(_fmt(row["coverage"], True), _num_sort(row["coverage"])),
-        _td(_money(row["money_caught"]), sum(row["money_caught"].values())),
-        _td(_money(row["money_held"]), sum(row["money_held"].values())),
     ]
+    if row["money_caught"] or row["money_held"]:
+        cells += [_td(_money(row["money_caught"]), sum(row["money_caught"].values())),
+                  _td(_money(row["money_held"]), sum(row["money_held"].values()))]
+    else:  # no price or loss known for any labelled entity of this type
+        cells += [_td("n/a", -1), _td("n/a", -1)]
     if parties is not None and "honest_parties_affected" in row:
         share = _fmt(row["honest_parties_share"], True)
         hit = row["honest_parties_affected"]
-        cells.append(_td(f"{hit} {parties} ({share})", hit))
+        who = parties if hit != 1 else parties[:-1]
+        cells.append(_td(f"{hit} {who} ({share})", hit))
     else:
         cells.append(_td("n/a", -1))
     return "".join(cells)
@@ -321,8 +325,12 @@ def _signal_section(f: SignalFigures, target: float, plots: Path) -> list[str]:
         f"<table class=sortable><thead><tr>{_HEAD}</tr></thead><tbody>",
     ]
     rows = f.curve.rows(MAX_ROWS)
-    parts += [f"<tr>{_row_cells(row_json(f, r), f.parties, f.sign)}</tr>" for r in rows]
-    parts.append("</tbody></table>")
+    if not rows:
+        parts[-1] = ("<p class=muted>No labelled entity has a value that could flag it (above 0): there "
+                     "is no threshold to show.</p>")
+    else:
+        parts += [f"<tr>{_row_cells(row_json(f, r), f.parties, f.sign)}</tr>" for r in rows]
+        parts.append("</tbody></table>")
     if len(rows) < len(f.curve.thresholds):
         parts.append(f"<p class=muted>{len(rows)} of {len(f.curve.thresholds)} thresholds shown; "
                      "all are in report.json.</p>")
