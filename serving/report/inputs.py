@@ -222,9 +222,11 @@ def _observed(wire: dict[str, Any]) -> datetime:
 
 
 def collect_signals(wires: Iterable[dict[str, Any]], judged: dict[Key, Judged], since: datetime | None,
-                    until: datetime | None) -> dict[SignalKey, SignalValues]:
-    """The values of every signal on the judged entities (the last one in order wins per key)."""
-    out: dict[SignalKey, SignalValues] = {}
+                    until: datetime | None,
+                    into: dict[SignalKey, SignalValues] | None = None) -> dict[SignalKey, SignalValues]:
+    """The values of every signal on the judged entities (the last one in order wins per key), added
+    to ``into`` when given."""
+    out: dict[SignalKey, SignalValues] = {} if into is None else into
     for wire in wires:
         key = (str(wire.get("tenant", "default")), str(wire["entity_type"]), str(wire["entity_id"]))
         if key not in judged:
@@ -309,6 +311,19 @@ def from_stores(stores: Sequence[SqlSignalStore], origin: str, *, labels_path: P
             yield from store.iter_signals(history=windowed)
 
     signals = collect_signals(wires(), judged, since, until)
+    if not windowed:
+        # A listing or review taken down (often: because it was the fraud) has no latest signals any
+        # more; what its signals said before the take-down is in the history, and that is what counts.
+        seen = {k for sv in signals.values() for k in sv.values}
+        for store in stores:
+            for key in sorted(judged):
+                tenant, etype, eid = key
+                if key in seen or etype not in ("listing", "review"):
+                    continue
+                kind: Literal["listing", "review"] = "listing" if etype == "listing" else "review"
+                if store.tombstone(tenant, kind, eid) is not None:
+                    old = store.history(tenant, kind, eid, 10_000)
+                    collect_signals(old, judged, None, None, into=signals)
     return ReportInputs(origin, judged, facts, signals, read, superseded, since, until)
 
 

@@ -61,28 +61,33 @@ def test_report_from_the_store_and_over_a_window(tmp_path: Path, capsys: pytest.
                                signals=[_signal(iid, old[iid], "2026-11-01T00:00:00+00:00")]))
     for iid, v in new.items():
         store.write(WriteBatch("default", "listing", signals=[_signal(iid, v, "2026-11-10T00:00:00+00:00")]))
+    # L5, flagged on Nov 10 and taken down since: its signals before the take-down still count
+    store.write(WriteBatch("default", "listing", upsert=[_listing("L5", "S5", 500.0)],
+                           signals=[_signal("L5", 4, "2026-11-10T00:00:00+00:00")]))
+    store.write(WriteBatch("default", "listing", delete=["L5"], retract=[("listing", "L5")]))
     store.close()
     labels = write_jsonl(tmp_path / "l.jsonl", [label("L1", "fraud"),
                                                 label("L2", "legit", labelled_at="2026-11-02T00:00:00Z"),
                                                 label("L2", "fraud", labelled_at="2026-11-20T00:00:00Z"),
-                                                label("L3", "legit"), label("L4", "legit")])
+                                                label("L3", "legit"), label("L4", "legit"),
+                                                label("L5", "fraud")])
     rc, got, _ = _cli(capsys, "labels", "import", str(labels), "--data-dir", str(data))
-    assert (rc, got) == (0, {"imported": 5})
+    assert (rc, got) == (0, {"imported": 6})
 
     def figures(out: str, *window: str) -> dict[str, Any]:
         rc, got, err = _cli(capsys, "report", "--data-dir", str(data), "--out", str(tmp_path / out), *window)
         assert rc == 0, err
-        assert got["labels"] == 5 and Path(got["html"]).exists()
+        assert got["labels"] == 6 and Path(got["html"]).exists()
         rep = json.loads((tmp_path / out / "report.json").read_text())
         sig = next(s for s in rep["signals"] if s["name"] == "near_duplicate.count")
-        assert (sig["fraud"], sig["legit"]) == (2, 2)  # L2's later label wins
+        assert (sig["fraud"], sig["legit"]) == (3, 2)  # L2's later label wins
         return sig
 
-    latest = figures("now")["operating"]  # the store's latest values: after the change
-    assert (latest["tp"], latest["fp"], latest["recall"]) == (2, 0, 1.0)
-    assert latest["money_caught"] == {"GBP": 150.0}
+    latest = figures("now")["operating"]  # the store's latest values (L5's last): after the change
+    assert (latest["tp"], latest["fp"], latest["recall"]) == (3, 0, 1.0)
+    assert latest["money_caught"] == {"GBP": 150.0}  # L5's price went with its record
     before = figures("before", "--until", "2026-11-05")["thresholds"]
-    assert [(r["threshold"], r["tp"], r["fp"]) for r in before] == [(2, 1, 1)]
+    assert [(r["threshold"], r["tp"], r["fp"]) for r in before] == [(2, 1, 1)]  # L5 not yet listed
     assert before[0]["honest_parties_affected"] == 1 and before[0]["money_held"] == {"GBP": 80.0}
     after = figures("after", "--since", "2026-11-05")["operating"]
     assert after == latest
