@@ -41,6 +41,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
               "peak_anon_mb_100k", "peak_anon_mb_1m", "er_f1", "er_f1_cosine_baseline"),
     "publishing": ("redis_events_s", "webhook_events_s", "delivery_p50_ms_redis", "delivery_p99_ms"),
     "index_shards": ("p50_ms_whole", "p50_ms_split", "split_ratio_p50"),
+    "report": ("report_lines_per_s", "report_cpu_s", "report_total_s", "report_peak_rss_mb", "report_html_kb",
+               "signal_lines"),
     "latency": ("p50_ms_c1", "p99_ms_c1", "throughput_rps_c16", "overhead_ratio", "throughput_ratio_16",
                 "errors", "freshness_ms", "deep_tier_slowdown"),
 }
