@@ -119,3 +119,27 @@ def test_one_writer_a_postgres_schema(postgres: Any) -> None:
     tool.close()
     first.close()
     PostgresSignalStore(postgres.url, schema, lock_wait_s=5).close()  # the first one gone: free
+
+
+def test_a_store_made_before_label_money_is_migrated(tmp_path: Any) -> None:
+    import sqlite3
+
+    from serving.report.inputs import label_record
+    from serving.store.sql import migrate
+    from serving.store.sqlite import MIGRATIONS, SqliteSignalStore
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, MIGRATIONS[:2], "BEGIN") == 2  # as the previous release left it
+    db.execute("INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at) VALUES "
+               "('default', 'listing', 'L1', 'fraud', ?, '2026-11-01T00:00:00+00:00')",
+               ('{"entity_type": "listing", "entity_id": "L1", "label": "fraud", "tenant": "default"}',))
+    db.close()
+    store = SqliteSignalStore(path)
+    old, = store.all_labels()
+    rec = label_record(old, old["id"], old["received_at"])
+    assert (rec.label, rec.loss_amount) == ("fraud", None)
+    store.add_label(Label(entity_type="listing", entity_id="L1", label="legit", loss_amount=3,
+                          currency="EUR"))
+    assert [x.get("loss_amount") for x in store.all_labels()] == [None, 3]
+    store.close()
