@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                     "Writes DIR/report.html (self-contained), DIR/report.json and DIR/plots/*.png.")
     report.add_argument("--out", type=Path, required=True, metavar="DIR")
     report.add_argument("--signals", type=Path, default=None, metavar="FILE",
-                        help="a batch run's signals.jsonl (default: the store's signals)")
+                        help="a batch run's signals.jsonl, or its run folder (default: the store's signals)")
     report.add_argument("--labels", type=Path, default=None, metavar="FILE",
                         help="labels JSONL (needed with --signals; default: the store's labels)")
     report.add_argument("--since", default=None, metavar="T",
@@ -218,10 +218,14 @@ def _cmd_report(args: argparse.Namespace, config: MarketGuardConfig,
 
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
+    target = args.target_precision if args.target_precision is not None else config.report.target_precision
+    if not 0 < target <= 1:
+        raise InvalidInput("--target-precision", "must be in (0, 1]")
     if args.signals is not None:
         if args.labels is None:
             raise InvalidInput("--labels", "a report on --signals needs --labels FILE")
-        inputs = from_files(args.signals, args.labels, since=since, until=until)
+        signals = args.signals / "signals.jsonl" if args.signals.is_dir() else args.signals
+        inputs = from_files(signals, args.labels, since=since, until=until)
     else:
         stores = _stores(config)
         try:
@@ -230,9 +234,6 @@ def _cmd_report(args: argparse.Namespace, config: MarketGuardConfig,
         finally:
             for store in stores:
                 store.close()
-    target = args.target_precision if args.target_precision is not None else config.report.target_precision
-    if not 0 < target <= 1:
-        raise InvalidInput("--target-precision", "must be in (0, 1]")
     report = build_report(inputs, target)
     page = render(report, args.out)
     out.write(json.dumps({"html": str(page), "signals": len(report.signals), "shadow": len(report.shadow),

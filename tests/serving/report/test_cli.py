@@ -39,6 +39,18 @@ def test_labels_import_refuses_a_file_with_bad_lines_whole(tmp_path: Path,
     store.close()
 
 
+def test_report_input_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = write_jsonl(tmp_path / "l.jsonl", [label("L1", "fraud")])
+    for args, expected in (
+            (["--signals", str(tmp_path / "nope.jsonl")], "--labels"),
+            (["--signals", str(tmp_path / "nope.jsonl"), "--labels", str(labels)], "no such file"),
+            (["--since", "last week"], "--since"),
+            (["--target-precision", "1.5"], "--target-precision")):
+        rc, _, err = _cli(capsys, "report", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d"),
+                          *args)
+        assert rc == 2 and expected in err and "Traceback" not in err, (args, err)
+
+
 def _listing(iid: str, seller: str, price: float) -> StoredItem:
     return StoredItem("default", "listing", iid, seller, "phones", price, "GBP", "{}",
                       {"text": np.ones(4, dtype=np.float32)})
@@ -106,7 +118,7 @@ def test_report_on_a_batch_run_over_a_catalogue_with_planted_scams(
     # bait-priced repost M5 of M4
     labels = [label(f"SC{i}", "fraud") for i in range(6)] + [label(f"H{i}", "legit") for i in range(14)]
     labels += [label("M4", "legit"), label("M5", "fraud", loss_amount=35000, currency="IDR")]
-    rc, got, err = _cli(capsys, "report", "--signals", str(out / "signals.jsonl"), "--labels",
+    rc, got, err = _cli(capsys, "report", "--signals", str(out), "--labels",  # the run folder will do
                         str(write_jsonl(tmp_path / "labels.jsonl", labels)), "--out", str(tmp_path / "rep"))
     assert rc == 0, err
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
