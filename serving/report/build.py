@@ -52,7 +52,11 @@ class SignalFigures:
     @property
     def description(self) -> str:
         spec = CATALOGUE.get(self.values.name)
-        return spec.description if spec is not None else "(not in the signal catalogue)"
+        text = spec.description if spec is not None else "(not in the signal catalogue)"
+        if self.values.rolled_from:
+            text += (f"; rolled up: a {self.values.entity_type}'s value is the highest among its "
+                     f"{self.values.rolled_from}s' values")
+        return text
 
     @property
     def parties(self) -> str | None:
@@ -124,6 +128,7 @@ def signal_json(f: SignalFigures, target: float) -> dict[str, Any]:
         "id": f.id, "entity_type": f.values.entity_type, "name": f.values.name, "source": f.values.source,
         "shadow": f.values.shadow, "description": f.description, "parties": f.parties,
         "flags_when": "value <= threshold" if f.sign < 0 else "value >= threshold",
+        "rolled_up_from": f.values.rolled_from,
         "labelled": c.labelled, "fraud": c.positives, "legit": c.negatives, "present": c.present,
         "base_rate": _num(c.base_rate), "non_numeric_values": f.values.non_numeric,
         "money_fraud_total": {k: round(v, 2) for k, v in c.money_fraud_total.items()},

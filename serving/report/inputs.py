@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +92,9 @@ class SignalValues:
     shadow: bool
     values: dict[Key, float] = field(default_factory=dict)
     non_numeric: int = 0
+    rolled_from: str | None = None
+    """For a listing (review) signal rolled up to the sellers (reviewers, products): "listing" ("review");
+    an entity's value is the highest among its items'."""
 
 
 @dataclass
@@ -179,16 +182,9 @@ def judge(latest: dict[Key, LabelRecord], facts: dict[Key, Facts]) -> dict[Key, 
             amount, currency = f.price, f.currency
         judged[key] = Judged(lab.label == "fraud", "label", amount, currency)
     implied: dict[Key, tuple[bool, Literal["listing", "review"]]] = {}
-    for (tenant, etype, eid), lab in latest.items():
-        f = facts.get((tenant, etype, eid))
-        if f is None or etype not in _PARENTS:
-            continue
-        via: Literal["listing", "review"] = "listing" if etype == "listing" else "review"
-        for parent_type, attr in _PARENTS[etype]:
-            parent = getattr(f, attr)
-            if not parent:
-                continue
-            pkey = (tenant, parent_type, parent)
+    for key, lab in latest.items():
+        via: Literal["listing", "review"] = "listing" if key[1] == "listing" else "review"
+        for pkey in _parents(key, facts):
             was = implied.get(pkey, (False, via))[0]
             implied[pkey] = (was or lab.label == "fraud", via)
     for pkey, (fraud, via) in implied.items():
@@ -221,15 +217,15 @@ def _observed(wire: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(wire["observed_at"]).replace("Z", "+00:00")).astimezone(UTC)
 
 
-def collect_signals(wires: Iterable[dict[str, Any]], judged: dict[Key, Judged], since: datetime | None,
+def collect_signals(wires: Iterable[dict[str, Any]], wanted: Collection[Key], since: datetime | None,
                     until: datetime | None,
                     into: dict[SignalKey, SignalValues] | None = None) -> dict[SignalKey, SignalValues]:
-    """The values of every signal on the judged entities (the last one in order wins per key), added
-    to ``into`` when given."""
+    """The values of every signal on the ``wanted`` entities (the last one in order wins per key),
+    added to ``into`` when given."""
     out: dict[SignalKey, SignalValues] = {} if into is None else into
     for wire in wires:
         key = (str(wire.get("tenant", "default")), str(wire["entity_type"]), str(wire["entity_id"]))
-        if key not in judged:
+        if key not in wanted:
             continue
         if since is not None or until is not None:
             at = _observed(wire)
@@ -244,6 +240,41 @@ def collect_signals(wires: Iterable[dict[str, Any]], judged: dict[Key, Judged], 
             sv.non_numeric += 1
         sv.values[key] = math.nan if value is None else value
     return out
+
+
+def _parents(key: Key, facts: dict[Key, Facts]) -> list[Key]:
+    """The seller of a listing; the reviewer and product of a review (where the facts know them)."""
+    tenant, etype, _ = key
+    f = facts.get(key)
+    if f is None or etype not in _PARENTS:
+        return []
+    return [(tenant, ptype, p) for ptype, attr in _PARENTS[etype] if (p := getattr(f, attr))]
+
+
+def wanted_keys(judged: dict[Key, Judged], facts: dict[Key, Facts]) -> set[Key]:
+    """The entities whose signals the report needs: the judged ones, and every listing (review) of a
+    judged seller (reviewer, product), for the roll-ups."""
+    return set(judged) | {k for k in facts if any(p in judged for p in _parents(k, facts))}
+
+
+def roll_up(signals: dict[SignalKey, SignalValues], judged: dict[Key, Judged],
+            facts: dict[Key, Facts]) -> None:
+    """Add each listing (review) signal rolled up to the judged sellers (reviewers, products): an
+    entity's value is the highest among its items' (a seller is flagged when any listing is)."""
+    for sv in [s for s in signals.values() if s.entity_type in _PARENTS and s.rolled_from is None]:
+        for key, value in sv.values.items():
+            if math.isnan(value):
+                continue
+            for pkey in _parents(key, facts):
+                if pkey not in judged:
+                    continue
+                skey = (pkey[1], sv.name, sv.source)
+                up = signals.get(skey)
+                if up is None:
+                    up = signals[skey] = SignalValues(pkey[1], sv.name, sv.source, sv.shadow,
+                                                      rolled_from=sv.entity_type)
+                old = up.values.get(pkey, -math.inf)
+                up.values[pkey] = max(old, value)
 
 
 def _run_facts(run: Path) -> dict[Key, Facts]:
@@ -283,7 +314,8 @@ def from_files(signals_path: Path, labels_path: Path, *, since: datetime | None 
     latest, read, superseded = latest_labels(read_labels_file(labels_path))
     facts = _run_facts(signals_path.parent)
     judged = judge(latest, facts)
-    signals = collect_signals(_jsonl(signals_path), judged, since, until)
+    signals = collect_signals(_jsonl(signals_path), wanted_keys(judged, facts), since, until)
+    roll_up(signals, judged, facts)
     return ReportInputs(f"{signals_path} and {labels_path}", judged, facts, signals, read, superseded,
                         since, until)
 
@@ -310,7 +342,8 @@ def from_stores(stores: Sequence[SqlSignalStore], origin: str, *, labels_path: P
         for store in stores:
             yield from store.iter_signals(history=windowed)
 
-    signals = collect_signals(wires(), judged, since, until)
+    wanted = wanted_keys(judged, facts)
+    signals = collect_signals(wires(), wanted, since, until)
     if not windowed:
         # A listing or review taken down (often: because it was the fraud) has no latest signals any
         # more; what its signals said before the take-down is in the history, and that is what counts.
@@ -323,7 +356,8 @@ def from_stores(stores: Sequence[SqlSignalStore], origin: str, *, labels_path: P
                 kind: Literal["listing", "review"] = "listing" if etype == "listing" else "review"
                 if store.tombstone(tenant, kind, eid) is not None:
                     old = store.history(tenant, kind, eid, 10_000)
-                    collect_signals(old, judged, None, None, into=signals)
+                    collect_signals(old, wanted, None, None, into=signals)
+    roll_up(signals, judged, facts)
     return ReportInputs(origin, judged, facts, signals, read, superseded, since, until)
 
 

@@ -243,8 +243,10 @@ def _signals_table(data: dict[str, Any], by_id: dict[str, SignalFigures]) -> lis
         op = s["operating"]
         cells = _row_cells(op, f.parties, f.sign) if op else "".join(_td("n/a", -1) for _ in range(10))
         counts = f"{s['labelled']} ({s['fraud']})"
+        source = html.escape(s["source"]) + (f' <span class=ci>(max of {s["rolled_up_from"]}s)</span>'
+                                             if s["rolled_up_from"] else "")
         parts.append(f'<tr>{_td(name, s["name"])}{_td(html.escape(s["entity_type"]))}'
-                     f'{_td(html.escape(s["source"]))}{_td(counts, s["labelled"])}{cells}</tr>')
+                     f'{_td(source, s["source"])}{_td(counts, s["labelled"])}{cells}</tr>')
     parts.append("</tbody></table>")
     return parts
 

@@ -16,5 +16,5 @@ def test_synthetic_run_reads_as_a_batch_run(tmp_path: Path) -> None:
     listings = [k for k in inputs.judged if k[1] == "listing"]
     assert 0 < len(listings) < 200 and any(k[1] == "seller" for k in inputs.judged)  # sellers via listings
     report = build_report(inputs, 0.9)
-    assert len(report.shadow) == 1 and {f.values.name for f in report.signals} >= {"near_duplicate.count",
+    assert len(report.shadow) == 2 and {f.values.name for f in report.signals} >= {"near_duplicate.count",
                                                                                    "seller.cluster_count"}

@@ -31,11 +31,12 @@ def test_table_and_every_plot_render_without_errors(browser: Browser, tmp_path: 
     page = _page(tmp_path)
     browser.open(page.as_uri())
     rows = browser.evaluate("document.querySelectorAll('#signals tbody tr').length")
-    assert rows == 4  # 2 live listing signals, 1 shadow, 1 seller roll-up
+    # 2 live listing signals, 1 shadow, each also rolled up to the sellers, and 1 seller roll-up
+    assert rows == 7
     images = browser.evaluate(
         "Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0"
         " && i.naturalHeight > 0])")
-    assert len(images) == 2 * 4 + 1 and all(ok for _, ok in images), images
+    assert len(images) == 2 * 7 + 2 and all(ok for _, ok in images), images
     assert browser.problems == []
 
 

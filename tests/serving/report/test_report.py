@@ -116,6 +116,12 @@ def test_report_figures_from_a_run(tmp_path: Path) -> None:
     sc = by["seller:seller.cluster_count@seller_rollup@1"]
     assert (sc.curve.positives, sc.curve.negatives) == (4, 2)
     assert list(sc.curve.tp) == [4] and list(sc.curve.fp) == [0]
+    # listing signals rolled up to the labelled sellers: a seller's value is its listings' highest;
+    # burners 5 3 0 3 (fraud), shop0 max(3, 0, 0) = 3, shop1 0 (legit)
+    up = by["seller:near_duplicate.count@listing_near_duplicate@1"]
+    assert up.values.rolled_from == "listing" and "highest among its listings" in up.description
+    assert list(up.curve.thresholds) == [5, 3] and list(up.curve.tp) == [1, 3] and list(up.curve.fp) == [0, 1]
+    assert up.curve.parties_total == 2 and list(up.curve.parties_affected) == [0, 1]
     data = report.to_json()
     assert data["labels"]["by_entity_type"]["seller"] == {"fraud": 4, "legit": 2, "implied": 6}
     cats = {g["group"]: g for g in next(s for s in data["signals"] if s["id"] == nd.id)["by_category"]}
@@ -125,8 +131,8 @@ def test_report_figures_from_a_run(tmp_path: Path) -> None:
 def test_shadow_is_compared_with_live_on_the_same_labels(tmp_path: Path) -> None:
     signals, labels = scam_run(tmp_path / "run")
     report = build_report(from_files(signals, write_jsonl(tmp_path / "labels.jsonl", labels)), 0.9)
-    assert len(report.shadow) == 1
-    cmp = report.shadow[0]
+    assert len(report.shadow) == 2  # on the listings, and rolled up to their sellers
+    cmp = next(c for c in report.shadow if c["entity_type"] == "listing")
     assert cmp["live"] == "listing:content.offplatform_contact@content_rules@2"
     assert cmp["shadow"] == "listing:content.offplatform_contact@content_rules_candidate@2"
     # live flags L0 L1 (fraud) and L5 (legit): coverage 3/10, precision 2/3, recall 2/4;
@@ -189,4 +195,5 @@ def test_the_page_is_self_contained(tmp_path: Path) -> None:
     assert "rests on few labels" in text  # ten labels: the page says so
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["schema"] == "marketguard.report/v1" and len(data["signals"]) == len(report.signals)
-    assert len(list((tmp_path / "out" / "plots").glob("*.png"))) == 2 * len(report.signals) + 1
+    plots = list((tmp_path / "out" / "plots").glob("*.png"))
+    assert len(plots) == 2 * len(report.signals) + len(report.shadow)
