@@ -271,6 +271,10 @@ class LabelsConfig(BaseModel):
                             description="bank name prefix: <name>-listings, <name>-reviews")
     benign_bank: str = Field(default="confirmed-legit", pattern=r"^[a-z0-9][a-z0-9_\-]{0,47}$")
 
+    def banks(self) -> tuple[str, str] | None:
+        """(fraud bank prefix, benign bank prefix) when labels feed the banks, else None."""
+        return (self.fraud_bank, self.benign_bank) if self.auto_bank else None
+
 
 class ReportConfig(BaseModel):
     """``marketguard report``."""

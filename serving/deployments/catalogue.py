@@ -73,10 +73,9 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     store = open_store(config, shard, shards)
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
+                             auto_bank=config.labels.banks(),
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
-                             deep=deep_queue(config),
-                             auto_bank=(config.labels.fraud_bank, config.labels.benign_bank)
-                             if config.labels.auto_bank else None)
+                             deep=deep_queue(config))
     engine.reconcile()
     engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again

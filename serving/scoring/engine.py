@@ -180,9 +180,9 @@ class CatalogueEngine:
     def __init__(self, store: SignalStore, index_root: Path, banks_root: Path, config: IndexesConfig,
                  models: dict[Modality, str], dims: dict[Modality, int], *,
                  global_banks: dict[str, list[str]] | None = None, limits: EngineLimits | None = None,
-                 review_behaviour: Sequence[ReviewBehaviour] = (),
+                 review_behaviour: Sequence[ReviewBehaviour] = (), auto_bank: tuple[str, str] | None = None,
                  index_shards: Sequence[ShardClient] = (), split_tenants: Sequence[str] = ("*",),
-                 deep: DeepQueue | None = None, auto_bank: tuple[str, str] | None = None,
+                 deep: DeepQueue | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.config = config

@@ -100,27 +100,6 @@ def test_labels_in_one_transaction_with_money_and_every_signal_for_the_report(
     store.close()
 
 
-def test_features_never_unpickle() -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
-    with pytest.raises(InvalidInput):
-        decode_features(buf.getvalue())
-
-
-def test_one_writer_a_postgres_schema(postgres: Any) -> None:
-    from serving.store.postgres import PostgresSignalStore
-    from tests.serving.servers import pg_schema
-
-    schema = pg_schema()
-    first = PostgresSignalStore(postgres.url, schema)
-    with pytest.raises(RuntimeError, match="another writer"):
-        PostgresSignalStore(postgres.url, schema, lock_wait_s=0.5)  # a second replica of the shard
-    tool = PostgresSignalStore(postgres.url, schema, exclusive=False)  # sinks replay, beside it
-    tool.close()
-    first.close()
-    PostgresSignalStore(postgres.url, schema, lock_wait_s=5).close()  # the first one gone: free
-
-
 def test_a_store_made_before_label_money_is_migrated(tmp_path: Any) -> None:
     import sqlite3
 
@@ -143,3 +122,25 @@ def test_a_store_made_before_label_money_is_migrated(tmp_path: Any) -> None:
                           currency="EUR"))
     assert [x.get("loss_amount") for x in store.all_labels()] == [None, 3]
     store.close()
+
+
+def test_features_never_unpickle() -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput):
+        decode_features(buf.getvalue())
+
+
+def test_one_writer_a_postgres_schema(postgres: Any) -> None:
+    from serving.store.postgres import PostgresSignalStore
+    from tests.serving.servers import pg_schema
+
+    schema = pg_schema()
+    first = PostgresSignalStore(postgres.url, schema)
+    with pytest.raises(RuntimeError, match="another writer"):
+        PostgresSignalStore(postgres.url, schema, lock_wait_s=0.5)  # a second replica of the shard
+    tool = PostgresSignalStore(postgres.url, schema, exclusive=False)  # sinks replay, beside it
+    tool.close()
+    first.close()
+    PostgresSignalStore(postgres.url, schema, lock_wait_s=5).close()  # the first one gone: free
+
