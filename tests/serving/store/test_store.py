@@ -143,4 +143,3 @@ def test_one_writer_a_postgres_schema(postgres: Any) -> None:
     tool.close()
     first.close()
     PostgresSignalStore(postgres.url, schema, lock_wait_s=5).close()  # the first one gone: free
-
