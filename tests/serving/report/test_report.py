@@ -197,3 +197,20 @@ def test_the_page_is_self_contained(tmp_path: Path) -> None:
     assert data["schema"] == "marketguard.report/v1" and len(data["signals"]) == len(report.signals)
     plots = list((tmp_path / "out" / "plots").glob("*.png"))
     assert len(plots) == 2 * len(report.signals) + len(report.shadow)
+
+
+def test_a_shadow_signal_stands_beside_the_extractor_it_is_a_candidate_of() -> None:
+    from serving.report.build import _figures, live_for
+    from serving.report.inputs import ReportInputs, SignalValues
+
+    judged = judge(latest_labels([label_record(label("L1", "fraud"), 1)])[0], {})
+    inputs = ReportInputs("t", judged, {}, {})
+
+    def fig(source: str, shadow: bool = False) -> object:
+        return _figures(SignalValues("listing", "near_duplicate.count", source, shadow,
+                                     {("default", "listing", "L1"): 1.0}), inputs, 0.9)
+
+    live = [fig("listing_near_duplicate@1"), fig("listing@1"), fig("bank_match@1")]
+    got = live_for(fig("listing_near_duplicate_trial@1", True), live)  # type: ignore[arg-type]
+    assert got is live[0]  # the longest extractor name it extends, not "listing"
+    assert live_for(fig("other_candidate@1", True), live) is None  # type: ignore[arg-type]  # ambiguous
