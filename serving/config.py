@@ -279,6 +279,33 @@ class ShadowConfig(BaseModel):
         })
 
 
+class LabelsConfig(BaseModel):
+    """Outcome labels (``POST /v1/labels``, ``marketguard labels import``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_bank: bool = Field(default=False,
+                            description="a fraud label on a listing or review adds its stored content to the "
+                                        "tenant's fraud bank, a legit one to the benign bank (through the "
+                                        "service only)")
+    fraud_bank: str = Field(default="confirmed-fraud", pattern=r"^[a-z0-9][a-z0-9_\-]{0,47}$",
+                            description="bank name prefix: <name>-listings, <name>-reviews")
+    benign_bank: str = Field(default="confirmed-legit", pattern=r"^[a-z0-9][a-z0-9_\-]{0,47}$")
+
+    def banks(self) -> tuple[str, str] | None:
+        """(fraud bank prefix, benign bank prefix) when labels feed the banks, else None."""
+        return (self.fraud_bank, self.benign_bank) if self.auto_bank else None
+
+
+class ReportConfig(BaseModel):
+    """``marketguard report``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_precision: float = Field(default=0.9, gt=0, le=1,
+                                    description="each signal's operating threshold is the lowest reaching it")
+
+
 class MarketGuardConfig(BaseModel):
     """Everything a MarketGuard process needs to know, with embedded defaults."""
 
@@ -295,6 +322,8 @@ class MarketGuardConfig(BaseModel):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _shadow_candidate_is_valid(self) -> MarketGuardConfig:

@@ -236,6 +236,22 @@ class Label(_Record):
     reason: str | None = Field(default=None, max_length=1000)
     labelled_by: str | None = Field(default=None, max_length=200)
     labelled_at: AwareDatetime | None = None
+    loss_amount: float | None = Field(default=None, ge=0, description="money at stake: what the fraud "
+                                      "cost or would have cost (``marketguard report`` weighs signals by it)")
+    currency: str | None = Field(default=None, pattern=CURRENCY_PATTERN)
+
+    @pydantic.field_validator("loss_amount")
+    @classmethod
+    def _loss_finite(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and (not math.isfinite(v) or v > _limits(info).max_price):
+            raise InvalidInput(None, f"must be a finite number <= {_limits(info).max_price:g}")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _currency_with_loss(self) -> Label:
+        if self.loss_amount is not None and self.currency is None:
+            raise InvalidInput("currency", "required when loss_amount is given")
+        return self
 
 
 SignalValue = bool | int | float | str | None

@@ -91,6 +91,7 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     store = open_store(config, shard, shards)
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
+                             auto_bank=config.labels.banks(),
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
                              deep=deep_queue(config), shadow=shadow_near_duplicates(config))
     engine.reconcile()

@@ -212,7 +212,7 @@ class CatalogueEngine:
     def __init__(self, store: SignalStore, index_root: Path, banks_root: Path, config: IndexesConfig,
                  models: dict[Modality, str], dims: dict[Modality, int], *,
                  global_banks: dict[str, list[str]] | None = None, limits: EngineLimits | None = None,
-                 review_behaviour: Sequence[ReviewBehaviour] = (),
+                 review_behaviour: Sequence[ReviewBehaviour] = (), auto_bank: tuple[str, str] | None = None,
                  index_shards: Sequence[ShardClient] = (), split_tenants: Sequence[str] = ("*",),
                  deep: DeepQueue | None = None, shadow: ShadowNearDuplicates | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -236,6 +236,8 @@ class CatalogueEngine:
         self.clock = clock
         self.deep = deep
         self.deep_skipped = 0  # jobs not queued because the queue was full (a metric)
+        self.auto_bank = auto_bank
+        """(fraud bank prefix, benign bank prefix) when labels feed the banks (config labels.auto_bank)."""
 
     def _index_of(self, tenant: str, modality: Modality) -> AnyIndex:
         """The tenant's index of ``modality``, opened or created (``get`` with ``create`` on)."""
@@ -825,7 +827,44 @@ class CatalogueEngine:
         return out
 
     def add_label(self, label: Label) -> int:
-        return self.store.add_label(label)
+        """Store the label; with ``auto_bank`` a confirmed listing or review joins its tenant's banks."""
+        label_id = self.store.add_label(label)
+        if self.auto_bank is not None:
+            self._bank_labelled(label, *self.auto_bank)
+        return label_id
+
+    def _bank_labelled(self, label: Label, fraud_prefix: str, benign_prefix: str) -> None:
+        """A fraud listing's (review's) stored text vector and photo hashes go into the tenant's
+        ``<fraud_prefix>-listings`` / ``-reviews`` / ``-images`` banks, a legit one's into the benign
+        banks, so it is matched from then on; a later label moves it (later labels win). An item the
+        store no longer holds (deleted) has nothing to bank."""
+        if label.entity_type not in ("listing", "review"):
+            return
+        kind: ItemKind = "listing" if label.entity_type == "listing" else "review"
+        item = self.store.get_item(label.tenant, kind, label.entity_id)
+        if item is None:
+            return
+        fraud = label.label == "fraud"
+        reason, by = label.reason or "", label.labelled_by or ""
+        wanted: dict[str, tuple[Modality, list[BankItem]]] = {}
+        text = item.features.get("text")
+        if text is not None:
+            modality: Modality = "listing_text" if kind == "listing" else "review_text"
+            vector = [float(x) for x in np.ravel(text)]
+            wanted[f"{kind}s"] = (modality, [BankItem(id=item.item_id, vector=vector, source="label",
+                                                      reason=reason, added_by=by)])
+        hashes = item.features.get("image_pdq")
+        if kind == "listing" and hashes is not None and len(hashes):
+            wanted["images"] = ("image_pdq", [
+                BankItem(id=f"{item.item_id}/{k}", pdq=bytes(h).hex(), source="label", reason=reason,
+                         added_by=by) for k, h in enumerate(np.asarray(hashes, dtype=np.uint8))])
+        store = self.tenant_banks(label.tenant)
+        drop, add = (benign_prefix, fraud_prefix) if fraud else (fraud_prefix, benign_prefix)
+        for suffix, (modality, items) in wanted.items():
+            old = f"{drop}-{suffix}"
+            if old in store.names():
+                store.remove_items(old, [it.id for it in items])
+            self.bank_add(label.tenant, f"{add}-{suffix}", modality, "fraud" if fraud else "benign", items)
 
     # --------------------------------------------------------- start-up repair
     def repair(self) -> dict[str, int]:

@@ -74,6 +74,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
         item_id TEXT NOT NULL, record TEXT NOT NULL, images BYTEA NOT NULL, bytes BIGINT NOT NULL,
         enqueued_at DOUBLE PRECISION NOT NULL, lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
         UNIQUE (tenant, kind, item_id))""",
+]), (3, [
+    # a label's money at stake (``marketguard report``), also kept in its record JSON
+    "ALTER TABLE labels ADD COLUMN loss_amount DOUBLE PRECISION",
+    "ALTER TABLE labels ADD COLUMN currency TEXT",
 ])]
 
 WRITER_LOCK_WAIT_S = 60.0

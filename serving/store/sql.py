@@ -636,20 +636,49 @@ class SqlSignalStore:
         return datetime.fromisoformat(rows[0][0]) if rows else None
 
     def add_label(self, label: Label) -> int:
+        return self.add_labels([label])[0]
+
+    def add_labels(self, labels: Sequence[Label]) -> list[int]:
+        """Store labels in one transaction (all or none); earlier labels of an entity are kept."""
+        ids: list[int] = []
+        now = _now()
         with self._tx() as db:
-            row = db.execute(
-                "INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at) "
-                "VALUES (?,?,?,?,?,?) RETURNING id",
-                (
-                    label.tenant,
-                    label.entity_type,
-                    label.entity_id,
-                    label.label,
-                    label.model_dump_json(),
-                    _now(),
-                ),
-            ).fetchone()
-        return int(row[0])
+            for label in labels:
+                row = db.execute(
+                    "INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at, "
+                    "loss_amount, currency) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+                    (label.tenant, label.entity_type, label.entity_id, label.label,
+                     label.model_dump_json(), now, label.loss_amount, label.currency),
+                ).fetchone()
+                ids.append(int(row[0]))
+        return ids
+
+    def all_labels(self, page: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every label of every tenant, oldest first (with ``id`` and ``received_at``), a page at a time."""
+        last = 0
+        while True:
+            rows = self._rows(
+                "SELECT id, record, received_at FROM labels WHERE id > ? ORDER BY id LIMIT ?", (last, page)
+            )
+            if not rows:
+                return
+            for r in rows:
+                yield {"id": int(r[0]), **json.loads(r[1]), "received_at": r[2]}
+            last = int(rows[-1][0])
+
+    def iter_signals(self, history: bool = False, page: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every latest signal (or, with ``history``, every value ever stored, oldest first), in
+        their wire form, a page at a time."""
+        if not history:
+            yield from (json.loads(r[0]) for r in self._rows("SELECT signal FROM latest", ()))
+            return
+        last = 0
+        while True:
+            rows = self._rows("SELECT id, signal FROM history WHERE id > ? ORDER BY id LIMIT ?", (last, page))
+            if not rows:
+                return
+            yield from (json.loads(r[1]) for r in rows)
+            last = int(rows[-1][0])
 
     def labels(self, tenant: str, entity_type: EntityType, entity_id: str) -> list[dict[str, Any]]:
         rows = self._rows(

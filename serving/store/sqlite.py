@@ -63,6 +63,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
         id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, kind TEXT NOT NULL, item_id TEXT NOT NULL,
         record TEXT NOT NULL, images BLOB NOT NULL, bytes INTEGER NOT NULL, enqueued_at REAL NOT NULL,
         lease_until REAL NOT NULL DEFAULT 0, UNIQUE (tenant, kind, item_id))""",
+]), (3, [
+    # a label's money at stake (``marketguard report``), also kept in its record JSON
+    "ALTER TABLE labels ADD COLUMN loss_amount REAL",
+    "ALTER TABLE labels ADD COLUMN currency TEXT",
 ])]
 
 

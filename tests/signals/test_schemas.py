@@ -207,6 +207,13 @@ def test_label() -> None:
                           "label": "fraud"}).field == "entity_type"
     assert reject(Label, {"entity_type": "seller", "entity_id": "S1",
                           "label": "bad"}).field == "label"
+    base = {"entity_type": "listing", "entity_id": "L1", "label": "fraud"}
+    lab = parse_record(Label, {**base, "loss_amount": 1199.5, "currency": "GBP"})
+    assert (lab.loss_amount, lab.currency) == (1199.5, "GBP")
+    assert reject(Label, {**base, "loss_amount": 10}).field == "currency"
+    assert reject(Label, {**base, "loss_amount": -1, "currency": "GBP"}).field == "loss_amount"
+    assert reject(Label, {**base, "loss_amount": float("inf"), "currency": "GBP"}).field == "loss_amount"
+    assert reject(Label, {**base, "loss_amount": 1, "currency": "pounds"}).field == "currency"
 
 
 def test_signal_wire_form() -> None:

@@ -328,6 +328,13 @@ def test_labels_are_kept_with_history(http: httpx.Client, serve_app: Service) ->
     assert r.json()["labels"] == 2 and r.json()["label"]["label"] == "legit"
     r = post(http, serve_app, "/v1/labels", {"entity_type": "planet", "entity_id": "x", "label": "fraud"})
     assert r.status_code == 422 and error_of(r)["field"] == "entity_type"
+    # the money at stake, for marketguard report: a loss needs its currency
+    r = post(http, serve_app, "/v1/labels", {"entity_type": "listing", "entity_id": "L-lab", "label": "fraud",
+                                             "loss_amount": 1199, "currency": "GBP"})
+    assert r.status_code == 200 and r.json()["label"]["loss_amount"] == 1199
+    r = post(http, serve_app, "/v1/labels", {"entity_type": "listing", "entity_id": "L-lab", "label": "fraud",
+                                             "loss_amount": 5})
+    assert r.status_code == 422 and error_of(r)["field"] == "currency"
 
 
 def test_unknown_routes_and_entity_types(http: httpx.Client, serve_app: Service) -> None:

@@ -181,3 +181,41 @@ def test_a_crash_after_a_reposts_commit_leaves_no_stale_vector(
     assert hits[0].id == "A" and hits[0].score > 0.99
     assert engine.store.pending_index() == []
     engine.close()
+
+
+def test_confirmed_labels_feed_the_tenants_banks_when_asked(data_dir: Path) -> None:
+    from serving.config import LabelsConfig
+    from signals.schemas import Label
+
+    cfg = text_only(data_dir).model_copy(update={"labels": LabelsConfig(auto_bank=True)})
+    ex = FastExtraction.build(cfg.signals, data_dir)
+    engine = open_engine(cfg, *ex.models())
+    engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
+    engine.add_label(Label(entity_type="listing", entity_id="A", label="fraud", reason="chargeback"))
+    banks = engine.tenant_banks("default")
+    assert banks.get("confirmed-fraud-listings").info.kind == "fraud"
+    assert "A" in [it.id for it in banks.get("confirmed-fraud-listings").items()]
+    # from then on a copy matches the confirmed case
+    engine.score_listings(ex.extract("listing", [listing("B", "s2")]))
+    assert value(engine, "listing", "B", "bank.match") >= 1
+    # a later legit label wins: out of the fraud bank, into the benign one
+    engine.add_label(Label(entity_type="listing", entity_id="A", label="legit"))
+    assert "A" not in [it.id for it in banks.get("confirmed-fraud-listings").items()]
+    assert "A" in [it.id for it in banks.get("confirmed-legit-listings").items()]
+    assert banks.get("confirmed-legit-listings").info.kind == "benign"
+    engine.add_label(Label(entity_type="seller", entity_id="s1", label="fraud"))  # not an item: no bank
+    engine.add_label(Label(entity_type="listing", entity_id="GONE", label="fraud"))  # not stored
+    assert sorted(banks.names()) == ["confirmed-fraud-listings", "confirmed-legit-listings"]
+    engine.close()
+
+
+def test_labels_stay_out_of_the_banks_by_default(
+        setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]) -> None:
+    from signals.schemas import Label
+
+    _, ex, engine = setup
+    engine.score_listings(ex.extract("listing", [listing("A", "s1")]))
+    engine.add_label(Label(entity_type="listing", entity_id="A", label="fraud"))
+    assert engine.tenant_banks("default").names() == []
+    assert [x["label"] for x in engine.store.labels("default", "listing", "A")] == ["fraud"]
+    engine.close()

@@ -73,6 +73,57 @@ def test_labels_keep_history(open_store: Callable[..., SqlSignalStore]) -> None:
     store.close()
 
 
+def test_labels_in_one_transaction_with_money_and_every_signal_for_the_report(
+        open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store()
+    ids = store.add_labels([Label(entity_type="listing", entity_id="L1", label="legit"),
+                            Label(entity_type="listing", entity_id="L1", label="fraud", loss_amount=250.0,
+                                  currency="GBP")])
+    assert ids == sorted(ids) and len(ids) == 2
+    got = list(store.all_labels(page=1))  # paged
+    assert [(x["entity_id"], x["label"], x["loss_amount"]) for x in got] == [("L1", "legit", None),
+                                                                             ("L1", "fraud", 250.0)]
+    assert all(x["received_at"] for x in got)
+    import sqlite3
+
+    import psycopg
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.NotNullViolation)):  # all or nothing
+        store.add_labels([Label(entity_type="listing", entity_id="L2", label="fraud"),
+                          Label.model_construct(entity_type="listing", entity_id="L3", label="fraud",
+                                                tenant=None)])  # type: ignore[arg-type]
+    assert len(list(store.all_labels())) == 2
+    store.write(WriteBatch("default", "listing", upsert=[item("L1")], signals=[sig(0)]))
+    store.write(WriteBatch("default", "listing", signals=[sig(3)]))
+    assert [s["value"] for s in store.iter_signals()] == [3]
+    assert [s["value"] for s in store.iter_signals(history=True, page=1)] == [0, 3]
+    store.close()
+
+
+def test_a_store_made_before_label_money_is_migrated(tmp_path: Any) -> None:
+    import sqlite3
+
+    from serving.report.inputs import label_record
+    from serving.store.sql import migrate
+    from serving.store.sqlite import MIGRATIONS, SqliteSignalStore
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, MIGRATIONS[:2], "BEGIN") == 2  # as the previous release left it
+    db.execute("INSERT INTO labels (tenant, entity_type, entity_id, label, record, received_at) VALUES "
+               "('default', 'listing', 'L1', 'fraud', ?, '2026-11-01T00:00:00+00:00')",
+               ('{"entity_type": "listing", "entity_id": "L1", "label": "fraud", "tenant": "default"}',))
+    db.close()
+    store = SqliteSignalStore(path)
+    old, = store.all_labels()
+    rec = label_record(old, old["id"], old["received_at"])
+    assert (rec.label, rec.loss_amount) == ("fraud", None)
+    store.add_label(Label(entity_type="listing", entity_id="L1", label="legit", loss_amount=3,
+                          currency="EUR"))
+    assert [x.get("loss_amount") for x in store.all_labels()] == [None, 3]
+    store.close()
+
+
 def test_features_never_unpickle() -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([object()], dtype=object), allow_pickle=True)

@@ -1,0 +1,1 @@
+"""``marketguard report``: the effect of each signal against outcome labels (docs/report.md)."""
