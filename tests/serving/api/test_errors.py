@@ -19,7 +19,8 @@ def test_store_unavailable_from_a_replica_is_a_503_with_retry_after() -> None:
 
     @app.get("/down")
     def down() -> None:
-        raise RayTaskError("score", "traceback", StoreUnavailable("PostgreSQL unreachable")).as_instanceof_cause()
+        cause = StoreUnavailable("PostgreSQL unreachable")
+        raise RayTaskError("score", "traceback", cause).as_instanceof_cause()
 
     @app.get("/fenced")
     def fenced() -> None:
