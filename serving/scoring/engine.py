@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexes.banks import BankItem, BankStore
+from indexes.banks import BankItem, BankStore, ReviewBankJudge
 from indexes.config import IndexesConfig, Modality
 from indexes.near_duplicates import (
     ImageNearDuplicates,
@@ -71,6 +71,7 @@ from signals.entity_signals import (
 from signals.errors import InvalidInput
 from signals.extractor import ItemError
 from signals.price_anomaly import PriceReference
+from signals.review_text import ReviewTextVerdict
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
 from signals.schemas import EntityType, Label, Listing, Review, Signal
 
@@ -255,6 +256,12 @@ class CatalogueEngine:
             for row, hits in zip(out, store.match(modality, queries), strict=True):
                 row.extend(h for h in hits if check is None or self._global_allowed(check, h.bank))
         return out
+
+    def review_judge(self, tenant: str) -> ReviewBankJudge:
+        """The review-bank verdicts a tenant gets: its own banks (and text model) first, then the
+        global banks it may use (the global text model was fitted on every enabled global bank)."""
+        return ReviewBankJudge([(self.tenant_banks(tenant), None),
+                                (self.global_banks, lambda bank: self._global_allowed(tenant, bank))])
 
     def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str,
                  items: list[BankItem]) -> int:
@@ -645,7 +652,11 @@ class CatalogueEngine:
         text = text_feature(item.features)
         edges: list[Edge] = []
         hits: list[BankHit] = []
+        verdict_facts: dict[str, Any] = {}
         if text is not None:
+            judge = self.review_judge(t)
+            if judge.active:
+                verdict_facts["text_verdict"] = judge.verdicts(text[None, :], [review.text])[0].to_dict()
             vectors = self._vectors(t, "review_text")
             if vectors is not None and len(vectors):
                 found = vector_near_duplicates(vectors, text[None, :], self.config.thresholds.review_text,
@@ -654,7 +665,7 @@ class CatalogueEngine:
             hits = self.match_banks(t, "review_text", text[None, :])[0]
         stored = StoredItem(t, "review", rid, review.reviewer_id, review.product_id, None, None,
                             review.model_dump_json(), {"text": text} if text is not None else {},
-                            facts={"bank_hits": [_hit_dict(h) for h in hits]})
+                            facts={"bank_hits": [_hit_dict(h) for h in hits], **verdict_facts})
         old_partners = {e.b for e in self.store.edges_of(t, "review", [rid])[rid]} if old else set()
         best = _best_edges(edges)
         signals, facts = self._rebuild_reviews(t, rid, stored, {e.b for e in best} | old_partners, best, now,
@@ -702,7 +713,9 @@ class CatalogueEngine:
             matches = [Match(e.b, "review_text", e.score, owners[e.b].owner if e.b in owners else None)
                        for e in edge_lists.get(r, []) if e.b in owners]
             hits = [BankHit(**h) for h in it.facts.get("bank_hits", [])]
-            outcome = review_signals(ReviewFacts(review, matches, hits), now)
+            raw_verdict = it.facts.get("text_verdict")
+            verdict = ReviewTextVerdict.from_dict(raw_verdict) if isinstance(raw_verdict, dict) else None
+            outcome = review_signals(ReviewFacts(review, matches, hits, verdict), now)
             signals += outcome.signals
             facts[r] = {**it.facts, "near_duplicates": outcome.near_duplicates}
             if it.group is not None:
