@@ -46,8 +46,9 @@ HASH_DIM = 1 << HASH_BITS
 KNN_K = 10
 """Bank reviews that vote (the ``k`` nearest over every enabled review bank)."""
 NGRAM_C = 10.0
-"""Inverse L2 strength of the n-gram regression (chosen on op_spam's first fold of 5 folds
-of a different seed than the benchmark's; 10 to 100 all within a point)."""
+"""Inverse L2 strength of the n-gram regression: chosen in a prototype on op_spam (5 folds
+of another seed than benchmarks.review_text's, scikit-learn's tf-idf; C of 10, 30 and 100 all
+within a point), so the benchmark's op_spam figure is not fully independent of it."""
 COMBINER_C = 1.0
 STACK_FOLDS = 5
 MIN_PER_KIND = 5
