@@ -157,10 +157,97 @@ def op_spam_figures(quick: bool) -> dict[str, Any]:
     }
 
 
+# ---- templated campaigns against organic reviews (a constructed set) -------------------------
+
+_PRAISE = ["great product", "love it", "works as described", "fast shipping", "would buy again",
+           "highly recommend", "good value for money", "arrived on time", "five stars",
+           "exactly what I needed", "very happy with this purchase", "great quality", "does the job",
+           "my kids love it", "easy to use", "nice packaging", "as pictured", "seller was helpful"]
+_SYNONYMS = {"great": "excellent", "amazing": "incredible", "stay": "visit", "room": "suite", "staff": "team",
+             "hotel": "place", "comfortable": "cosy", "clean": "spotless", "beautiful": "lovely",
+             "friendly": "welcoming", "recommend": "suggest", "perfect": "ideal", "definitely": "certainly",
+             "location": "spot", "service": "hospitality", "nice": "pleasant", "very": "really",
+             "wonderful": "fantastic", "helpful": "attentive", "best": "finest", "love": "adore"}
+
+
+def _edit(text: str, rng: np.random.Generator, how: str) -> str:
+    words = text.split()
+    if how == "copy":
+        return text
+    if how == "small":  # a word or two changed or dropped, a typo
+        for _ in range(2):
+            i = int(rng.integers(len(words)))
+            words[i] = words[i][:-1] if len(words[i]) > 3 and rng.random() < 0.5 else "really"
+        return " ".join(words)
+    # paraphrase: synonyms wherever known, a sentence dropped, the sentences shuffled
+    out = [_SYNONYMS.get(w.lower().strip(".,!"), w) for w in words]
+    sentences = [x.strip() for x in " ".join(out).split(".") if x.strip()]
+    if len(sentences) > 2:
+        sentences.pop(int(rng.integers(len(sentences))))
+    rng.shuffle(sentences)  # type: ignore[arg-type]  # a list shuffles in place
+    return ". ".join(sentences) + "."
+
+
+def template_figures(quick: bool) -> dict[str, Any]:
+    """Pairs the shipped review rule (:class:`~indexes.review_templates.ReviewTemplateRule`) and
+    plain cosine >= ``thresholds.review_text`` call near-duplicates, on campaigns (one template,
+    copies with small edits and paraphrases, by different accounts) mixed with organic reviews:
+    short generic praise (the trap) and op_spam's truthful reviews (long, honest, same topics)."""
+    from indexes.config import IndexesConfig
+    from indexes.review_templates import ReviewTemplateRule, TextShingles
+
+    rng = np.random.default_rng(SEED)
+    df = pd.read_csv(OP_SPAM)
+    deceptive = df[df["deceptive"] == "deceptive"]["text"].astype(str).tolist()
+    truthful = df[df["deceptive"] == "truthful"]["text"].astype(str).tolist()
+    n_campaigns, copies, organic = (8, 6, 80) if quick else (30, 8, 300)
+    texts: list[str] = []
+    group: list[int] = []  # campaign id, -1 organic
+    for c in range(n_campaigns):
+        sentences = [x.strip() for x in deceptive[c * 7].split(".") if x.strip()]
+        template = ". ".join(sentences[:4]) + "."
+        for j in range(copies):
+            texts.append(_edit(template, rng, ("copy", "small", "paraphrase")[j % 3]))
+            group.append(c)
+    for _ in range(organic):  # short generic praise, 2 to 4 phrases
+        picks = rng.choice(len(_PRAISE), size=int(rng.integers(2, 5)), replace=False)
+        texts.append(", ".join(_PRAISE[i] for i in picks).capitalize() + "!")
+        group.append(-1)
+    for t in truthful[:organic]:
+        texts.append(t)
+        group.append(-1)
+    vecs = _embed(texts)
+    g = np.asarray(group)
+    sims = vecs @ vecs.T
+    iu = np.triu_indices(len(texts), 1)
+    same = (g[iu[0]] == g[iu[1]]) & (g[iu[0]] >= 0)
+    rule = ReviewTemplateRule.from_config(IndexesConfig())
+    shingles = [TextShingles.of(t) for t in texts]
+    cos = sims[iu]
+    cand = cos >= rule.candidate_floor
+    decided = np.zeros(len(cos), dtype=bool)
+    for p in np.flatnonzero(cand):
+        decided[p] = rule.is_near_duplicate(shingles[iu[0][p]], shingles[iu[1][p]], float(cos[p]))
+    plain = cos >= IndexesConfig().thresholds.review_text
+
+    def pr(pred: np.ndarray) -> dict[str, Any]:
+        tp, fp = int((pred & same).sum()), int((pred & ~same).sum())
+        return {"pairs": int(pred.sum()), "precision": round(tp / max(tp + fp, 1), 4),
+                "recall": round(tp / max(int(same.sum()), 1), 4), "false_pairs": fp}
+
+    return {"campaigns": n_campaigns, "copies_each": copies, "organic_short": organic,
+            "organic_long": organic, "campaign_pairs": int(same.sum()), "rule": pr(decided),
+            "plain_cosine": pr(plain)}
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     figures = op_spam_figures(args.quick)
     details = figures.pop("details")
+    templates = template_figures(args.quick)
+    details["templates"] = templates
+    figures["template_pair_precision"] = templates["rule"]["precision"]
+    figures["template_pair_recall"] = templates["rule"]["recall"]
     finish("review_text", figures, quick=args.quick, details=details,
            packages=("numpy", "scipy", "onnxruntime", "faiss-cpu"))
 

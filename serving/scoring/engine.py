@@ -45,10 +45,10 @@ from indexes.near_duplicates import (
     TextNearDuplicates,
     pdq_near_duplicates,
     region_entries,
-    vector_near_duplicates,
 )
 from indexes.pair_features import PAIR_TEXT_CHARS, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
+from indexes.review_templates import ReviewTemplateRule
 from indexes.vector import VectorIndex
 from serving.scoring.indexes import (
     AnyIndex,
@@ -191,6 +191,7 @@ class CatalogueEngine:
                                      split_tenants=split_tenants)
         self.text_rule = TextNearDuplicates.from_config(config)
         self.image_rule = ImageNearDuplicates.from_config(config)
+        self.review_rule = ReviewTemplateRule.from_config(config)
         self.banks_root = Path(banks_root)
         # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
         # use), <banks_root>/../tenant-banks/<tenant>/ each tenant's own.
@@ -659,8 +660,8 @@ class CatalogueEngine:
                 verdict_facts["text_verdict"] = judge.verdicts(text[None, :], [review.text])[0].to_dict()
             vectors = self._vectors(t, "review_text")
             if vectors is not None and len(vectors):
-                found = vector_near_duplicates(vectors, text[None, :], self.config.thresholds.review_text,
-                                               [rid], self.config.near_duplicates.max_neighbours)
+                cands = self.review_rule.candidates(vectors, text[None, :], [rid])
+                found = self.review_rule.decide([review.text], cands, lambda ids: self._review_texts(t, ids))
                 edges = [Edge(rid, h.id, "review_text", h.score) for h in found[0]]
             hits = self.match_banks(t, "review_text", text[None, :])[0]
         stored = StoredItem(t, "review", rid, review.reviewer_id, review.product_id, None, None,
@@ -680,6 +681,11 @@ class CatalogueEngine:
         own = [s.to_json_dict() for s in batch.signals
                if s.entity_type == "review" and s.entity_id == rid and not s.shadow]
         return Scored(rid, own)
+
+    def _review_texts(self, t: str, ids: list[str]) -> list[str]:
+        """The texts of stored reviews (empty for one gone meanwhile: never a near-duplicate)."""
+        items = self.store.get_items(t, "review", ids)
+        return [Review.model_validate_json(items[i].record).text if i in items else "" for i in ids]
 
     def _rebuild_reviews(self, t: str, rid: str, new_item: StoredItem | None, partners: set[str],
                          new_edges: list[Edge], now: datetime, old_product: str | None
