@@ -41,13 +41,13 @@ from signals.price_anomaly import (
     price_anomaly_signal,
     robust_z,
 )
+from signals.review_text import ReviewTextVerdict
 from signals.rollups import (
     ProductStats,
     SellerStats,
     product_rollup_signals,
     seller_rollup_signals,
 )
-from signals.review_text import ReviewTextVerdict
 from signals.schemas import Listing, Review, Signal
 from signals.vocabulary import IMAGE_MODALITIES
 

@@ -33,7 +33,8 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
         fake = i % 2 == 0
         own = FAKE_WORDS if fake else REAL_WORDS
         other = REAL_WORDS if fake else FAKE_WORDS
-        words = [str(w) for w in rng.choice(own, 6)] + [str(w) for w in rng.choice(other, 2)] + ["the", "hotel"]
+        words = [str(w) for w in rng.choice(own, 6)] + [str(w) for w in rng.choice(other, 2)]
+        words += ["the", "hotel"]
         rng.shuffle(words)
         texts.append(" ".join(words) + ("!" if fake else "."))
         labels.append(fake)
