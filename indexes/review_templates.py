@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexes.config import IndexesConfig
-from indexes.near_duplicates import Neighbour, VectorSearch, _f32
+from indexes.near_duplicates import Neighbour, VectorSearch, vector_near_duplicates
 from indexes.vector import Hit
 from signals.errors import InvalidInput
 
@@ -70,13 +70,11 @@ class ReviewTemplateRule:
 
     def candidates(self, index: VectorSearch, vectors: np.ndarray,
                    exclude: Sequence[str | None]) -> list[list[Hit]]:
-        """Each query's neighbours at cosine >= ``candidate_floor`` (its own id excluded), best first."""
+        """Each query's ``k`` nearest at cosine >= ``candidate_floor`` (its own id excluded),
+        best first (:func:`~indexes.near_duplicates.vector_near_duplicates`)."""
         if len(exclude) != len(vectors):
             raise InvalidInput("exclude", f"{len(exclude)} ids for {len(vectors)} queries")
-        floor = _f32(self.candidate_floor)
-        found = index.search(vectors, self.k + 1)
-        return [[h for h in hits if h.score >= floor and h.id != own][: self.k]
-                for hits, own in zip(found, exclude, strict=True)]
+        return vector_near_duplicates(index, vectors, self.candidate_floor, exclude, self.k)
 
     def decide(self, query_texts: Sequence[str], candidates: Sequence[Sequence[Hit]],
                texts_of: Callable[[list[str]], list[str]]) -> list[list[Neighbour]]:
