@@ -191,7 +191,6 @@ class CatalogueEngine:
                                      split_tenants=split_tenants)
         self.text_rule = TextNearDuplicates.from_config(config)
         self.image_rule = ImageNearDuplicates.from_config(config)
-        self.review_rule = ReviewTemplateRule.from_config(config)
         self.banks_root = Path(banks_root)
         # <banks_root>/ holds the global banks (what `marketguard bank import` and the batch job
         # use), <banks_root>/../tenant-banks/<tenant>/ each tenant's own.
@@ -203,6 +202,7 @@ class CatalogueEngine:
         self.limits = limits or EngineLimits()
         self._indexed: list[tuple[str, ItemKind, str]] = []  # marks to clear with the next commit
         self.review_behaviour = list(review_behaviour)
+        self.review_rule = ReviewTemplateRule.from_config(config)  # review text near-duplicates
         self.clock = clock
         self.deep = deep
         self.deep_skipped = 0  # jobs not queued because the queue was full (a metric)
