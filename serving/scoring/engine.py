@@ -812,8 +812,19 @@ class CatalogueEngine:
         (a crash before it). Returns how many entries were added and removed.
 
         The store is read a page at a time: memory holds the expected ids (not their vectors)
-        and one page of missing entries.
+        and one page of missing entries. An engine that cannot reconcile (an index made by
+        another model) will not serve: its bank folders are released, so a `marketguard bank`
+        or `reindex` in the same process can open them.
         """
+        try:
+            return self._reconcile()
+        except BaseException:
+            self.global_banks.close()
+            for banks in self._tenant_banks.values():
+                banks.close()
+            raise
+
+    def _reconcile(self) -> dict[str, int]:
         added = removed = 0
         for tenant, kind, item_id in self.store.pending_index():
             # Committed, and maybe died before its index entries were logged: a re-post keeps
