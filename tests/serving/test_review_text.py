@@ -187,3 +187,34 @@ def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path) -> 
     assert main(["bank", "export", "photos", str(tmp_path / "out.csv"), "--data-dir", str(data_dir)]) == 0
     assert (tmp_path / "out.csv").read_text().startswith("acecf3355e3125c8")
     assert main(["bank", "export", "nope", str(tmp_path / "n.jsonl"), "--data-dir", str(data_dir)]) == 2
+
+
+def test_a_tenants_review_banks_over_http_fit_its_own_model(data_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.api.app import create_app
+    from serving.api.backend import LocalBackend
+
+    cfg = text_only(data_dir)
+    ex = FastExtraction.build(cfg.signals, data_dir)
+    models, dims = ex.models()
+    engine = open_engine(cfg, models, dims)
+    client = TestClient(create_app(LocalBackend(ex, engine), cfg.service))
+    try:
+        for bank, kind, texts in (("fakes", "fraud", FAKES), ("real", "benign", GENUINE)):
+            items = [{"review_id": f"{bank}-{i}", "text": t} for i, t in enumerate(texts)]
+            r = client.post(f"/v1/banks/{bank}/items",
+                            json={"modality": "review_text", "kind": kind, "items": items})
+            assert r.status_code == 200, r.text
+        row = {**reviews()[0], "review_id": "H1", "text": FAKES[1]}
+        got = {s["name"]: s for s in client.post("/v1/reviews", json=row).json()["signals"]}
+        assert got["review.bank_similarity"]["evidence"]["calibrated"]
+        assert got["review.bank_similarity"]["evidence"]["neighbours"][0]["id"] == "fakes-1"
+        assert got["review.fake_text_score"]["evidence"]["model"] is not None
+        # another tenant has no review banks: the v1 score, no text score
+        other = client.post("/v1/reviews", json={**row, "review_id": "H2", "tenant": "globex"}).json()
+        names = {s["name"] for s in other["signals"]}
+        assert "review.bank_similarity" in names and "review.fake_text_score" not in names
+    finally:
+        client.close()
+        engine.close()
