@@ -263,7 +263,9 @@ def test_review_judge_verdicts(tmp_path: Path) -> None:
     hidden = ReviewBankJudge([(store, lambda bank: bank != "fakes")])
     assert {n[0] for n in hidden.verdicts(vecs[:1], ["x y z"])[0].neighbours} == {"genuine"}
     store.close()
-    assert not ReviewBankJudge([(BankStore(tmp_path / "empty", CFG), None)]).active
+    empty = BankStore(tmp_path / "empty", CFG)
+    assert not ReviewBankJudge([(empty, None)]).active
+    empty.close()
 
 
 def test_a_bank_folder_has_one_writer(tmp_path: Path) -> None:

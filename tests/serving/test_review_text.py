@@ -138,6 +138,11 @@ def test_batch_and_service_give_the_same_review_text_signals(data_dir: Path, tmp
     inp = write_jsonl(tmp_path / "reviews.jsonl", reviews())
     out = tmp_path / "run"
     run_batch(BatchRequest("reviews", inp, out, address=ray_session, progress="off"), cfg)
+    import pyarrow.parquet as pq
+
+    paired = set(pq.read_table(out / "pairs.parquet").column("a").to_pylist()
+                 + pq.read_table(out / "pairs.parquet").column("b").to_pylist())
+    assert "R1" in paired and not paired & {"R4", "R5", "R6", "R7"}  # praise and empty texts: never paired
     batch = {(s["entity_type"], s["entity_id"], s["name"]): s
              for s in map(json.loads, (out / "signals.jsonl").read_text(encoding="utf-8").splitlines())
              if s["name"] in COMPARED}
