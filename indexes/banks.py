@@ -22,19 +22,23 @@ rather than guessed as UTC.
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
+import io
 import json
+import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from indexes.atomic import read_json, write_json_atomic
+from indexes.atomic import read_json, write_file_atomic, write_json_atomic
 from indexes.config import BanksConfig, PdqIndexConfig, ThresholdsConfig, VectorIndexConfig
 from indexes.pdq import PdqIndex
 from indexes.persistence import DurableIndex
@@ -42,9 +46,18 @@ from indexes.vector import VectorIndex
 from signals.derived import BankHit
 from signals.errors import InvalidInput, from_pydantic
 from signals.pdq_hash import pdq_from_hex, pdq_to_hex
+from signals.review_text import (
+    KNN_K,
+    ReviewTextModel,
+    ReviewTextVerdict,
+    fit_review_text_model,
+    review_text_verdicts,
+)
 from signals.vocabulary import BankKind, Modality
 
 BANK_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+REVIEW_MODEL = "review_text_model"
+"""``<root>/review_text_model.json`` and ``.npz``: the text model fitted on the review banks."""
 _HMA_TIME = "%Y-%m-%dT%H:%M:%S+0000"
 
 
@@ -76,16 +89,21 @@ class BankItem(BaseModel):
     added_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     added_by: str = Field(default="", max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=64)
+    text: str | None = Field(default=None, max_length=20_000,
+                             description="the review's text (review banks: what the text model learns from)")
 
     def metadata(self) -> dict[str, Any]:
         """The JSON-able metadata stored next to the vector or hash."""
-        return {
+        meta: dict[str, Any] = {
             "source": self.source,
             "reason": self.reason,
             "added_at": self.added_at.isoformat(),
             "added_by": self.added_by,
             "tags": self.tags,
         }
+        if self.text is not None:
+            meta["text"] = self.text
+        return meta
 
 
 class BankInfo(BaseModel):
@@ -191,11 +209,27 @@ class BankStore:
         self.config = config or BanksConfig()
         self.thresholds = thresholds or ThresholdsConfig()
         self.root.mkdir(parents=True, exist_ok=True)
+        # One writer a bank folder: the service holds it while it runs, so `marketguard bank
+        # import` beside a running service fails here instead of writing behind its back.
+        self._lock_fd: int | None = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise InvalidInput("banks", f"{str(self.root)!r} is open by another writer "
+                                        "(a running service?)") from None
         self._banks: dict[str, Bank] = {}
-        for p in sorted(self.root.iterdir()):
-            if (p / "bank.json").exists():
-                info = BankInfo.model_validate(read_json(p / "bank.json"))
-                self._banks[info.name] = Bank(p, info, self.config)
+        self._review_model: tuple[int, ReviewTextModel | None] | None = None
+        self._version = 0  # bumped by every change of a bank's items or settings
+        try:
+            for p in sorted(self.root.iterdir()):
+                if (p / "bank.json").exists():
+                    info = BankInfo.model_validate(read_json(p / "bank.json"))
+                    self._banks[info.name] = Bank(p, info, self.config)
+        except BaseException:
+            self.close()
+            raise
 
     def check_models(self, models: Mapping[Modality, str]) -> None:
         """Refuse banks whose vectors another model made (``models``: modality -> model id);
@@ -244,6 +278,7 @@ class BankStore:
         d.mkdir(parents=True, exist_ok=True)
         write_json_atomic(d / "bank.json", info.model_dump(mode="json"))
         self._banks[name] = Bank(d, info, self.config)
+        self._version += 1
         return self._banks[name]
 
     def drop(self, name: str) -> None:
@@ -252,12 +287,14 @@ class BankStore:
         bank.close()
         del self._banks[name]
         shutil.rmtree(bank.directory)
+        self._version += 1
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable a bank: a disabled bank keeps its items but never matches."""
         bank = self.get(name)
         bank.info = bank.info.model_copy(update={"enabled": enabled})
         write_json_atomic(bank.directory / "bank.json", bank.info.model_dump(mode="json"))
+        self._version += 1
 
     def add_items(self, name: str, items: list[BankItem] | list[dict[str, Any]]) -> int:
         """Validate and add items to a bank."""
@@ -271,10 +308,12 @@ class BankStore:
             except pydantic.ValidationError as e:
                 err = from_pydantic(e)
                 raise InvalidInput(f"items[{k}].{err.field}", err.reason, err.code) from None
+        self._version += 1
         return self.get(name).add(parsed)
 
     def remove_items(self, name: str, ids: list[str]) -> int:
         """Remove items from a bank."""
+        self._version += 1
         return self.get(name).remove(ids)
 
     def match(
@@ -360,6 +399,7 @@ class BankStore:
                 if len(pending) >= batch:
                     total += bank.add(pending)
                     pending = []
+        self._version += 1
         return total + bank.add(pending)
 
     def export_hma_csv(self, name: str, path: Path) -> int:
@@ -411,10 +451,135 @@ class BankStore:
                 if len(pending) >= batch:
                     total += bank.add(pending)
                     pending = []
+        self._version += 1
         return total + bank.add(pending)
 
+    # ------------------------------------------------------------ review text
+    def nearest(self, modality: Modality, queries: np.ndarray, k: int = KNN_K) -> list[list[BankHit]]:
+        """The ``k`` nearest items of each enabled vector bank of ``modality`` for each query,
+        whatever their similarity (the kNN vote's neighbours), closest first."""
+        if modality == "image_pdq":
+            raise InvalidInput("modality", "nearest is for vector banks, not PDQ")
+        out: list[list[BankHit]] = [[] for _ in range(len(queries))]
+        for b in self._banks.values():
+            if b.info.modality != modality or not b.info.enabled or not len(b) or not len(queries):
+                continue
+            for qi, hits in enumerate(b.store.index.search(np.asarray(queries, dtype=np.float32), k)):
+                out[qi].extend(BankHit(b.info.name, b.info.kind, h.id, modality, 1.0 - h.score, h.score)
+                               for h in hits)
+        for row in out:
+            row.sort(key=lambda m: (m.distance, m.bank, m.item_id))
+        return out
+
+    def _review_fingerprint(self) -> tuple[str, list[tuple[Bank, list[str]]]]:
+        parts = []
+        h = hashlib.sha256()
+        for name in sorted(self._banks):
+            b = self._banks[name]
+            if b.info.modality != "review_text" or not b.info.enabled:
+                continue
+            ids = sorted(i for i, m in b.store.iter_items() if i in b.store.index and m.get("text"))
+            h.update(json.dumps([name, b.info.kind, b.info.model, ids]).encode("utf-8"))
+            parts.append((b, ids))
+        return h.hexdigest()[:16], parts
+
+    def review_text_model(self) -> ReviewTextModel | None:
+        """The text model of the enabled review banks (:mod:`signals.review_text`), refitted when
+        their items, kinds or enabled flags changed; None while either kind has too few texts.
+
+        Kept in ``<root>/review_text_model.json`` + ``.npz`` (written atomically, no pickle) and
+        loaded from there when it was fitted on the same contents (the bank command fits it at
+        import, so a service starts with it). Fitting takes seconds per thousand bank reviews;
+        it happens on the first use after a change (with a bank added to over HTTP, the next
+        review scored pays it).
+        """
+        if self._review_model is not None and self._review_model[0] == self._version:
+            return self._review_model[1]
+        fingerprint, parts = self._review_fingerprint()
+        model = self._load_review_model(fingerprint)
+        if model is None and parts:
+            texts: list[str] = []
+            fraud: list[bool] = []
+            vecs: list[np.ndarray] = []
+            for b, ids in parts:
+                if not ids:
+                    continue
+                texts += [str(b.store.meta[i]["text"]) for i in ids]
+                fraud += [b.info.kind == "fraud"] * len(ids)
+                vecs.append(np.asarray(b.store.index.get_vectors(ids), dtype=np.float32))
+            if vecs:
+                model = fit_review_text_model(texts, fraud, np.concatenate(vecs), fingerprint)
+            if model is not None:
+                self._save_review_model(model)
+        self._review_model = (self._version, model)
+        return model
+
+    def _load_review_model(self, fingerprint: str) -> ReviewTextModel | None:
+        meta_path, arr_path = self.root / f"{REVIEW_MODEL}.json", self.root / f"{REVIEW_MODEL}.npz"
+        if not meta_path.exists() or not arr_path.exists():
+            return None
+        meta = read_json(meta_path)
+        if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
+            return None
+        with np.load(arr_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        try:
+            return ReviewTextModel.from_parts(meta, arrays)
+        except (ValueError, KeyError):
+            return None  # another format: refitted
+
+    def _save_review_model(self, model: ReviewTextModel) -> None:
+        buf = io.BytesIO()
+        a = model.arrays()
+        np.savez_compressed(buf, idf=a["idf"], ngram_w=a["ngram_w"], fingerprint=a["fingerprint"])
+        data = buf.getvalue()
+
+        def write(f: BinaryIO) -> None:
+            f.write(data)
+
+        # the arrays first; both carry the fingerprint, so a crash between the two is a refit
+        write_file_atomic(self.root / f"{REVIEW_MODEL}.npz", write)
+        write_json_atomic(self.root / f"{REVIEW_MODEL}.json", model.to_json())
+
     def close(self) -> None:
-        """Close every bank."""
+        """Close every bank and release the folder."""
         for b in self._banks.values():
             b.close()
         self._banks.clear()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class ReviewBankJudge:
+    """The review-bank verdict of review texts (:class:`~signals.review_text.ReviewTextVerdict`),
+    the one implementation the batch job and the service call.
+
+    ``stores``: bank stores with an optional filter on bank names (a tenant's view of the
+    global banks); the nearest items come from all of them, the text model from the first
+    store that has one (a tenant's own banks before the global ones).
+    """
+
+    def __init__(self, stores: Sequence[tuple[BankStore, Callable[[str], bool] | None]]) -> None:
+        self.stores = list(stores)
+
+    @property
+    def active(self) -> bool:
+        """Whether any enabled review bank is visible (else no verdicts: the v1 signals)."""
+        return any(b.info.modality == "review_text" and b.info.enabled and (keep is None or keep(b.info.name))
+                   for store, keep in self.stores for b in (store.get(n) for n in store.names()))
+
+    def verdicts(self, vectors: np.ndarray, texts: Sequence[str]) -> list[ReviewTextVerdict]:
+        """One verdict per (vector, text); the texts must be non-blank (blank texts are not compared)."""
+        if len(vectors) != len(texts):
+            raise InvalidInput("texts", f"{len(texts)} texts for {len(vectors)} vectors")
+        neighbours: list[list[tuple[str, str, str, float]]] = [[] for _ in texts]
+        model: ReviewTextModel | None = None
+        for store, keep in self.stores:
+            for row, hits in zip(neighbours, store.nearest("review_text", vectors, KNN_K), strict=True):
+                row.extend((h.bank, h.kind, h.item_id, h.similarity) for h in hits
+                           if keep is None or keep(h.bank))
+            if model is None:
+                model = store.review_text_model()
+        return review_text_verdicts(texts, neighbours, model)

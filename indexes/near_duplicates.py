@@ -17,7 +17,10 @@ rule and never disagree on what a "near-duplicate" is:
   ``text_copy_cosine`` is a copy whatever the scorer says (score: at least the cosine).
   With ``pair_scorer: none`` the decision is the cosine against ``thresholds.listing_text``
   and the score is the cosine.
-* ``review_text``: cosine at or above the modality's threshold; the score is the cosine.
+* ``review_text``: :class:`~indexes.review_templates.ReviewTemplateRule`: the nearest reviews
+  at or above its candidate floor (:func:`vector_near_duplicates`), decided on the texts'
+  shared material (copies with small edits, templates, long paraphrases; never short common
+  praise); the score is the cosine.
 * ``image_sscd``: :class:`ImageNearDuplicates`. Each image is indexed and queried with
   its whole (frame-trimmed) SSCD vector and its region vectors (``image_sscd_regions``:
   the four quarter tiles and the centre), so a crop, or the photo as one tile of a
@@ -322,7 +325,7 @@ def _f32(threshold: float) -> float:
 
 def vector_near_duplicates(index: VectorSearch, vectors: np.ndarray, threshold: float,
                            exclude: Sequence[str | None], limit: int = 100) -> list[list[Neighbour]]:
-    """``review_text``: the (at most ``limit``) stored vectors at cosine >= threshold.
+    """The (at most ``limit``) stored vectors at cosine >= threshold (review-text candidates).
 
     A k-nearest search rather than a range search: a template shared by 100k reviews
     must cost ``limit`` neighbours per query, not 100k.

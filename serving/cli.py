@@ -117,6 +117,31 @@ def _parser() -> argparse.ArgumentParser:
                     "service must be stopped.")
     reindex.set_defaults(handler=_cmd_reindex)
 
+    bank = sub.add_parser(
+        "bank", help="banks of labelled items (fraud / benign listings, images, reviews): import, export",
+        description="The data dir's global banks (every tenant's, as service.global_banks allows), written "
+                    "directly: stop the service first (it holds them open; a running service's own banks "
+                    "take POST /v1/banks/{bank}/items). See serving/bank_command.py and README.")
+    bank_sub = bank.add_subparsers(dest="bank_command", required=True)
+    bank_import = bank_sub.add_parser(
+        "import", parents=[common], help="add a file's items to a bank (created if new)",
+        description="FILE: JSONL of content ({\"review_id\", \"text\"}, {\"listing_id\", \"title\", ...}, "
+                    "{\"id\", \"path\"} images), an export of `bank export`, or a ThreatExchange/HMA CSV "
+                    "of PDQ hashes (.csv).")
+    bank_import.add_argument("bank", metavar="BANK")
+    bank_import.add_argument("file", type=Path, metavar="FILE")
+    bank_import.add_argument("--kind", choices=["fraud", "benign"], default="fraud",
+                             help="a new bank's kind (default fraud: known bad)")
+    bank_import.add_argument("--modality", default=None,
+                             choices=["listing_text", "review_text", "image_pdq", "image_sscd"],
+                             help="a new bank's modality (default: told by FILE's first line)")
+    bank_import.set_defaults(handler=_cmd_bank_import)
+    bank_export = bank_sub.add_parser(
+        "export", parents=[common], help="write a bank's items to a file (JSONL; HMA CSV for PDQ to .csv)")
+    bank_export.add_argument("bank", metavar="BANK")
+    bank_export.add_argument("file", type=Path, metavar="FILE")
+    bank_export.set_defaults(handler=_cmd_bank_export)
+
     sinks = sub.add_parser("sinks", help="the publishing outbox: dead letters",
                            description="Signals are queued for each configured sink and delivered at least "
                                        "once; events a failing sink could not take for "
@@ -311,6 +336,23 @@ def _cmd_reindex(args: argparse.Namespace, config: MarketGuardConfig,
 
     counts = reindex(config)
     out.write(json.dumps(counts, sort_keys=True) + "\n")
+    return EXIT_OK
+
+
+def _cmd_bank_import(args: argparse.Namespace, config: MarketGuardConfig,
+                     out: TextIO, err: TextIO) -> int:
+    from serving.bank_command import import_bank
+
+    result = import_bank(config, args.bank, args.file, args.kind, args.modality)
+    out.write(json.dumps(result) + "\n")
+    return EXIT_OK
+
+
+def _cmd_bank_export(args: argparse.Namespace, config: MarketGuardConfig,
+                     out: TextIO, err: TextIO) -> int:
+    from serving.bank_command import export_bank
+
+    out.write(json.dumps(export_bank(config, args.bank, args.file)) + "\n")
     return EXIT_OK
 
 

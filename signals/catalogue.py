@@ -59,7 +59,13 @@ _SPECS: tuple[SignalSpec, ...] = (
     SignalSpec("review.near_duplicate_count", ("review",), "count",
                "same or templated text by other reviewers"),
     SignalSpec("review.bank_similarity", ("review",), "float",
-               "similarity to banks of known fake reviews"),
+               "similarity to banks of known fake reviews (value: best fraud-bank similarity; score: "
+               "the calibrated kNN vote of the nearest fraud and benign bank reviews)"),
+    SignalSpec("review.self_duplicate_count", ("review",), "count",
+               "same or templated text by the same reviewer (a re-post)"),
+    SignalSpec("review.fake_text_score", ("review",), "float",
+               "probability the text is fake: the bank vote with n-gram and style statistics "
+               "learned from the review banks"),
     SignalSpec("review.rating_deviation", ("review",), "float",
                "distance of the rating from the product's consensus"),
     # Reviewer.

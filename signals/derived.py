@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from signals.catalogue import CATALOGUE
+from signals.review_text import ReviewTextVerdict
 from signals.schemas import EntityType, Listing, Review, Signal, SignalValue
 from signals.vocabulary import BANK_KINDS, MODALITIES, BankKind, Modality
 
@@ -156,16 +157,18 @@ class DerivedSource:
 LISTING_NEAR_DUPLICATE = DerivedSource("listing_near_duplicate", 1, (
     "near_duplicate.count", "near_duplicate.cross_seller_count", "near_duplicate.max_similarity",
     "near_duplicate.cluster_size", "image.reused_across_sellers"))
-REVIEW_NEAR_DUPLICATE = DerivedSource("review_near_duplicate", 1, ("review.near_duplicate_count",))
+REVIEW_NEAR_DUPLICATE = DerivedSource("review_near_duplicate", 2, (
+    "review.near_duplicate_count", "review.self_duplicate_count"))
 BANK_MATCH = DerivedSource("bank_match", 1, ("bank.match",))
-REVIEW_BANK = DerivedSource("review_bank", 1, ("review.bank_similarity",))
+REVIEW_BANK = DerivedSource("review_bank", 2, ("review.bank_similarity",))
+REVIEW_TEXT = DerivedSource("review_text", 1, ("review.fake_text_score",))
 PRICE_ANOMALY = DerivedSource("price_anomaly", 1, ("price.anomaly",))
 SELLER_ROLLUP = DerivedSource("seller_rollup", 1, (
     "seller.duplicate_listing_ratio", "seller.cluster_count", "seller.bank_match_count"))
 PRODUCT_ROLLUP = DerivedSource("product_rollup", 1, ("product.templated_review_share",))
 
 DERIVED_SOURCES: tuple[DerivedSource, ...] = (
-    LISTING_NEAR_DUPLICATE, REVIEW_NEAR_DUPLICATE, BANK_MATCH, REVIEW_BANK, PRICE_ANOMALY,
+    LISTING_NEAR_DUPLICATE, REVIEW_NEAR_DUPLICATE, BANK_MATCH, REVIEW_BANK, REVIEW_TEXT, PRICE_ANOMALY,
     SELLER_ROLLUP, PRODUCT_ROLLUP,
 )
 
@@ -267,15 +270,51 @@ def bank_match_signal(item: Listing | Review, hits: Sequence[BankHit], observed_
         observed_at=observed_at)
 
 
-def review_bank_similarity_signal(review: Review, hits: Sequence[BankHit], observed_at: datetime) -> Signal:
+def review_bank_similarity_signal(review: Review, hits: Sequence[BankHit], observed_at: datetime,
+                                  verdict: ReviewTextVerdict | None = None) -> Signal:
     """``review.bank_similarity``; always emitted.
 
-    value: the best similarity to a fraud-bank review (0.0 when none), undiscounted.
-    score: that similarity, with the benign discount of :func:`bank_match_signal`.
-    Evidence: as ``bank.match``.
+    value: the best similarity to a fraud-bank review at or above the match threshold
+    (0.0 when none), undiscounted, as in ``review_bank@1``.
+    score: with a fitted review text model (fraud and benign review banks,
+    :mod:`signals.review_text`), the calibrated kNN vote: the probability that the review is
+    fake given the similarity-weighted fraud share of its ``k`` nearest bank reviews; without
+    one, the similarity with the benign discount of :func:`bank_match_signal`.
+    Evidence: as ``bank.match`` (the threshold matches), plus ``neighbours`` (the nearest bank
+    reviews, either kind, closest first), ``vote`` and ``calibrated``.
     """
     s = _summarise_bank_hits(hits)
+    evidence = dict(s.evidence)
+    score = s.score
+    if verdict is not None:
+        evidence["neighbours"] = [{"bank": b, "kind": k, "id": i, "similarity": rounded(unit(sim))}
+                                  for b, k, i, sim in verdict.neighbours[:MAX_EVIDENCE_MATCHES]]
+        evidence["vote"] = rounded(verdict.vote)
+        evidence["calibrated"] = verdict.vote_probability is not None
+        if verdict.vote_probability is not None:
+            score = verdict.vote_probability
     return REVIEW_BANK.signal(
         tenant=review.tenant, entity_type="review", entity_id=review.review_id,
-        name="review.bank_similarity", value=s.best_fraud, score=s.score, evidence=s.evidence,
+        name="review.bank_similarity", value=s.best_fraud, score=score, evidence=evidence,
+        observed_at=observed_at)
+
+
+def review_fake_text_signal(review: Review, verdict: ReviewTextVerdict,
+                            observed_at: datetime) -> Signal | None:
+    """``review.fake_text_score``: the text model's probability that the review is fake (value
+    and score), or None when there is no model or no text (nothing was scored).
+
+    Evidence: the calibrated vote it combined, the model's fingerprint (which bank contents
+    it was fitted on) and the nearest bank reviews (at most 5).
+    """
+    if verdict.fake_probability is None:
+        return None
+    p = unit(verdict.fake_probability)
+    vote_p = verdict.vote_probability
+    evidence = {"vote_probability": None if vote_p is None else rounded(vote_p), "model": verdict.model,
+                "neighbours": [{"bank": b, "kind": k, "id": i, "similarity": rounded(unit(sim))}
+                               for b, k, i, sim in verdict.neighbours[:5]]}
+    return REVIEW_TEXT.signal(
+        tenant=review.tenant, entity_type="review", entity_id=review.review_id,
+        name="review.fake_text_score", value=rounded(p), score=p, evidence=evidence,
         observed_at=observed_at)

@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from signals.derived import BankHit, Match, bank_match_signal, review_bank_similarity_signal
-from signals.near_duplicate import listing_near_duplicate_signals, review_near_duplicate_signal
+from signals.derived import (
+    BankHit,
+    Match,
+    bank_match_signal,
+    review_bank_similarity_signal,
+    review_fake_text_signal,
+)
+from signals.near_duplicate import listing_near_duplicate_signals, review_near_duplicate_signals
 from signals.price_anomaly import PriceReference, price_anomaly_signal
+from signals.review_text import ReviewTextVerdict
 from signals.schemas import Listing, Review, Signal
 
 CLUSTER_PRICES_EXACT_UP_TO = 50
@@ -100,11 +107,14 @@ def listing_signals(facts: ListingFacts, observed_at: datetime) -> ListingOutcom
 
 @dataclass(frozen=True)
 class ReviewFacts:
-    """What the review index and the banks found for one review."""
+    """What the review index and the banks found for one review: near-duplicate partners,
+    bank matches at the threshold, and the review-bank verdict (nearest bank reviews, vote,
+    text model scores; None when the review has no text or no review bank exists)."""
 
     review: Review
     matches: Sequence[Match]
     bank_hits: Sequence[BankHit]
+    text_verdict: ReviewTextVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -114,10 +124,16 @@ class ReviewOutcome:
 
 
 def review_signals(facts: ReviewFacts, observed_at: datetime) -> ReviewOutcome:
-    """``review.near_duplicate_count`` then ``review.bank_similarity``."""
-    near = review_near_duplicate_signal(facts.review, facts.matches, observed_at)
-    bank = review_bank_similarity_signal(facts.review, facts.bank_hits, observed_at)
-    return ReviewOutcome([near, bank], int(near.value or 0))
+    """``review.near_duplicate_count``, ``review.self_duplicate_count``, ``review.bank_similarity``,
+    then ``review.fake_text_score`` when a text model scored the review."""
+    near = review_near_duplicate_signals(facts.review, facts.matches, observed_at)
+    bank = review_bank_similarity_signal(facts.review, facts.bank_hits, observed_at, facts.text_verdict)
+    out = [*near, bank]
+    if facts.text_verdict is not None:
+        fake = review_fake_text_signal(facts.review, facts.text_verdict, observed_at)
+        if fake is not None:
+            out.append(fake)
+    return ReviewOutcome(out, int(near[0].value or 0))
 
 
 def cluster_price_reference(

@@ -30,9 +30,11 @@ entry per (partner, modality) at its best similarity, ordered by similarity desc
 then id, then modality; at most 20 (``total`` counts them all). ``near_duplicate.cluster_size``
 comes from clustering, not from the matches, and has empty evidence.
 
-Reviews (source ``review_near_duplicate@1``): ``review.near_duplicate_count`` counts
-distinct other reviews by another (known) reviewer; a reviewer repeating themselves is
-not a farm signal. Score ``1 - exp(-n / 2)``.
+Reviews (source ``review_near_duplicate@2``): ``review.near_duplicate_count`` counts
+distinct other reviews by another (known) reviewer, near-identical or templated (the pairs
+:mod:`indexes.review_templates` decides); a reviewer repeating themselves is a separate
+signal, ``review.self_duplicate_count`` (a re-post, not a farm). Score ``1 - exp(-n / 2)``
+for both. Version 2: the template decision and the self-duplicate signal.
 """
 
 from __future__ import annotations
@@ -142,11 +144,12 @@ def listing_near_duplicate_signals(listing: Listing, matches: Sequence[Match], c
     ]
 
 
-def review_near_duplicate_signal(review: Review, matches: Sequence[Match], observed_at: datetime) -> Signal:
-    """``review.near_duplicate_count``: distinct other reviews by another known reviewer.
+def review_near_duplicate_signals(review: Review, matches: Sequence[Match], observed_at: datetime
+                                  ) -> list[Signal]:
+    """``review.near_duplicate_count`` (distinct other reviews by another known reviewer) and
+    ``review.self_duplicate_count`` (by the same reviewer: a re-post), both always emitted.
 
-    Always emitted (0 when none). Evidence: the counted matches, as for listings, with
-    ``reviewer_id`` for the owner.
+    Evidence: the counted matches, as for listings, with ``reviewer_id`` for the owner.
     """
     reviewer = review.reviewer_id
     ms = best_matches(matches, review.review_id)
@@ -154,8 +157,17 @@ def review_near_duplicate_signal(review: Review, matches: Sequence[Match], obser
     def counted(m: Match) -> bool:
         return _other_owner(m.other_owner, reviewer)
 
+    def own(m: Match) -> bool:
+        return m.other_owner == reviewer
+
     count = len({m.other_id for m in ms if counted(m)})
-    return REVIEW_NEAR_DUPLICATE.signal(
-        tenant=review.tenant, entity_type="review", entity_id=review.review_id,
-        name="review.near_duplicate_count", value=count, score=saturate(count, CROSS_OWNER_SCALE),
-        evidence=_evidence(ms, "reviewer_id", counted), observed_at=observed_at)
+    self_count = len({m.other_id for m in ms if own(m)})
+
+    def make(name: str, value: int, keep: Callable[[Match], bool]) -> Signal:
+        return REVIEW_NEAR_DUPLICATE.signal(
+            tenant=review.tenant, entity_type="review", entity_id=review.review_id, name=name, value=value,
+            score=saturate(value, CROSS_OWNER_SCALE), evidence=_evidence(ms, "reviewer_id", keep),
+            observed_at=observed_at)
+
+    return [make("review.near_duplicate_count", count, counted),
+            make("review.self_duplicate_count", self_count, own)]

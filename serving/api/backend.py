@@ -82,7 +82,9 @@ def bank_items(extraction: FastExtraction, modality: Modality, items: list[dict[
             vec = text_feature(feats)
             if vec is None:
                 raise InvalidInput(f"items[{k}]", "has no text to embed")
-            out.append(BankItem(id=item_id, vector=[float(x) for x in vec], **meta))
+            # a review bank keeps its texts: the review text model learns from them
+            text = review.text if modality == "review_text" else None
+            out.append(BankItem(id=item_id, vector=[float(x) for x in vec], text=text, **meta))
         elif modality == "image_pdq":
             if "image_pdq" not in feats or not len(feats["image_pdq"]):
                 raise InvalidInput(f"items[{k}]", _image_reason(res.errors))

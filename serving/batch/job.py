@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from indexes.arrow_rows import take_rows
 from indexes.atomic import read_json, write_file_atomic, write_json_atomic
+from indexes.banks import ReviewBankJudge
 from indexes.clustering import Pairs
 from indexes.config import Modality
 from indexes.near_duplicates import ImageNearDuplicates, TextNearDuplicates
@@ -68,6 +69,7 @@ from serving.batch.signals import (
     bank_hits,
     iter_signals,
     make_clusters,
+    open_review_judge,
     write_jsonl,
 )
 from serving.config import MarketGuardConfig
@@ -363,8 +365,14 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
     hits = bank_hits(cat, config.data_dir, config.indexes)
     adjacency = Adjacency(cat.n, pairs)
     release_free_memory()
-    write_jsonl(out / "signals.jsonl",
-                iter_signals(cat, clusters, adjacency, hits, observed_at, tally), tally)
+    review_banks = open_review_judge(cat, config.data_dir, config.indexes)
+    try:
+        judge = ReviewBankJudge([(review_banks, None)]) if review_banks is not None else None
+        write_jsonl(out / "signals.jsonl",
+                    iter_signals(cat, clusters, adjacency, hits, observed_at, tally, judge), tally)
+    finally:
+        if review_banks is not None:
+            review_banks.close()
     del adjacency
     release_free_memory()
     return _summary(cat, pairs, clusters, tally, len(hits), config.batch.top)

@@ -19,6 +19,7 @@ candidates.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -42,11 +43,11 @@ from indexes.near_duplicates import (
     canonical_pairs,
     pdq_near_duplicates,
     region_entries,
-    vector_near_duplicates,
 )
 from indexes.pair_features import PARSED_SCHEMA, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
 from indexes.persistence import read_index, write_snapshot
+from indexes.review_templates import ReviewTemplateRule
 from indexes.vector import VectorIndex
 from serving.batch.catalogue import Catalogue
 from serving.batch.extract import write_parquet_atomic
@@ -138,6 +139,11 @@ class ModalityView:
         assert self.cat.sscd_regions is not None
         regions = np.asarray(self.cat.sscd_regions[self.items[pos]])
         return [np.concatenate([data[i:i + 1], regions[i]]) for i in range(len(pos))]
+
+    def texts(self, pos: np.ndarray) -> list[str]:
+        """The review texts of the items at ``pos`` (read from the records)."""
+        part = take_rows(self.cat.meta.select(["record"]), self.record_rows[pos])
+        return [str(json.loads(r).get("text") or "") for r in part.column("record").to_pylist()]
 
     def local(self, pos: np.ndarray) -> list[np.ndarray | None]:
         """``image_local`` blocks of the items at ``pos`` (None when the run has none)."""
@@ -303,9 +309,10 @@ def search_blocks(view: ModalityView, config: IndexesConfig, index: VectorIndex 
                                 lambda ids: view.local(np.array([id_pos[i] for i in ids], dtype=np.int64)))
         else:
             assert isinstance(index, VectorIndex)
-            threshold = config.thresholds.for_modality(view.modality)
-            found = vector_near_duplicates(index, view.data(pos), threshold, own,
-                                           config.near_duplicates.max_neighbours)
+            review_rule = ReviewTemplateRule.from_config(config)
+            cands = review_rule.candidates(index, view.data(pos), own)
+            found = review_rule.decide(view.texts(pos), cands, lambda ids: view.texts(
+                np.array([id_pos[i] for i in ids], dtype=np.int64)))
         a = [int(view.record_rows[p]) for p, hits in zip(pos, found, strict=True) for _ in hits]
         b = [int(view.record_rows[id_pos[h.id]]) for hits in found for h in hits]
         s = [h.score for hits in found for h in hits]

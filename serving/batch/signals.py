@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from indexes.atomic import write_file_atomic
-from indexes.banks import BankStore
+from indexes.banks import BankStore, ReviewBankJudge
 from indexes.clustering import ClusterResult, Pairs, cluster_pairs
 from indexes.config import IndexesConfig, Modality
 from serving.batch.catalogue import Catalogue
@@ -38,6 +38,7 @@ from signals.entity_signals import (
     review_signals,
 )
 from signals.price_anomaly import PriceReference
+from signals.review_text import ReviewTextVerdict
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
 from signals.schemas import Listing, Review, Signal
 
@@ -194,9 +195,38 @@ class ClusterPrices:
         return ref
 
 
+def open_review_judge(cat: Catalogue, data_dir: Path, config: IndexesConfig) -> BankStore | None:
+    """The global bank store when this is a review run and it has an enabled review bank
+    (the caller closes it), else None."""
+    root = data_dir / "banks"
+    if cat.kind != "review" or cat.text is None or not root.is_dir():
+        return None
+    store = BankStore(root, config.banks, config.thresholds)
+    if not ReviewBankJudge([(store, None)]).active:
+        store.close()
+        return None
+    return store
+
+
+def _chunk_verdicts(cat: Catalogue, judge: ReviewBankJudge | None, start: int,
+                    reviews: list[Review]) -> dict[int, ReviewTextVerdict]:
+    """The review-bank verdicts of a chunk's reviews that have a text vector (blank texts have
+    none: never compared), by row."""
+    if judge is None or cat.text is None or not reviews:
+        return {}
+    vecs = np.asarray(cat.text[start:start + len(reviews)])
+    has = np.flatnonzero(np.einsum("ij,ij->i", vecs, vecs) > 0.5)
+    if not len(has):
+        return {}
+    found = judge.verdicts(vecs[has], [reviews[int(i)].text for i in has])
+    return {start + int(i): v for i, v in zip(has, found, strict=True)}
+
+
 def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict[int, list[BankHit]],
-                 observed_at: datetime, tally: SignalTally) -> Iterator[dict[str, Any]]:
-    """Every signal of the run as wire dicts: per record in input order, then the roll-ups."""
+                 observed_at: datetime, tally: SignalTally,
+                 judge: ReviewBankJudge | None = None) -> Iterator[dict[str, Any]]:
+    """Every signal of the run as wire dicts: per record in input order, then the roll-ups.
+    ``judge``: the review banks' verdicts (reviews only; None without review banks)."""
     listing = cat.kind == "listing"
     ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
     prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
@@ -207,8 +237,11 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
     cluster_refs = ClusterPrices(prices, currencies)
     for start in range(0, cat.n, _CHUNK):
         chunk = cat.meta.slice(start, _CHUNK)
-        for offset, (record, extracted) in enumerate(zip(chunk.column("record").to_pylist(),
-                                                         chunk.column("signals").to_pylist(), strict=True)):
+        records = chunk.column("record").to_pylist()
+        parsed = [] if listing else [Review.model_validate_json(r) for r in records]
+        verdicts = _chunk_verdicts(cat, judge, start, parsed)
+        for offset, (record, extracted) in enumerate(zip(records, chunk.column("signals").to_pylist(),
+                                                         strict=True)):
             row = start + offset
             yield from rewrite_observed_at(extracted, observed_at)
             dst, mods, scores = adj.of(row)
@@ -239,8 +272,8 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
                                   cluster_size=size, bank_matches=outcome.fraud_bank_matches)
                 tally.cross_seller[key] += outcome.cross_seller
             else:
-                review = Review.model_validate_json(record)
-                routcome = review_signals(ReviewFacts(review, matches, hits), observed_at)
+                review = parsed[offset]
+                routcome = review_signals(ReviewFacts(review, matches, hits, verdicts.get(row)), observed_at)
                 derived = routcome.signals
                 pkey = (review.tenant, review.product_id)
                 pstats = products.setdefault(pkey, ProductStats(review.tenant, review.product_id))

@@ -38,17 +38,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexes.banks import BankItem, BankStore
+from indexes.banks import BankItem, BankStore, ReviewBankJudge
 from indexes.config import IndexesConfig, Modality
 from indexes.near_duplicates import (
     ImageNearDuplicates,
     TextNearDuplicates,
     pdq_near_duplicates,
     region_entries,
-    vector_near_duplicates,
 )
 from indexes.pair_features import PAIR_TEXT_CHARS, PairRecord, ParsedRecords
 from indexes.pdq import PdqIndex
+from indexes.review_templates import ReviewTemplateRule
 from indexes.vector import VectorIndex
 from serving.scoring.indexes import (
     AnyIndex,
@@ -72,6 +72,7 @@ from signals.errors import InvalidInput
 from signals.extractor import ItemError
 from signals.near_duplicate import listing_near_duplicate_signals
 from signals.price_anomaly import PriceReference
+from signals.review_text import ReviewTextVerdict
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
 from signals.schemas import EntityType, Label, Listing, Review, Signal
 
@@ -233,6 +234,7 @@ class CatalogueEngine:
         self.limits = limits or EngineLimits()
         self._indexed: list[tuple[str, ItemKind, str]] = []  # marks to clear with the next commit
         self.review_behaviour = list(review_behaviour)
+        self.review_rule = ReviewTemplateRule.from_config(config)  # review text near-duplicates
         self.clock = clock
         self.deep = deep
         self.deep_skipped = 0  # jobs not queued because the queue was full (a metric)
@@ -289,6 +291,12 @@ class CatalogueEngine:
             for row, hits in zip(out, store.match(modality, queries), strict=True):
                 row.extend(h for h in hits if check is None or self._global_allowed(check, h.bank))
         return out
+
+    def review_judge(self, tenant: str) -> ReviewBankJudge:
+        """The review-bank verdicts a tenant gets: its own banks (and text model) first, then the
+        global banks it may use (the global text model was fitted on every enabled global bank)."""
+        return ReviewBankJudge([(self.tenant_banks(tenant), None),
+                                (self.global_banks, lambda bank: self._global_allowed(tenant, bank))])
 
     def bank_add(self, tenant: str, bank: str, modality: Modality, kind: str,
                  items: list[BankItem]) -> int:
@@ -704,16 +712,20 @@ class CatalogueEngine:
         text = text_feature(item.features)
         edges: list[Edge] = []
         hits: list[BankHit] = []
+        verdict_facts: dict[str, Any] = {}
         if text is not None:
+            judge = self.review_judge(t)
+            if judge.active:
+                verdict_facts["text_verdict"] = judge.verdicts(text[None, :], [review.text])[0].to_dict()
             vectors = self._vectors(t, "review_text")
             if vectors is not None and len(vectors):
-                found = vector_near_duplicates(vectors, text[None, :], self.config.thresholds.review_text,
-                                               [rid], self.config.near_duplicates.max_neighbours)
+                cands = self.review_rule.candidates(vectors, text[None, :], [rid])
+                found = self.review_rule.decide([review.text], cands, lambda ids: self._review_texts(t, ids))
                 edges = [Edge(rid, h.id, "review_text", h.score) for h in found[0]]
             hits = self.match_banks(t, "review_text", text[None, :])[0]
         stored = StoredItem(t, "review", rid, review.reviewer_id, review.product_id, None, None,
                             review.model_dump_json(), {"text": text} if text is not None else {},
-                            facts={"bank_hits": [_hit_dict(h) for h in hits]})
+                            facts={"bank_hits": [_hit_dict(h) for h in hits], **verdict_facts})
         old_partners = {e.b for e in self.store.edges_of(t, "review", [rid])[rid]} if old else set()
         best = _best_edges(edges)
         signals, facts = self._rebuild_reviews(t, rid, stored, {e.b for e in best} | old_partners, best, now,
@@ -728,6 +740,11 @@ class CatalogueEngine:
         own = [s.to_json_dict() for s in batch.signals
                if s.entity_type == "review" and s.entity_id == rid and not s.shadow]
         return Scored(rid, own)
+
+    def _review_texts(self, t: str, ids: list[str]) -> list[str]:
+        """The texts of stored reviews (empty for one gone meanwhile: never a near-duplicate)."""
+        items = self.store.get_items(t, "review", ids)
+        return [Review.model_validate_json(items[i].record).text if i in items else "" for i in ids]
 
     def _rebuild_reviews(self, t: str, rid: str, new_item: StoredItem | None, partners: set[str],
                          new_edges: list[Edge], now: datetime, old_product: str | None
@@ -761,7 +778,9 @@ class CatalogueEngine:
             matches = [Match(e.b, "review_text", e.score, owners[e.b].owner if e.b in owners else None)
                        for e in edge_lists.get(r, []) if e.b in owners]
             hits = [BankHit(**h) for h in it.facts.get("bank_hits", [])]
-            outcome = review_signals(ReviewFacts(review, matches, hits), now)
+            raw_verdict = it.facts.get("text_verdict")
+            verdict = ReviewTextVerdict.from_dict(raw_verdict) if isinstance(raw_verdict, dict) else None
+            outcome = review_signals(ReviewFacts(review, matches, hits, verdict), now)
             signals += outcome.signals
             facts[r] = {**it.facts, "near_duplicates": outcome.near_duplicates}
             if it.group is not None:
@@ -889,8 +908,19 @@ class CatalogueEngine:
         (a crash before it). Returns how many entries were added and removed.
 
         The store is read a page at a time: memory holds the expected ids (not their vectors)
-        and one page of missing entries.
+        and one page of missing entries. An engine that cannot reconcile (an index made by
+        another model) will not serve: its bank folders are released, so a `marketguard bank`
+        or `reindex` in the same process can open them.
         """
+        try:
+            return self._reconcile()
+        except BaseException:
+            self.global_banks.close()
+            for banks in self._tenant_banks.values():
+                banks.close()
+            raise
+
+    def _reconcile(self) -> dict[str, int]:
         added = removed = 0
         for tenant, kind, item_id in self.store.pending_index():
             # Committed, and maybe died before its index entries were logged: a re-post keeps

@@ -184,3 +184,93 @@ def test_hma_import_accepts_zoned_iso_and_reports_bad_ids(tmp_path: Path) -> Non
         store.import_hma_csv("te-pdq", src)
     assert e.value.field == "line 1.id"
     store.close()
+
+
+# ---- review banks: texts, nearest items, the text model, the folder lock -------------------------
+
+
+def _review_banks(root: Path, n: int = 30) -> tuple[BankStore, np.ndarray]:
+    from tests.signals.test_review_text import corpus
+
+    texts, labels, vecs = corpus(n)
+    store = BankStore(root, CFG)
+    store.create("fakes", "review_text", "fraud")
+    store.create("genuine", "review_text", "benign")
+    for bank, want in (("fakes", True), ("genuine", False)):
+        store.add_items(bank, [{"id": f"r{i}", "vector": vecs[i].tolist(), "text": texts[i]}
+                               for i in range(n) if labels[i] == want])
+    return store, vecs
+
+
+def test_review_bank_keeps_texts_and_exports_them(tmp_path: Path) -> None:
+    store, _ = _review_banks(tmp_path / "banks")
+    items = {it.id: it for it in store.get("fakes").items()}
+    assert items["r0"].text is not None and items["r0"].text.endswith("!")
+    store.export_jsonl("fakes", tmp_path / "fakes.jsonl")
+    first = json.loads((tmp_path / "fakes.jsonl").read_text().splitlines()[0])
+    assert first["text"] and first["kind"] == "fraud"
+    store.close()
+
+
+def test_nearest_ignores_the_threshold_and_disabled_banks(tmp_path: Path) -> None:
+    store, vecs = _review_banks(tmp_path)
+    near = store.nearest("review_text", vecs[:1], k=3)[0]
+    assert len(near) == 6  # three from each bank, whatever their similarity
+    assert near[0].item_id == "r0" and near[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [h.similarity for h in near] == sorted((h.similarity for h in near), reverse=True)
+    store.set_enabled("genuine", False)
+    assert {h.bank for h in store.nearest("review_text", vecs[:1], k=3)[0]} == {"fakes"}
+    with pytest.raises(InvalidInput):
+        store.nearest("image_pdq", vecs[:1])
+    store.close()
+
+
+def test_review_text_model_is_fitted_saved_reloaded_and_refitted(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexes.banks as banks
+
+    store, vecs = _review_banks(tmp_path, 40)
+    model = store.review_text_model()
+    assert model is not None and (model.n_fraud, model.n_benign) == (20, 20)
+    assert store.review_text_model() is model  # no change, no refit
+    assert (tmp_path / "review_text_model.json").exists() and (tmp_path / "review_text_model.npz").exists()
+    store.close()
+
+    fits: list[str] = []
+    real_fit = banks.fit_review_text_model
+    monkeypatch.setattr(banks, "fit_review_text_model",
+                        lambda *a, **k: fits.append(a[3]) or real_fit(*a, **k))
+    again = BankStore(tmp_path, CFG)
+    loaded = again.review_text_model()
+    assert loaded is not None and loaded.fingerprint == model.fingerprint and not fits  # loaded, not refitted
+    again.remove_items("fakes", ["r0"])
+    changed = again.review_text_model()
+    assert changed is not None and changed.fingerprint != model.fingerprint and len(fits) == 1
+    again.set_enabled("genuine", False)
+    assert again.review_text_model() is None  # one kind left: nothing to learn
+    again.close()
+
+
+def test_review_judge_verdicts(tmp_path: Path) -> None:
+    from indexes.banks import ReviewBankJudge
+
+    store, vecs = _review_banks(tmp_path, 40)
+    judge = ReviewBankJudge([(store, None)])
+    assert judge.active
+    v = judge.verdicts(vecs[:2], ["amazing best luxury perfect", "room floor desk parking"])
+    assert all(x.fake_probability is not None and x.vote_probability is not None for x in v)
+    assert v[0].fake_probability > v[1].fake_probability  # type: ignore[operator]
+    hidden = ReviewBankJudge([(store, lambda bank: bank != "fakes")])
+    assert {n[0] for n in hidden.verdicts(vecs[:1], ["x y z"])[0].neighbours} == {"genuine"}
+    store.close()
+    empty = BankStore(tmp_path / "empty", CFG)
+    assert not ReviewBankJudge([(empty, None)]).active
+    empty.close()
+
+
+def test_a_bank_folder_has_one_writer(tmp_path: Path) -> None:
+    store = BankStore(tmp_path, CFG)
+    with pytest.raises(InvalidInput, match="another writer"):
+        BankStore(tmp_path, CFG)
+    store.close()
+    BankStore(tmp_path, CFG).close()  # released on close

@@ -28,11 +28,12 @@ from signals.derived import (
     bank_match_signal,
     check_derived_sources,
     review_bank_similarity_signal,
+    review_fake_text_signal,
 )
 from signals.near_duplicate import (
     best_matches,
     listing_near_duplicate_signals,
-    review_near_duplicate_signal,
+    review_near_duplicate_signals,
 )
 from signals.price_anomaly import (
     PriceReference,
@@ -40,6 +41,7 @@ from signals.price_anomaly import (
     price_anomaly_signal,
     robust_z,
 )
+from signals.review_text import ReviewTextVerdict
 from signals.rollups import (
     ProductStats,
     SellerStats,
@@ -275,8 +277,11 @@ def test_review_same_reviewer_and_unknown_owner_ignored() -> None:
                Match("R5", "review_text", 0.80, "U5"),
                Match("R5", "review_text", 0.85, "U5"),
                Match("R1", "review_text", 1.0, "U9")]     # itself
-    sig = check(review_near_duplicate_signal(make_review(), matches, NOW))
-    assert sig.name == "review.near_duplicate_count" and sig.source == "review_near_duplicate@1"
+    sig, own = (check(s) for s in review_near_duplicate_signals(make_review(), matches, NOW))
+    assert sig.name == "review.near_duplicate_count" and sig.source == "review_near_duplicate@2"
+    assert own.name == "review.self_duplicate_count" and own.value == 1  # the re-post is its own signal
+    assert own.evidence["matches"] == [{"id": "R2", "modality": "review_text", "similarity": 0.95,
+                                        "reviewer_id": "U1"}]
     assert sig.entity_type == "review" and sig.entity_id == "R1" and sig.tenant == "acme"
     assert sig.value == 2
     assert sig.score == pytest.approx(1 - math.exp(-2 / 2))
@@ -286,8 +291,9 @@ def test_review_same_reviewer_and_unknown_owner_ignored() -> None:
 
 
 def test_review_zero_matches() -> None:
-    sig = check(review_near_duplicate_signal(make_review(), [], NOW))
-    assert sig.value == 0 and sig.score == 0.0 and sig.evidence == {"matches": [], "total": 0}
+    for sig in review_near_duplicate_signals(make_review(), [], NOW):
+        check(sig)
+        assert sig.value == 0 and sig.score == 0.0 and sig.evidence == {"matches": [], "total": 0}
 
 
 # ---- banks -------------------------------------------------------------------------------
@@ -356,7 +362,7 @@ def test_bank_evidence_truncated_and_deterministic() -> None:
 def test_review_bank_similarity() -> None:
     r = make_review()
     none = check(review_bank_similarity_signal(r, [], NOW))
-    assert none.name == "review.bank_similarity" and none.source == "review_bank@1"
+    assert none.name == "review.bank_similarity" and none.source == "review_bank@2"
     assert none.value == 0.0 and none.score == 0.0 and none.entity_type == "review"
     hits = [hit("fake_reviews", "fraud", "F1", 0.92, "review_text", 0.08),
             hit("fake_reviews", "fraud", "F2", 0.85, "review_text", 0.15)]
@@ -576,6 +582,7 @@ def test_every_builder_emits_catalogue_names_and_is_deterministic() -> None:
     seller.add_listing(near_duplicates=2, cluster_id="C1", cluster_size=3, bank_matches=1)
     product = ProductStats(tenant="acme", product_id="P1")
     product.add_review(near_duplicates=1)
+    verdict = ReviewTextVerdict((("fakes", "fraud", "F1", 0.8),), 1.0, 0.7, 0.9, "fp")
 
     def run() -> list[Signal | None]:
         return [
@@ -583,8 +590,9 @@ def test_every_builder_emits_catalogue_names_and_is_deterministic() -> None:
             price_anomaly_signal(listing, refs, NOW),
             bank_match_signal(listing, hits, NOW),
             bank_match_signal(review, hits, NOW),
-            review_near_duplicate_signal(review, [Match("R2", "review_text", 0.9, "U2")], NOW),
+            *review_near_duplicate_signals(review, [Match("R2", "review_text", 0.9, "U2")], NOW),
             review_bank_similarity_signal(review, hits, NOW),
+            review_fake_text_signal(review, verdict, NOW),
             *seller_rollup_signals(seller, NOW),
             *product_rollup_signals(product, NOW),
         ]
