@@ -870,8 +870,10 @@ class CatalogueEngine:
         if text is not None:
             modality: Modality = "listing_text" if kind == "listing" else "review_text"
             vector = [float(x) for x in np.ravel(text)]
+            # A review's text goes with it: the review banks' text model learns from it.
+            words = Review.model_validate_json(item.record).text if kind == "review" else None
             wanted[f"{kind}s"] = (modality, [BankItem(id=item.item_id, vector=vector, source="label",
-                                                      reason=reason, added_by=by)])
+                                                      reason=reason, added_by=by, text=words or None)])
         hashes = item.features.get("image_pdq")
         if kind == "listing" and hashes is not None and len(hashes):
             wanted["images"] = ("image_pdq", [

@@ -206,6 +206,13 @@ def test_confirmed_labels_feed_the_tenants_banks_when_asked(data_dir: Path) -> N
     engine.add_label(Label(entity_type="seller", entity_id="s1", label="fraud"))  # not an item: no bank
     engine.add_label(Label(entity_type="listing", entity_id="GONE", label="fraud"))  # not stored
     assert sorted(banks.names()) == ["confirmed-fraud-listings", "confirmed-legit-listings"]
+    # a confirmed fake review goes in with its text (what the review banks' text model learns from)
+    words = "Best purchase ever, arrived in two days, works perfectly, five stars from me and my family"
+    engine.score_reviews(ex.extract("review", [Review(review_id="R1", product_id="P1", seller_id="s1",
+                                                      reviewer_id="u1", rating=5, text=words)]))
+    engine.add_label(Label(entity_type="review", entity_id="R1", label="fraud"))
+    [banked] = banks.get("confirmed-fraud-reviews").items()
+    assert banked.id == "R1" and banked.text == words
     engine.close()
 
 
