@@ -209,7 +209,8 @@ def test_confirmed_labels_feed_the_tenants_banks_when_asked(data_dir: Path) -> N
     # a confirmed fake review goes in with its text (what the review banks' text model learns from)
     words = "Best purchase ever, arrived in two days, works perfectly, five stars from me and my family"
     engine.score_reviews(ex.extract("review", [Review(review_id="R1", product_id="P1", seller_id="s1",
-                                                      reviewer_id="u1", rating=5, text=words)]))
+                                                      reviewer_id="u1", rating=5, text=words,
+                                                      created_at="2026-11-01T10:00:00Z")]))
     engine.add_label(Label(entity_type="review", entity_id="R1", label="fraud"))
     [banked] = banks.get("confirmed-fraud-reviews").items()
     assert banked.id == "R1" and banked.text == words
