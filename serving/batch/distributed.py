@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from indexes.atomic import read_json, write_file_atomic, write_json_atomic
 from indexes.clustering import Pairs, cluster_pairs
-from indexes.config import Modality
+from indexes.config import ClusteringConfig, Modality
 from indexes.near_duplicates import ImageNearDuplicates, TextNearDuplicates, canonical_pairs
 from serving.batch.catalogue import Catalogue, load_catalogue
 from serving.batch.extract import Kind, write_parquet_atomic
@@ -353,7 +353,7 @@ def _star_task(out: str, kind: Kind, config_json: str, keys: list[tuple[str, Mod
     if path.exists():
         return
     p = _concat(list(_range_pairs(root, keys, "lo", r).values()))
-    nodes, smallest = _components(p.a, p.b)
+    nodes, smallest = components(p.a, p.b)
     _save_npy(path, {"rows": nodes, "to": smallest})
 
 
@@ -367,11 +367,11 @@ def _components_task(out: str, kind: Kind, config_json: str, parts: int) -> None
     a = np.concatenate([s["rows"] for s in stars]) if stars else np.zeros(0, dtype=np.int64)
     b = np.concatenate([s["to"] for s in stars]) if stars else np.zeros(0, dtype=np.int64)
     del stars
-    nodes, smallest = _components(a, b)
+    nodes, smallest = components(a, b)
     _save_npy(path, {"rows": nodes, "component": smallest})
 
 
-def _components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows linked by the edges ``a``-``b``, sorted; the smallest row of each one's component)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -419,12 +419,21 @@ def _cluster_task(out: str, kind: Kind, config_json: str, k: int, parts: int) ->
     if path.exists():
         return
     p = _concat([_read(_work(root, "buckets", f"from-{r:05d}", f"{k:05d}.parquet")) for r in range(parts)])
-    rows = np.unique(np.concatenate([p.a, p.b]))
-    local = Pairs(np.searchsorted(rows, p.a), np.searchsorted(rows, p.b), p.score)
-    vectors = np.asarray(cat.text[rows]) if cat.text is not None and len(rows) else None
-    result = cluster_pairs(len(rows), local, config.indexes.clustering, vectors=vectors)
-    _save_npy(path, {"rows": rows, "root": rows[result.labels_as_min_row()],
-                     "blocked": np.array([result.blocked], dtype=np.int64)})
+    rows, roots, blocked = cluster_rows(p, config.indexes.clustering, cat.text)
+    _save_npy(path, {"rows": rows, "root": roots, "blocked": np.array([blocked], dtype=np.int64)})
+
+
+def cluster_rows(pairs: Pairs, config: ClusteringConfig, vectors: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(the rows in ``pairs``, each one's cluster as its smallest row, merges the guard blocked):
+    :func:`~indexes.clustering.cluster_pairs` over those rows only, renumbered in order (so the
+    pairs' order, and every guard decision, is the whole catalogue's), their vectors read once.
+    ``pairs`` must hold whole connected components for the answer to be the whole run's."""
+    rows = np.unique(np.concatenate([pairs.a, pairs.b]))
+    local = Pairs(np.searchsorted(rows, pairs.a), np.searchsorted(rows, pairs.b), pairs.score)
+    own = np.asarray(vectors[rows]) if vectors is not None and len(rows) else None
+    result = cluster_pairs(len(rows), local, config, vectors=own)
+    return rows, rows[result.labels_as_min_row()], int(result.blocked)
 
 
 def _assemble_task(out: str, kind: Kind, config_json: str, parts: int) -> dict[str, Any]:
