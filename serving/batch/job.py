@@ -14,6 +14,10 @@ finishes without redoing finished work and writes what an uninterrupted run writ
 5. outputs (:mod:`serving.batch.signals`): ``pairs.parquet``, ``clusters.parquet``,
    ``signals.jsonl``, then ``summary.json`` last: its presence means the run is complete.
 
+Stages 3 to 5 run as Ray tasks on the cluster's nodes with ``batch.pairs_on: cluster`` (the
+default, :mod:`serving.batch.distributed`), or in this process with ``driver`` (the reference:
+both write the same bytes).
+
 ``manifest.json`` records the input's files (size, mtime), the settings that shape
 the outputs and the run's ``observed_at`` (every signal of the run carries it, so a
 resumed run writes byte-identical outputs). A re-run over changed input or settings
