@@ -50,8 +50,9 @@ class BatchConfig(BaseModel):
                              description="logical CPUs reserved per pair, clustering and output task")
     partitions: int | None = Field(default=None, ge=1, le=4096,
                                    description="row ranges (and cluster buckets) the pairs are shuffled "
-                                               "into with pairs_on: cluster; default: one per 50k records, "
-                                               "at most 256")
+                                               "into with pairs_on: cluster; default: one per 50k records "
+                                               "but two per task slot, at most 256, ranges of >= 1,000 "
+                                               "records (kept for a resumed run)")
 
 
 class ApiKey(BaseModel):

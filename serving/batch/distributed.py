@@ -75,12 +75,27 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_PARTITION = 50_000
 MAX_AUTO_PARTITIONS = 256
+MIN_PARTITION_ROWS = 1000
 
 
-def partitions(config: MarketGuardConfig, n: int) -> int:
-    """How many row ranges (and cluster buckets) the run's pairs are cut into."""
+def partitions(config: MarketGuardConfig, n: int, slots: float, out: Path) -> int:
+    """How many row ranges (and cluster buckets) the run's pairs are cut into: the setting, or
+    one per ``ROWS_PER_PARTITION`` records but at least two per task slot of the cluster
+    (``slots``), at most ``MAX_AUTO_PARTITIONS``, and no range under ``MIN_PARTITION_ROWS``.
+    The count chosen is kept in ``work/partitions.json``: a resumed run on another cluster
+    cuts its pairs the same way as the files already written."""
     wanted = config.batch.partitions
-    return wanted if wanted is not None else max(1, min(MAX_AUTO_PARTITIONS, -(-n // ROWS_PER_PARTITION)))
+    if wanted is not None:
+        return wanted
+    path = _work(out, "partitions.json")
+    if path.exists():
+        saved = read_json(path)
+        if isinstance(saved, dict) and isinstance(saved.get("partitions"), int):
+            return int(saved["partitions"])
+    parts = max(-(-n // ROWS_PER_PARTITION), int(2 * slots))
+    parts = max(1, min(MAX_AUTO_PARTITIONS, parts, n // MIN_PARTITION_ROWS))
+    write_json_atomic(path, {"partitions": parts})
+    return parts
 
 
 def _span(n: int, parts: int) -> int:
@@ -151,7 +166,7 @@ def run_pairs_and_outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, 
     timings["pairs_s"] = time.monotonic() - t0
 
     # shuffle: block files -> each range's canonical pairs
-    parts = partitions(config, cat.n)
+    parts = partitions(config, cat.n, cpus / tasks.cpus, out)
     span = _span(cat.n, parts)
     groups = {k: _groups(nb, parts) for k, nb in blocks.items()}
     refs = [tasks.submit(_split_task, t, m, g, blocks_of, span)
