@@ -824,6 +824,8 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help="which parts to run (comma-separated, of: %(default)s); a full run "
                              "of some parts keeps the others' figures from the results file")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="raw-vs-job rounds of the throughput part (default: 3, --quick 1)")
     parser.add_argument("--pairs-on", default="cluster", choices=("cluster", "driver"),
                         help="where the job's pairs and outputs stages run (batch.pairs_on)")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -857,7 +859,7 @@ def main() -> None:
     try:
         titles = listing_titles(10**6, pattern="*.txt*")
         text_rows, image_rows = (400, 60) if quick else (20_000, 2_000)
-        rounds = 1 if quick else 3
+        rounds = args.rounds or (1 if quick else 3)
 
         if "throughput" in parts:  # (1)
             text_path = tmp / "text.jsonl"
