@@ -122,6 +122,22 @@ def test_pairs_parquet_from_pieces_is_the_same_bytes(tmp_path: Path, monkeypatch
     assert whole.read_bytes() == pieces.read_bytes()
 
 
+def test_where_the_stages_run_is_not_part_of_the_runs_settings(tmp_path: Path) -> None:
+    """A run started on the driver may be resumed on the cluster (the same bytes); the
+    partitions shape the work files, so they are part of it."""
+    from serving.batch.job import _manifest
+    from serving.config import MarketGuardConfig
+
+    request = BatchRequest("listings", tmp_path, tmp_path / "out")
+
+    def digest(**batch: Any) -> str:
+        cfg = MarketGuardConfig.model_validate({"data_dir": str(tmp_path), "batch": batch})
+        return str(_manifest(request, cfg, [], 1)["settings_sha256"])
+
+    assert digest(pairs_on="driver", task_cpus=0.5) == digest(pairs_on="cluster") == digest()
+    assert digest(partitions=4) != digest()
+
+
 # --------------------------------------------------------------------------- the job
 
 
