@@ -165,14 +165,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> tup
     return inp, state, out
 
 
-def _extracted_copy(ref: Path, dest: Path) -> Path:
+def _extracted_copy(ref: Path, dest: Path, parsed: bool = True) -> Path:
     """``ref`` as it stood after its catalogue stage: same manifest (so the same observed_at)."""
     shutil.copytree(ref, dest, symlinks=True)
     for name in (*OUTPUTS, "summary.json"):
         (dest / name).unlink()
     for folder in (dest / "indexes", dest / "work" / "pairs"):
         shutil.rmtree(folder)
-    (dest / "work" / "pair_records.arrow").unlink()
+    if parsed:  # listings: the records parsed for the pair scorer
+        (dest / "work" / "pair_records.arrow").unlink()
     return dest
 
 
@@ -299,3 +300,23 @@ def test_killed_pair_worker_then_killed_driver_still_give_the_same_bytes(
     for path, mtime in before.items():  # finished blocks were not searched again
         assert path.stat().st_mtime_ns == mtime
     _same_bytes(out, ref)
+
+
+@pytest.mark.slow
+def test_reviews_on_the_cluster_write_the_driver_paths_bytes(tmp_path: Path,
+                                                             reference: tuple[Path, Path, Path]) -> None:
+    """Reviews: partners, review signals and the per-product roll-ups merged from the ranges."""
+    _, state, _ = reference
+    template = "Amazing product, fast delivery, five stars, would buy again from this seller!"
+    rows = [{"review_id": f"R{i}", "product_id": f"P{i % 3}", "seller_id": "S1", "reviewer_id": f"U{i}",
+             "rating": 5, "text": template if i % 2 else f"Honest review number {i} of a product I liked.",
+             "created_at": "2026-11-20T10:00:00Z"} for i in range(30)]
+    inp = tmp_path / "reviews.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref = tmp_path / "driver"
+    run_batch(BatchRequest("reviews", inp, ref, progress="off"), _cfg(state, "driver"))
+    out = _extracted_copy(ref, tmp_path / "cluster", parsed=False)
+    run_batch(BatchRequest("reviews", inp, out, progress="off"), _cfg(state, "cluster"))
+    _same_bytes(out, ref)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"]["review_text"] >= 15 * 14 // 2  # the template's copies, at least
