@@ -525,7 +525,7 @@ class CpuTimeline(threading.Thread):
             if cpu is None:
                 continue
             now[pid] = cpu
-            if pid not in self.kinds:
+            if pid != self.driver and self.kinds.get(pid) != "worker":  # a worker starts unnamed
                 self.kinds[pid] = "worker" if _comm(pid).startswith("ray::") else "daemon"
         self.samples.append((time.monotonic(), now))
 
