@@ -123,13 +123,15 @@ class BankInfo(BaseModel):
 class Bank:
     """One open bank: its settings and its durable index of items."""
 
-    def __init__(self, directory: Path, info: BankInfo, config: BanksConfig) -> None:
+    def __init__(self, directory: Path, info: BankInfo, config: BanksConfig, *,
+                 read_only: bool = False) -> None:
         self.directory = directory
         self.info = info
         if info.modality == "image_pdq":
             pcfg = PdqIndexConfig()
             self.store: DurableIndex[Any] = DurableIndex(
-                directory / "index", lambda: PdqIndex(pcfg), lambda p: PdqIndex.load(p, pcfg)
+                directory / "index", lambda: PdqIndex(pcfg), lambda p: PdqIndex.load(p, pcfg),
+                read_only=read_only,
             )
         else:
             if info.dim is None:
@@ -137,7 +139,8 @@ class Bank:
             # Banks are small and exported: keep exact, unquantised vectors.
             vcfg = VectorIndexConfig(dim=info.dim, quantization="none", exact_max=50_000)
             self.store = DurableIndex(
-                directory / "index", lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg)
+                directory / "index", lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg),
+                read_only=read_only,
             )
 
     def __len__(self) -> int:
@@ -204,16 +207,20 @@ class BankStore:
         root: Path,
         config: BanksConfig | None = None,
         thresholds: ThresholdsConfig | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.read_only = read_only
         self.config = config or BanksConfig()
         self.thresholds = thresholds or ThresholdsConfig()
         self.root.mkdir(parents=True, exist_ok=True)
         # One writer a bank folder: the service holds it while it runs, so `marketguard bank
         # import` beside a running service fails here instead of writing behind its back.
+        # Readers (the batch job's tasks, many at once) share the folder with each other only.
         self._lock_fd: int | None = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -226,7 +233,7 @@ class BankStore:
             for p in sorted(self.root.iterdir()):
                 if (p / "bank.json").exists():
                     info = BankInfo.model_validate(read_json(p / "bank.json"))
-                    self._banks[info.name] = Bank(p, info, self.config)
+                    self._banks[info.name] = Bank(p, info, self.config, read_only=read_only)
         except BaseException:
             self.close()
             raise
@@ -240,6 +247,10 @@ class BankStore:
                 raise InvalidInput("bank", f"bank {bank.info.name!r} was built by model {bank.info.model!r}, "
                                            f"but the configured {bank.info.modality} model is {want!r}: "
                                            "re-import it")
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise InvalidInput("banks", f"{str(self.root)!r} is open read-only")
 
     def names(self) -> list[str]:
         """Names of all banks."""
@@ -255,6 +266,7 @@ class BankStore:
     def create(self, name: str, modality: Modality, kind: BankKind = "fraud",
                model: str | None = None) -> Bank:
         """Create a bank (idempotent when the settings match)."""
+        self._writable()
         if not BANK_NAME.match(name):
             raise InvalidInput("bank", f"{name!r} is not a bank name (a-z, 0-9, _ -; 1-64)")
         if name in self._banks:
@@ -283,6 +295,7 @@ class BankStore:
 
     def drop(self, name: str) -> None:
         """Delete a bank and its files."""
+        self._writable()
         bank = self.get(name)
         bank.close()
         del self._banks[name]
@@ -291,6 +304,7 @@ class BankStore:
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable a bank: a disabled bank keeps its items but never matches."""
+        self._writable()
         bank = self.get(name)
         bank.info = bank.info.model_copy(update={"enabled": enabled})
         write_json_atomic(bank.directory / "bank.json", bank.info.model_dump(mode="json"))
@@ -298,6 +312,7 @@ class BankStore:
 
     def add_items(self, name: str, items: list[BankItem] | list[dict[str, Any]]) -> int:
         """Validate and add items to a bank."""
+        self._writable()
         parsed = []
         for k, it in enumerate(items):
             if isinstance(it, BankItem):
@@ -313,6 +328,7 @@ class BankStore:
 
     def remove_items(self, name: str, ids: list[str]) -> int:
         """Remove items from a bank."""
+        self._writable()
         self._version += 1
         return self.get(name).remove(ids)
 
@@ -509,7 +525,7 @@ class BankStore:
                 vecs.append(np.asarray(b.store.index.get_vectors(ids), dtype=np.float32))
             if vecs:
                 model = fit_review_text_model(texts, fraud, np.concatenate(vecs), fingerprint)
-            if model is not None:
+            if model is not None and not self.read_only:  # read-only: fitted, not kept
                 self._save_review_model(model)
         self._review_model = (self._version, model)
         return model

@@ -224,14 +224,19 @@ class DurableIndex(Generic[IndexT]):
         empty: Callable[[], IndexT],
         load: Callable[[Path], IndexT],
         config: PersistenceConfig | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: a reader that shares the directory with other readers (never with a
+        writer), loads the last committed state and writes nothing, not even a torn log's cut."""
         self.directory = Path(directory)
         self.config = config or PersistenceConfig()
+        self.read_only = read_only
         self._empty, self._load = empty, load
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
             raise InvalidInput(
@@ -248,21 +253,21 @@ class DurableIndex(Generic[IndexT]):
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
         current = self.directory / "CURRENT"
-        if current.exists():
-            gen = _read_generation(current)
-        else:
-            gen = 0
+        gen = _read_generation(current) if current.exists() else 0
+        if not current.exists() and not self.read_only:
             (self.directory / "log-0.bin").touch()
             write_json_atomic(current, {"generation": 0})
         self.generation = gen
         log = self._log_path(gen)
         valid = self._load_state()
+        self._log_bytes = valid
+        if self.read_only:
+            return
         if log.exists() and log.stat().st_size != valid:
             with open(log, "r+b") as f:  # cut the torn tail so new records follow good ones
                 f.truncate(valid)
                 os.fsync(f.fileno())
         self._log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._log_bytes = valid
         self._remove_stale()
 
     def _load_state(self) -> int:
@@ -312,6 +317,8 @@ class DurableIndex(Generic[IndexT]):
 
     def _log(self) -> int:
         """The open log's file descriptor; RuntimeError once the index is closed."""
+        if self.read_only:
+            raise InvalidInput("directory", f"{str(self.directory)!r} is open read-only", "invalid")
         if self._log_fd is None:
             raise RuntimeError(f"the durable index at {self.directory} is closed")
         return self._log_fd
@@ -381,6 +388,7 @@ class DurableIndex(Generic[IndexT]):
 
     def compact(self) -> None:
         """Snapshot the current state as the next generation and start an empty log."""
+        self._log()  # refused read-only or closed
         new = self.generation + 1
         _write_snap(self.directory / f"snap-{new}", self.index, self.meta.items())
         new_log = self._log_path(new)

@@ -42,6 +42,17 @@ class BatchConfig(BaseModel):
     actor_cpus: float = Field(default=1.0, gt=0, le=64, description="logical CPUs reserved per actor")
     query_block: int = Field(default=4096, ge=1, description="queries per block of the all-pairs search")
     top: int = Field(default=10, ge=1, le=1000, description="clusters and sellers listed in the summary")
+    pairs_on: Literal["cluster", "driver"] = Field(
+        default="cluster", description="where the all-pairs search, clustering and outputs run: Ray tasks "
+                                       "on the cluster's nodes, or the driver alone (the reference path; "
+                                       "the same bytes)")
+    task_cpus: float = Field(default=1.0, gt=0, le=64,
+                             description="logical CPUs reserved per pair, clustering and output task")
+    partitions: int | None = Field(default=None, ge=1, le=4096,
+                                   description="row ranges (and cluster buckets) the pairs are shuffled "
+                                               "into with pairs_on: cluster; default: one per 50k records "
+                                               "but two per task slot, at most 256, ranges of >= 1,000 "
+                                               "records (kept for a resumed run)")
 
 
 class ApiKey(BaseModel):

@@ -14,6 +14,10 @@ finishes without redoing finished work and writes what an uninterrupted run writ
 5. outputs (:mod:`serving.batch.signals`): ``pairs.parquet``, ``clusters.parquet``,
    ``signals.jsonl``, then ``summary.json`` last: its presence means the run is complete.
 
+Stages 3 to 5 run as Ray tasks on the cluster's nodes with ``batch.pairs_on: cluster`` (the
+default, :mod:`serving.batch.distributed`), or in this process with ``driver`` (the reference:
+both write the same bytes).
+
 ``manifest.json`` records the input's files (size, mtime), the settings that shape
 the outputs and the run's ``observed_at`` (every signal of the run carries it, so a
 resumed run writes byte-identical outputs). A re-run over changed input or settings
@@ -30,6 +34,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,14 +150,24 @@ def _run(request: BatchRequest, config: MarketGuardConfig, kind: Kind, units: li
     release_free_memory()
     progress.note(f"catalogue: {cat.n:,} records, {cat.rejected:,} rejected, {len(cat.image_rows):,} images")
 
-    t0 = time.monotonic()
-    pairs = _pairs(cat, config, out, progress)
-    timings["pairs_s"] = time.monotonic() - t0
-    release_free_memory()
+    if config.batch.pairs_on == "cluster":
+        from serving.batch.distributed import run_pairs_and_outputs
 
-    t0 = time.monotonic()
-    summary = _outputs(cat, config, out, pairs, observed_at)
-    timings["outputs_s"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        with _ray(request.address):
+            got = run_pairs_and_outputs(cat, config, out, progress, observed_at, timings)
+        summary = summary_of(cat, got["pairs"], got["clusters"], got["signals"], got["top_sellers"],
+                             got["bank_rows"])
+        timings["outputs_s"] = time.monotonic() - t0 - timings["pairs_s"]
+    else:
+        t0 = time.monotonic()
+        pairs = _pairs(cat, config, out, progress)
+        timings["pairs_s"] = time.monotonic() - t0
+        release_free_memory()
+
+        t0 = time.monotonic()
+        summary = _outputs(cat, config, out, pairs, observed_at)
+        timings["outputs_s"] = time.monotonic() - t0
     summary.update(kind=request.kind, input=str(request.input), observed_at=_stamp(observed_at),
                    units=len(units), timings={k: round(v, 2) for k, v in timings.items()})
     write_json_atomic(done_summary, summary)  # the run's completion mark
@@ -167,7 +182,7 @@ def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path
     # state lives, how many actors run it, nor the service's settings (sinks, store, shadow, ...):
     # configuring a webhook must not make a finished run's --publish look like another run.
     shaping = config.model_dump(mode="json", include={"signals": True, "indexes": True, "batch": True},
-                                exclude={"batch": {"actors", "actor_cpus", "top"}})
+                                exclude={"batch": {"actors", "actor_cpus", "top", "pairs_on", "task_cpus"}})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units,
             "settings_sha256": digest, "marketguard": _version(),
@@ -388,56 +403,96 @@ def write_pairs_parquet(path: Path, meta: pa.Table, pairs: dict[Modality, Pairs]
     ``meta`` (its ``entity_id`` and ``tenant`` columns), ``_PAIRS_CHUNK`` pairs a row group.
     Measured at ~4M pairs over a memory-mapped 1M-row catalogue: built as one table
     +282 MB at peak; 2^20 pairs a row group +248 MB, 2^18 +124 MB (3.5 s), 2^16 +74 MB."""
+    write_pair_stream(path, meta, {m: iter([p]) for m, p in pairs.items()})
+
+
+def write_pair_stream(path: Path, meta: pa.Table, streams: dict[Modality, Iterator[Pairs]]) -> None:
+    """:func:`write_pairs_parquet` from each modality's pairs in pieces (read one at a time):
+    the same row groups, so the same bytes, however the pairs were cut."""
     def write(f: Any) -> None:
         with pq.ParquetWriter(f, PAIRS_SCHEMA) as writer:
-            for m, p in pairs.items():
-                for start in range(0, len(p.a), _PAIRS_CHUNK):
-                    end = start + _PAIRS_CHUNK
-                    a, b = take_rows(meta, p.a[start:end]), take_rows(meta, p.b[start:end])
+            for m, pieces in streams.items():
+                for a_rows, b_rows, score in _rechunk(pieces, _PAIRS_CHUNK):
+                    a, b = take_rows(meta, a_rows), take_rows(meta, b_rows)
                     writer.write_table(pa.table({
                         "a": a.column("entity_id"), "b": b.column("entity_id"),
                         "modality": pa.repeat(pa.scalar(m, pa.string()), a.num_rows),
-                        "score": pa.array(p.score[start:end], pa.float32()),
+                        "score": pa.array(score, pa.float32()),
                         "tenant": a.column("tenant")}, schema=PAIRS_SCHEMA))
 
     write_file_atomic(path, write)
 
 
+def _rechunk(pieces: Iterator[Pairs], size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The pieces' pairs, concatenated, as slices of ``size`` (the last one shorter)."""
+    held: list[Pairs] = []
+    count = 0
+    for piece in pieces:
+        held.append(piece)
+        count += len(piece.a)
+        while count >= size:
+            a, b, s = (np.concatenate(c) for c in zip(*((p.a, p.b, p.score) for p in held), strict=True))
+            yield a[:size], b[:size], s[:size]
+            held, count = [Pairs(a[size:], b[size:], s[size:])], count - size
+    if count:
+        a, b, s = (np.concatenate(c) for c in zip(*((p.a, p.b, p.score) for p in held), strict=True))
+        yield a, b, s
+
+
 def _summary(cat: Catalogue, pairs: dict[Modality, Pairs], clusters: Any, tally: SignalTally,
              bank_rows: int, top: int) -> dict[str, Any]:
-    sizes = Counter(int(s) for r, s in zip(*np.unique(clusters.root, return_counts=True), strict=True)
+    return summary_of(cat, {m: len(p.a) for m, p in pairs.items()},
+                      cluster_summary(cat, clusters.root, int(clusters.result.blocked), top),
+                      tally.signals, top_sellers(tally, top), bank_rows)
+
+
+def summary_of(cat: Catalogue, pair_counts: dict[str, int], clusters: dict[str, Any], signals: int,
+               sellers: list[dict[str, Any]], bank_rows: int) -> dict[str, Any]:
+    """The run's summary from its parts (:func:`cluster_summary`, :func:`top_sellers`)."""
+    return {
+        "rows": cat.n + cat.rejected, "accepted": cat.n, "rejected": cat.rejected,
+        "records_with_errors": cat.with_errors,
+        "images": len(cat.image_rows),
+        "pairs": pair_counts,
+        "clusters": clusters["clusters"], "clusters_by_size": clusters["clusters_by_size"],
+        "clustering_blocked_merges": clusters["clustering_blocked_merges"],
+        "records_with_bank_matches": bank_rows, "signals": signals,
+        "top_clusters": clusters["top_clusters"],
+        "top_sellers": sellers,
+    }
+
+
+def cluster_summary(cat: Catalogue, root: np.ndarray, blocked: int, top: int) -> dict[str, Any]:
+    """Clusters by size and the ``top`` biggest, with examples, from every row's cluster root."""
+    sizes = Counter(int(s) for r, s in zip(*np.unique(root, return_counts=True), strict=True)
                     if s >= 2) if cat.n else Counter()
     buckets = {"2": 0, "3-5": 0, "6-10": 0, "11-50": 0, "51+": 0}
     for size, count in sizes.items():
         key = ("2" if size == 2 else "3-5" if size <= 5 else "6-10" if size <= 10
                else "11-50" if size <= 50 else "51+")
         buckets[key] += count
-    roots, counts = np.unique(clusters.root, return_counts=True) if cat.n else (np.zeros(0), np.zeros(0))
+    roots, counts = np.unique(root, return_counts=True) if cat.n else (np.zeros(0), np.zeros(0))
     biggest = sorted(((int(c), int(r)) for r, c in zip(roots, counts, strict=True) if c >= 2),
                      key=lambda x: (-x[0], x[1]))[:top]
     text = "text" if cat.kind == "review" else "title"
     top_clusters = []
-    for size, root in biggest:
-        rows = np.flatnonzero(clusters.root == root)
-        top_clusters.append({"cluster_id": cat.value("entity_id", root), "size": size,
-                             "owners": len({cat.value("owner", r) for r in rows.tolist()}),
-                             "examples": [(cat.value(text, r) or "")[:80] for r in rows[:3].tolist()]})
+    for size, r in biggest:
+        rows = np.flatnonzero(root == r)
+        top_clusters.append({"cluster_id": cat.value("entity_id", r), "size": size,
+                             "owners": len({cat.value("owner", x) for x in rows.tolist()}),
+                             "examples": [(cat.value(text, x) or "")[:80] for x in rows[:3].tolist()]})
+    return {"clusters": sum(sizes.values()), "clusters_by_size": buckets,
+            "clustering_blocked_merges": blocked, "top_clusters": top_clusters}
+
+
+def top_sellers(tally: SignalTally, top: int) -> list[dict[str, Any]]:
+    """The ``top`` sellers by duplicated listings (those with any, or with bank matches)."""
     sellers = sorted(tally.by_owner.values(), key=lambda s: (-s.duplicated_listings, s.seller_id))[:top]
-    return {
-        "rows": cat.n + cat.rejected, "accepted": cat.n, "rejected": cat.rejected,
-        "records_with_errors": cat.with_errors,
-        "images": len(cat.image_rows),
-        "pairs": {m: len(p.a) for m, p in pairs.items()},
-        "clusters": sum(sizes.values()), "clusters_by_size": buckets,
-        "clustering_blocked_merges": int(clusters.result.blocked),
-        "records_with_bank_matches": bank_rows, "signals": tally.signals,
-        "top_clusters": top_clusters,
-        "top_sellers": [{"seller_id": s.seller_id, "tenant": s.tenant, "listings": s.listings,
-                         "duplicated_listings": s.duplicated_listings, "clusters": len(s.cluster_ids),
-                         "cross_seller_matches": tally.cross_seller[(s.tenant, s.seller_id)],
-                         "bank_matches": s.bank_matches}
-                        for s in sellers if s.duplicated_listings or s.bank_matches],
-    }
+    return [{"seller_id": s.seller_id, "tenant": s.tenant, "listings": s.listings,
+             "duplicated_listings": s.duplicated_listings, "clusters": len(s.cluster_ids),
+             "cross_seller_matches": tally.cross_seller[(s.tenant, s.seller_id)],
+             "bank_matches": s.bank_matches}
+            for s in sellers if s.duplicated_listings or s.bank_matches]
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -165,9 +165,9 @@ class ModalityView:
         (with ``regions``, each image's region entries follow it with the same metadata)."""
         fields = _ITEM_META.get(self.modality, _IMAGE_META)  # metadata key -> catalogue column
         keys, columns = list(fields), list(fields.values())
-        meta = self.cat.meta.select(columns)
+        table = self.cat.meta.select(columns)
         for start in range(0, len(self), chunk):
-            part = take_rows(meta, self.record_rows[start:start + chunk])
+            part = take_rows(table, self.record_rows[start:start + chunk])
             values = zip(*(part.column(c).to_pylist() for c in columns), strict=True)
             for item_id, row in zip(self.ids[start:start + chunk], values, strict=True):
                 meta = dict(zip(keys, row, strict=True))

@@ -87,10 +87,25 @@ class Adjacency:
     """
 
     def __init__(self, n: int, pairs: dict[Modality, Pairs]) -> None:
-        self.names = list(pairs)
-        row = np.int32 if n < 2**31 else np.int64
-        sides = [(x, y, m, p.score) for m, p in enumerate(pairs.values())
-                 for x, y in ((p.a, p.b), (p.b, p.a))]
+        self._build(n, 0, list(pairs), [(x, y, m, p.score) for m, p in enumerate(pairs.values())
+                                         for x, y in ((p.a, p.b), (p.b, p.a))], n)
+
+    @classmethod
+    def of_rows(cls, start: int, end: int, n: int,
+                sides: dict[Modality, tuple[Pairs, Pairs]]) -> Adjacency:
+        """The partners of rows ``start..end-1`` only, from each modality's pairs whose ``a``
+        is in the range and those whose ``b`` is (both in the order of the whole catalogue's
+        pairs): the same lists, partner for partner, as the whole catalogue's adjacency."""
+        self = cls.__new__(cls)
+        self._build(end - start, start, list(sides),
+                    [(x - start, y, m, p.score) for m, (lo, hi) in enumerate(sides.values())
+                     for x, y, p in ((lo.a, lo.b, lo), (hi.b, hi.a, hi))], n)
+        return self
+
+    def _build(self, n: int, offset: int, names: list[Modality],
+               sides: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]], rows_total: int) -> None:
+        self.names, self.offset = names, offset
+        row = np.int32 if rows_total < 2**31 else np.int64
         counts = np.zeros(n, dtype=np.int64)
         for x, _, _, _ in sides:
             counts += np.bincount(x, minlength=n)
@@ -108,7 +123,7 @@ class Adjacency:
         self.score = np.concatenate([sc.astype(np.float32, copy=False) for _, _, _, sc in sides])[order]
 
     def of(self, row: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-        lo, hi = int(self.starts[row]), int(self.starts[row + 1])
+        lo, hi = int(self.starts[row - self.offset]), int(self.starts[row - self.offset + 1])
         return self.dst[lo:hi], [self.names[m] for m in self.mod[lo:hi]], self.score[lo:hi]
 
 
@@ -126,7 +141,7 @@ def bank_hits(cat: Catalogue, data_dir: Path, config: IndexesConfig) -> dict[int
     root = data_dir / "banks"
     if not root.is_dir():
         return {}
-    store = BankStore(root, config.banks, config.thresholds)
+    store = BankStore(root, config.banks, config.thresholds, read_only=True)
     try:
         modalities = {store.get(b).info.modality for b in store.names()}
         out: dict[int, list[BankHit]] = defaultdict(list)
@@ -201,7 +216,7 @@ def open_review_judge(cat: Catalogue, data_dir: Path, config: IndexesConfig) -> 
     root = data_dir / "banks"
     if cat.kind != "review" or cat.text is None or not root.is_dir():
         return None
-    store = BankStore(root, config.banks, config.thresholds)
+    store = BankStore(root, config.banks, config.thresholds, read_only=True)
     if not ReviewBankJudge([(store, None)]).active:
         store.close()
         return None
@@ -228,21 +243,38 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
     """Every signal of the run as wire dicts: per record in input order, then the roll-ups.
     ``judge``: the review banks' verdicts (reviews only; None without review banks)."""
     listing = cat.kind == "listing"
+    products: dict[tuple[str, str], ProductStats] = {}
+    members = clusters.member_rows() if listing else np.zeros(0, dtype=np.int64)
+    yield from iter_record_signals(cat, 0, cat.n, clusters.root, clusters.size, members, adj, banks,
+                                   price_references(cat) if listing else {}, observed_at, tally, products,
+                                   judge)
+    yield from iter_rollups(tally, products, observed_at)
+
+
+def iter_record_signals(cat: Catalogue, start: int, end: int, root: np.ndarray, size: np.ndarray,
+                        members: np.ndarray, adj: Adjacency, banks: dict[int, list[BankHit]],
+                        category_refs: dict[tuple[str, str | None, str], PriceReference],
+                        observed_at: datetime, tally: SignalTally,
+                        products: dict[tuple[str, str], ProductStats],
+                        judge: ReviewBankJudge | None = None) -> Iterator[dict[str, Any]]:
+    """The signals of records ``start..end-1``, in input order, folding each into ``tally`` and
+    ``products`` (the roll-ups' partial stats). ``root``, ``size``: every row's cluster;
+    ``members``: :meth:`Clusters.member_rows`; ``category_refs``: :func:`price_references`;
+    ``judge``: the review banks' verdicts (reviews only; None without review banks)."""
+    listing = cat.kind == "listing"
     ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
     prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
-    category_refs = price_references(cat) if listing else {}
-    in_clusters = clusters.member_rows() if listing else np.zeros(0, dtype=np.int64)
-    member_roots = clusters.root[in_clusters]  # a cluster's members: one searchsorted slice
-    products: dict[tuple[str, str], ProductStats] = {}
+    in_clusters = members if listing else np.zeros(0, dtype=np.int64)
+    member_roots = root[in_clusters]  # a cluster's members: one searchsorted slice
     cluster_refs = ClusterPrices(prices, currencies)
-    for start in range(0, cat.n, _CHUNK):
-        chunk = cat.meta.slice(start, _CHUNK)
+    for chunk_start in range(start, end, _CHUNK):
+        chunk = cat.meta.slice(chunk_start, min(_CHUNK, end - chunk_start))
         records = chunk.column("record").to_pylist()
         parsed = [] if listing else [Review.model_validate_json(r) for r in records]
-        verdicts = _chunk_verdicts(cat, judge, start, parsed)
+        verdicts = _chunk_verdicts(cat, judge, chunk_start, parsed)
         for offset, (record, extracted) in enumerate(zip(records, chunk.column("signals").to_pylist(),
                                                          strict=True)):
-            row = start + offset
+            row = chunk_start + offset
             yield from rewrite_observed_at(extracted, observed_at)
             dst, mods, scores = adj.of(row)
             # mods come from the pairs' modality column (str); every value there is a Modality
@@ -252,24 +284,24 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
             derived: list[Signal]
             if listing:
                 item = Listing.model_validate_json(record)
-                size = int(clusters.size[row])
-                root = int(clusters.root[row])
+                row_size = int(size[row])
+                row_root = int(root[row])
                 refs = []
-                if size >= 2 and item.currency:
-                    lo, hi = np.searchsorted(member_roots, (root, root + 1))
-                    ref = cluster_refs.get(root, row, item.currency, in_clusters[lo:hi])
+                if row_size >= 2 and item.currency:
+                    lo, hi = np.searchsorted(member_roots, (row_root, row_root + 1))
+                    ref = cluster_refs.get(row_root, row, item.currency, in_clusters[lo:hi])
                     if ref is not None:
                         refs.append(ref)
                 cref = category_refs.get(category_prices_key(item))
                 if cref is not None:
                     refs.append(cref)
-                outcome = listing_signals(ListingFacts(item, matches, ids[root].as_py(), size, refs, hits),
-                                          observed_at)
+                outcome = listing_signals(ListingFacts(item, matches, ids[row_root].as_py(), row_size, refs,
+                                                       hits), observed_at)
                 derived = outcome.signals
                 key = (item.tenant, item.seller_id)
                 stats = tally.by_owner.setdefault(key, SellerStats(item.tenant, item.seller_id))
                 stats.add_listing(near_duplicates=outcome.near_duplicates, cluster_id=outcome.cluster_id,
-                                  cluster_size=size, bank_matches=outcome.fraud_bank_matches)
+                                  cluster_size=row_size, bank_matches=outcome.fraud_bank_matches)
                 tally.cross_seller[key] += outcome.cross_seller
             else:
                 review = parsed[offset]
@@ -280,6 +312,11 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
                 pstats.add_review(near_duplicates=routcome.near_duplicates)
             for s in derived:
                 yield s.to_json_dict()
+
+
+def iter_rollups(tally: SignalTally, products: dict[tuple[str, str], ProductStats],
+                 observed_at: datetime) -> Iterator[dict[str, Any]]:
+    """The per-seller, then per-product roll-ups, in key order (after every record's signals)."""
     for key in sorted(tally.by_owner):
         for s in seller_rollup_signals(tally.by_owner[key], observed_at):
             yield s.to_json_dict()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.batch import PARTS, keep_other_parts, part_of
+from benchmarks.batch import PARTS, CpuTimeline, keep_other_parts, pairs_outputs_window, part_of
 
 
 def _previous(path: Path, with_parts: bool) -> None:
@@ -29,6 +29,20 @@ def test_each_figure_belongs_to_one_part() -> None:
     assert part_of("workers_peak_anon_mb_100k") == "memory"
     assert part_of("er_f1_by_dataset") == "er"
     assert part_of("seconds") is None
+    assert part_of("driver_cpu_share") == "throughput"
+    assert part_of("driver_cpu_share_100k") == "memory"
+
+
+def test_cpu_window_splits_the_driver_from_rays_processes() -> None:
+    """CPU in a window: each process's last sample at or before each end (0 before it was seen)."""
+    t = CpuTimeline(driver=10)
+    t.kinds.update({20: "worker", 30: "daemon"})
+    t.samples = [(0.0, {10: 1.0, 30: 5.0}), (1.0, {10: 1.5, 20: 0.5, 30: 5.2}),
+                 (2.0, {10: 1.7, 20: 2.5, 30: 5.3}), (3.0, {10: 9.0, 20: 9.0, 30: 9.0})]
+    got = t.window(0.5, 2.5)
+    assert got["driver_cpu_s"] == 0.7 and got["workers_cpu_s"] == 2.5 and got["daemons_cpu_s"] == 0.3
+    assert got["driver_cpu_share"] == round(0.7 / 3.5, 4)
+    assert pairs_outputs_window(100.0, {"extract_s": 5.0, "catalogue_s": 1.0}, 20.0) == (106.0, 120.0)
 
 
 def test_a_memory_run_keeps_throughput_and_er_from_the_previous_file(tmp_path: Path) -> None:

@@ -274,3 +274,25 @@ def test_a_bank_folder_has_one_writer(tmp_path: Path) -> None:
         BankStore(tmp_path, CFG)
     store.close()
     BankStore(tmp_path, CFG).close()  # released on close
+
+
+def test_readers_share_a_bank_folder_change_nothing_and_keep_writers_out(tmp_path: Path) -> None:
+    store, vecs = _review_banks(tmp_path, 40)
+    store.close()  # the model not fitted yet: a reader fits it for itself and keeps nothing
+    readers = [BankStore(tmp_path, CFG, read_only=True) for _ in range(2)]
+    models = [r.review_text_model() for r in readers]
+    assert models[0] is not None and models[1] is not None and models[0].fingerprint == models[1].fingerprint
+    assert not (tmp_path / "review_text_model.json").exists()
+    assert readers[1].nearest("review_text", vecs[:1], k=1)[0][0].item_id == "r0"
+    for change in (lambda r: r.add_items("fakes", [{"id": "x", "vector": vecs[0].tolist()}]),
+                   lambda r: r.remove_items("fakes", ["r0"]), lambda r: r.set_enabled("fakes", False),
+                   lambda r: r.create("more", "review_text"), lambda r: r.drop("fakes")):
+        with pytest.raises(InvalidInput, match="read-only"):
+            change(readers[0])
+    with pytest.raises(InvalidInput, match="another writer"):
+        BankStore(tmp_path, CFG)
+    for r in readers:
+        r.close()
+    writer = BankStore(tmp_path, CFG)
+    assert len(writer.get("fakes")) == 20  # nothing a reader was refused reached the folder
+    writer.close()

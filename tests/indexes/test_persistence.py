@@ -352,3 +352,38 @@ def test_read_index_sees_snapshot_and_log_without_locking(tmp_path: Path) -> Non
     index = read_index(d, PdqIndex, PdqIndex.load)  # while the writer still holds its lock
     assert sorted(index.ids()) == ["b", "c"]
     store.close()
+
+
+def test_readers_share_a_directory_write_nothing_and_keep_writers_out(tmp_path: Path) -> None:
+    s = open_store(tmp_path, "vector")
+    s.add(["it-1", "it-2"], vecs(["it-1", "it-2"]), [{"n": 1}, {"n": 2}])
+    s.close()
+    log = tmp_path / "log-0.bin"
+    rec = encode_record({"op": "add", "ids": ["it-3"]}, vecs(["it-3"]))
+    with open(log, "ab") as f:
+        f.write(rec[: len(rec) // 2])  # a torn tail: a writer would cut it, a reader leaves it
+    torn = log.read_bytes()
+    vcfg = VectorIndexConfig(dim=16, exact_max=300, quantization="none", nlist=8, nprobe=8)
+    readers = [DurableIndex(tmp_path, lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg),
+                            read_only=True) for _ in range(2)]
+    assert [len(r.index) for r in readers] == [2, 2] and readers[1].meta["it-2"] == {"n": 2}
+    with pytest.raises(InvalidInput, match="read-only"):
+        readers[0].add(["it-4"], vecs(["it-4"]))
+    with pytest.raises(InvalidInput, match="read-only"):
+        readers[0].compact()
+    with pytest.raises(InvalidInput, match="another writer"):
+        open_store(tmp_path, "vector")
+    for r in readers:
+        r.close()
+    assert log.read_bytes() == torn and sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "LOCK",
+                                                                                        "log-0.bin"]
+    writer = open_store(tmp_path, "vector")  # the last reader gone: a writer opens
+    with pytest.raises(InvalidInput, match="another writer"):  # and keeps readers out
+        DurableIndex(tmp_path, lambda: VectorIndex(vcfg), lambda p: VectorIndex.load(p, vcfg), read_only=True)
+    writer.close()
+
+
+def test_a_reader_of_a_directory_never_written_sees_it_empty(tmp_path: Path) -> None:
+    r = DurableIndex(tmp_path / "new", PdqIndex, PdqIndex.load, read_only=True)
+    assert len(r.index) == 0 and not (tmp_path / "new" / "CURRENT").exists()
+    r.close()

@@ -73,3 +73,24 @@ def test_read_pairs_refuses_rows_past_int32(tmp_path: Path) -> None:
     write_block(tmp_path / "0.parquet", _p([0], [2**31], [0.9]))
     with pytest.raises(InvalidInput):
         read_pairs(tmp_path)
+
+
+def test_view_items_carry_their_metadata_past_the_first_chunk(tmp_path: Path) -> None:
+    """Snapshot metadata read ``chunk`` rows at a time (a 100k-row catalogue failed past the first)."""
+    import pyarrow as pa
+
+    from serving.batch.catalogue import META_SCHEMA, Catalogue
+    from serving.batch.pairs import ModalityView
+
+    n = 7
+    rows = {name: [None] * n for name in META_SCHEMA.names}
+    rows.update(tenant=["t"] * n, entity_id=[f"L{i}" for i in range(n)], owner=[f"S{i}" for i in range(n)],
+                group=["g"] * n, price=[float(i) for i in range(n)], currency=["EUR"] * n)
+    vectors = random_vectors(n, 8, seed=1)
+    cat = Catalogue(tmp_path, "listing", n, 0, 0, pa.table(rows, schema=META_SCHEMA), vectors, "text_x",
+                    np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32), None, None, None)
+    view = ModalityView(cat, "listing_text", np.arange(n), IndexesConfig())
+    items = list(view.iter_items(chunk=3))
+    assert [i for i, _ in items] == [f"L{i}" for i in range(n)]
+    assert [m["owner"] for _, m in items] == [f"S{i}" for i in range(n)]
+    assert items[5][1] == {"owner": "S5", "price": 5.0, "currency": "EUR", "category": "g"}
