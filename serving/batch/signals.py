@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,9 +37,12 @@ from signals.entity_signals import (
     listing_signals,
     review_signals,
 )
+from signals.errors import InvalidInput
 from signals.price_anomaly import PriceReference
+from signals.review_analysis import ReviewAnalysis, ReviewRow, analyse_reviews
+from signals.review_graph import GraphSettings
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
-from signals.schemas import Listing, Review, Signal
+from signals.schemas import Label, Listing, Review, Signal, parse_record
 
 _CHUNK = 4096
 
@@ -194,9 +197,42 @@ class ClusterPrices:
         return ref
 
 
+def review_analysis(cat: Catalogue, labels: Sequence[Label], settings: GraphSettings) -> ReviewAnalysis:
+    """The behavioural fold, rings and collective scores over every review of the run."""
+    rows: list[ReviewRow] = []
+    for (record,) in cat.iter_rows(("record",)):
+        d = json.loads(record)
+        rows.append(ReviewRow(
+            d.get("tenant", "default"), d["review_id"], d["reviewer_id"], d["product_id"], d["seller_id"],
+            int(d["rating"]), _ts(d["created_at"]),
+            _ts(d["reviewer_created_at"]) if d.get("reviewer_created_at") else None))
+    return analyse_reviews(rows, labels, settings)
+
+
+def _ts(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def read_labels(path: Path) -> list[Label]:
+    """Labels from a JSONL file (``--labels``), each validated; a bad line names its number."""
+    out: list[Label] = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(parse_record(Label, json.loads(line)))
+            except (InvalidInput, json.JSONDecodeError) as exc:
+                raise InvalidInput("--labels", f"{path} line {n}: {exc}") from None
+    return out
+
+
 def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict[int, list[BankHit]],
-                 observed_at: datetime, tally: SignalTally) -> Iterator[dict[str, Any]]:
-    """Every signal of the run as wire dicts: per record in input order, then the roll-ups."""
+                 observed_at: datetime, tally: SignalTally,
+                 reviews: ReviewAnalysis | None = None) -> Iterator[dict[str, Any]]:
+    """Every signal of the run as wire dicts: per record in input order, then the roll-ups
+    (reviews: each review's behavioural and collective signals after its derived ones; the
+    reviewer, product and seller signals of ``reviews`` after the product roll-ups)."""
     listing = cat.kind == "listing"
     ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
     prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
@@ -242,6 +278,8 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
                 review = Review.model_validate_json(record)
                 routcome = review_signals(ReviewFacts(review, matches, hits), observed_at)
                 derived = routcome.signals
+                if reviews is not None:
+                    derived += reviews.review_signals(row, observed_at)
                 pkey = (review.tenant, review.product_id)
                 pstats = products.setdefault(pkey, ProductStats(review.tenant, review.product_id))
                 pstats.add_review(near_duplicates=routcome.near_duplicates)
@@ -252,6 +290,9 @@ def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict
             yield s.to_json_dict()
     for pkey in sorted(products):
         for s in product_rollup_signals(products[pkey], observed_at):
+            yield s.to_json_dict()
+    if reviews is not None:
+        for s in reviews.entity_signals(observed_at):
             yield s.to_json_dict()
 
 
