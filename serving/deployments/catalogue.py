@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from serving.scoring.deep import deep_sources, pending_names
 from serving.scoring.engine import CatalogueEngine, DeepQueue, Extracted, Scored
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
+from serving.scoring.review_behaviour import StoredReviewBehaviour
 from serving.sinks.publisher import Publisher, build_sinks, sink_names
 from serving.store.base import DeepJob
 from serving.store.sql import SqlSignalStore
@@ -74,7 +76,8 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
-                             deep=deep_queue(config))
+                             deep=deep_queue(config), review_behaviour=[StoredReviewBehaviour()],
+                             review_graph=config.signals.review_graph.graph_settings())
     engine.reconcile()
     engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again
@@ -129,11 +132,17 @@ class Catalogue:
 
     async def _maintain(self) -> None:
         interval = self.config.service.catalogue.compact_interval_s
+        recompute_s = self.config.signals.review_graph.recompute_s
+        last_recompute = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._write("repair")
                 await self._write("compact")
+                if recompute_s > 0 and time.monotonic() - last_recompute >= recompute_s:
+                    last_recompute = time.monotonic()
+                    n = await self._write("recompute_reviews")
+                    log.info("review graph recomputed: %d signals", n)
                 days = self.config.service.retention_days
                 if days is not None:
                     before = datetime.now(UTC) - timedelta(days=days)
