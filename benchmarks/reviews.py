@@ -20,6 +20,8 @@ Farm (:mod:`benchmarks.review_farm`): the job over a simulated catalogue; averag
 of every reviewer signal against the fake accounts, with ablations (camouflage off, small
 rings, fresh-only and aged-only accounts). The farm's reviews have no text here (the text
 signals come from the review_text work): the APs are of the behavioural and graph signals.
+``--quick``: 3,000 YelpZip reviews through the job (whole reviewer histories: reviewers in a
+random order until the count is reached) and a small farm through the job's analysis in process.
 
 ``op_spam_accuracy`` is provided by ``benchmarks/review_text.py`` (the text work); null here.
 """
@@ -54,8 +56,21 @@ def yelp_rows(limit: int | None, seed: int = 0) -> tuple[list[dict[str, Any]], n
         raw = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     rng = np.random.default_rng(seed)
     raw = [raw[i] for i in rng.permutation(len(raw)).tolist()]
-    if limit is not None:
-        raw = raw[:limit]
+    if limit is not None and limit < len(raw):
+        # whole reviewer histories (the filter judges accounts): reviewers in a random order
+        # until ``limit`` reviews; products keep only the sampled reviewers' reviews
+        users = list(dict.fromkeys(r[0] for r in raw))
+        keep: set[str] = set()
+        count: dict[str, int] = {}
+        for r in raw:
+            count[r[0]] = count.get(r[0], 0) + 1
+        total = 0
+        for u in users:
+            if total >= limit:
+                break
+            keep.add(u)
+            total += count[u]
+        raw = [r for r in raw if r[0] in keep]
     records = [{"review_id": f"r{i}", "product_id": f"p{p}", "seller_id": f"s{int(p) // 5}",
                 "reviewer_id": f"u{u}", "rating": int(float(r)), "created_at": f"{d}T00:00:00Z"}
                for i, (u, p, r, _, d) in enumerate(raw)]
@@ -212,10 +227,32 @@ def _ap(y: np.ndarray, x: np.ndarray) -> float:
 REVIEWER_COMBINED = ("reviewer.spam_score",)
 
 
-def farm(params: FarmParams, tmp: Path, name: str) -> dict[str, Any]:
+def analysed_signals(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """What the job's review analysis gives, without the job (as :func:`read_signals` reads it)."""
+    from datetime import UTC, datetime
+
+    from signals.review_analysis import ReviewRow, analyse_reviews
+    from signals.schemas import Review
+
+    analysis = analyse_reviews([ReviewRow.of(Review.model_validate(r)) for r in records])
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for s in analysis.entity_signals(datetime.now(UTC)):
+        if isinstance(s.value, int | float):
+            out.setdefault((s.entity_type, s.name), {})[s.entity_id] = float(s.value)
+    return out
+
+
+def farm(params: FarmParams, tmp: Path, name: str, *, in_process: bool = False) -> dict[str, Any]:
+    """Reviewer APs on one simulated catalogue; ``in_process``: the batch job's analysis called
+    directly (the ``--quick`` run: no Ray start-up), not the job."""
     records, fake = simulate(params)
-    out, wall, _ = run_job(records, tmp / f"farm-{name}")
-    signals = read_signals(out / "signals.jsonl")
+    t = time.perf_counter()
+    if in_process:
+        signals = analysed_signals(records)
+        wall = time.perf_counter() - t
+    else:
+        out, wall, _ = run_job(records, tmp / f"farm-{name}")
+        signals = read_signals(out / "signals.jsonl")
     ids = sorted({r["reviewer_id"] for r in records})
     y = np.array([i in fake for i in ids], dtype=np.int8)
     aps: dict[str, float] = {}
@@ -239,14 +276,14 @@ def main() -> None:
         figures: dict[str, Any] = {"yelp_zip": yelp(limit, tmp)}
         base = FarmParams(seed=0)
         if args.quick:
-            base = replace(base, organic_reviewers=1500, products=300, sellers=60, campaigns=8)
+            base = replace(base, organic_reviewers=3000, products=500, sellers=80, campaigns=15)
             runs = {"camouflage": base}
         else:
             runs = {"camouflage": base, "no_camouflage": replace(base, camouflage=False),
                     "small_rings": replace(base, ring_size=(2, 4)),
                     "fresh_accounts": replace(base, fresh_prob=1.0),
                     "aged_accounts": replace(base, fresh_prob=0.0)}
-        figures["farm"] = {name: farm(p, tmp, name) for name, p in runs.items()}
+        figures["farm"] = {name: farm(p, tmp, name, in_process=args.quick) for name, p in runs.items()}
     y = figures["yelp_zip"]
     main_farm = figures["farm"]["camouflage"]
     figures.update({
