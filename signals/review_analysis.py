@@ -108,6 +108,11 @@ class ReviewAnalysis:
             observed_at=observed_at))
         return out
 
+    def ring_signal(self, tenant: str, reviewer_id: str, observed_at: datetime) -> Signal:
+        """``reviewer.ring_score`` of one reviewer."""
+        i = self.reviewers.index[(tenant, reviewer_id)]
+        return ring_signal(tenant, reviewer_id, self.rings, i, self.reviewers.keys, observed_at)
+
     def entity_signals(self, observed_at: datetime) -> Iterator[Signal]:
         """Every reviewer's, then product's, then seller's signals, in sorted key order."""
         b, rings = self.beliefs, self.rings
@@ -115,13 +120,7 @@ class ReviewAnalysis:
             i = self.reviewers.index[key]
             t, uid = key
             yield from reviewer_behaviour_signals(t, uid, self.fold.reviewers[key], observed_at)
-            top = int(rings.top_partner[i])
-            yield REVIEW_GRAPH.signal(
-                tenant=t, entity_type="reviewer", entity_id=uid, name="reviewer.ring_score",
-                value=round(float(rings.score[i]), 4), score=float(rings.score[i]),
-                evidence={"partners": int(rings.partners[i]), "max_shared_products": int(rings.max_shared[i]),
-                          "top_partner": self.reviewers.keys[top][1] if top >= 0 else None},
-                observed_at=observed_at)
+            yield ring_signal(t, uid, rings, i, self.reviewers.keys, observed_at)
             part = float(self.participation[i])
             yield REVIEW_GRAPH.signal(
                 tenant=t, entity_type="reviewer", entity_id=uid, name="reviewer.burst_participation",
@@ -151,6 +150,34 @@ class ReviewAnalysis:
                 tenant=t, entity_type="seller", entity_id=sid, name="seller.review_spam_share",
                 value=round(hits / n, 4) if n else 0.0, score=hits / (n + 2.0),
                 evidence={"reviews": n, "spam_reviews": hits}, observed_at=observed_at)
+
+
+def ring_signal(tenant: str, reviewer_id: str, rings: Rings, i: int, keys: Sequence[tuple[str, str]],
+                observed_at: datetime) -> Signal:
+    top = int(rings.top_partner[i])
+    return REVIEW_GRAPH.signal(
+        tenant=tenant, entity_type="reviewer", entity_id=reviewer_id, name="reviewer.ring_score",
+        value=round(float(rings.score[i]), 4), score=float(rings.score[i]),
+        evidence={"partners": int(rings.partners[i]), "max_shared_products": int(rings.max_shared[i]),
+                  "top_partner": keys[top][1] if top >= 0 else None},
+        observed_at=observed_at)
+
+
+def neighbourhood_rings(rows: Sequence[ReviewRow], counts: dict[tuple[str, str], int], tenant: str,
+                        reviewer_id: str, settings: GraphSettings, observed_at: datetime) -> Signal:
+    """``reviewer.ring_score`` of one reviewer from every review of the products it reviewed
+    (``rows``) and every reviewer's review count (``counts``): what the full graph gives it, when
+    ``rows`` hold all those products' reviews (the service's per-review update)."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].ts, rows[i].tenant, rows[i].review_id))
+    codes = _Codes()
+    products = _Codes()
+    ru = np.array([codes.code((rows[i].tenant, rows[i].reviewer_id)) for i in order], dtype=np.int64)
+    rp = np.array([products.code((rows[i].tenant, rows[i].product_id)) for i in order], dtype=np.int64)
+    day = np.array([math.floor(rows[i].ts / 86400.0) for i in order], dtype=np.int64)
+    n = np.array([counts.get(k, 1) for k in codes.keys], dtype=np.int64)
+    rings = ring_scores(ru, rp, day, len(codes.keys), settings, review_counts=n)
+    own = codes.index[(tenant, reviewer_id)]
+    return ring_signal(tenant, reviewer_id, rings, own, codes.keys, observed_at)
 
 
 def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),

@@ -78,9 +78,12 @@ class Rings:
 
 
 def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, n_reviewers: int,
-                settings: GraphSettings = DEFAULT_GRAPH) -> Rings:
+                settings: GraphSettings = DEFAULT_GRAPH, review_counts: np.ndarray | None = None) -> Rings:
     """Ring scores of every reviewer from one row per review (rows in a fixed order: the
-    batch job's ``(created_at, review_id)``; ties in day are broken by that order)."""
+    batch job's ``(created_at, review_id)``; ties in day are broken by that order).
+
+    ``review_counts``: each reviewer's review count when the rows are only part of the graph
+    (the service's neighbourhood update); default: counted from the rows."""
     reviewer = np.asarray(reviewer, dtype=np.int64)
     product = np.asarray(product, dtype=np.int64)
     day = np.asarray(day, dtype=np.int64)
@@ -131,7 +134,8 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, n_re
     if not len(pair):
         return Rings(score, partners, max_shared, top)
     a, b = pair // n_reviewers, pair % n_reviewers
-    count = np.bincount(reviewer, minlength=n_reviewers)
+    count = (np.bincount(reviewer, minlength=n_reviewers) if review_counts is None
+             else np.maximum(np.asarray(review_counts, dtype=np.int64), 1))
     strength = np.sqrt(shared / np.minimum(count[a], count[b])) * (1.0 - np.exp(-support))
     strength = np.clip(strength, 0.0, 1.0)
     ends = np.concatenate([a, b])

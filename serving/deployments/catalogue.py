@@ -73,11 +73,12 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     """
     root = shard_dir(config.data_dir, shard, shards)
     store = open_store(config, shard, shards)
+    graph = config.signals.review_graph.graph_settings()
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
-                             deep=deep_queue(config), review_behaviour=[StoredReviewBehaviour()],
-                             review_graph=config.signals.review_graph.graph_settings())
+                             deep=deep_queue(config), review_behaviour=[StoredReviewBehaviour(graph)],
+                             review_graph=graph)
     engine.reconcile()
     engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again

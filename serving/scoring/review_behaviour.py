@@ -13,8 +13,9 @@ What the per-review path does not do, and the periodic recomputation does:
   a deleted review is not taken out of the states;
 - a review older than its entities' latest day is counted, but cannot reopen a closed day's
   burst (its evidence says ``late``);
-- rings and collective scores (``reviewer.ring_score``, ``*.spam_score``, ...) need the whole
-  graph.
+- collective scores (``*.spam_score``) and ``reviewer.burst_participation`` need the whole
+  graph; ``reviewer.ring_score`` is updated for the new review's reviewer only (its
+  co-reviewers' scores wait for the recomputation).
 
 :func:`recompute_reviews` (the engine's ``recompute_reviews``, every ``review_graph.recompute_s``)
 runs :func:`signals.review_analysis.analyse_reviews`, the batch job's analysis, over every
@@ -31,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from serving.store.base import SignalStore
-from signals.review_analysis import ReviewRow, analyse_reviews
+from signals.review_analysis import ReviewRow, analyse_reviews, neighbourhood_rings
 from signals.review_behaviour import (
     AnyState,
     BehaviourFold,
@@ -62,7 +63,16 @@ def _dump(state: AnyState) -> str:
 
 
 class StoredReviewBehaviour:
-    """The ``review_behaviour`` seam over the store's key-value table (see the module doc)."""
+    """The ``review_behaviour`` seam over the store's key-value table (see the module doc).
+
+    Besides the fold, the reviewer's ``reviewer.ring_score`` is updated from its neighbourhood:
+    every stored review of the products it reviewed (the latest ``max_product_reviews`` of a
+    product with more), the co-reviewers' counts from their states.
+    """
+
+    def __init__(self, settings: GraphSettings | None = None, max_product_reviews: int = 2000) -> None:
+        self.settings = settings or GraphSettings()
+        self.max_product_reviews = max_product_reviews
 
     def signals(self, review: Review, store: SignalStore,
                 observed_at: datetime) -> tuple[list[Signal], dict[str, str]]:
@@ -95,7 +105,24 @@ class StoredReviewBehaviour:
                *seller_behaviour_signals(t, review.seller_id, s, observed_at)]
         meta = {keys["reviewer"][1]: _dump(u), keys["product"][1]: _dump(p), keys["seller"][1]: _dump(s),
                 tenant_key: _dump(fold.tenants[t])}
+        out.append(self._ring(review, store, u.n, observed_at))
         return out, meta
+
+    def _ring(self, review: Review, store: SignalStore, own_count: int, observed_at: datetime) -> Signal:
+        t = review.tenant
+        products = {it.group for it in store.items_of_owner(t, "review", review.reviewer_id)
+                    if it.group is not None} | {review.product_id}
+        rows = [ReviewRow.of(review)]
+        for product in sorted(products):
+            items = [ReviewRow.of(Review.model_validate_json(it.record))
+                     for it in store.items_of_group(t, "review", product) if it.item_id != review.review_id]
+            items.sort(key=lambda r: (r.ts, r.review_id))
+            rows += items[-self.max_product_reviews:]
+        counts: dict[tuple[str, str], int] = {(t, review.reviewer_id): own_count}
+        for uid in sorted({r.reviewer_id for r in rows} - {review.reviewer_id}):
+            raw = store.get_meta(state_key(t, "reviewer", uid))
+            counts[(t, uid)] = int(json.loads(raw)["n"]) if raw is not None else 1
+        return neighbourhood_rings(rows, counts, t, review.reviewer_id, self.settings, observed_at)
 
 
 def recompute_reviews(store: SignalStore, tenant: str, settings: GraphSettings,
