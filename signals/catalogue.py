@@ -72,6 +72,8 @@ _SPECS: tuple[SignalSpec, ...] = (
                "1 at the product's first review, falling linearly to 0 seven months later"),
     SignalSpec("review.singleton", ("review",), "bool", "the reviewer's first review when it was written"),
     SignalSpec("review.product_rank", ("review",), "count", "rank among the product's reviews (1 = first)"),
+    SignalSpec("review.days_since_product_first", ("review",), "days",
+               "days between the product's first review and this one"),
     SignalSpec("review.product_burst", ("review",), "float",
                "burst of the product's reviews on the review's day so far (Poisson surprise, -log10 p)"),
     # Collective scores and rings (signals/review_graph.py).

@@ -73,7 +73,8 @@ RATING_PRIOR_MEAN = 3.5
 
 REVIEW_BEHAVIOUR = DerivedSource("review_behaviour", 1, (
     "review.rating_deviation", "review.extremity", "review.early_time_frame", "review.singleton",
-    "review.product_rank", "review.product_burst", "reviewer.account_age_days_at_review"))
+    "review.product_rank", "review.days_since_product_first", "review.product_burst",
+    "reviewer.account_age_days_at_review"))
 REVIEWER_BEHAVIOUR = DerivedSource("reviewer_behaviour", 1, (
     "reviewer.review_count", "reviewer.max_reviews_per_day", "reviewer.positive_share",
     "reviewer.negative_share", "reviewer.mean_rating_deviation", "reviewer.weighted_rating_deviation",
@@ -358,6 +359,7 @@ def review_behaviour_signals_of(tenant: str, review_id: str, f: ReviewBehaviourF
              {"reviewer_review_index": f.reviewer_seq}),
         make("review.product_rank", f.rank, None,
              {"days_since_product_first": _r(f.days_since_product_first)}),
+        make("review.days_since_product_first", _r(f.days_since_product_first), None, {"rank": f.rank}),
         make("review.product_burst", _r(f.product_burst), burst_score(f.product_burst),
              {"product_reviews_that_day": f.product_day_count}),
         make("reviewer.account_age_days_at_review", _r(f.account_age_days),
