@@ -163,3 +163,31 @@ def test_the_batch_jobs_analysis_reads_its_catalogue_like_the_service() -> None:
     direct = analyse_reviews([ReviewRow.of(r) for r in reviews], (), settings)
     assert ([s.to_json_dict() for s in via_job.entity_signals(NOW)]
             == [s.to_json_dict() for s in direct.entity_signals(NOW)])
+
+
+def test_recomputation_is_idempotent(
+        setup: tuple[MarketGuardConfig, FastExtraction, CatalogueEngine]) -> None:
+    """Roll-ups and graph signals are rewritten under the same keys: twice gives the same latest values."""
+    _, ex, engine = setup
+    engine.score_reviews(ex.extract("review", history(3)))
+    engine.recompute_reviews()
+    first = {n: comparable(s) for n, s in latest(engine, "seller", "S9").items()}
+    first_ring = comparable(latest(engine, "reviewer", "X1")["reviewer.ring_score"])
+    engine.recompute_reviews()
+    assert {n: comparable(s) for n, s in latest(engine, "seller", "S9").items()} == first
+    assert comparable(latest(engine, "reviewer", "X1")["reviewer.ring_score"]) == first_ring
+    assert set(first) >= {"seller.review_burst", "seller.review_spam_share"}
+    engine.close()
+
+
+def test_batch_labels_file(tmp_path: Path) -> None:
+    from serving.batch.signals import read_labels
+    from signals.errors import InvalidInput
+
+    good = tmp_path / "labels.jsonl"
+    good.write_text('{"entity_type": "reviewer", "entity_id": "U1", "label": "fraud"}\n\n')
+    assert read_labels(good)[0].entity_id == "U1"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"entity_type": "reviewer", "entity_id": "U1", "label": "fraud"}\n{"label": "maybe"}\n')
+    with pytest.raises(InvalidInput, match="line 2"):
+        read_labels(bad)
