@@ -274,6 +274,7 @@ def main() -> None:
     with TemporaryDirectory(prefix="reviews-bench-") as d:
         tmp = Path(d)
         figures: dict[str, Any] = {"yelp_zip": yelp(limit, tmp)}
+        print(json.dumps({"yelp_zip": figures["yelp_zip"]}), file=sys.stderr, flush=True)  # a long run's progress
         base = FarmParams(seed=0)
         if args.quick:
             base = replace(base, organic_reviewers=3000, products=500, sellers=80, campaigns=15)
@@ -283,7 +284,10 @@ def main() -> None:
                     "small_rings": replace(base, ring_size=(2, 4)),
                     "fresh_accounts": replace(base, fresh_prob=1.0),
                     "aged_accounts": replace(base, fresh_prob=0.0)}
-        figures["farm"] = {name: farm(p, tmp, name, in_process=args.quick) for name, p in runs.items()}
+        figures["farm"] = {}
+        for name, p in runs.items():
+            figures["farm"][name] = farm(p, tmp, name, in_process=args.quick)
+            print(json.dumps({"farm": {name: figures["farm"][name]}}), file=sys.stderr, flush=True)
     y = figures["yelp_zip"]
     main_farm = figures["farm"]["camouflage"]
     figures.update({
