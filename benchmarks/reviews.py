@@ -274,7 +274,8 @@ def main() -> None:
     with TemporaryDirectory(prefix="reviews-bench-") as d:
         tmp = Path(d)
         figures: dict[str, Any] = {"yelp_zip": yelp(limit, tmp)}
-        print(json.dumps({"yelp_zip": figures["yelp_zip"]}), file=sys.stderr, flush=True)  # a long run's progress
+        # a long run's progress, in case it is stopped before the end
+        print(json.dumps({"yelp_zip": figures["yelp_zip"]}), file=sys.stderr, flush=True)
         base = FarmParams(seed=0)
         if args.quick:
             base = replace(base, organic_reviewers=3000, products=500, sellers=80, campaigns=15)
