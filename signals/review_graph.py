@@ -11,19 +11,20 @@ the same product just before it in ``(day, input order)`` order (deterministic; 
 pairs with at most that many partners, so pairs are O(reviews)). A pair of accounts that
 co-reviewed ``c >= 2`` distinct products is a frequent co-review pair (the 2-itemsets of
 frequent-itemset mining, GSRank's candidate groups), with strength
-``sqrt(c / min(n_a, n_b)) * (1 - exp(-(c - 1)))`` (``n``: the accounts' review counts, so
-heavy reviewers who meet many people by chance score low: GSRank's group support and
-group-size ratio). A reviewer's ring score is its strongest pair times
-``1 - exp(-partners / 2)`` (partners: accounts it forms such pairs with: bigger rings
-score higher).
+``sqrt(c / min(n_a, n_b)) * (1 - exp(-support))``: ``n`` the accounts' review counts (heavy
+reviewers meet many people by chance), ``support`` the sum over the shared products of
+``1 / log2(1 + the product's reviews within the window)`` (Adamic-Adar: a meeting on a quiet
+product says more). A reviewer's ring score is its strongest pair times
+``1 - exp(-partners / RING_PARTNER_SCALE)`` (partners: accounts it forms such pairs with:
+bigger rings score higher).
 
 Collective scores (``review.spam_score``, ``reviewer.spam_score``, ``product.spam_score``):
 SpEagle (Rayana and Akoglu, KDD 2015). Node priors are unsupervised: each behavioural
 feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type (in the
 direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
-a pairwise Markov random field with homophilous compatibilities (reviewer-review
-``ring_eps``... see :class:`GraphSettings`) ties each review to its reviewer and its
-product, and loopy belief propagation (vectorised over the edge arrays, in log-odds,
+a pairwise Markov random field with homophilous compatibilities (flip probabilities
+``eps_reviewer`` and ``eps_product`` of :class:`GraphSettings`) ties each review to its
+reviewer and its product, and loopy belief propagation (vectorised over the edge arrays, in log-odds,
 damped) gives each node's belief. Labels, when given, replace the prior of their node
 with ``label_prior`` (SpEagle+).
 """
