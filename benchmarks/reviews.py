@@ -293,6 +293,11 @@ def learned_ap(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main() -> None:
+    from threadpoolctl import threadpool_limits
+
+    # One OpenMP thread for the models: on a shared 2-core box, HistGradientBoosting's threads
+    # spin at barriers against other processes (a 12k-row fit took over 20 minutes).
+    threadpool_limits(1)
     args = parse_args(__doc__.splitlines()[0])
     limit_env = os.environ.get("YELP_ROWS")
     limit = 3000 if args.quick else (int(limit_env) if limit_env else None)
