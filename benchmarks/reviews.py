@@ -146,23 +146,40 @@ def auc(y: np.ndarray, x: np.ndarray) -> float:
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
     """Pooled out-of-fold AUC of boosting and logistic regression, 5 folds grouped by product."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     x = np.where(np.isnan(x), np.nanmedian(x, axis=0), x)
     boosted = np.zeros(len(y))
     linear = np.zeros(len(y))
+    with one_thread():
+        _grouped_folds(x, y, groups, boosted, linear)
+    return {"boosted": round(float(roc_auc_score(y, boosted)), 4),
+            "linear": round(float(roc_auc_score(y, linear)), 4)}
+
+
+def one_thread() -> Any:
+    """One OpenMP / BLAS thread for the models (libraries already loaded): on a shared 2-core
+    box HistGradientBoosting's threads spin at barriers against other processes (a 12k-row
+    fit took over 20 minutes)."""
+    import sklearn.ensemble  # noqa: F401  # loads the OpenMP runtime the limit must see
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
+def _grouped_folds(x: np.ndarray, y: np.ndarray, groups: np.ndarray, boosted: np.ndarray,
+                   linear: np.ndarray) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     for train, test in GroupKFold(n_splits=5).split(x, y, groups):
         gb = HistGradientBoostingClassifier(random_state=0).fit(x[train], y[train])
         boosted[test] = gb.predict_proba(x[test])[:, 1]
         lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
         linear[test] = lr.predict_proba(x[test])[:, 1]
-    return {"boosted": round(float(roc_auc_score(y, boosted)), 4),
-            "linear": round(float(roc_auc_score(y, linear)), 4)}
 
 
 def baselines(raw: list[list[str]], y: np.ndarray) -> dict[str, Any]:
@@ -287,17 +304,13 @@ def learned_ap(x: np.ndarray, y: np.ndarray) -> float:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    p = cross_val_predict(HistGradientBoostingClassifier(random_state=0), x, y, cv=folds,
-                          method="predict_proba")[:, 1]
+    with one_thread():
+        p = cross_val_predict(HistGradientBoostingClassifier(random_state=0), x, y, cv=folds,
+                              method="predict_proba")[:, 1]
     return round(_ap(y, p), 4)
 
 
 def main() -> None:
-    from threadpoolctl import threadpool_limits
-
-    # One OpenMP thread for the models: on a shared 2-core box, HistGradientBoosting's threads
-    # spin at barriers against other processes (a 12k-row fit took over 20 minutes).
-    threadpool_limits(1)
     args = parse_args(__doc__.splitlines()[0])
     limit_env = os.environ.get("YELP_ROWS")
     limit = 3000 if args.quick else (int(limit_env) if limit_env else None)
