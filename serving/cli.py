@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--publish", action="store_true",
                        help="then send the run's signals to the configured sinks (resumable; a finished "
                             "run's signals are never sent twice)")
+    batch.add_argument("--labels", type=Path, default=None, metavar="FILE.jsonl",
+                       help="reviews: labels ({entity_type, entity_id, label}) that seed the collective "
+                            "scores (SpEagle+)")
     batch.set_defaults(handler=_cmd_batch)
 
     serve_cmd = sub.add_parser(
@@ -303,7 +306,7 @@ def _cmd_batch(args: argparse.Namespace, config: MarketGuardConfig,
 
     logging.getLogger("serving").setLevel(logging.INFO)
     summary = run_batch(BatchRequest(args.kind, args.input, args.out, args.address, args.restart,
-                                     args.progress), config)
+                                     args.progress, args.labels), config)
     result = {"out": str(args.out), "rows": summary["rows"], "accepted": summary["accepted"],
               "rejected": summary["rejected"], "pairs": summary["pairs"], "clusters": summary["clusters"],
               "signals": summary["signals"]}

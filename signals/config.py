@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from signals.review_graph import GraphSettings
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -211,9 +213,31 @@ class ImagesConfig(_Config):
     nsfw: NsfwConfig = Field(default_factory=NsfwConfig)
 
 
+class ReviewGraphConfig(_Config):
+    """Collusion rings and collective review scores (``signals/review_graph.py``)."""
+
+    ring_window_days: int = Field(default=3, ge=0, le=365,
+                                  description="two reviews of a product this many days apart co-review it")
+    ring_max_neighbours: int = Field(default=10, ge=1, le=1000,
+                                     description="earlier reviews of its product a review is paired with "
+                                                 "(bounds memory on products with huge review counts)")
+    eps_reviewer: float = Field(default=0.1, gt=0.0, lt=0.5)
+    eps_product: float = Field(default=0.3, gt=0.0, lt=0.5)
+    iterations: int = Field(default=10, ge=1, le=100)
+    recompute_s: float = Field(default=3600.0, ge=0.0,
+                               description="the service recomputes rings and collective scores over its "
+                                           "whole store this often (0: never)")
+
+    def graph_settings(self) -> GraphSettings:
+        return GraphSettings(ring_window_days=self.ring_window_days,
+                             ring_max_neighbours=self.ring_max_neighbours, eps_reviewer=self.eps_reviewer,
+                             eps_product=self.eps_product, iterations=self.iterations)
+
+
 class SignalsConfig(_Config):
     """All extractors' settings."""
 
     text_embedding: TextEmbeddingConfig = Field(default_factory=TextEmbeddingConfig)
     content_rules: ContentRulesConfig = Field(default_factory=ContentRulesConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    review_graph: ReviewGraphConfig = Field(default_factory=ReviewGraphConfig)

@@ -131,11 +131,25 @@ class _Tasks:
 
 
 def run_pairs_and_outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, progress: Progress,
-                          observed_at: datetime, timings: dict[str, float]) -> dict[str, Any]:
+                          observed_at: datetime, timings: dict[str, float],
+                          labels: Path | None = None) -> dict[str, Any]:
     """Stages 3 to 5 on the connected Ray cluster; returns the summary's parts and sets
-    ``timings["pairs_s"]`` (indexes and all pairs, as the driver path counts it)."""
+    ``timings["pairs_s"]`` (indexes and all pairs, as the driver path counts it). ``labels``
+    (reviews): the run's seed labels, copied into the work folder that every node reads."""
     t0 = time.monotonic()
     tasks = _Tasks(config, out, cat.kind)
+    analysis_ref = None
+    if cat.kind == "review":  # the whole-graph analysis beside the pairs; the ranges wait for it
+        if labels is not None:
+            copy = _work(out, "labels.jsonl")
+            copy.parent.mkdir(parents=True, exist_ok=True)
+
+            def write(f: Any) -> None:
+                with labels.open("rb") as src:
+                    shutil.copyfileobj(src, f)
+
+            write_file_atomic(copy, write)
+        analysis_ref = tasks.submit(_review_analysis_task, labels is not None, observed_at.isoformat())
     keys: list[tuple[str, Modality]] = tasks.ray.get(tasks.submit(_plan_task))
     icfg = config.indexes
     scored = (cat.kind == "listing" and any(m == "listing_text" for _, m in keys)
@@ -194,8 +208,8 @@ def run_pairs_and_outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, 
 
     # signals: a task per row range, then the merge
     stage = progress.stage("signals", parts, "ranges")
-    refs = [tasks.submit(_signals_task, keys, r, span, observed_at.isoformat(), banks_ref, refs_ref)
-            for r in range(parts)]
+    refs = [tasks.submit(_signals_task, keys, r, span, observed_at.isoformat(), banks_ref, refs_ref,
+                         analysis_ref) for r in range(parts)]
     tasks.wait_all(refs, lambda _: stage.update(1))
     stage.close()
     merged = tasks.ray.get(tasks.submit(_merge_signals_task, parts, observed_at.isoformat()))
@@ -543,14 +557,52 @@ def _category_refs_task(out: str, kind: Kind, config_json: str) -> Any:
     return price_references(cat) if cat.kind == "listing" else {}
 
 
+def _analysis_path(out: Path, name: str) -> Path:
+    return _work(out, "review_analysis", name)
+
+
+def _review_analysis_task(out: str, kind: Kind, config_json: str, labelled: bool, observed_at: str) -> None:
+    """The reviews' behaviour, rings and collective scores over the whole run (one task: the
+    graph is global), written for the range tasks: ``rows.arrow`` (per row, its review signals
+    as a JSON array, in row order) and ``entities.jsonl`` (the reviewer, product and seller
+    signals, written last: the task's completion mark)."""
+    from serving.batch.signals import read_labels, review_analysis, review_extras
+
+    root, cat, config = _open(out, kind, config_json)
+    entities = _analysis_path(root, "entities.jsonl")
+    if entities.exists():
+        return
+    when = datetime.fromisoformat(observed_at)
+    labels = read_labels(_work(root, "labels.jsonl")) if labelled else []
+    analysis = review_analysis(cat, labels, config.signals.review_graph.graph_settings())
+    extras = review_extras(analysis, when)
+    schema = pa.schema([("signals", pa.large_string())])
+    entities.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_rows(f: Any) -> None:
+        with pa.ipc.new_file(f, schema) as writer:
+            for start in range(0, cat.n, 4096):
+                rows = [json.dumps(extras(row), ensure_ascii=False)
+                        for row in range(start, min(cat.n, start + 4096))]
+                writer.write_batch(pa.record_batch([pa.array(rows, pa.large_string())], schema=schema))
+
+    def write_entities(f: Any) -> None:
+        for s in analysis.entity_signals(when):
+            f.write((json.dumps(s.to_json_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+
+    write_file_atomic(_analysis_path(root, "rows.arrow"), write_rows)
+    write_file_atomic(entities, write_entities)
+
+
 def _signals_path(out: Path, r: int, suffix: str) -> Path:
     return _work(out, "signals", f"{r:05d}.{suffix}")
 
 
 def _signals_task(out: str, kind: Kind, config_json: str, keys: list[tuple[str, Modality]], r: int,
-                  span: int, observed_at: str, banks: Any, category_refs: Any) -> None:
+                  span: int, observed_at: str, banks: Any, category_refs: Any, analysed: None) -> None:
     """The signals of range ``r``'s records (``work/signals/<r>.jsonl``) and the roll-ups'
-    partial stats of its sellers or products (``<r>.json``, written last)."""
+    partial stats of its sellers or products (``<r>.json``, written last). ``analysed``: the
+    review analysis task's result (reviews; Ray starts this task once it is done)."""
     from indexes.banks import ReviewBankJudge
     from serving.batch.signals import (
         Adjacency,
@@ -573,12 +625,13 @@ def _signals_task(out: str, kind: Kind, config_json: str, keys: list[tuple[str, 
     products: dict[tuple[str, str], ProductStats] = {}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     when = datetime.fromisoformat(observed_at)
+    extras = _analysed_rows(root, start, end) if cat.kind == "review" else None
     review_banks = open_review_judge(cat, config.data_dir, config.indexes)
     try:
         judge = ReviewBankJudge([(review_banks, None)]) if review_banks is not None else None
         write_jsonl(_signals_path(root, r, "jsonl"),
                     iter_record_signals(cat, start, end, root_arr, size, members, adj, banks, category_refs,
-                                        when, tally, products, judge), tally)
+                                        when, tally, products, judge, extras), tally)
     finally:
         if review_banks is not None:
             review_banks.close()
@@ -588,6 +641,19 @@ def _signals_task(out: str, kind: Kind, config_json: str, keys: list[tuple[str, 
                      s.bank_matches, tally.cross_seller[k]] for k, s in tally.by_owner.items()],
         "products": [[p.tenant, p.product_id, p.reviews, p.templated_reviews] for p in products.values()],
     })
+
+
+def _analysed_rows(root: Path, start: int, end: int) -> Callable[[int], list[dict[str, Any]]]:
+    """Rows ``start..end-1`` of the review analysis' ``rows.arrow``, as ``review_extras``."""
+    with pa.memory_map(str(_analysis_path(root, "rows.arrow"))) as source:
+        column = pa.ipc.open_file(source).read_all().column("signals").slice(start, end - start)
+        texts = column.to_pylist()
+
+    def extras(row: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = json.loads(texts[row - start])
+        return found
+
+    return extras
 
 
 def _merge_signals_task(out: str, kind: Kind, config_json: str, parts: int,
@@ -630,6 +696,12 @@ def _merge_signals_task(out: str, kind: Kind, config_json: str, parts: int,
         for row in iter_rollups(tally, products, datetime.fromisoformat(observed_at)):
             f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
             rollups += 1
+        entities = _analysis_path(root, "entities.jsonl")
+        if entities.exists():  # reviews: the reviewer, product and seller signals last
+            with open(entities, "rb") as part_file:
+                for line in part_file:
+                    f.write(line)
+                    rollups += 1
 
     write_file_atomic(root / "signals.jsonl", write)
     return {"signals": records + rollups, "top_sellers": top_sellers(tally, config.batch.top),

@@ -75,6 +75,8 @@ from serving.batch.signals import (
     iter_signals,
     make_clusters,
     open_review_judge,
+    read_labels,
+    review_analysis,
     write_jsonl,
 )
 from serving.config import MarketGuardConfig
@@ -96,6 +98,8 @@ class BatchRequest:
     address: str | None = None
     restart: bool = False
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
+    labels: Path | None = None
+    """Reviews only: a JSONL of :class:`~signals.schemas.Label` records seeding the collective scores."""
 
 
 def run_batch(request: BatchRequest, config: MarketGuardConfig) -> dict[str, Any]:
@@ -155,7 +159,7 @@ def _run(request: BatchRequest, config: MarketGuardConfig, kind: Kind, units: li
 
         t0 = time.monotonic()
         with _ray(request.address):
-            got = run_pairs_and_outputs(cat, config, out, progress, observed_at, timings)
+            got = run_pairs_and_outputs(cat, config, out, progress, observed_at, timings, request.labels)
         summary = summary_of(cat, got["pairs"], got["clusters"], got["signals"], got["top_sellers"],
                              got["bank_rows"])
         timings["outputs_s"] = time.monotonic() - t0 - timings["pairs_s"]
@@ -166,7 +170,7 @@ def _run(request: BatchRequest, config: MarketGuardConfig, kind: Kind, units: li
         release_free_memory()
 
         t0 = time.monotonic()
-        summary = _outputs(cat, config, out, pairs, observed_at)
+        summary = _outputs(cat, config, out, pairs, observed_at, request.labels)
         timings["outputs_s"] = time.monotonic() - t0
     summary.update(kind=request.kind, input=str(request.input), observed_at=_stamp(observed_at),
                    units=len(units), timings={k: round(v, 2) for k, v in timings.items()})
@@ -184,7 +188,8 @@ def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path
     shaping = config.model_dump(mode="json", include={"signals": True, "indexes": True, "batch": True},
                                 exclude={"batch": {"actors", "actor_cpus", "top", "pairs_on", "task_cpus"}})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
-    return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units,
+    labels = {"labels": fingerprint([request.labels])} if request.labels is not None else {}
+    return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units, **labels,
             "settings_sha256": digest, "marketguard": _version(),
             "pair_scorer_sha256": _scorer_digest(config.indexes.near_duplicates.pair_scorer)}
 
@@ -362,7 +367,7 @@ def _search(cat: Catalogue, views: _Views, config: MarketGuardConfig, out: Path,
 
 # ------------------------------------------------------------------------ outputs
 def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[Modality, Pairs],
-             observed_at: datetime) -> dict[str, Any]:
+             observed_at: datetime, labels: Path | None = None) -> dict[str, Any]:
     write_pairs_parquet(out / "pairs.parquet", cat.meta.select(["entity_id", "tenant"]), pairs)
     release_free_memory()
     ids = cat.meta.column("entity_id")
@@ -379,16 +384,22 @@ def _outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, pairs: dict[M
     tally = SignalTally()
     hits = bank_hits(cat, config.data_dir, config.indexes)
     adjacency = Adjacency(cat.n, pairs)
+    analysis = None
+    if cat.kind == "review":
+        t0 = time.monotonic()
+        analysis = review_analysis(cat, read_labels(labels) if labels is not None else [],
+                                   config.signals.review_graph.graph_settings())
+        log.info("review behaviour, rings and collective scores: %.1fs", time.monotonic() - t0)
     release_free_memory()
     review_banks = open_review_judge(cat, config.data_dir, config.indexes)
     try:
         judge = ReviewBankJudge([(review_banks, None)]) if review_banks is not None else None
         write_jsonl(out / "signals.jsonl",
-                    iter_signals(cat, clusters, adjacency, hits, observed_at, tally, judge), tally)
+                    iter_signals(cat, clusters, adjacency, hits, observed_at, tally, judge, analysis), tally)
     finally:
         if review_banks is not None:
             review_banks.close()
-    del adjacency
+    del adjacency, analysis
     release_free_memory()
     return _summary(cat, pairs, clusters, tally, len(hits), config.batch.top)
 

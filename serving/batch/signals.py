@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,10 +37,13 @@ from signals.entity_signals import (
     listing_signals,
     review_signals,
 )
+from signals.errors import InvalidInput
 from signals.price_anomaly import PriceReference
+from signals.review_analysis import ReviewAnalysis, ReviewRow, analyse_reviews
+from signals.review_graph import GraphSettings
 from signals.review_text import ReviewTextVerdict
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
-from signals.schemas import Listing, Review, Signal
+from signals.schemas import Label, Listing, Review, Signal, parse_record
 
 _CHUNK = 4096
 
@@ -237,18 +240,61 @@ def _chunk_verdicts(cat: Catalogue, judge: ReviewBankJudge | None, start: int,
     return {start + int(i): v for i, v in zip(has, found, strict=True)}
 
 
+def review_analysis(cat: Catalogue, labels: Sequence[Label], settings: GraphSettings) -> ReviewAnalysis:
+    """The behavioural fold, rings and collective scores over every review of the run."""
+    rows: list[ReviewRow] = []
+    for (record,) in cat.iter_rows(("record",)):
+        d = json.loads(record)
+        rows.append(ReviewRow(
+            d.get("tenant", "default"), d["review_id"], d["reviewer_id"], d["product_id"], d["seller_id"],
+            int(d["rating"]), _ts(d["created_at"]),
+            _ts(d["reviewer_created_at"]) if d.get("reviewer_created_at") else None))
+    return analyse_reviews(rows, labels, settings)
+
+
+def _ts(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def read_labels(path: Path) -> list[Label]:
+    """Labels from a JSONL file (``--labels``), each validated; a bad line names its number."""
+    out: list[Label] = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(parse_record(Label, json.loads(line)))
+            except (InvalidInput, json.JSONDecodeError) as exc:
+                raise InvalidInput("--labels", f"{path} line {n}: {exc}") from None
+    return out
+
+
 def iter_signals(cat: Catalogue, clusters: Clusters, adj: Adjacency, banks: dict[int, list[BankHit]],
                  observed_at: datetime, tally: SignalTally,
-                 judge: ReviewBankJudge | None = None) -> Iterator[dict[str, Any]]:
+                 judge: ReviewBankJudge | None = None,
+                 reviews: ReviewAnalysis | None = None) -> Iterator[dict[str, Any]]:
     """Every signal of the run as wire dicts: per record in input order, then the roll-ups.
-    ``judge``: the review banks' verdicts (reviews only; None without review banks)."""
+    ``judge``: the review banks' verdicts (reviews only; None without review banks);
+    ``reviews``: the run's review analysis (each review's behavioural and collective signals
+    after its derived ones; its reviewer, product and seller signals after the roll-ups)."""
     listing = cat.kind == "listing"
     products: dict[tuple[str, str], ProductStats] = {}
     members = clusters.member_rows() if listing else np.zeros(0, dtype=np.int64)
+    extras = None if reviews is None else review_extras(reviews, observed_at)
     yield from iter_record_signals(cat, 0, cat.n, clusters.root, clusters.size, members, adj, banks,
                                    price_references(cat) if listing else {}, observed_at, tally, products,
-                                   judge)
+                                   judge, extras)
     yield from iter_rollups(tally, products, observed_at)
+    if reviews is not None:
+        for s in reviews.entity_signals(observed_at):
+            yield s.to_json_dict()
+
+
+def review_extras(reviews: ReviewAnalysis, observed_at: datetime) -> Callable[[int], list[dict[str, Any]]]:
+    """A review row's behavioural and collective signals as wire dicts (``review_extras`` of
+    :func:`iter_record_signals`)."""
+    return lambda row: [s.to_json_dict() for s in reviews.review_signals(row, observed_at)]
 
 
 def iter_record_signals(cat: Catalogue, start: int, end: int, root: np.ndarray, size: np.ndarray,
@@ -256,11 +302,15 @@ def iter_record_signals(cat: Catalogue, start: int, end: int, root: np.ndarray, 
                         category_refs: dict[tuple[str, str | None, str], PriceReference],
                         observed_at: datetime, tally: SignalTally,
                         products: dict[tuple[str, str], ProductStats],
-                        judge: ReviewBankJudge | None = None) -> Iterator[dict[str, Any]]:
+                        judge: ReviewBankJudge | None = None,
+                        review_extras: Callable[[int], list[dict[str, Any]]] | None = None,
+                        ) -> Iterator[dict[str, Any]]:
     """The signals of records ``start..end-1``, in input order, folding each into ``tally`` and
     ``products`` (the roll-ups' partial stats). ``root``, ``size``: every row's cluster;
     ``members``: :meth:`Clusters.member_rows`; ``category_refs``: :func:`price_references`;
-    ``judge``: the review banks' verdicts (reviews only; None without review banks)."""
+    ``judge``: the review banks' verdicts (reviews only; None without review banks);
+    ``review_extras``: a review row's behavioural and collective signals (wire dicts), written
+    after its derived ones (:func:`review_extras`)."""
     listing = cat.kind == "listing"
     ids, owners = cat.meta.column("entity_id"), cat.meta.column("owner")
     prices, currencies = cat.meta.column("price"), cat.meta.column("currency")
@@ -312,6 +362,8 @@ def iter_record_signals(cat: Catalogue, start: int, end: int, root: np.ndarray, 
                 pstats.add_review(near_duplicates=routcome.near_duplicates)
             for s in derived:
                 yield s.to_json_dict()
+            if review_extras is not None and not listing:
+                yield from review_extras(row)
 
 
 def iter_rollups(tally: SignalTally, products: dict[tuple[str, str], ProductStats],

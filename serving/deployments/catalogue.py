@@ -41,6 +41,7 @@ from serving.scoring.engine import (
 )
 from serving.scoring.index_shards import HandleShardClient, IndexShardCore, index_shard_dir
 from serving.scoring.indexes import ShardClient
+from serving.scoring.review_behaviour import StoredReviewBehaviour
 from serving.sinks.publisher import Publisher, build_sinks, sink_names
 from serving.store.base import DeepJob
 from serving.store.sql import SqlSignalStore
@@ -89,11 +90,13 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
     """
     root = shard_dir(config.data_dir, shard, shards)
     store = open_store(config, shard, shards)
+    graph = config.signals.review_graph.graph_settings()
     engine = CatalogueEngine(store, root / "indexes", root / "banks",
                              config.indexes, models, dims, global_banks=config.service.global_banks,
                              auto_bank=config.labels.banks(),
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
-                             deep=deep_queue(config), shadow=shadow_near_duplicates(config))
+                             deep=deep_queue(config), shadow=shadow_near_duplicates(config),
+                             review_behaviour=[StoredReviewBehaviour(graph)], review_graph=graph)
     engine.reconcile()
     engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again
@@ -170,11 +173,17 @@ class Catalogue:
 
     async def _maintain(self) -> None:
         interval = self.config.service.catalogue.compact_interval_s
+        recompute_s = self.config.signals.review_graph.recompute_s
+        last_recompute = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._write("repair")
                 await self._write("compact")
+                if recompute_s > 0 and time.monotonic() - last_recompute >= recompute_s:
+                    last_recompute = time.monotonic()
+                    n = await self._write("recompute_reviews")
+                    log.info("review graph recomputed: %d signals", n)
                 days = self.config.service.retention_days
                 if days is not None:
                     before = datetime.now(UTC) - timedelta(days=days)

@@ -23,7 +23,9 @@ For a listing, in order:
 
 Reviews follow the same steps with the review index, ``review.near_duplicate_count``
 (other reviewers only), ``review.bank_similarity`` and the product roll-up;
-``review_behaviour`` is the seam where the behavioural review signals plug in.
+``review_behaviour`` is the seam where the behavioural review signals plug in (with their state
+committed in the review's transaction); rings and collective scores are recomputed in full by
+:meth:`CatalogueEngine.recompute_reviews` on a timer (:mod:`serving.scoring.review_behaviour`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from serving.scoring.indexes import (
     held_ids,
     missing_ids,
 )
+from serving.scoring.review_behaviour import recompute_reviews
 from serving.store.base import DeepJob, Edge, ItemKind, SignalStore, StoredItem, WriteBatch
 from signals.derived import LISTING_NEAR_DUPLICATE, BankHit, Match
 from signals.entity_signals import (
@@ -72,6 +75,7 @@ from signals.errors import InvalidInput
 from signals.extractor import ItemError
 from signals.near_duplicate import listing_near_duplicate_signals
 from signals.price_anomaly import PriceReference
+from signals.review_graph import GraphSettings
 from signals.review_text import ReviewTextVerdict
 from signals.rollups import ProductStats, SellerStats, product_rollup_signals, seller_rollup_signals
 from signals.schemas import EntityType, Label, Listing, Review, Signal
@@ -116,10 +120,12 @@ class Scored:
 
 
 class ReviewBehaviour(Protocol):
-    """The seam for behavioural review signals (velocity, bursts, rings): called with each
-    review being written and the store, returns extra signals for any entity."""
+    """The seam for behavioural review signals (velocity, bursts): called with each review being
+    written and the store (before the review's commit), returns extra signals for any entity and
+    key-value state to commit with the review (:mod:`serving.scoring.review_behaviour`)."""
 
-    def signals(self, review: Review, store: SignalStore, observed_at: datetime) -> list[Signal]: ...
+    def signals(self, review: Review, store: SignalStore,
+                observed_at: datetime) -> tuple[list[Signal], dict[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,7 @@ class CatalogueEngine:
                  review_behaviour: Sequence[ReviewBehaviour] = (), auto_bank: tuple[str, str] | None = None,
                  index_shards: Sequence[ShardClient] = (), split_tenants: Sequence[str] = ("*",),
                  deep: DeepQueue | None = None, shadow: ShadowNearDuplicates | None = None,
+                 review_graph: GraphSettings | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.config = config
@@ -235,6 +242,7 @@ class CatalogueEngine:
         self._indexed: list[tuple[str, ItemKind, str]] = []  # marks to clear with the next commit
         self.review_behaviour = list(review_behaviour)
         self.review_rule = ReviewTemplateRule.from_config(config)  # review text near-duplicates
+        self.review_graph = review_graph or GraphSettings()
         self.clock = clock
         self.deep = deep
         self.deep_skipped = 0  # jobs not queued because the queue was full (a metric)
@@ -732,10 +740,13 @@ class CatalogueEngine:
                                                old.group if old is not None else None)
         if rid in facts:
             stored.facts.update(facts.pop(rid))
+        state: dict[str, str] = {}
         for behaviour in self.review_behaviour:
-            signals += behaviour.signals(review, self.store, now)
+            extra, written = behaviour.signals(review, self.store, now)
+            signals += extra
+            state.update(written)
         batch = WriteBatch(t, "review", upsert=[stored], edges={rid: best}, facts=facts,
-                           signals=list(item.signals) + signals)
+                           signals=list(item.signals) + signals, meta=state)
         self._commit_then_index(batch, stored, old)
         own = [s.to_json_dict() for s in batch.signals
                if s.entity_type == "review" and s.entity_id == rid and not s.shadow]
@@ -886,6 +897,24 @@ class CatalogueEngine:
             if old in store.names():
                 store.remove_items(old, [it.id for it in items])
             self.bank_add(label.tenant, f"{add}-{suffix}", modality, "fraud" if fraud else "benign", items)
+
+    def recompute_reviews(self, chunk: int = 5000) -> int:
+        """Rings, collective scores and behavioural states of every tenant's reviews recomputed in
+        full from the store (a timer, every ``review_graph.recompute_s``); returns the signals
+        written. Committed ``chunk`` signals a transaction, the states with the last one."""
+        written = 0
+        for tenant in self.store.tenants():
+            signals, state = recompute_reviews(self.store, tenant, self.review_graph, self.clock())
+            pending: list[Signal] = []
+            for s in signals:
+                pending.append(s)
+                if len(pending) >= chunk:
+                    self.store.write(WriteBatch(tenant, "review", signals=pending))
+                    written += len(pending)
+                    pending = []
+            self.store.write(WriteBatch(tenant, "review", signals=pending, meta=state))
+            written += len(pending)
+        return written
 
     # --------------------------------------------------------- start-up repair
     def repair(self) -> dict[str, int]:

@@ -218,6 +218,8 @@ class SqlSignalStore:
                 db.execute("DELETE FROM meta WHERE key=?", (_pending_key(dt, dk, did),))
             for item_id in batch.index_pending:
                 db.execute(UPSERT_META, (_pending_key(t, k, item_id), now))
+            for key, value in sorted(batch.meta.items()):
+                db.execute(UPSERT_META, (key, value))
             for item_id, edges in batch.edges.items():
                 self._drop_edges(t, k, item_id)
                 rows = {
@@ -687,6 +689,17 @@ class SqlSignalStore:
             (tenant, entity_type, entity_id),
         )
         return [{"id": r[0], **json.loads(r[1]), "received_at": r[2]} for r in rows]
+
+    def tenant_labels(self, tenant: str, entity_types: Sequence[EntityType]) -> list[Label]:
+        """Every label of ``tenant`` on entities of ``entity_types``, oldest first."""
+        if not entity_types:
+            return []
+        marks = ", ".join("?" * len(entity_types))
+        rows = self._rows(
+            f"SELECT record FROM labels WHERE tenant=? AND entity_type IN ({marks}) ORDER BY id",
+            (tenant, *entity_types),
+        )
+        return [Label.model_validate_json(r[0]) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Live items per (tenant, kind)."""

@@ -360,6 +360,17 @@ def test_reviews(tmp_path: Path, data_dir: Path, ray_session: str) -> None:
     assert by[("R9", "review.near_duplicate_count")]["value"] == 0
     assert by[("P1", "product.templated_review_share")]["value"] == pytest.approx(0.8)
     assert Review.model_validate(rows[0])
+    # behaviour, rings and collective scores (docs/reviews.md): a burst of four five-star
+    # first reviews, then a two-star one the next day
+    assert by[("R9", "review.rating_deviation")]["value"] == 3
+    assert by[("R3", "review.product_burst")]["evidence"]["product_reviews_that_day"] == 4
+    assert by[("U9", "reviewer.review_count")]["value"] == 1
+    assert by[("P1", "product.review_count")]["value"] == 5
+    assert by[("P1", "product.review_burst")]["value"] > 1
+    assert by[("S1", "seller.review_burst")]["value"] > 0
+    for rid in ("R0", "R9"):
+        assert 0 <= by[(rid, "review.spam_score")]["score"] <= 1
+    assert ("U0", "reviewer.ring_score") in by and ("P1", "product.spam_score") in by
 
 
 # --------------------------------------------------------------------------- resumability

@@ -105,9 +105,9 @@ def test_review_behaviour_seam_adds_signals(setup: tuple[MarketGuardConfig, Fast
     seen = []
 
     class Velocity:
-        def signals(self, review: Review, store: object, observed_at: datetime) -> list:
+        def signals(self, review: Review, store: object, observed_at: datetime) -> tuple[list, dict]:
             seen.append(review.review_id)
-            return []
+            return [], {}
 
     engine.review_behaviour.append(Velocity())
     r = Review(review_id="R1", product_id="P", seller_id="S", reviewer_id="U", rating=5, text="Great!",

@@ -1,0 +1,281 @@
+"""A whole set of reviews analysed at once: the behavioural fold, rings and collective scores.
+
+The batch job calls :func:`analyse_reviews` over every review of its run; the service calls
+it over every review in its store at each periodic recomputation (``reviews.recompute_s``).
+Same reviews, same labels, same settings: same signals, whichever path (tested).
+
+Reviews are folded in ``(created_at, tenant, review_id)`` order, whatever order they came in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from signals.review_behaviour import (
+    BehaviourFold,
+    ReviewBehaviourFacts,
+    burst_score,
+    entropy,
+    poisson_surprises,
+    product_behaviour_signals,
+    review_behaviour_signals_of,
+    reviewer_behaviour_signals,
+    seller_behaviour_signals,
+)
+from signals.review_graph import (
+    DEFAULT_GRAPH,
+    REVIEW_GRAPH,
+    Beliefs,
+    GraphSettings,
+    Rings,
+    collective_scores,
+    combine_priors,
+    ring_scores,
+)
+from signals.schemas import Label, Review, Signal
+
+SPAM_SHARE_AT = 0.5
+"""A review counts toward ``seller.review_spam_share`` when its spam score is at least this."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    """The fields of a review the analysis reads."""
+
+    tenant: str
+    review_id: str
+    reviewer_id: str
+    product_id: str
+    seller_id: str
+    rating: int
+    ts: float
+    """``created_at``, seconds since the epoch."""
+    created_ts: float | None = None
+    """``reviewer_created_at``, seconds since the epoch."""
+
+    @classmethod
+    def of(cls, review: Review) -> ReviewRow:
+        created = review.reviewer_created_at
+        return cls(review.tenant, review.review_id, review.reviewer_id, review.product_id, review.seller_id,
+                   review.rating, review.created_at.timestamp(),
+                   None if created is None else created.timestamp())
+
+
+class _Codes:
+    def __init__(self) -> None:
+        self.index: dict[tuple[str, str], int] = {}
+        self.keys: list[tuple[str, str]] = []
+
+    def code(self, key: tuple[str, str]) -> int:
+        i = self.index.get(key)
+        if i is None:
+            i = self.index[key] = len(self.keys)
+            self.keys.append(key)
+        return i
+
+
+@dataclass
+class ReviewAnalysis:
+    """Everything :func:`analyse_reviews` found; signals are built from it on demand."""
+
+    rows: Sequence[ReviewRow]
+    facts: list[ReviewBehaviourFacts]   # per input row
+    fold: BehaviourFold
+    reviewers: _Codes
+    products: _Codes
+    sellers: _Codes
+    review_reviewer: np.ndarray
+    review_product: np.ndarray
+    review_seller: np.ndarray
+    rings: Rings
+    participation: np.ndarray
+    """Per reviewer: the worst burst (Poisson surprise) of a product-day it reviewed in."""
+    beliefs: Beliefs
+
+    def review_signals(self, row: int, observed_at: datetime) -> list[Signal]:
+        """Row ``row``'s behavioural signals, then ``review.spam_score``."""
+        r = self.rows[row]
+        out = review_behaviour_signals_of(r.tenant, r.review_id, self.facts[row], observed_at)
+        p = float(self.beliefs.review[row])
+        out.append(REVIEW_GRAPH.signal(
+            tenant=r.tenant, entity_type="review", entity_id=r.review_id, name="review.spam_score",
+            value=round(p, 4), score=p, evidence={"prior": round(float(self.beliefs.review_prior[row]), 4)},
+            observed_at=observed_at))
+        return out
+
+    def ring_signal(self, tenant: str, reviewer_id: str, observed_at: datetime) -> Signal:
+        """``reviewer.ring_score`` of one reviewer."""
+        i = self.reviewers.index[(tenant, reviewer_id)]
+        return ring_signal(tenant, reviewer_id, self.rings, i, self.reviewers.keys, observed_at)
+
+    def entity_signals(self, observed_at: datetime) -> Iterator[Signal]:
+        """Every reviewer's, then product's, then seller's signals, in sorted key order."""
+        b, rings = self.beliefs, self.rings
+        for key in sorted(self.reviewers.index):
+            i = self.reviewers.index[key]
+            t, uid = key
+            yield from reviewer_behaviour_signals(t, uid, self.fold.reviewers[key], observed_at)
+            yield ring_signal(t, uid, rings, i, self.reviewers.keys, observed_at)
+            part = float(self.participation[i])
+            yield REVIEW_GRAPH.signal(
+                tenant=t, entity_type="reviewer", entity_id=uid, name="reviewer.burst_participation",
+                value=round(part, 4), score=burst_score(part), evidence={}, observed_at=observed_at)
+            yield REVIEW_GRAPH.signal(
+                tenant=t, entity_type="reviewer", entity_id=uid, name="reviewer.spam_score",
+                value=round(float(b.reviewer[i]), 4), score=float(b.reviewer[i]),
+                evidence={"prior": round(float(b.reviewer_prior[i]), 4)}, observed_at=observed_at)
+        for key in sorted(self.products.index):
+            i = self.products.index[key]
+            t, pid = key
+            yield from product_behaviour_signals(t, pid, self.fold.products[key], observed_at)
+            yield REVIEW_GRAPH.signal(
+                tenant=t, entity_type="product", entity_id=pid, name="product.spam_score",
+                value=round(float(b.product[i]), 4), score=float(b.product[i]),
+                evidence={"prior": round(float(b.product_prior[i]), 4)}, observed_at=observed_at)
+        n_sellers = len(self.sellers.keys)
+        reviews = np.bincount(self.review_seller, minlength=n_sellers)
+        spam = np.bincount(self.review_seller, weights=(b.review >= SPAM_SHARE_AT).astype(np.float64),
+                           minlength=n_sellers)
+        for key in sorted(self.sellers.index):
+            i = self.sellers.index[key]
+            t, sid = key
+            yield from seller_behaviour_signals(t, sid, self.fold.sellers[key], observed_at)
+            n, hits = int(reviews[i]), int(spam[i])
+            yield REVIEW_GRAPH.signal(
+                tenant=t, entity_type="seller", entity_id=sid, name="seller.review_spam_share",
+                value=round(hits / n, 4) if n else 0.0, score=hits / (n + 2.0),
+                evidence={"reviews": n, "spam_reviews": hits}, observed_at=observed_at)
+
+
+def ring_signal(tenant: str, reviewer_id: str, rings: Rings, i: int, keys: Sequence[tuple[str, str]],
+                observed_at: datetime) -> Signal:
+    top = int(rings.top_partner[i])
+    return REVIEW_GRAPH.signal(
+        tenant=tenant, entity_type="reviewer", entity_id=reviewer_id, name="reviewer.ring_score",
+        value=round(float(rings.score[i]), 4), score=float(rings.score[i]),
+        evidence={"partners": int(rings.partners[i]), "max_shared_products": int(rings.max_shared[i]),
+                  "top_partner": keys[top][1] if top >= 0 else None},
+        observed_at=observed_at)
+
+
+def neighbourhood_rings(rows: Sequence[ReviewRow], counts: dict[tuple[str, str], int], tenant: str,
+                        reviewer_id: str, settings: GraphSettings, observed_at: datetime) -> Signal:
+    """``reviewer.ring_score`` of one reviewer from every review of the products it reviewed
+    (``rows``) and every reviewer's review count (``counts``): what the full graph gives it, when
+    ``rows`` hold all those products' reviews (the service's per-review update)."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].ts, rows[i].tenant, rows[i].review_id))
+    codes = _Codes()
+    products = _Codes()
+    ru = np.array([codes.code((rows[i].tenant, rows[i].reviewer_id)) for i in order], dtype=np.int64)
+    rp = np.array([products.code((rows[i].tenant, rows[i].product_id)) for i in order], dtype=np.int64)
+    day = np.array([math.floor(rows[i].ts / 86400.0) for i in order], dtype=np.int64)
+    n = np.array([counts.get(k, 1) for k in codes.keys], dtype=np.int64)
+    rings = ring_scores(ru, rp, day, len(codes.keys), settings, review_counts=n)
+    own = codes.index[(tenant, reviewer_id)]
+    return ring_signal(tenant, reviewer_id, rings, own, codes.keys, observed_at)
+
+
+def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
+                    settings: GraphSettings = DEFAULT_GRAPH) -> ReviewAnalysis:
+    """Fold ``rows`` in time order, then rings and loopy belief propagation over all of them.
+
+    ``labels``: review, reviewer and product labels seed the propagation (others are ignored).
+    """
+    n = len(rows)
+    order = sorted(range(n), key=lambda i: (rows[i].ts, rows[i].tenant, rows[i].review_id))
+    fold = BehaviourFold()
+    facts: list[ReviewBehaviourFacts | None] = [None] * n
+    for i in order:
+        r = rows[i]
+        facts[i] = fold.add_values(r.tenant, r.reviewer_id, r.product_id, r.seller_id, r.rating, r.ts,
+                                   r.created_ts)
+    done: list[ReviewBehaviourFacts] = [f for f in facts if f is not None]
+    reviewers, products, sellers = _Codes(), _Codes(), _Codes()
+    ru = np.empty(n, dtype=np.int64)
+    rp = np.empty(n, dtype=np.int64)
+    rs = np.empty(n, dtype=np.int64)
+    day = np.empty(n, dtype=np.int64)
+    for k, i in enumerate(order):  # codes in fold order: independent of the input's order
+        r = rows[i]
+        ru[k] = reviewers.code((r.tenant, r.reviewer_id))
+        rp[k] = products.code((r.tenant, r.product_id))
+        rs[k] = sellers.code((r.tenant, r.seller_id))
+        day[k] = math.floor(r.ts / 86400.0)
+    rings = ring_scores(ru, rp, day, len(reviewers.keys), settings)
+    # Burst context (whole-run view, for the collective scores): each review's product-day count at
+    # the END of its day against the product's baseline then; a reviewer's is its worst review's.
+    sorted_facts0 = [done[i] for i in order]
+    pd_key = rp * (int(day.max()) - int(day.min()) + 1 if n else 1) + (day - (int(day.min()) if n else 0))
+    _, inverse, pd_count = np.unique(pd_key, return_inverse=True, return_counts=True)
+    context = poisson_surprises(pd_count[inverse], np.array([x.product_rate for x in sorted_facts0]))
+    participation = np.zeros(len(reviewers.keys))
+    np.maximum.at(participation, ru, context)
+
+    f = sorted_facts0
+    review_features = [
+        (np.array([x.deviation for x in f]), True),
+        (np.array([float(x.extreme) for x in f]), True),
+        (np.array([float(x.reviewer_seq == 1) for x in f]), True),
+        (np.array([x.early_time_frame for x in f]), True),
+        (context, True),
+        (np.array([x.account_age_days for x in f]), False),
+    ]
+    u_states = [fold.reviewers[k] for k in reviewers.keys]
+    spans = np.array([(u.last_ts or 0.0) - (u.first_ts or 0.0) for u in u_states]) / 86400.0
+    counts = np.array([u.n for u in u_states], dtype=np.float64)
+    reviewer_features = [
+        (counts, False),
+        (np.array([u.burst.max_count for u in u_states], dtype=np.float64), True),
+        (np.array([(u.ratings[3] + u.ratings[4]) / u.n for u in u_states]), True),
+        (np.array([(u.ratings[0] + u.ratings[1]) / u.n for u in u_states]), True),
+        (np.array([u.sum_dev / u.n for u in u_states]), True),
+        (np.array([u.sum_wdev / u.sum_w if u.sum_w else 0.0 for u in u_states]), True),
+        (spans, False),
+        (np.array([entropy(u.ratings) for u in u_states]), False),
+        (np.array([burst_score(u.burst.max_surprise) for u in u_states]), True),
+        (rings.score, True),
+        (participation, True),
+    ]
+    p_states = [fold.products[k] for k in products.keys]
+    product_features = [
+        (np.array([p.burst.max_surprise for p in p_states]), True),
+        (np.array([p.singletons / p.n for p in p_states]), True),
+        (np.array([abs(p.recent_mean - p.sum_rating / p.n) for p in p_states]), True),
+    ]
+    h_r = combine_priors(review_features, n, settings.prior_clip)
+    h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip)
+    h_p = combine_priors(product_features, len(p_states), settings.prior_clip)
+    seeds = _label_seeds(labels, [rows[i] for i in order], reviewers, products)
+    sorted_beliefs = collective_scores(ru, rp, h_r, h_u, h_p, seeds, settings)
+    # back to input-row order
+    inv = np.empty(n, dtype=np.int64)
+    inv[np.asarray(order, dtype=np.int64)] = np.arange(n)
+    beliefs = Beliefs(sorted_beliefs.review[inv], sorted_beliefs.reviewer, sorted_beliefs.product,
+                      sorted_beliefs.review_prior[inv], sorted_beliefs.reviewer_prior,
+                      sorted_beliefs.product_prior)
+    return ReviewAnalysis(rows, done, fold, reviewers, products, sellers, ru[inv], rp[inv], rs[inv], rings,
+                          participation, beliefs)
+
+
+def _label_seeds(labels: Sequence[Label], rows: Sequence[ReviewRow], reviewers: _Codes,
+                 products: _Codes) -> dict[str, dict[int, bool]]:
+    seeds: dict[str, dict[int, bool]] = {"review": {}, "reviewer": {}, "product": {}}
+    if not labels:
+        return seeds
+    review_index = {(r.tenant, r.review_id): k for k, r in enumerate(rows)}
+    for lab in labels:
+        key = (lab.tenant, lab.entity_id)
+        fraud = lab.label == "fraud"
+        if lab.entity_type == "review" and key in review_index:
+            seeds["review"][review_index[key]] = fraud
+        elif lab.entity_type == "reviewer" and key in reviewers.index:
+            seeds["reviewer"][reviewers.index[key]] = fraud
+        elif lab.entity_type == "product" and key in products.index:
+            seeds["product"][products.index[key]] = fraud
+    return seeds
+
