@@ -306,8 +306,9 @@ def test_killed_pair_worker_then_killed_driver_still_give_the_same_bytes(
 @pytest.mark.slow
 def test_reviews_on_the_cluster_write_the_driver_paths_bytes(tmp_path: Path,
                                                              reference: tuple[Path, Path, Path]) -> None:
-    """Reviews: partners, review signals (the review banks' verdicts too) and the per-product
-    roll-ups merged from the ranges."""
+    """Reviews: partners, review signals (the review banks' verdicts, the behavioural and
+    collective ones of the analysis task, seeded by labels) and the per-product roll-ups merged
+    from the ranges."""
     _, models_state, _ = reference
     state = tmp_path / "state"
     state.mkdir()
@@ -319,12 +320,16 @@ def test_reviews_on_the_cluster_write_the_driver_paths_bytes(tmp_path: Path,
              "created_at": "2026-11-20T10:00:00Z"} for i in range(30)]
     inp = tmp_path / "reviews.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels = tmp_path / "labels.jsonl"  # seeds of the collective scores, read by the analysis task
+    labels.write_text(json.dumps({"entity_type": "review", "entity_id": "R1", "label": "fraud",
+                                  "labelled_at": "2026-11-21T00:00:00Z"}) + "\n")
     ref = tmp_path / "driver"
-    run_batch(BatchRequest("reviews", inp, ref, progress="off"), _cfg(state, "driver"))
+    run_batch(BatchRequest("reviews", inp, ref, progress="off", labels=labels), _cfg(state, "driver"))
     out = _extracted_copy(ref, tmp_path / "cluster", parsed=False)
-    run_batch(BatchRequest("reviews", inp, out, progress="off"), _cfg(state, "cluster"))
+    run_batch(BatchRequest("reviews", inp, out, progress="off", labels=labels), _cfg(state, "cluster"))
     _same_bytes(out, ref)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pairs"]["review_text"] >= 15 * 14 // 2  # the template's copies, at least
     names = {json.loads(line)["name"] for line in (out / "signals.jsonl").open()}
-    assert "review.fake_text_score" in names
+    assert {"review.fake_text_score", "review.spam_score", "reviewer.ring_score", "product.spam_score",
+            "review.rating_deviation"} <= names
