@@ -959,6 +959,8 @@ def run(quick: bool, port: int = 0, keep: bool = False,
         raise SystemExit(f"need {n_queries + 1} distinct listings in listing_pairs/, found {len(texts)}")
     queries = [texts[i] for i in order[:n_queries]]
     real_prefill = [texts[i] for i in order[n_queries:]]
+    # The deep tier phase's own listings: the last of the order (the prefill takes the first).
+    deep_texts = real_prefill[-(2 * plan.deep_max + plan.deep_flood):]
     sellers = max(1, plan.prefill // 5)
     rng = np.random.default_rng(3)
     jobs: list[tuple[int, str, str, ListingText]] = [
@@ -1049,7 +1051,7 @@ def run(quick: bool, port: int = 0, keep: bool = False,
         app_ms: dict[str, float | None] = {}
         steps["warmup"].append(load(LISTINGS_ROUTE, files["warmup"], 1, 600.0))
         if deep_only:
-            deep = details["deep_tier"] = deep_tier_phase(port, payload_dir, queries, plan, load)
+            deep = details["deep_tier"] = deep_tier_phase(port, payload_dir, deep_texts, plan, load)
             inproc(inproc_close)
             return {"deep_tier_slowdown": deep["slowdown"], "p50_ms_idle": deep["p50_ms_idle"],
                     "p50_ms_saturated": deep["p50_ms_saturated"],
@@ -1091,7 +1093,7 @@ def run(quick: bool, port: int = 0, keep: bool = False,
                                                 plan.copies).result(timeout=1800)
         details["index_items_after_http"] = [ln for ln in get_text(port, "/metrics")[1].splitlines()
                                              if ln.startswith("marketguard_index_items{")]
-        details["deep_tier"] = deep_tier_phase(port, payload_dir, queries, plan, load)
+        details["deep_tier"] = deep_tier_phase(port, payload_dir, deep_texts, plan, load)
         inproc(inproc_close)
     except BaseException:
         for pool in (load_pool, inproc_pool, gen_pool, prefill_pool):
@@ -1129,13 +1131,20 @@ def deep_tier_phase(port: int, payload_dir: Path, texts: Sequence[ListingText], 
     Text-only listings (no deep work of their own) at one client, first with the deep queue
     empty, then after a flood of listings whose photos carry text (full OCR, ~0.9 s each on 2
     cores) filled it for longer than the phase lasts. ``slowdown``: p50 saturated / p50 idle.
+
+    ``texts``: ``2 x deep_max + deep_flood`` listings no other phase sent; the idle, saturated
+    and flood phases each take their own slice, so neither measured phase copies the other's
+    or the flood's listings (a copy costs more: its near-duplicates, cluster and price work).
     """
+    need = 2 * plan.deep_max + plan.deep_flood
+    if len(texts) < need:
+        raise SystemExit(f"the deep tier phase needs {need} listings of its own, got {len(texts)}")
     photos = photo_paths()
     files: dict[str, list[str]] = {"idle": [], "saturated": []}
-    for phase in files:
+    for p, phase in enumerate(files):
         for k in range(plan.deep_max):
-            body = listing_body(f"deep-{phase}-{k:04d}", f"deep-seller-{k % 50}", texts[k % len(texts)],
-                                seed=k)
+            body = listing_body(f"deep-{phase}-{k:04d}", f"deep-seller-{k % 50}",
+                                texts[p * plan.deep_max + k], seed=k)
             path = payload_dir / f"deep-{phase}-{k:04d}.json"
             path.write_bytes(json.dumps(body).encode())
             files[phase].append(str(path))
@@ -1148,7 +1157,7 @@ def deep_tier_phase(port: int, payload_dir: Path, texts: Sequence[ListingText], 
     for start in range(0, plan.deep_flood, 8):
         items = []
         for k in range(start, min(plan.deep_flood, start + 8)):
-            body = listing_body(f"deep-flood-{k:04d}", f"flood-seller-{k}", texts[k % len(texts)],
+            body = listing_body(f"deep-flood-{k:04d}", f"flood-seller-{k}", texts[2 * plan.deep_max + k],
                                 seed=10_000 + k)
             jpeg = collage_jpeg(2_000_003 + k, f"CALL 0{7700900100 + k}", photos)
             items.append(json.loads(_with_image(body, jpeg)))
