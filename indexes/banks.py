@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from indexes.atomic import read_json, write_file_atomic, write_json_atomic
 from indexes.config import BanksConfig, PdqIndexConfig, ThresholdsConfig, VectorIndexConfig
 from indexes.pdq import PdqIndex
-from indexes.persistence import DurableIndex
+from indexes.persistence import DurableIndex, lock_directory
 from indexes.vector import VectorIndex
 from signals.derived import BankHit
 from signals.errors import InvalidInput, from_pydantic
@@ -214,23 +214,17 @@ class BankStore:
         self.read_only = read_only
         self.config = config or BanksConfig()
         self.thresholds = thresholds or ThresholdsConfig()
-        self.root.mkdir(parents=True, exist_ok=True)
         # One writer a bank folder: the service holds it while it runs, so `marketguard bank
         # import` beside a running service fails here instead of writing behind its back.
         # Readers (the batch job's tasks, many at once) share the folder with each other only.
-        self._lock_fd: int | None = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise InvalidInput("banks", f"{str(self.root)!r} is open by another writer "
-                                        "(a running service?)") from None
+        fd = lock_directory(self.root, read_only, "banks",
+                            f"{str(self.root)!r} is open by another writer (a running service?)")
+        self._lock_fd: int | None = fd if fd >= 0 else None
         self._banks: dict[str, Bank] = {}
         self._review_model: tuple[int, ReviewTextModel | None] | None = None
         self._version = 0  # bumped by every change of a bank's items or settings
         try:
-            for p in sorted(self.root.iterdir()):
+            for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
                 if (p / "bank.json").exists():
                     info = BankInfo.model_validate(read_json(p / "bank.json"))
                     self._banks[info.name] = Bank(p, info, self.config, read_only=read_only)
@@ -386,6 +380,7 @@ class BankStore:
 
     def import_jsonl(self, name: str, path: Path, batch: int = 1000) -> int:
         """Add items from JSONL (a ``kind`` field, if present, must match the bank)."""
+        self._writable()
         bank = self.get(name)
         pending: list[BankItem] = []
         total = 0
@@ -433,6 +428,7 @@ class BankStore:
 
     def import_hma_csv(self, name: str, path: Path, added_by: str = "", batch: int = 1000) -> int:
         """Add a PDQ bank's items from HMA/ThreatExchange CSV (hash first, then id, time, tags)."""
+        self._writable()
         bank = self.get(name)
         if not bank.is_pdq:
             raise InvalidInput("bank", f"{name!r} holds {bank.info.modality}, not PDQ hashes")

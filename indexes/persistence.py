@@ -28,6 +28,7 @@ atomically, then deletes generation ``g``. A crash before the flip loads ``g``
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -215,6 +216,32 @@ def write_snapshot(directory: Path, index: MutableIndex, items: Iterable[tuple[s
     write_json_atomic(directory / "CURRENT", {"generation": 1})  # the commit point
 
 
+def lock_directory(directory: Path, read_only: bool, field: str, busy: str) -> int:
+    """``directory/LOCK`` held: shared by readers, exclusive for the one writer; its descriptor.
+
+    A writer creates the directory and the lock file; a reader creates nothing (it may read a
+    folder it cannot write) and gets -1, nothing locked, where no writer ever made the lock
+    file. Held elsewhere: :class:`InvalidInput` (``field``, ``busy``); any other failure of the
+    lock (a file system without ``flock``) propagates, the descriptor closed."""
+    path = directory / "LOCK"
+    if read_only:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return -1
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise InvalidInput(field, busy) from None
+        raise
+    return fd
+
+
 class DurableIndex(Generic[IndexT]):
     """An index plus per-item metadata that survives crashes: snapshot + replayed log."""
 
@@ -233,15 +260,8 @@ class DurableIndex(Generic[IndexT]):
         self.config = config or PersistenceConfig()
         self.read_only = read_only
         self._empty, self._load = empty, load
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise InvalidInput(
-                "directory", f"{str(self.directory)!r} is open by another writer", "invalid"
-            ) from None
+        self._lock_fd = lock_directory(self.directory, read_only, "directory",
+                                       f"{str(self.directory)!r} is open by another writer")
         self.meta: dict[str, Meta] = {}
         self._log_fd: int | None = None
         try:
@@ -357,6 +377,7 @@ class DurableIndex(Generic[IndexT]):
 
     def add(self, ids: list[str], data: Any, meta: list[Meta] | None = None) -> None:
         """Add or replace items; durable (fsynced) and searchable when this returns."""
+        self._log()  # refused read-only or closed, even when there is nothing to add
         ids, arr = self.index.prepare(list(ids), data)
         if meta is not None and len(meta) != len(ids):
             raise InvalidInput("meta", f"{len(meta)} metadata records for {len(ids)} ids")
@@ -370,6 +391,7 @@ class DurableIndex(Generic[IndexT]):
 
     def remove(self, ids: list[str]) -> int:
         """Remove items (unknown and repeated ids ignored); returns how many were present."""
+        self._log()  # refused read-only or closed, even when nothing is present
         present = [i for i in dict.fromkeys(ids) if i in self.index]
         if not present:
             return 0

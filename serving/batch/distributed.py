@@ -625,7 +625,7 @@ def _signals_task(out: str, kind: Kind, config_json: str, keys: list[tuple[str, 
     products: dict[tuple[str, str], ProductStats] = {}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     when = datetime.fromisoformat(observed_at)
-    extras = _analysed_rows(root, start, end) if cat.kind == "review" else None
+    extras = _analysed_rows(root, cat.n, start, end) if cat.kind == "review" else None
     review_banks = open_review_judge(cat, config.data_dir, config.indexes)
     try:
         judge = ReviewBankJudge([(review_banks, None)]) if review_banks is not None else None
@@ -643,11 +643,14 @@ def _signals_task(out: str, kind: Kind, config_json: str, keys: list[tuple[str, 
     })
 
 
-def _analysed_rows(root: Path, start: int, end: int) -> Callable[[int], list[dict[str, Any]]]:
+def _analysed_rows(root: Path, n: int, start: int, end: int) -> Callable[[int], list[dict[str, Any]]]:
     """Rows ``start..end-1`` of the review analysis' ``rows.arrow``, as ``review_extras``."""
-    with pa.memory_map(str(_analysis_path(root, "rows.arrow"))) as source:
-        column = pa.ipc.open_file(source).read_all().column("signals").slice(start, end - start)
-        texts = column.to_pylist()
+    path = _analysis_path(root, "rows.arrow")
+    with pa.memory_map(str(path)) as source:
+        column = pa.ipc.open_file(source).read_all().column("signals")
+        if len(column) != n:
+            raise RuntimeError(f"{path} holds {len(column)} rows, the catalogue {n}")
+        texts = column.slice(start, end - start).to_pylist()
 
     def extras(row: int) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = json.loads(texts[row - start])

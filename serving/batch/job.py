@@ -188,9 +188,11 @@ def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path
     shaping = config.model_dump(mode="json", include={"signals": True, "indexes": True, "batch": True},
                                 exclude={"batch": {"actors", "actor_cpus", "top", "pairs_on", "task_cpus"}})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
-    labels = {"labels": fingerprint([request.labels])} if request.labels is not None else {}
-    return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units, **labels,
-            "settings_sha256": digest, "marketguard": _version(),
+    # Always a key, so a run begun with --labels is not resumed without them (None: no labels,
+    # which is also what a manifest written before the key reads as).
+    labels = fingerprint([request.labels]) if request.labels is not None else None
+    return {"format": FORMAT, "kind": request.kind, "files": fingerprint(files), "units": units,
+            "labels": labels, "settings_sha256": digest, "marketguard": _version(),
             "pair_scorer_sha256": _scorer_digest(config.indexes.near_duplicates.pair_scorer)}
 
 
@@ -249,7 +251,8 @@ def _claim(out: Path, manifest: dict[str, Any], restart: bool) -> datetime:
         _discard(out)
     if path.exists():
         old = read_json(path)
-        assert isinstance(old, dict)
+        if not isinstance(old, dict):
+            raise InvalidInput("--out", f"{path} is not a batch run's manifest; use --restart to discard it")
         same = {k: old.get(k) for k in manifest} == manifest
         if not same:
             changed = sorted(k for k in manifest if old.get(k) != manifest[k])

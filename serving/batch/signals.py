@@ -226,6 +226,20 @@ def open_review_judge(cat: Catalogue, data_dir: Path, config: IndexesConfig) -> 
     return store
 
 
+def _block_verdicts(cat: Catalogue, judge: ReviewBankJudge | None, block: int, chunk_start: int,
+                    reviews: list[Review]) -> dict[int, ReviewTextVerdict]:
+    """:func:`_chunk_verdicts` of the whole ``_CHUNK``-row block at ``block`` when ``reviews``
+    (rows ``chunk_start..``) are only part of it: the rows outside are parsed for it."""
+    if judge is None or cat.text is None:
+        return {}
+    block_end = min(cat.n, block + _CHUNK)
+    if chunk_start == block and chunk_start + len(reviews) == block_end:
+        return _chunk_verdicts(cat, judge, block, reviews)
+    every = [Review.model_validate_json(r)
+             for r in cat.meta.slice(block, block_end - block).column("record").to_pylist()]
+    return _chunk_verdicts(cat, judge, block, every)
+
+
 def _chunk_verdicts(cat: Catalogue, judge: ReviewBankJudge | None, start: int,
                     reviews: list[Review]) -> dict[int, ReviewTextVerdict]:
     """The review-bank verdicts of a chunk's reviews that have a text vector (blank texts have
@@ -317,11 +331,15 @@ def iter_record_signals(cat: Catalogue, start: int, end: int, root: np.ndarray, 
     in_clusters = members if listing else np.zeros(0, dtype=np.int64)
     member_roots = root[in_clusters]  # a cluster's members: one searchsorted slice
     cluster_refs = ClusterPrices(prices, currencies)
-    for chunk_start in range(start, end, _CHUNK):
-        chunk = cat.meta.slice(chunk_start, min(_CHUNK, end - chunk_start))
+    # Chunks on whole multiples of _CHUNK rows, so a range of rows (the cluster path's tasks)
+    # asks the review banks for the very batches the whole run asks (a kNN search's float
+    # results may depend on its batch: the signals stay byte-identical).
+    for block in range(start - start % _CHUNK, end, _CHUNK):
+        chunk_start, chunk_end = max(start, block), min(end, block + _CHUNK)
+        chunk = cat.meta.slice(chunk_start, chunk_end - chunk_start)
         records = chunk.column("record").to_pylist()
         parsed = [] if listing else [Review.model_validate_json(r) for r in records]
-        verdicts = _chunk_verdicts(cat, judge, chunk_start, parsed)
+        verdicts = {} if listing else _block_verdicts(cat, judge, block, chunk_start, parsed)
         for offset, (record, extracted) in enumerate(zip(records, chunk.column("signals").to_pylist(),
                                                          strict=True)):
             row = chunk_start + offset

@@ -289,6 +289,12 @@ def test_readers_share_a_bank_folder_change_nothing_and_keep_writers_out(tmp_pat
                    lambda r: r.create("more", "review_text"), lambda r: r.drop("fakes")):
         with pytest.raises(InvalidInput, match="read-only"):
             change(readers[0])
+    lines = tmp_path / "more.jsonl"
+    lines.write_text('{"id": "y", "vector": ' + json.dumps(vecs[1].tolist()) + '}\n')
+    with pytest.raises(InvalidInput, match="read-only"):
+        readers[0].import_jsonl("fakes", lines)
+    with pytest.raises(InvalidInput, match="read-only"):
+        readers[0].import_hma_csv("fakes", lines)
     with pytest.raises(InvalidInput, match="another writer"):
         BankStore(tmp_path, CFG)
     for r in readers:

@@ -385,5 +385,25 @@ def test_readers_share_a_directory_write_nothing_and_keep_writers_out(tmp_path: 
 
 def test_a_reader_of_a_directory_never_written_sees_it_empty(tmp_path: Path) -> None:
     r = DurableIndex(tmp_path / "new", PdqIndex, PdqIndex.load, read_only=True)
-    assert len(r.index) == 0 and not (tmp_path / "new" / "CURRENT").exists()
+    assert len(r.index) == 0 and not (tmp_path / "new").exists()  # a reader creates nothing
+    with pytest.raises(InvalidInput, match="read-only"):
+        r.remove(["x"])  # refused even when nothing would change
+    with pytest.raises(InvalidInput, match="read-only"):
+        r.add([], np.zeros((0, 32), np.uint8))
     r.close()
+
+
+def test_a_lock_that_fails_otherwise_propagates_and_leaks_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import indexes.persistence as persistence
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(persistence.fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match="no locks"):
+        DurableIndex(tmp_path, PdqIndex, PdqIndex.load)
+    assert len(os.listdir("/proc/self/fd")) == before

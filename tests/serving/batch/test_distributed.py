@@ -333,3 +333,38 @@ def test_reviews_on_the_cluster_write_the_driver_paths_bytes(tmp_path: Path,
     names = {json.loads(line)["name"] for line in (out / "signals.jsonl").open()}
     assert {"review.fake_text_score", "review.spam_score", "reviewer.ring_score", "product.spam_score",
             "review.rating_deviation"} <= names
+
+
+def test_a_range_asks_the_review_banks_for_the_whole_runs_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range starting mid-block gets its verdicts from the whole block, as the driver does:
+    a kNN search's floats may depend on the batch it is in."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    import serving.batch.signals as batch_signals
+
+    monkeypatch.setattr(batch_signals, "_CHUNK", 4)
+    n = 10
+    records = [json.dumps({"review_id": f"R{i}", "product_id": "P", "seller_id": "S", "reviewer_id": f"U{i}",
+                           "rating": 5, "text": f"text {i}", "created_at": "2026-11-20T10:00:00Z"})
+               for i in range(n)]
+    vectors = np.eye(n, 16, dtype=np.float32)
+    vectors[5] = 0  # a blank text: no vector, never compared
+    cat = SimpleNamespace(n=n, meta=pa.table({"record": records}), text=vectors)
+    asked: list[list[str]] = []
+    judge = SimpleNamespace(verdicts=lambda vecs, texts: asked.append(list(texts)) or [t for t in texts])
+
+    def batches(start: int, end: int) -> list[list[str]]:
+        asked.clear()
+        for block in range(start - start % 4, end, 4):
+            chunk_start, chunk_end = max(start, block), min(end, block + 4)
+            parsed = [batch_signals.Review.model_validate_json(r) for r in records[chunk_start:chunk_end]]
+            got = batch_signals._block_verdicts(cat, judge, block, chunk_start, parsed)  # type: ignore[arg-type]
+            assert all(got[row] == f"text {row}" for row in range(chunk_start, chunk_end) if row != 5)
+        return list(asked)
+
+    whole = batches(0, n)
+    assert whole == [["text 0", "text 1", "text 2", "text 3"], ["text 4", "text 6", "text 7"],
+                     ["text 8", "text 9"]]
+    assert batches(0, 3) + batches(3, 6) + batches(6, n) == [whole[0], whole[0], whole[1], whole[1], whole[2]]

@@ -589,3 +589,25 @@ def test_pairs_parquet_is_written_a_chunk_of_pairs_at_a_time(tmp_path: Path, mon
     batch_job.write_pairs_parquet(path, meta, {})  # no pairs: the schema, no rows
     empty = pq.read_table(path)
     assert empty.num_rows == 0 and empty.schema == batch_job.PAIRS_SCHEMA
+
+
+def test_a_run_with_labels_is_not_resumed_without_them(tmp_path: Path, data_dir: Path) -> None:
+    from serving.batch.job import _claim, _manifest
+
+    inp = tmp_path / "reviews.jsonl"
+    inp.write_text("{}\n")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("{}\n")
+    cfg = config(data_dir, images=False)
+    with_labels = _manifest(BatchRequest("reviews", inp, tmp_path / "a", labels=labels), cfg, [inp], 1)
+    without = _manifest(BatchRequest("reviews", inp, tmp_path / "a"), cfg, [inp], 1)
+    for first, then in ((with_labels, without), (without, with_labels)):
+        out = tmp_path / f"out-{first['labels'] is None}"
+        out.mkdir()
+        _claim(out, first, False)
+        with pytest.raises(InvalidInput, match="labels"):
+            _claim(out, then, False)
+    old = tmp_path / "old"  # a manifest from before the key: a run without labels
+    old.mkdir()
+    _claim(old, {k: v for k, v in without.items() if k != "labels"}, False)
+    _claim(old, without, False)
