@@ -22,7 +22,8 @@ carries), of ``reviewer.spam_score`` (the shipped unsupervised combination: ``fa
 and of a gradient-boosted model learned on the farm's labels out of fold, over all reviewer
 signals and over the behavioural ones only (``farm_reviewer_ap_learned``), with ablations
 (camouflage off, small rings, fresh-only and aged-only accounts). Parameters were explored on
-seed 1; the figures are seed 0. The farm's reviews have no text here (the text
+seed 1 (the rating bursts and their place in the priors, 2026-12-01: seeds 1 and 2); the
+figures are seed 0. The farm's reviews have no text here (the text
 signals come from the review_text work): the APs are of the behavioural and graph signals.
 ``--quick``: 3,000 YelpZip reviews through the job (whole reviewer histories: reviewers in a
 random order until the count is reached) and a small farm through the job's analysis in process.
@@ -296,7 +297,8 @@ def farm(params: FarmParams, tmp: Path, name: str, *, in_process: bool = False) 
             "best_single": max(aps, key=lambda k: aps[k]), "combined": combined}
 
 
-GRAPH_SIGNALS = ("reviewer.ring_score", "reviewer.burst_participation", "reviewer.spam_score")
+GRAPH_SIGNALS = ("reviewer.ring_score", "reviewer.burst_participation", "reviewer.rating_burst",
+                 "reviewer.spam_score")
 
 
 def learned_ap(x: np.ndarray, y: np.ndarray) -> float:

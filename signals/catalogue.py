@@ -82,7 +82,11 @@ _SPECS: tuple[SignalSpec, ...] = (
                "days between the product's first review and this one"),
     SignalSpec("review.product_burst", ("review",), "float",
                "burst of the product's reviews on the review's day so far (Poisson surprise, -log10 p)"),
-    # Collective scores and rings (signals/review_graph.py).
+    # Collective scores, rating bursts and rings (signals/review_graph.py).
+    SignalSpec("review.rating_burst", ("review",), "float",
+               "a 1 or 5 star review inside a run of that rating on its product: surprise (-log10 p, "
+               "binomial) of the product's star mix within review_graph.ring_window_days either side, "
+               "against its mix outside that window"),
     SignalSpec("review.spam_score", ("review",), "float",
                "belief that the review is fake: loopy belief propagation over the review graph (SpEagle)"),
     # Reviewer.
@@ -109,6 +113,9 @@ _SPECS: tuple[SignalSpec, ...] = (
     SignalSpec("reviewer.burst_participation", ("reviewer",), "float",
                "the worst burst (Poisson surprise, -log10 p, of the whole day) of a product the reviewer "
                "reviewed on that day"),
+    SignalSpec("reviewer.rating_burst", ("reviewer",), "float",
+               "the worst review.rating_burst among the reviewer's reviews (a campaign's accounts share one "
+               "even when they share no second product and write camouflage reviews)"),
     SignalSpec("reviewer.spam_score", ("reviewer",), "float",
                "belief that the account writes fake reviews (collective scoring)"),
     # Product.
@@ -122,6 +129,8 @@ _SPECS: tuple[SignalSpec, ...] = (
     SignalSpec("product.review_count", ("product",), "count", "reviews of the product"),
     SignalSpec("product.singleton_share", ("product",), "ratio",
                "share of the product's reviews that were their reviewer's first"),
+    SignalSpec("product.rating_burst", ("product",), "float",
+               "the worst review.rating_burst among the product's reviews"),
     SignalSpec("product.spam_score", ("product",), "float",
                "belief that the product is a target of fake reviews (collective scoring)"),
 )

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 
@@ -32,10 +33,13 @@ from signals.review_graph import (
     REVIEW_GRAPH,
     Beliefs,
     GraphSettings,
+    RatingBursts,
     Rings,
     collective_scores,
     combine_priors,
+    rating_bursts,
     ring_scores,
+    significant_burst,
 )
 from signals.schemas import Label, Review, Signal
 
@@ -95,18 +99,41 @@ class ReviewAnalysis:
     rings: Rings
     participation: np.ndarray
     """Per reviewer: the worst burst (Poisson surprise) of a product-day it reviewed in."""
+    bursts: RatingBursts
+    """Per input row: the star mix of its product's reviews around it."""
+    reviewer_burst_row: np.ndarray
+    """Per reviewer: the input row of its worst rating burst (-1: none)."""
+    product_burst_row: np.ndarray
+    """Per product: the same."""
     beliefs: Beliefs
 
     def review_signals(self, row: int, observed_at: datetime) -> list[Signal]:
-        """Row ``row``'s behavioural signals, then ``review.spam_score``."""
+        """Row ``row``'s behavioural signals, then ``review.rating_burst`` and ``review.spam_score``."""
         r = self.rows[row]
         out = review_behaviour_signals_of(r.tenant, r.review_id, self.facts[row], observed_at)
+        out.append(self._burst_signal(r.tenant, "review", r.review_id, "review.rating_burst", row,
+                                      observed_at))
         p = float(self.beliefs.review[row])
         out.append(REVIEW_GRAPH.signal(
             tenant=r.tenant, entity_type="review", entity_id=r.review_id, name="review.spam_score",
             value=round(p, 4), score=p, evidence={"prior": round(float(self.beliefs.review_prior[row]), 4)},
             observed_at=observed_at))
         return out
+
+    def _burst_signal(self, tenant: str, entity_type: Literal["review", "reviewer", "product"],
+                      entity_id: str, name: str, row: int, observed_at: datetime) -> Signal:
+        """A ``*.rating_burst`` signal: row ``row``'s burst (none when ``row`` is -1)."""
+        b = self.bursts
+        surprise = float(b.surprise[row]) if row >= 0 else 0.0
+        evidence: dict[str, object] = {}
+        if surprise > 0:
+            evidence = {"window_reviews": int(b.window[row]), "same_rating": int(b.same[row]),
+                        "rating": self.rows[row].rating, "expected_share": round(float(b.share[row]), 4)}
+            if entity_type != "review":
+                evidence |= {"review_id": self.rows[row].review_id, "product_id": self.rows[row].product_id}
+        return REVIEW_GRAPH.signal(
+            tenant=tenant, entity_type=entity_type, entity_id=entity_id, name=name, value=round(surprise, 4),
+            score=burst_score(surprise), evidence=evidence, observed_at=observed_at)
 
     def ring_signal(self, tenant: str, reviewer_id: str, observed_at: datetime) -> Signal:
         """``reviewer.ring_score`` of one reviewer."""
@@ -125,6 +152,8 @@ class ReviewAnalysis:
             yield REVIEW_GRAPH.signal(
                 tenant=t, entity_type="reviewer", entity_id=uid, name="reviewer.burst_participation",
                 value=round(part, 4), score=burst_score(part), evidence={}, observed_at=observed_at)
+            yield self._burst_signal(t, "reviewer", uid, "reviewer.rating_burst",
+                                     int(self.reviewer_burst_row[i]), observed_at)
             yield REVIEW_GRAPH.signal(
                 tenant=t, entity_type="reviewer", entity_id=uid, name="reviewer.spam_score",
                 value=round(float(b.reviewer[i]), 4), score=float(b.reviewer[i]),
@@ -133,6 +162,8 @@ class ReviewAnalysis:
             i = self.products.index[key]
             t, pid = key
             yield from product_behaviour_signals(t, pid, self.fold.products[key], observed_at)
+            yield self._burst_signal(t, "product", pid, "product.rating_burst",
+                                     int(self.product_burst_row[i]), observed_at)
             yield REVIEW_GRAPH.signal(
                 tenant=t, entity_type="product", entity_id=pid, name="product.spam_score",
                 value=round(float(b.product[i]), 4), score=float(b.product[i]),
@@ -215,6 +246,13 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     context = poisson_surprises(pd_count[inverse], np.array([x.product_rate for x in sorted_facts0]))
     participation = np.zeros(len(reviewers.keys))
     np.maximum.at(participation, ru, context)
+    # Rating bursts (whole-run view): a product's reviews of one extreme rating bunched in the window.
+    bursts = rating_bursts(rp, np.array([rows[i].ts for i in order]),
+                           np.array([rows[i].rating for i in order], dtype=np.int64),
+                           settings.ring_window_days * 86400)
+    rating_burst = bursts.surprise
+    reviewer_rating_burst, reviewer_burst_row = _worst(ru, rating_burst, len(reviewers.keys))
+    product_rating_burst, product_burst_row = _worst(rp, rating_burst, len(products.keys))
 
     f = sorted_facts0
     review_features = [
@@ -247,9 +285,14 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
         (np.array([p.singletons / p.n for p in p_states]), True),
         (np.array([abs(p.recent_mean - p.sum_rating / p.n) for p in p_states]), True),
     ]
-    h_r = combine_priors(review_features, n, settings.prior_clip)
-    h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip)
-    h_p = combine_priors(product_features, len(p_states), settings.prior_clip)
+    # The coordination evidence joins the priors as a probability, not one more rank among the
+    # features: a burst that survives a Bonferroni correction over the run's tested windows.
+    tests = int(np.count_nonzero(rating_burst))
+    h_r = combine_priors(review_features, n, settings.prior_clip, [significant_burst(rating_burst, tests)])
+    h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip,
+                         [significant_burst(reviewer_rating_burst, tests)])
+    h_p = combine_priors(product_features, len(p_states), settings.prior_clip,
+                         [significant_burst(product_rating_burst, tests)])
     seeds = _label_seeds(labels, [rows[i] for i in order], reviewers, products)
     sorted_beliefs = collective_scores(ru, rp, h_r, h_u, h_p, seeds, settings)
     # back to input-row order
@@ -258,8 +301,30 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     beliefs = Beliefs(sorted_beliefs.review[inv], sorted_beliefs.reviewer, sorted_beliefs.product,
                       sorted_beliefs.review_prior[inv], sorted_beliefs.reviewer_prior,
                       sorted_beliefs.product_prior)
+    order_arr = np.asarray(order, dtype=np.int64)
+    in_rows = RatingBursts(bursts.surprise[inv], bursts.window[inv], bursts.same[inv], bursts.share[inv])
     return ReviewAnalysis(rows, done, fold, reviewers, products, sellers, ru[inv], rp[inv], rs[inv], rings,
-                          participation, beliefs)
+                          participation, in_rows, _input_rows(reviewer_burst_row, order_arr),
+                          _input_rows(product_burst_row, order_arr), beliefs)
+
+
+def _worst(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: the largest positive value and the (first) row that has it; 0 and -1 for none."""
+    best = np.zeros(n_groups)
+    row = np.full(n_groups, -1, dtype=np.int64)
+    hit = np.flatnonzero(values > 0)
+    if len(hit):
+        o = hit[np.lexsort((hit, -values[hit], group[hit]))]
+        first = np.ones(len(o), dtype=bool)
+        first[1:] = group[o][1:] != group[o][:-1]
+        best[group[o[first]]] = values[o[first]]
+        row[group[o[first]]] = o[first]
+    return best, row
+
+
+def _input_rows(sorted_rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rows in fold order (-1: none) as input rows."""
+    return np.where(sorted_rows >= 0, order[np.maximum(sorted_rows, 0)], -1)
 
 
 def _label_seeds(labels: Sequence[Label], rows: Sequence[ReviewRow], reviewers: _Codes,

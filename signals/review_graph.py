@@ -18,10 +18,21 @@ product says more). A reviewer's ring score is its strongest pair times
 ``1 - exp(-partners / RING_PARTNER_SCALE)`` (partners: accounts it forms such pairs with:
 bigger rings score higher).
 
+Rating bursts (``review.rating_burst``, ``reviewer.rating_burst``, ``product.rating_burst``):
+a product's reviews within ``ring_window_days`` of a review, and how improbable their star
+mix is against the product's own mix outside that window (:func:`rating_bursts`). A farm's
+campaign is a few days of one extreme rating from many accounts: the accounts need not share
+a second product (rings cannot see a single-target campaign), and their other reviews
+(camouflage) do not hide the burst, since a reviewer's value is its worst review's.
+
 Collective scores (``review.spam_score``, ``reviewer.spam_score``, ``product.spam_score``):
 SpEagle (Rayana and Akoglu, KDD 2015). Node priors are unsupervised: each behavioural
 feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type (in the
 direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
+then the node's rating burst joins as a probability (``1 - p`` after a Bonferroni correction
+over the run's tested windows, :func:`significant_burst`) in a noisy-or: one more rank in the
+mean would be outvoted by the profile features, whose literature directions camouflaged
+accounts invert (more reviews, longer spans, higher entropy than a fresh fake's);
 a pairwise Markov random field with homophilous compatibilities (flip probabilities
 ``eps_reviewer`` and ``eps_product`` of :class:`GraphSettings`) ties each review to its
 reviewer and its product, and loopy belief propagation (vectorised over the edge arrays, in log-odds,
@@ -36,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import betainc, expit
 from scipy.stats import rankdata
 
 from signals.derived import DerivedSource
@@ -64,9 +75,9 @@ class GraphSettings:
 
 DEFAULT_GRAPH = GraphSettings()
 
-REVIEW_GRAPH = DerivedSource("review_graph", 1, (
-    "reviewer.ring_score", "reviewer.burst_participation", "review.spam_score", "reviewer.spam_score",
-    "product.spam_score",
+REVIEW_GRAPH = DerivedSource("review_graph", 2, (
+    "reviewer.ring_score", "reviewer.burst_participation", "review.rating_burst", "reviewer.rating_burst",
+    "product.rating_burst", "review.spam_score", "reviewer.spam_score", "product.spam_score",
     "seller.review_spam_share"))
 
 
@@ -155,6 +166,59 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, n_re
     return Rings(score, partners, max_shared, top)
 
 
+@dataclass(frozen=True)
+class RatingBursts:
+    """Per review, the star mix of its product's reviews around it (:func:`rating_bursts`)."""
+
+    surprise: np.ndarray  # -log10 P(X >= same), X ~ Binomial(window, share); 0 for ratings between the ends
+    window: np.ndarray    # reviews of the product within the window either side (the review included)
+    same: np.ndarray      # of those, with the review's rating
+    share: np.ndarray     # the product's share of that rating outside the window (Laplace-smoothed)
+
+
+def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, window_s: int,
+                  levels: int = 5) -> RatingBursts:
+    """Per review of an extreme rating (1 or ``levels`` stars): how improbable the star mix of
+    its product's reviews around it is; surprise 0 for the ratings between.
+
+    ``window`` reviews of the product lie within ``window_s`` seconds either side of the review
+    (times in whole seconds), ``same`` of them with the review's own rating; the product's
+    ``share`` of that rating among its reviews *outside* that window (Laplace-smoothed over
+    ``levels`` ratings) makes ``same ~ Binomial(window, share)`` the honest expectation, and
+    the surprise is ``-log10 P(X >= same)``. A campaign is many reviews of one extreme rating
+    in a few days: a star mix its product never shows otherwise, however popular the product
+    (a launch or a sale brings more reviews, not reviews of one rating). Whole-run view: the
+    window looks both ways, and every review of a burst gets the burst's surprise.
+    """
+    product = np.asarray(product, dtype=np.int64)
+    rating = np.asarray(rating, dtype=np.int64)
+    n = len(product)
+    if not n:
+        z = np.zeros(0)
+        return RatingBursts(z, z.astype(np.int64), z.astype(np.int64), z)
+    sec = np.floor(np.asarray(ts, dtype=np.float64)).astype(np.int64)
+    w = int(window_s)
+    span = int(sec.max()) - int(sec.min()) + 2 * w + 2
+    offset = sec - int(sec.min()) + w + 1
+
+    def around(key: np.ndarray) -> np.ndarray:
+        # one int64 axis on which each key's reviews are a stretch ``span`` from the next key's
+        at = key * span + offset
+        pos = np.sort(at)
+        return (np.searchsorted(pos, at + w, side="right") - np.searchsorted(pos, at - w, side="left"))
+
+    same_key = product * (levels + 1) + rating
+    same = around(same_key).astype(np.int64)
+    window = around(product).astype(np.int64)
+    share = ((np.bincount(same_key)[same_key] - same + 1.0)
+             / (np.bincount(product)[product] - window + float(levels)))
+    # P(Binomial(window, share) >= same) = I_share(same, window - same + 1)
+    p = betainc(same.astype(np.float64), (window - same + 1).astype(np.float64), share)
+    extreme = (rating == 1) | (rating == levels)
+    surprise = np.where(extreme & (window >= 2), -np.log10(np.maximum(p, 1e-300)), 0.0) + 0.0
+    return RatingBursts(surprise, window, same, share)
+
+
 def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
     """Each value's empirical CDF among its node type (ties averaged), flipped when low is suspicious."""
     x = np.asarray(x, dtype=np.float64)
@@ -164,14 +228,26 @@ def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
     return s if high_is_suspicious else 1.0 - s + 1.0 / len(x)
 
 
-def combine_priors(features: Sequence[tuple[np.ndarray, bool]], n: int, clip: float) -> np.ndarray:
-    """SpEagle's prior: ``1 - sqrt(mean((1 - s_k)^2))`` over the features' suspiciousness ``s_k``."""
-    if not features:
-        return np.full(n, 0.5)
-    acc = np.zeros(n)
-    for x, high in features:
-        acc += (1.0 - ecdf_suspicion(x, high)) ** 2
-    prior = 1.0 - np.sqrt(acc / len(features))
+def significant_burst(surprise: np.ndarray, tests: int) -> np.ndarray:
+    """``1 - p`` after a Bonferroni correction over ``tests`` windows, from ``-log10 p``
+    surprises: 0 for a burst chance explains among that many, near 1 for one it cannot."""
+    adjusted = np.asarray(surprise, dtype=np.float64) - math.log10(max(tests, 1))
+    return np.where(adjusted > 0, -np.expm1(-adjusted * math.log(10.0)), 0.0)
+
+
+def combine_priors(features: Sequence[tuple[np.ndarray, bool]], n: int, clip: float,
+                   evidence: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """SpEagle's prior ``1 - sqrt(mean((1 - s_k)^2))`` over the features' suspiciousness ``s_k``,
+    then a noisy-or with each ``evidence`` probability ``e_j``: ``1 - (1 - prior) * prod(1 - e_j)``."""
+    if features:
+        acc = np.zeros(n)
+        for x, high in features:
+            acc += (1.0 - ecdf_suspicion(x, high)) ** 2
+        prior = 1.0 - np.sqrt(acc / len(features))
+    else:
+        prior = np.full(n, 0.5)
+    for e in evidence:
+        prior = 1.0 - (1.0 - prior) * (1.0 - np.asarray(e, dtype=np.float64))
     return np.clip(prior, clip, 1.0 - clip)
 
 

@@ -13,7 +13,9 @@ from signals.review_graph import (
     collective_scores,
     combine_priors,
     ecdf_suspicion,
+    rating_bursts,
     ring_scores,
+    significant_burst,
 )
 from signals.schemas import Label
 
@@ -120,3 +122,83 @@ def test_analysis_signals_rings_and_labels() -> None:
     b = analyse_reviews(_rows(), [Label(entity_type="reviewer", entity_id="U0", label="legit")])
     sig_b = {(s.entity_id, s.name): s for s in b.entity_signals(NOW)}
     assert sig_b[("U0", "reviewer.spam_score")].value < sig[("U0", "reviewer.spam_score")].value
+
+
+def test_rating_bursts_hand_computed() -> None:
+    """Product 0: ten reviews months apart (two of 5 stars, eight of 3), then five 5-star
+    reviews within a day; product 1: a lone 5-star review."""
+    day = 86400.0
+    product = [0] * 15 + [1]
+    ts = [k * 30 * day for k in range(10)] + [400 * day + k * 3600 for k in range(5)] + [0.0]
+    rating = [5, 5] + [3] * 8 + [5] * 5 + [5]
+    b = rating_bursts(np.array(product), np.array(ts), np.array(rating), 3 * 86400)
+    # the burst: 5 of 5 reviews in the window have 5 stars; outside it 2 of 10 do: (2 + 1) / (10 + 5)
+    assert (b.window[10:15] == 5).all() and (b.same[10:15] == 5).all()
+    np.testing.assert_allclose(b.share[10:15], 0.2)
+    np.testing.assert_allclose(b.surprise[10:15], -np.log10(0.2 ** 5))
+    assert (b.surprise[2:10] == 0).all()  # 3 stars: not an extreme rating
+    assert b.surprise[0] == 0 and b.window[0] == 1  # alone in its window
+    assert b.surprise[15] == 0  # a lone review of another product
+
+
+def test_a_busy_window_of_the_usual_star_mix_is_no_rating_burst() -> None:
+    """A launch: 40 reviews in two days, 5 and 4 stars alternating as the product's later reviews
+    do; the window has many reviews but the mix of every quiet month since."""
+    day = 86400.0
+    ts = [k * 0.05 * day for k in range(40)] + [(10 + 10 * k) * day for k in range(40)]
+    rating = [5 if k % 2 else 4 for k in range(80)]
+    b = rating_bursts(np.zeros(80, dtype=np.int64), np.array(ts), np.array(rating), 3 * 86400)
+    assert b.window[:40].min() == 40
+    assert b.surprise.max() < 1.0
+
+
+def test_significant_burst_and_evidence_in_the_priors() -> None:
+    s = np.array([0.0, 2.0, 3.0, 5.0])
+    e = significant_burst(s, 1000)  # Bonferroni over 1,000 windows: log10 = 3
+    np.testing.assert_allclose(e, [0.0, 0.0, 0.0, 0.99])
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    plain = combine_priors([(x, True)], 4, 0.01)
+    raised = combine_priors([(x, True)], 4, 0.01, [e])
+    np.testing.assert_allclose(raised[:3], plain[:3])
+    assert raised[3] == pytest.approx(0.99)  # noisy-or, clipped
+    assert combine_priors([(x, False)], 4, 0.01, [np.array([0, 0, 0, 1.0])])[3] == pytest.approx(0.99)
+
+
+def test_a_single_target_campaign_with_camouflage() -> None:
+    """Twelve accounts 5-star one quiet product within a day; each also writes honest-looking
+    reviews of busy products. They share no second product (no ring), yet their
+    reviewer.rating_burst is the campaign's, and their spam score is above every organic one."""
+    rng = np.random.default_rng(3)
+    day = 86400.0
+    rows: list[ReviewRow] = []
+    for k in range(600):  # organic: 60 accounts, 20 products, ratings 2-5 over a year
+        u, q = int(rng.integers(60)), int(rng.integers(20))
+        rows.append(ReviewRow("default", f"O{k}", f"U{u}", f"P{q}", "S1", int(rng.integers(2, 6)),
+                              float(rng.uniform(0, 365)) * day))
+    for m in range(12):
+        rows.append(ReviewRow("default", f"F{m}", f"X{m}", "P99", "S9", 5, 200 * day + m * 3600.0))
+        for c in range(3):  # camouflage, never within days of another campaign account's
+            rows.append(ReviewRow("default", f"C{m}_{c}", f"X{m}", f"P{(m + c) % 20}", "S1", 4,
+                                  (100 + 20 * m + 5 * c) * day))
+    for k in range(4):  # the product's honest reviews, months away
+        rows.append(ReviewRow("default", f"H{k}", f"U{k}", "P99", "S9", 3 + k % 2, (20 + 40 * k) * day))
+    a = analyse_reviews(rows)
+    sig = {(s.entity_id, s.name): s for s in a.entity_signals(NOW)}
+    campaign = [sig[(f"X{m}", "reviewer.rating_burst")] for m in range(12)]
+    organic = [sig[(f"U{u}", "reviewer.rating_burst")].value for u in range(60)
+               if (f"U{u}", "reviewer.rating_burst") in sig]
+    assert min(s.value for s in campaign) > 5 > max(organic)
+    assert campaign[0].evidence["product_id"] == "P99" and campaign[0].evidence["same_rating"] == 12
+    assert sig[("P99", "product.rating_burst")].value == campaign[0].value
+    # no two campaign accounts share a second product: no ring between them
+    organic_ids = {None, *(f"U{u}" for u in range(60))}
+    assert all(sig[(f"X{m}", "reviewer.ring_score")].evidence["top_partner"] in organic_ids
+               for m in range(12))
+    spam = [sig[(f"X{m}", "reviewer.spam_score")].value for m in range(12)]
+    honest = [sig[(f"U{u}", "reviewer.spam_score")].value for u in range(60)
+              if (f"U{u}", "reviewer.spam_score") in sig]
+    assert min(spam) > max(honest)
+    rows_f0 = next(i for i, r in enumerate(rows) if r.review_id == "F0")
+    review = {s.name: s for s in a.review_signals(rows_f0, NOW)}
+    assert review["review.rating_burst"].value == campaign[0].value
+    assert review["review.rating_burst"].evidence["window_reviews"] == 12

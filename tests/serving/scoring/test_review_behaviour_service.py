@@ -24,8 +24,9 @@ from tests.serving.scoring.test_engine import text_only
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-GRAPH_NAMES = ("reviewer.ring_score", "reviewer.burst_participation", "review.spam_score",
-               "reviewer.spam_score", "product.spam_score", "seller.review_spam_share")
+GRAPH_NAMES = ("reviewer.ring_score", "reviewer.burst_participation", "review.rating_burst",
+               "reviewer.rating_burst", "product.rating_burst", "review.spam_score", "reviewer.spam_score",
+               "product.spam_score", "seller.review_spam_share")
 
 
 @pytest.fixture
