@@ -247,8 +247,8 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     participation = np.zeros(len(reviewers.keys))
     np.maximum.at(participation, ru, context)
     # Rating bursts (whole-run view): a product's reviews of one extreme rating bunched in the window.
-    bursts = rating_bursts(rp, np.array([rows[i].ts for i in order]),
-                           np.array([rows[i].rating for i in order], dtype=np.int64),
+    rating = np.array([rows[i].rating for i in order], dtype=np.int64)
+    bursts = rating_bursts(rp, np.array([rows[i].ts for i in order]), rating,
                            settings.ring_window_days * 86400)
     rating_burst = bursts.surprise
     reviewer_rating_burst, reviewer_burst_row = _worst(ru, rating_burst, len(reviewers.keys))
@@ -286,8 +286,9 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
         (np.array([abs(p.recent_mean - p.sum_rating / p.n) for p in p_states]), True),
     ]
     # The coordination evidence joins the priors as a probability, not one more rank among the
-    # features: a burst that survives a Bonferroni correction over the run's tested windows.
-    tests = int(np.count_nonzero(rating_burst))
+    # features: a burst that survives a Bonferroni correction over the run's tested series (each
+    # product and extreme rating with a burst counted once; its windows overlap).
+    tests = np.unique(np.stack([rp, rating])[:, rating_burst > 0], axis=1).shape[1]
     h_r = combine_priors(review_features, n, settings.prior_clip, [significant_burst(rating_burst, tests)])
     h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip,
                          [significant_burst(reviewer_rating_burst, tests)])

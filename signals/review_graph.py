@@ -30,7 +30,8 @@ SpEagle (Rayana and Akoglu, KDD 2015). Node priors are unsupervised: each behavi
 feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type (in the
 direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
 then the node's rating burst joins as a probability (``1 - p`` after a Bonferroni correction
-over the run's tested windows, :func:`significant_burst`) in a noisy-or: one more rank in the
+over the run's tested series, each product and extreme rating with a burst counted once,
+:func:`significant_burst`) in a noisy-or: one more rank in the
 mean would be outvoted by the profile features, whose literature directions camouflaged
 accounts invert (more reviews, longer spans, higher entropy than a fresh fake's);
 a pairwise Markov random field with homophilous compatibilities (flip probabilities
@@ -229,7 +230,7 @@ def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
 
 
 def significant_burst(surprise: np.ndarray, tests: int) -> np.ndarray:
-    """``1 - p`` after a Bonferroni correction over ``tests`` windows, from ``-log10 p``
+    """``1 - p`` after a Bonferroni correction over ``tests`` hypotheses, from ``-log10 p``
     surprises: 0 for a burst chance explains among that many, near 1 for one it cannot."""
     adjusted = np.asarray(surprise, dtype=np.float64) - math.log10(max(tests, 1))
     return np.where(adjusted > 0, -np.expm1(-adjusted * math.log(10.0)), 0.0)
