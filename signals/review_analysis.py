@@ -248,8 +248,11 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     np.maximum.at(participation, ru, context)
     # Rating bursts (whole-run view): a product's reviews of one extreme rating bunched in the window.
     rating = np.array([rows[i].rating for i in order], dtype=np.int64)
-    bursts = rating_bursts(rp, np.array([rows[i].ts for i in order]), rating,
-                           settings.ring_window_days * 86400)
+    tenants = _Codes()
+    rt = np.array([tenants.code((rows[i].tenant, "")) for i in order], dtype=np.int64)
+    window_s = settings.ring_window_days * 86400
+    ts = np.array([rows[i].ts for i in order])
+    bursts = rating_bursts(rp, ts, rating, window_s, rt)
     rating_burst = bursts.surprise
     reviewer_rating_burst, reviewer_burst_row = _worst(ru, rating_burst, len(reviewers.keys))
     product_rating_burst, product_burst_row = _worst(rp, rating_burst, len(products.keys))
@@ -286,14 +289,18 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
         (np.array([abs(p.recent_mean - p.sum_rating / p.n) for p in p_states]), True),
     ]
     # The coordination evidence joins the priors as a probability, not one more rank among the
-    # features: a burst that survives a Bonferroni correction over the run's tested series (each
-    # product and extreme rating with a burst counted once; its windows overlap).
-    tests = np.unique(np.stack([rp, rating])[:, rating_burst > 0], axis=1).shape[1]
-    h_r = combine_priors(review_features, n, settings.prior_clip, [significant_burst(rating_burst, tests)])
+    # features: a burst that survives a Bonferroni correction over its tenant's tests.
+    tests = burst_tests(rt, rp, rating, ts, rating_burst, window_s, len(tenants.keys))
+    u_tenant = np.zeros(len(reviewers.keys), dtype=np.int64)
+    u_tenant[ru] = rt
+    p_tenant = np.zeros(len(products.keys), dtype=np.int64)
+    p_tenant[rp] = rt
+    h_r = combine_priors(review_features, n, settings.prior_clip,
+                         [significant_burst(rating_burst, tests[rt])])
     h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip,
-                         [significant_burst(reviewer_rating_burst, tests)])
+                         [significant_burst(reviewer_rating_burst, tests[u_tenant])])
     h_p = combine_priors(product_features, len(p_states), settings.prior_clip,
-                         [significant_burst(product_rating_burst, tests)])
+                         [significant_burst(product_rating_burst, tests[p_tenant])])
     seeds = _label_seeds(labels, [rows[i] for i in order], reviewers, products)
     sorted_beliefs = collective_scores(ru, rp, h_r, h_u, h_p, seeds, settings)
     # back to input-row order
@@ -307,6 +314,18 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     return ReviewAnalysis(rows, done, fold, reviewers, products, sellers, ru[inv], rp[inv], rs[inv], rings,
                           participation, in_rows, _input_rows(reviewer_burst_row, order_arr),
                           _input_rows(product_burst_row, order_arr), beliefs)
+
+
+def burst_tests(tenant: np.ndarray, product: np.ndarray, rating: np.ndarray, ts: np.ndarray,
+                surprise: np.ndarray, window_s: int, n_tenants: int) -> np.ndarray:
+    """Per tenant, the rating-burst hypotheses its run tested, for a Bonferroni correction:
+    each product, rating and disjoint window-wide time slot holding a review with a nonzero
+    surprise, once (the windows centred on the reviews of one burst overlap and test the same
+    thing; a product's bursts months apart are separate tests)."""
+    hit = surprise > 0
+    slot = np.floor(np.asarray(ts, dtype=np.float64)[hit] / (2 * window_s + 1)).astype(np.int64)
+    tested = np.unique(np.stack([tenant[hit], product[hit], rating[hit], slot]), axis=1)
+    return np.bincount(tested[0], minlength=n_tenants).astype(np.float64)
 
 
 def _worst(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -177,29 +177,48 @@ class RatingBursts:
     share: np.ndarray     # the product's share of that rating outside the window (Laplace-smoothed)
 
 
+PRIOR_REVIEWS = 5.0
+"""Pseudo-reviews of the tenant's own star mix in a product's expected share of a rating."""
+
+
 def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, window_s: int,
-                  levels: int = 5) -> RatingBursts:
+                  tenant: np.ndarray | None = None, levels: int = 5) -> RatingBursts:
     """Per review of an extreme rating (1 or ``levels`` stars): how improbable the star mix of
     its product's reviews around it is; surprise 0 for the ratings between.
 
     ``window`` reviews of the product lie within ``window_s`` seconds either side of the review
-    (times in whole seconds), ``same`` of them with the review's own rating; the product's
-    ``share`` of that rating among its reviews *outside* that window (Laplace-smoothed over
-    ``levels`` ratings) makes ``same ~ Binomial(window, share)`` the honest expectation, and
-    the surprise is ``-log10 P(X >= same)``. A campaign is many reviews of one extreme rating
-    in a few days: a star mix its product never shows otherwise, however popular the product
-    (a launch or a sale brings more reviews, not reviews of one rating). Whole-run view: the
-    window looks both ways, and every review of a burst gets the burst's surprise.
+    (times in whole seconds, edges included), ``same`` of them with the review's own rating.
+    The product's ``share`` of that rating among its reviews *outside* that window, shrunk
+    toward the tenant's star mix over all its reviews by :data:`PRIOR_REVIEWS` pseudo-reviews
+    (a new product with no history of its own expects the tenant's usual mix, not a uniform
+    one), is what an honest stretch would show. The review itself is the condition, not the
+    evidence: the surprise is ``-log10 P(X >= same - 1)`` for ``X ~ Binomial(window - 1, share)``,
+    the *other* reviews of the window. A campaign is many reviews of one extreme rating in a few
+    days: a star mix its product never shows otherwise, however popular the product (a launch
+    or a sale brings more reviews, not reviews of one rating). Whole-run view: the window looks
+    both ways, and every review of a burst gets the burst's surprise.
+
+    ``tenant``: a code per review (default: one tenant); ``product`` codes must not be shared
+    between tenants.
     """
     product = np.asarray(product, dtype=np.int64)
     rating = np.asarray(rating, dtype=np.int64)
     n = len(product)
+    ten = np.zeros(n, dtype=np.int64) if tenant is None else np.asarray(tenant, dtype=np.int64)
+    if not (len(rating) == len(ts) == len(ten) == n):
+        raise ValueError("product, ts, rating and tenant must have one row per review")
     if not n:
         z = np.zeros(0)
         return RatingBursts(z, z.astype(np.int64), z.astype(np.int64), z)
+    if rating.min() < 1 or rating.max() > levels:
+        raise ValueError(f"ratings must be 1..{levels}, got {int(rating.min())}..{int(rating.max())}")
     sec = np.floor(np.asarray(ts, dtype=np.float64)).astype(np.int64)
     w = int(window_s)
     span = int(sec.max()) - int(sec.min()) + 2 * w + 2
+    _, pkey = np.unique(product, return_inverse=True)
+    same_key = pkey * levels + (rating - 1)
+    if (int(same_key.max()) + 1) * span >= 2**62:
+        raise ValueError(f"reviews span {span} s over {int(pkey.max()) + 1} products: too wide to index")
     offset = sec - int(sec.min()) + w + 1
 
     def around(key: np.ndarray) -> np.ndarray:
@@ -208,15 +227,17 @@ def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, windo
         pos = np.sort(at)
         return (np.searchsorted(pos, at + w, side="right") - np.searchsorted(pos, at - w, side="left"))
 
-    same_key = product * (levels + 1) + rating
     same = around(same_key).astype(np.int64)
-    window = around(product).astype(np.int64)
-    share = ((np.bincount(same_key)[same_key] - same + 1.0)
-             / (np.bincount(product)[product] - window + float(levels)))
-    # P(Binomial(window, share) >= same) = I_share(same, window - same + 1)
-    p = betainc(same.astype(np.float64), (window - same + 1).astype(np.float64), share)
+    window = around(pkey).astype(np.int64)
+    mix_key = ten * levels + (rating - 1)
+    mix = np.bincount(mix_key)[mix_key] / np.bincount(ten)[ten]  # the tenant's share of the rating
+    share = ((np.bincount(same_key)[same_key] - same + PRIOR_REVIEWS * mix)
+             / (np.bincount(pkey)[pkey] - window + PRIOR_REVIEWS))
+    others = same - 1
+    # P(Binomial(window - 1, share) >= others) = I_share(others, window - others), for others >= 1
+    p = betainc(np.maximum(others, 1).astype(np.float64), (window - others).astype(np.float64), share)
     extreme = (rating == 1) | (rating == levels)
-    surprise = np.where(extreme & (window >= 2), -np.log10(np.maximum(p, 1e-300)), 0.0) + 0.0
+    surprise = np.where(extreme & (others >= 1), -np.log10(np.maximum(p, 1e-300)), 0.0) + 0.0
     return RatingBursts(surprise, window, same, share)
 
 
@@ -229,10 +250,12 @@ def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
     return s if high_is_suspicious else 1.0 - s + 1.0 / len(x)
 
 
-def significant_burst(surprise: np.ndarray, tests: int) -> np.ndarray:
-    """``1 - p`` after a Bonferroni correction over ``tests`` hypotheses, from ``-log10 p``
-    surprises: 0 for a burst chance explains among that many, near 1 for one it cannot."""
-    adjusted = np.asarray(surprise, dtype=np.float64) - math.log10(max(tests, 1))
+def significant_burst(surprise: np.ndarray, tests: np.ndarray | int) -> np.ndarray:
+    """``1 - p`` after a Bonferroni correction over ``tests`` hypotheses (one count, or one per
+    value), from ``-log10 p`` surprises: 0 for a burst chance explains among that many, near 1
+    for one it cannot."""
+    adjusted = (np.asarray(surprise, dtype=np.float64)
+                - np.log10(np.maximum(np.asarray(tests, dtype=np.float64), 1.0)))
     return np.where(adjusted > 0, -np.expm1(-adjusted * math.log(10.0)), 0.0)
 
 

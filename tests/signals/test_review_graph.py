@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
-from signals.review_analysis import ReviewRow, analyse_reviews
+from signals.review_analysis import ReviewRow, analyse_reviews, burst_tests
 from signals.review_graph import (
     GraphSettings,
     collective_scores,
@@ -126,19 +127,71 @@ def test_analysis_signals_rings_and_labels() -> None:
 
 def test_rating_bursts_hand_computed() -> None:
     """Product 0: ten reviews months apart (two of 5 stars, eight of 3), then five 5-star
-    reviews within a day; product 1: a lone 5-star review."""
+    reviews within a day; product 1: a lone 5-star review. The tenant: 8 of 16 reviews 5 stars."""
     day = 86400.0
     product = [0] * 15 + [1]
     ts = [k * 30 * day for k in range(10)] + [400 * day + k * 3600 for k in range(5)] + [0.0]
     rating = [5, 5] + [3] * 8 + [5] * 5 + [5]
     b = rating_bursts(np.array(product), np.array(ts), np.array(rating), 3 * 86400)
-    # the burst: 5 of 5 reviews in the window have 5 stars; outside it 2 of 10 do: (2 + 1) / (10 + 5)
+    # the burst: 5 of 5 reviews in the window have 5 stars; outside it 2 of 10 do, shrunk by 5
+    # pseudo-reviews toward the tenant's 5-star share 0.5: (2 + 2.5) / (10 + 5); each review
+    # is tested on the 4 others
     assert (b.window[10:15] == 5).all() and (b.same[10:15] == 5).all()
-    np.testing.assert_allclose(b.share[10:15], 0.2)
-    np.testing.assert_allclose(b.surprise[10:15], -np.log10(0.2 ** 5))
+    np.testing.assert_allclose(b.share[10:15], 0.3)
+    np.testing.assert_allclose(b.surprise[10:15], -np.log10(0.3 ** 4))
     assert (b.surprise[2:10] == 0).all()  # 3 stars: not an extreme rating
     assert b.surprise[0] == 0 and b.window[0] == 1  # alone in its window
     assert b.surprise[15] == 0  # a lone review of another product
+
+
+def test_rating_burst_with_other_ratings_in_the_window_is_the_binomial_tail() -> None:
+    """Product 0 over a year: 20 reviews, 4 of them 5 stars; then, within a day, 4 of 5 stars
+    and 2 of 4 stars. Each 5-star review of the day: 3 more 5-star among the 5 others."""
+    day = 86400.0
+    ts = [k * 15 * day for k in range(20)] + [500 * day + k * 600 for k in range(6)]
+    rating = [5 if k % 5 == 0 else 3 for k in range(20)] + [5, 4, 5, 5, 4, 5]
+    b = rating_bursts(np.zeros(26, dtype=np.int64), np.array(ts), np.array(rating), 3 * 86400)
+    mix = 8 / 26  # the tenant's 5-star share
+    share = (4 + 5 * mix) / (20 + 5)
+    five = [20, 22, 23, 25]
+    np.testing.assert_allclose(b.share[five], share)
+    np.testing.assert_allclose(b.surprise[five], -np.log10(binom.sf(2, 5, share)))
+    assert (b.surprise[[21, 24]] == 0).all()  # 4 stars
+
+
+def test_a_new_products_burst_expects_the_tenants_own_mix() -> None:
+    """A new product's first week: three 5-star reviews and nothing else of its own; the tenant
+    gives 5 stars to 60 % of its reviews, so three in a row are no surprise."""
+    day = 86400.0
+    old = [(1, k * day, 5 if k % 5 < 3 else 4) for k in range(100)]  # another product, 60 % 5 stars
+    new = [(0, 200 * day + k * 3600, 5) for k in range(3)]
+    p, t, r = (np.array(x) for x in zip(*(old + new), strict=True))
+    b = rating_bursts(p, t, r, 3 * 86400)
+    mix = 63 / 103
+    np.testing.assert_allclose(b.share[100:], mix)  # no history of its own: the tenant's mix
+    np.testing.assert_allclose(b.surprise[100:], -np.log10(mix ** 2))
+    assert b.surprise[100:].max() < 0.5
+
+
+def test_rating_bursts_refuse_ratings_off_the_scale() -> None:
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="ratings must be 1..5"):
+            rating_bursts(np.zeros(2, dtype=np.int64), np.zeros(2), np.array([5, bad]), 86400)
+    with pytest.raises(ValueError, match="one row per review"):
+        rating_bursts(np.zeros(2, dtype=np.int64), np.zeros(3), np.array([5, 5]), 86400)
+
+
+def test_burst_tests_count_each_burst_once() -> None:
+    """Two bursts of one product months apart, each of several reviews, are two tests; the
+    other tenant's burst is its own tenant's test."""
+    day = 86400.0
+    tenant = np.array([0] * 7 + [1] * 2)
+    product = np.array([0] * 7 + [1] * 2)
+    rating = np.array([5] * 9)
+    ts = np.array([0, 3600, 7200, 100 * day, 100 * day + 60, 100 * day + 120, 300 * day, 0, 60.0])
+    surprise = np.array([2.0, 2.0, 2.0, 1.5, 1.5, 1.5, 0.0, 0.7, 0.7])
+    np.testing.assert_allclose(burst_tests(tenant, product, rating, ts, surprise, 3 * 86400, 3), [2, 1, 0])
+    assert significant_burst(np.array([5.0]), 0)[0] == pytest.approx(1 - 1e-5)  # no tests: no correction
 
 
 def test_a_busy_window_of_the_usual_star_mix_is_no_rating_burst() -> None:
@@ -154,7 +207,7 @@ def test_a_busy_window_of_the_usual_star_mix_is_no_rating_burst() -> None:
 
 def test_significant_burst_and_evidence_in_the_priors() -> None:
     s = np.array([0.0, 2.0, 3.0, 5.0])
-    e = significant_burst(s, 1000)  # Bonferroni over 1,000 windows: log10 = 3
+    e = significant_burst(s, 1000)  # Bonferroni over 1,000 tests: log10 = 3
     np.testing.assert_allclose(e, [0.0, 0.0, 0.0, 0.99])
     x = np.array([1.0, 2.0, 3.0, 4.0])
     plain = combine_priors([(x, True)], 4, 0.01)
@@ -202,3 +255,31 @@ def test_a_single_target_campaign_with_camouflage() -> None:
     review = {s.name: s for s in a.review_signals(rows_f0, NOW)}
     assert review["review.rating_burst"].value == campaign[0].value
     assert review["review.rating_burst"].evidence["window_reviews"] == 12
+
+
+def _campaign_rows(tenant: str, seed: int) -> list[ReviewRow]:
+    rng = np.random.default_rng(seed)
+    day = 86400.0
+    rows = [ReviewRow(tenant, f"O{k}", f"U{int(rng.integers(30))}", f"P{int(rng.integers(8))}", "S1",
+                      int(rng.integers(1, 6)), float(rng.uniform(0, 200)) * day) for k in range(300)]
+    rows += [ReviewRow(tenant, f"F{m}", f"X{m}", "P99", "S1", 5, 120 * day + m * 600.0) for m in range(8)]
+    return rows
+
+
+def test_rating_bursts_of_a_tenant_do_not_depend_on_other_tenants_or_on_order() -> None:
+    """Tenants "a" and "b" share product ids; a's rating bursts (values and evidence) are the
+    same analysed alone, beside b, and with the rows shuffled."""
+    a_rows, b_rows = _campaign_rows("a", 1), _campaign_rows("b", 2)
+    names = ("reviewer.rating_burst", "product.rating_burst")
+
+    def bursts(rows: list[ReviewRow]) -> dict[tuple[str, str, str], tuple[object, object]]:
+        got = {(s.tenant, s.entity_id, s.name): (s.value, s.evidence)
+               for s in analyse_reviews(rows).entity_signals(NOW) if s.name in names}
+        return {k: v for k, v in got.items() if k[0] == "a"}
+
+    alone = bursts(a_rows)
+    assert alone[("a", "P99", "product.rating_burst")][0] > 3  # the campaign
+    both = a_rows + b_rows
+    shuffled = [both[i] for i in np.random.default_rng(0).permutation(len(both))]
+    assert bursts(both) == alone
+    assert bursts(shuffled) == alone
