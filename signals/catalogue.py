@@ -85,8 +85,8 @@ _SPECS: tuple[SignalSpec, ...] = (
     # Collective scores, rating bursts and rings (signals/review_graph.py).
     SignalSpec("review.rating_burst", ("review",), "float",
                "a 1 or 5 star review inside a run of that rating on its product: surprise (-log10 p, "
-               "binomial) of the product's star mix within review_graph.ring_window_days either side, "
-               "against its mix outside that window"),
+               "binomial) of the other reviews' star mix within review_graph.ring_window_days either "
+               "side, against the product's mix outside that window shrunk toward the tenant's"),
     SignalSpec("review.spam_score", ("review",), "float",
                "belief that the review is fake: loopy belief propagation over the review graph (SpEagle)"),
     # Reviewer.

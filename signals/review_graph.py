@@ -20,7 +20,8 @@ bigger rings score higher).
 
 Rating bursts (``review.rating_burst``, ``reviewer.rating_burst``, ``product.rating_burst``):
 a product's reviews within ``ring_window_days`` of a review, and how improbable their star
-mix is against the product's own mix outside that window (:func:`rating_bursts`). A farm's
+mix is against the product's own mix outside that window, shrunk toward the tenant's
+(:func:`rating_bursts`). A farm's
 campaign is a few days of one extreme rating from many accounts: the accounts need not share
 a second product (rings cannot see a single-target campaign), and their other reviews
 (camouflage) do not hide the burst, since a reviewer's value is its worst review's.
@@ -30,8 +31,8 @@ SpEagle (Rayana and Akoglu, KDD 2015). Node priors are unsupervised: each behavi
 feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type (in the
 direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
 then the node's rating burst joins as a probability (``1 - p`` after a Bonferroni correction
-over the run's tested series, each product and extreme rating with a burst counted once,
-:func:`significant_burst`) in a noisy-or: one more rank in the
+over its tenant's tests, :func:`significant_burst` and
+:func:`signals.review_analysis.burst_tests`) in a noisy-or: one more rank in the
 mean would be outvoted by the profile features, whose literature directions camouflaged
 accounts invert (more reviews, longer spans, higher entropy than a fresh fake's);
 a pairwise Markov random field with homophilous compatibilities (flip probabilities
