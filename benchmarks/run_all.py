@@ -108,6 +108,8 @@ def table(results: Path = RESULTS_DIR) -> str:
 
 
 def _fmt(v: object) -> str:
+    if v is None:  # a headline the run did not measure (its results file says why)
+        return "not measured"
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)

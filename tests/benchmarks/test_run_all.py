@@ -21,13 +21,15 @@ def test_table_rows_carry_headline_figures_machine_and_date(tmp_path: Path) -> N
     res = tmp_path / "results"
     _result(res, "latency", {"p50_ms_c1": 307.4, "p99_ms_c1": 631.0, "errors": 0, "not_a_headline": 1},
             "2026-11-30T15:23:57Z")
-    _result(res, "publishing", {"redis_events_s": 6077.5}, "2026-11-29T10:00:00Z", cpu="Intel Xeon")
+    _result(res, "publishing", {"redis_events_s": 6077.5, "webhook_events_s": None}, "2026-11-29T10:00:00Z",
+            cpu="Intel Xeon")
     _result(res, "zz_new", {"a": 1.23456, "b": "x", "c": [1, 2], "d": 2, "e": 3, "f": 4, "g": 5, "h": 6},
             "2026-12-01T00:00:00Z")
     assert table(res).splitlines() == [
         "| benchmark | figures | machine | date |",
         "|---|---|---|---|",
-        "| `publishing` | `redis_events_s` 6,078 | Intel Xeon, 2 cores | 2026-11-29 |",
+        "| `publishing` | `redis_events_s` 6,078, `webhook_events_s` not measured | Intel Xeon, 2 cores "
+        "| 2026-11-29 |",
         "| `latency` | `p50_ms_c1` 307, `p99_ms_c1` 631, `errors` 0 | AMD EPYC, 2 cores | 2026-11-30 |",
         # a benchmark not in HEADLINES: its first six scalar figures
         "| `zz_new` | `a` 1.23, `b` x, `d` 2, `e` 3, `f` 4, `g` 5 | AMD EPYC, 2 cores | 2026-12-01 |",
