@@ -21,8 +21,8 @@ bigger rings score higher).
 Rating bursts (``review.rating_burst``, ``reviewer.rating_burst``, ``product.rating_burst``):
 a product's reviews within ``ring_window_days`` of a review, and how improbable their star
 mix is against the product's own mix outside that window, shrunk toward the tenant's
-(:func:`rating_bursts`). A farm's
-campaign is a few days of one extreme rating from many accounts: the accounts need not share
+(:func:`rating_bursts`). A farm's campaign is a few days of one extreme rating from many
+accounts: the accounts need not share
 a second product (rings cannot see a single-target campaign), and their other reviews
 (camouflage) do not hide the burst, since a reviewer's value is its worst review's.
 
@@ -172,10 +172,10 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, n_re
 class RatingBursts:
     """Per review, the star mix of its product's reviews around it (:func:`rating_bursts`)."""
 
-    surprise: np.ndarray  # -log10 P(X >= same), X ~ Binomial(window, share); 0 for ratings between the ends
+    surprise: np.ndarray  # -log10 P(X >= same - 1), X ~ Binomial(window - 1, share); 0 between the ends
     window: np.ndarray    # reviews of the product within the window either side (the review included)
     same: np.ndarray      # of those, with the review's rating
-    share: np.ndarray     # the product's share of that rating outside the window (Laplace-smoothed)
+    share: np.ndarray     # the product's share of that rating outside the window, shrunk toward the tenant's
 
 
 PRIOR_REVIEWS = 5.0
