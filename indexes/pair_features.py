@@ -9,9 +9,10 @@ memory map (``serving.batch.pairs``); a request parses its one listing.
 :func:`pair_feature_matrix` then computes :data:`BASE_FEATURES` for many pairs of
 parsed rows at once: every set overlap (tokens, trigrams, numbers, codes,
 quantities) is a row-wise sparse product over the pairs, in C, so a pair costs
-microseconds and a record is never parsed again for each of its candidates. Only
-the identifier comparisons (a code of one side inside the other's text, the
-closest pair of codes) run per pair in Python, for the pairs that carry codes.
+microseconds and a record is never parsed again for each of its candidates. The
+identifier comparisons are laid out as arrays too (every pair of codes compared as a
+character matrix); only the test of a code inside the other side's text is a Python
+``in``, one per code of the pairs that carry codes.
 
 The features (names in :data:`BASE_FEATURES`):
 
@@ -318,18 +319,81 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def _code_similarity(a: str, b: str) -> float:
-    """Shared prefix over the longer code: ``lds4821ww`` vs ``lds4821wh`` -> 0.78."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n / max(len(a), len(b))
+# Codes are compared on their first _PREFIX_WIDTH characters as a uint32 matrix; the rare pair
+# that agrees on all of them (both longer) is finished in Python.
+_PREFIX_WIDTH = 32
 
 
-def _contained(codes: list[str], squashed: str) -> float:
-    return sum(1 for c in codes if len(c) >= _MIN_CONTAINED and c in squashed) / len(codes)
+def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For consecutive groups of ``counts`` elements: each element's group and place in it."""
+    group = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    return group, np.arange(len(group), dtype=np.int64) - starts[group]
+
+
+def _shared_prefix(codes: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Characters the codes ``codes[x[i]]`` and ``codes[y[i]]`` share from the start."""
+    width = _PREFIX_WIDTH
+    lens = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
+    chars = np.array([c[:width] for c in codes], dtype=f"<U{width}").view(np.uint32)
+    chars = chars.reshape(len(codes), width)
+    out = np.empty(len(x), dtype=np.int64)
+    step = max(1, (1 << 24) // width)  # ~16M compared characters at a time
+    for s in range(0, len(x), step):
+        xs, ys = x[s:s + step], y[s:s + step]
+        agree = np.logical_and.accumulate(chars[xs] == chars[ys], axis=1).sum(axis=1)
+        out[s:s + step] = np.minimum(agree, np.minimum(lens[xs], lens[ys]))
+    for i in np.flatnonzero(out == width).tolist():  # both longer than the matrix: count on
+        a, b = codes[x[i]], codes[y[i]]
+        n = width
+        while n < len(a) and n < len(b) and a[n] == b[n]:
+            n += 1
+        out[i] = n
+    return out
+
+
+def _code_features(t: pa.Table, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``code_contained`` and ``code_best_similarity`` of the pairs ``(ia[i], ib[i])``.
+
+    Contained: the share of one side's codes (those of at least :data:`_MIN_CONTAINED`
+    characters count as findable) that occur in the other side's squashed text, the larger of
+    the two directions when both sides carry codes. Best similarity: over every pair of codes,
+    the shared prefix over the longer code (``lds4821ww`` vs ``lds4821wh`` -> 0.78). Pairs
+    without codes get 0. Every (code, text) and (code, code) comparison is laid out as arrays,
+    so the only per-comparison Python is the substring test.
+    """
+    col = _list_column(t, "codes")
+    offsets = col.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes: list[str] = pc.list_flatten(col).to_pylist()
+    squashed: list[str] = t.column("squashed").to_pylist()
+    lens = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
+    counts = np.diff(offsets)
+    na, nb = counts[ia], counts[ib]
+
+    def contained(src: np.ndarray, dst: np.ndarray, n_src: np.ndarray) -> np.ndarray:
+        pair, j = _expand(n_src)
+        code = offsets[src[pair]] + j
+        test = np.flatnonzero(lens[code] >= _MIN_CONTAINED)
+        hit = np.zeros(len(pair), dtype=np.float64)
+        hit[test] = [codes[c] in squashed[d] for c, d in zip(code[test].tolist(), dst[pair[test]].tolist(),
+                                                              strict=True)]
+        found = np.bincount(pair, weights=hit, minlength=len(src)).astype(np.float64)  # int64 when empty
+        return _ratio(found, n_src.astype(np.float64))
+
+    from_a, from_b = contained(ia, ib, na), contained(ib, ia, nb)
+    both = (na > 0) & (nb > 0)
+    found = np.where(both, np.maximum(from_a, from_b), np.where(na > 0, from_a, from_b))
+    best = np.zeros(len(ia), dtype=np.float64)
+    rows = np.flatnonzero(both)
+    if len(rows):
+        ka, kb = na[rows], nb[rows]
+        combos = ka * kb
+        pair, j = _expand(combos)
+        x = offsets[ia[rows][pair]] + j // kb[pair]
+        y = offsets[ib[rows][pair]] + j % kb[pair]
+        similarity = _shared_prefix(codes, x, y) / np.maximum(lens[x], lens[y])
+        best[rows] = np.maximum.reduceat(similarity, np.cumsum(combos) - combos)
+    return found, best
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,16 +441,23 @@ def _rarity(t: pa.Table, ia: np.ndarray, ib: np.ndarray, group: np.ndarray) -> t
                                shape=(int(g.max()) + 1, m.shape[0]))
     member.data[:] = 1.0  # a record in two pairs of one group counts once
     df = (member @ m).tocsr()
+    df.sort_indices()
     size = np.maximum(np.asarray(member.sum(axis=1)).ravel(), MIN_NEIGHBOURHOOD)
-    df.data = np.log((np.repeat(size, np.diff(df.indptr)) + 1.0) / df.data)
-    w = df[g]
+    weight = np.log((np.repeat(size, np.diff(df.indptr)) + 1.0) / df.data)
+    # Each (group, token) weight is looked up by its key in df's sorted entries: expanding df to
+    # a row per pair (df[g]) copied a whole neighbourhood's vocabulary for every pair (~6x slower).
+    vocab = np.int64(m.shape[1])
+    keys = np.repeat(np.arange(df.shape[0], dtype=np.int64), np.diff(df.indptr)) * vocab + df.indices
     a, b = m[ia], m[ib]
-    shared = a.multiply(b)
-    union = a + b
-    union.data[:] = 1.0
+    shared = a.multiply(b).tocsr()
+    union = (a + b).tocsr()
 
     def weighted(x: sparse.csr_matrix) -> np.ndarray:
-        return np.asarray(x.multiply(w).sum(axis=1), dtype=np.float64).ravel()
+        x.sort_indices()
+        row = np.repeat(np.arange(n, dtype=np.int64), np.diff(x.indptr))
+        # every token of a pair's record is in its group's df: the lookup always lands on it
+        w = weight[np.searchsorted(keys, g[row] * vocab + x.indices)]
+        return np.bincount(row, weights=w, minlength=n).astype(np.float64)  # int64 when x is empty
 
     sw, uw, aw, bw = weighted(shared), weighted(union), weighted(a), weighted(b)
     return _ratio(sw, uw), _ratio(sw, np.minimum(aw, bw))
@@ -476,18 +547,7 @@ def pair_feature_matrix(records: ParsedRecords, ia: np.ndarray, ib: np.ndarray,
     out[:, f["code_one_side_only"]] = (csz[ia] > 0) != (csz[ib] > 0)
     todo = np.flatnonzero((csz[ia] > 0) | (csz[ib] > 0))
     if len(todo):
-        code_lists = _list_column(t, "codes").to_pylist()
-        squashed = t.column("squashed").to_pylist()
-        contained = np.zeros(len(todo))
-        best = np.zeros(len(todo))
-        for k, (a, b) in enumerate(zip(ia[todo].tolist(), ib[todo].tolist(), strict=True)):
-            ca, cb = code_lists[a], code_lists[b]
-            if ca and cb:
-                # A code of one side spelled out (or split) inside the other side's text.
-                contained[k] = max(_contained(ca, squashed[b]), _contained(cb, squashed[a]))
-                best[k] = max(_code_similarity(x, y) for x in ca for y in cb)
-            else:
-                contained[k] = _contained(ca, squashed[b]) if ca else _contained(cb, squashed[a])
+        contained, best = _code_features(t, ia[todo], ib[todo])
         out[todo, f["code_contained"]] = contained
         out[todo, f["code_best_similarity"]] = best
         both = (csz[ia[todo]] > 0) & (csz[ib[todo]] > 0)

@@ -40,7 +40,7 @@ class BatchConfig(BaseModel):
                                description="extractor actors; default: the cluster's CPUs / actor_cpus, "
                                            "less one CPU left for the read tasks")
     actor_cpus: float = Field(default=1.0, gt=0, le=64, description="logical CPUs reserved per actor")
-    query_block: int = Field(default=4096, ge=1, description="queries per block of the all-pairs search")
+    query_block: int = Field(default=2048, ge=1, description="queries per block of the all-pairs search")
     top: int = Field(default=10, ge=1, le=1000, description="clusters and sellers listed in the summary")
     pairs_on: Literal["cluster", "driver"] = Field(
         default="cluster", description="where the all-pairs search, clustering and outputs run: Ray tasks "

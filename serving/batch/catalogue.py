@@ -39,8 +39,9 @@ import pyarrow.parquet as pq
 
 from indexes.atomic import fsync_dir, read_json, write_json_atomic
 from indexes.pair_features import PAIR_TEXT_CHARS
-from serving.batch.extract import Kind, iter_parts, part_path
+from serving.batch.extract import Kind, iter_part_rows, part_path
 from serving.batch.inputs import Unit
+from serving.batch.memory_release import release_free_memory
 from serving.batch.seen_ids import SeenIds
 
 META_SCHEMA = pa.schema([
@@ -143,9 +144,9 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
     sink = pa.OSFile(str(out / "meta.arrow"), "wb")
     writer = ipc.new_file(sink, META_SCHEMA)
     with open(rejected_tmp, "w", encoding="utf-8") as rej, open(errors_tmp, "w", encoding="utf-8") as errs:
-        for unit, part in iter_parts(parts_dir, units):
+        for unit in units:
             cols: dict[str, list[Any]] = {name: [] for name in META_SCHEMA.names}
-            for pos, row in enumerate(part.to_pylist()):
+            for pos, row in enumerate(row for rows in iter_part_rows(parts_dir, unit) for row in rows):
                 if row["reject"] is not None:
                     rej.write(_reject_line(row, json.loads(row["reject"])))
                     rejected += 1
@@ -154,8 +155,7 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
                 tenant = rec.get("tenant", "default")
                 first = seen.add(tenant, row["entity_id"], (unit.index << 32) | pos)
                 if first is not None:
-                    where = (part.column("where")[first & 0xFFFFFFFF].as_py() if first >> 32 == unit.index
-                             else wheres(first >> 32)[first & 0xFFFFFFFF])
+                    where = wheres(first >> 32)[first & 0xFFFFFFFF]
                     rej.write(_reject_line(row, {
                         "field": "listing_id" if kind == "listing" else "review_id", "code": "duplicate",
                         "message": f"id already seen in tenant {tenant!r} at {where}"}))
@@ -201,6 +201,8 @@ def _fold(parts_dir: Path, units: Iterable[Unit], kind: Kind, out: Path,
                 n += 1
             if cols["entity_id"]:
                 writer.write_table(pa.table(cols, schema=META_SCHEMA))
+            del cols
+            release_free_memory()  # the part's rows: freed pages back, so parts do not stack up
     writer.close()
     sink.close()
     for path in (out / "meta.arrow", rejected_tmp, errors_tmp):

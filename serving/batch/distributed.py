@@ -8,9 +8,10 @@ skips what is done. The outputs are byte for byte those of the single-driver pat
 
 1. **indexes**: a task per tenant and modality builds its snapshot; one task parses
    every record for the pair scorer (``work/pair_records.arrow``).
-2. **pairs**: query blocks (``batch.query_block``) grouped into tasks; each task opens
-   the snapshot once and writes each block's file, ``work/pairs/<t>/<m>/<block>.parquet``,
-   exactly as the driver path does. Memory a task: the index, the view's ids, one block.
+2. **pairs**: query blocks (``batch.query_block``), one a task until there are many
+   (:func:`search_task_blocks`); each task opens the snapshot once and writes each
+   block's file, ``work/pairs/<t>/<m>/<block>.parquet``, exactly as the driver path does.
+   Memory a task: the index, the view's ids, one block.
 3. **shuffle**: the catalogue's rows are cut into ``P`` ranges
    (``batch.partitions``). Each group of block files is split by the range of each pair's
    smaller row (``lo``) and of its larger (``hi``) (``work/shuffle/``); then each range's
@@ -98,6 +99,21 @@ def partitions(config: MarketGuardConfig, n: int, slots: float, out: Path) -> in
     return parts
 
 
+SEARCH_TASKS_PER_SLOT = 16
+
+
+def search_task_blocks(pending: int, slots: float) -> int:
+    """Query blocks a search task takes: one, until there are more than
+    :data:`SEARCH_TASKS_PER_SLOT` blocks a task slot of the cluster (``slots``).
+
+    Tasks of one block keep the slots busy to the end (the last wave is one block long);
+    each task opens the snapshot and the view's ids again, which is worth grouping only
+    once blocks are many. With 4 tasks a slot, 10 blocks on 2 slots went as 5 tasks of 2,
+    in 3 waves: 6 block-times where 5 suffice.
+    """
+    return max(1, -(-pending // max(1, int(SEARCH_TASKS_PER_SLOT * slots))))
+
+
 def _span(n: int, parts: int) -> int:
     return max(1, -(-n // parts))
 
@@ -172,7 +188,7 @@ def run_pairs_and_outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, 
     pending = sum(len(v) for v in todo.values())
     stage = progress.stage("pairs", total, "blocks", done=total - pending)
     cpus = max(1.0, float(tasks.ray.cluster_resources().get("CPU", 1)))
-    per_task = max(1, -(-pending // max(1, int(4 * cpus / tasks.cpus))))
+    per_task = search_task_blocks(pending, cpus / tasks.cpus)
     refs = [tasks.submit(_search_task, t, m, bs[i:i + per_task])
             for (t, m), bs in todo.items() for i in range(0, len(bs), per_task)]
     tasks.wait_all(refs, lambda r: stage.update(r[0], r[1]))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -307,10 +307,23 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
         raise RuntimeError(f"{writer.pending} units were not complete when the pipeline ended")
 
 
-def iter_parts(parts_dir: Path, units: Iterable[Unit]) -> Iterable[tuple[Unit, pa.Table]]:
-    """Every unit's part, in plan order."""
-    for unit in units:
-        yield unit, pq.read_table(part_path(parts_dir, unit.index), schema=PART_SCHEMA)
+PART_READ_ROWS = 2048
+
+
+def iter_part_rows(parts_dir: Path, unit: Unit) -> Iterator[list[dict[str, Any]]]:
+    """A unit's part as Python rows, :data:`PART_READ_ROWS` at a time, in order.
+
+    Streamed: a whole part read at once (``pq.read_table``, threaded) then turned into
+    Python rows held ~4x its ~58 MB of Arrow (a 4 MB unit of short listings, 22k rows)
+    and left the heap fragmented, so the catalogue stage's peak grew with each part
+    folded (+316 MB over one part, +455 MB over three, 2026-12-01).
+    """
+    f = pq.ParquetFile(part_path(parts_dir, unit.index))
+    if not f.schema_arrow.equals(PART_SCHEMA):
+        raise RuntimeError(f"{part_path(parts_dir, unit.index)}: not a unit part of this version "
+                           f"(schema {f.schema_arrow}); re-run with --restart")
+    for batch in f.iter_batches(batch_size=PART_READ_ROWS, use_threads=False):
+        yield batch.to_pylist()
 
 
 def rewrite_observed_at(signals_json: str | None, observed_at: datetime) -> list[dict[str, Any]]:

@@ -257,3 +257,56 @@ def test_context_of_the_wrong_length_is_refused() -> None:
         pair_feature_matrix(parsed, np.array([0]), np.array([1]), [0.5],
                             PairContext(np.zeros(2, int), np.zeros(2)))
     assert err.value.field == "context"
+
+
+def test_codes_longer_than_the_compared_width_still_equal_the_reference() -> None:
+    # Codes are compared as a 32-character matrix, and pairs agreeing on all of it are finished in
+    # Python: prefixes of 31, 32, 33 and 59 characters, codes of unequal length, several a side.
+    stem = "ab12" * 15  # 60 characters
+    titles = [stem, stem[:59] + "z", stem[:33] + "q", stem[:32] + "q9", stem[:31] + "w9", stem[:40],
+              f"{stem[:20]} kdl40ex500 {stem[:36]}x", "kdl40ex5000 sx530", "no code at all"]
+    recs = [PairRecord(t, d) for t in titles for d in ("", f"fits {stem[:45]} and KDL-40 EX500")]
+    ia, ib = np.triu_indices(len(recs))
+    cos = np.full(len(ia), 0.7)
+    got = pair_feature_matrix(ParsedRecords.parse(recs), ia, ib, cos)
+    want = np.array([reference_features(recs[a], recs[b], c) for a, b, c in zip(ia, ib, cos, strict=True)])
+    for name in ("code_exact", "code_contained", "code_best_similarity", "code_conflict",
+                 "code_one_side_only"):
+        j = BASE_FEATURES.index(name)
+        np.testing.assert_allclose(got[:, j], want[:, j], rtol=0, atol=1e-12, err_msg=name)
+    best = got[:, BASE_FEATURES.index("code_best_similarity")]
+    assert len(np.unique(best)) > 6
+    # Pairs whose codes are all on one side (one direction has nothing to look up).
+    one_sided = [(PairRecord("plain words"), PairRecord("fits SX530 and KDL-40 EX500")),
+                 (PairRecord("SX530 case"), PairRecord("a case"))]
+    for a, b in one_sided:  # one pair a call: a whole call with nothing on one side
+        np.testing.assert_allclose(feature_matrix([(a, b)], [0.8])[0], reference_features(a, b, 0.8),
+                                   rtol=0, atol=1e-12)  # the prefixes above give many distinct similarities
+
+
+def test_rarity_in_shared_neighbourhoods_equals_its_definition() -> None:
+    # Pairs in groups (a query and its candidates): a token's weight is log((N + 1) / df) over
+    # the group's distinct records, N at least 10; written out here one group at a time.
+    rng = np.random.default_rng(13)
+    recs = [random_record(rng) for _ in range(120)]
+    parsed = ParsedRecords.parse(recs)
+    groups = np.repeat(np.arange(40), rng.integers(1, 25, 40))
+    ia = np.array([int(q) * 3 for q in groups], dtype=np.int64)  # one query a group
+    ib = rng.integers(0, len(recs), len(groups))
+    ctx = PairContext(groups, np.full(len(ia), 0.4))
+    got = pair_feature_matrix(parsed, ia, ib, np.full(len(ia), 0.5), ctx)
+    content = [set(content_tokens(re.findall(r"[^\W_]+", _norm(r.title)))) for r in recs]
+    for k in range(len(ia)):
+        members = {int(r) for i in np.flatnonzero(groups == groups[k]) for r in (ia[i], ib[i])}
+        size = max(len(members), 10)
+
+        def w(token: str, members: set[int] = members, size: int = size) -> float:
+            return math.log((size + 1) / sum(token in content[r] for r in members))
+
+        ta, tb = content[ia[k]], content[ib[k]]
+        shared, union = sum(map(w, ta & tb)), sum(map(w, ta | tb))
+        smallest = min(sum(map(w, ta)), sum(map(w, tb)))
+        assert got[k, BASE_FEATURES.index("rare_token_jaccard")] == pytest.approx(
+            shared / union if union else 0.0, abs=1e-12)
+        assert got[k, BASE_FEATURES.index("rare_token_containment")] == pytest.approx(
+            shared / smallest if smallest else 0.0, abs=1e-12)

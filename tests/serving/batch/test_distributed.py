@@ -24,7 +24,7 @@ import pytest
 from indexes.clustering import Pairs, cluster_pairs
 from indexes.config import ClusteringConfig
 from indexes.near_duplicates import canonical_pairs
-from serving.batch.distributed import cluster_rows, components
+from serving.batch.distributed import cluster_rows, components, search_task_blocks
 from serving.batch.job import BatchRequest, run_batch
 from serving.batch.signals import Adjacency
 from tests.serving.batch.test_job import ROOT, catalogue_rows, config, write_catalogue
@@ -368,3 +368,18 @@ def test_a_range_asks_the_review_banks_for_the_whole_runs_batches(monkeypatch: p
     assert whole == [["text 0", "text 1", "text 2", "text 3"], ["text 4", "text 6", "text 7"],
                      ["text 8", "text 9"]]
     assert batches(0, 3) + batches(3, 6) + batches(6, n) == [whole[0], whole[0], whole[1], whole[1], whole[2]]
+
+
+def test_search_tasks_take_one_block_until_blocks_are_many() -> None:
+    def waves(blocks: int, slots: int) -> int:  # block-times until the last task ends
+        per = search_task_blocks(blocks, slots)
+        tasks = [min(per, blocks - s) for s in range(0, blocks, per)]
+        ends = [0] * slots
+        for t in tasks:  # each task to the slot that frees first
+            ends[ends.index(min(ends))] += t
+        return max(ends)
+
+    assert search_task_blocks(10, 2) == 1 and waves(10, 2) == 5  # grouped by 2, it took 6
+    assert search_task_blocks(32, 2) == 1 and search_task_blocks(33, 2) == 2
+    assert search_task_blocks(489, 2.0) == 16 and waves(489, 2) <= -(-489 // 2) + 16
+    assert search_task_blocks(0, 2) == 1 and search_task_blocks(5, 0.5) == 1
