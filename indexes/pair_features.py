@@ -319,9 +319,12 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-# Codes are compared on their first _PREFIX_WIDTH characters as a uint32 matrix; the rare pair
-# that agrees on all of them (both longer) is finished in Python.
+# Codes (ASCII: ``_CODE_SPAN``) are compared on their first _PREFIX_WIDTH characters as a byte
+# matrix; the rare pair that agrees on all of them (both longer) is finished in Python.
 _PREFIX_WIDTH = 32
+# Code comparisons laid out at a time (~100 bytes each in the temporaries): a chunk of pairs
+# whose records carry dozens of codes each would otherwise take gigabytes.
+_CODE_PAIRS_AT_A_TIME = 1 << 20
 
 
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,10 +338,10 @@ def _shared_prefix(codes: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray
     """Characters the codes ``codes[x[i]]`` and ``codes[y[i]]`` share from the start."""
     width = _PREFIX_WIDTH
     lens = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
-    chars = np.array([c[:width] for c in codes], dtype=f"<U{width}").view(np.uint32)
+    chars = np.array([c[:width].encode("ascii") for c in codes], dtype=f"S{width}").view(np.uint8)
     chars = chars.reshape(len(codes), width)
     out = np.empty(len(x), dtype=np.int64)
-    step = max(1, (1 << 24) // width)  # ~16M compared characters at a time
+    step = 1 << 18  # two 8 MB gathers and their comparison at a time
     for s in range(0, len(x), step):
         xs, ys = x[s:s + step], y[s:s + step]
         agree = np.logical_and.accumulate(chars[xs] == chars[ys], axis=1).sum(axis=1)
@@ -384,8 +387,13 @@ def _code_features(t: pa.Table, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndar
     both = (na > 0) & (nb > 0)
     found = np.where(both, np.maximum(from_a, from_b), np.where(na > 0, from_a, from_b))
     best = np.zeros(len(ia), dtype=np.float64)
-    rows = np.flatnonzero(both)
-    if len(rows):
+    both_rows = np.flatnonzero(both)
+    ends = np.cumsum(na[both_rows] * nb[both_rows])
+    start = 0
+    while start < len(both_rows):  # slices of at most _CODE_PAIRS_AT_A_TIME comparisons (or one pair)
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + _CODE_PAIRS_AT_A_TIME, side="right")))
+        rows = both_rows[start:stop]
         ka, kb = na[rows], nb[rows]
         combos = ka * kb
         pair, j = _expand(combos)
@@ -393,6 +401,7 @@ def _code_features(t: pa.Table, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndar
         y = offsets[ib[rows][pair]] + j % kb[pair]
         similarity = _shared_prefix(codes, x, y) / np.maximum(lens[x], lens[y])
         best[rows] = np.maximum.reduceat(similarity, np.cumsum(combos) - combos)
+        start = stop
     return found, best
 
 

@@ -318,12 +318,12 @@ def iter_part_rows(parts_dir: Path, unit: Unit) -> Iterator[list[dict[str, Any]]
     and left the heap fragmented, so the catalogue stage's peak grew with each part
     folded (+316 MB over one part, +455 MB over three, 2026-12-01).
     """
-    f = pq.ParquetFile(part_path(parts_dir, unit.index))
-    if not f.schema_arrow.equals(PART_SCHEMA):
-        raise RuntimeError(f"{part_path(parts_dir, unit.index)}: not a unit part of this version "
-                           f"(schema {f.schema_arrow}); re-run with --restart")
-    for batch in f.iter_batches(batch_size=PART_READ_ROWS, use_threads=False):
-        yield batch.to_pylist()
+    with pq.ParquetFile(part_path(parts_dir, unit.index)) as f:
+        if not f.schema_arrow.equals(PART_SCHEMA):
+            raise RuntimeError(f"{part_path(parts_dir, unit.index)}: not a unit part of this version "
+                               f"(schema {f.schema_arrow}); re-run with --restart")
+        for batch in f.iter_batches(batch_size=PART_READ_ROWS, use_threads=False):
+            yield batch.to_pylist()
 
 
 def rewrite_observed_at(signals_json: str | None, observed_at: datetime) -> list[dict[str, Any]]:

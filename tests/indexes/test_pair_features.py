@@ -259,7 +259,11 @@ def test_context_of_the_wrong_length_is_refused() -> None:
     assert err.value.field == "context"
 
 
-def test_codes_longer_than_the_compared_width_still_equal_the_reference() -> None:
+@pytest.mark.parametrize("at_a_time", [1 << 20, 5])
+def test_codes_longer_than_the_compared_width_still_equal_the_reference(
+        at_a_time: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ...also when the code comparisons are laid out a few at a time (5: pairs split across slices)
+    monkeypatch.setattr("indexes.pair_features._CODE_PAIRS_AT_A_TIME", at_a_time)
     # Codes are compared as a 32-character matrix, and pairs agreeing on all of it are finished in
     # Python: prefixes of 31, 32, 33 and 59 characters, codes of unequal length, several a side.
     stem = "ab12" * 15  # 60 characters
@@ -275,7 +279,7 @@ def test_codes_longer_than_the_compared_width_still_equal_the_reference() -> Non
         j = BASE_FEATURES.index(name)
         np.testing.assert_allclose(got[:, j], want[:, j], rtol=0, atol=1e-12, err_msg=name)
     best = got[:, BASE_FEATURES.index("code_best_similarity")]
-    assert len(np.unique(best)) > 6
+    assert len(np.unique(best)) > 6  # the prefixes above give many distinct similarities
     # Pairs whose codes are all on one side (one direction has nothing to look up).
     one_sided = [(PairRecord("plain words"), PairRecord("fits SX530 and KDL-40 EX500")),
                  (PairRecord("SX530 case"), PairRecord("a case"))]

@@ -59,7 +59,10 @@ def _part(unit: int, rows: list[tuple[str, str]], where_prefix: str) -> pa.Table
     return pa.table(cols, schema=PART_SCHEMA)
 
 
-def test_fold_rejects_repeats_in_the_same_and_in_earlier_units_naming_the_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_rows", [2048, 1])
+def test_fold_rejects_repeats_in_the_same_and_in_earlier_units_naming_the_first(
+        tmp_path: Path, read_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("serving.batch.extract.PART_READ_ROWS", read_rows)  # 1: a part read row by row
     parts = tmp_path / "work" / "units"
     parts.mkdir(parents=True)
     units_rows = [[("default", "A"), ("default", "B"), ("other", "A")],
