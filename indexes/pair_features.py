@@ -334,12 +334,18 @@ def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return group, np.arange(len(group), dtype=np.int64) - starts[group]
 
 
-def _shared_prefix(codes: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Characters the codes ``codes[x[i]]`` and ``codes[y[i]]`` share from the start."""
+def _prefix_matrix(codes: list[str]) -> np.ndarray:
+    """The codes' first :data:`_PREFIX_WIDTH` characters, a row of bytes each (zero-padded)."""
     width = _PREFIX_WIDTH
-    lens = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
     chars = np.array([c[:width].encode("ascii") for c in codes], dtype=f"S{width}").view(np.uint8)
-    chars = chars.reshape(len(codes), width)
+    return chars.reshape(len(codes), width)
+
+
+def _shared_prefix(codes: list[str], chars: np.ndarray, lens: np.ndarray, x: np.ndarray,
+                   y: np.ndarray) -> np.ndarray:
+    """Characters the codes ``codes[x[i]]`` and ``codes[y[i]]`` share from the start
+    (``chars``: their :func:`_prefix_matrix`, ``lens``: their lengths)."""
+    width = _PREFIX_WIDTH
     out = np.empty(len(x), dtype=np.int64)
     step = 1 << 18  # two 8 MB gathers and their comparison at a time
     for s in range(0, len(x), step):
@@ -388,6 +394,7 @@ def _code_features(t: pa.Table, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndar
     found = np.where(both, np.maximum(from_a, from_b), np.where(na > 0, from_a, from_b))
     best = np.zeros(len(ia), dtype=np.float64)
     both_rows = np.flatnonzero(both)
+    chars = _prefix_matrix(codes) if len(both_rows) else np.zeros((0, _PREFIX_WIDTH), dtype=np.uint8)
     ends = np.cumsum(na[both_rows] * nb[both_rows])
     start = 0
     while start < len(both_rows):  # slices of at most _CODE_PAIRS_AT_A_TIME comparisons (or one pair)
@@ -399,7 +406,7 @@ def _code_features(t: pa.Table, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndar
         pair, j = _expand(combos)
         x = offsets[ia[rows][pair]] + j // kb[pair]
         y = offsets[ib[rows][pair]] + j % kb[pair]
-        similarity = _shared_prefix(codes, x, y) / np.maximum(lens[x], lens[y])
+        similarity = _shared_prefix(codes, chars, lens, x, y) / np.maximum(lens[x], lens[y])
         best[rows] = np.maximum.reduceat(similarity, np.cumsum(combos) - combos)
         start = stop
     return found, best
