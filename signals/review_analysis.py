@@ -37,9 +37,9 @@ from signals.review_graph import (
     Rings,
     collective_scores,
     combine_priors,
+    discovery_evidence,
     rating_bursts,
     ring_scores,
-    significant_burst,
 )
 from signals.schemas import Label, Review, Signal
 
@@ -289,18 +289,18 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
         (np.array([abs(p.recent_mean - p.sum_rating / p.n) for p in p_states]), True),
     ]
     # The coordination evidence joins the priors as a probability, not one more rank among the
-    # features: a burst that survives a Bonferroni correction over its tenant's tests.
-    tests = burst_tests(rt, rp, rating, ts, rating_burst, window_s, len(tenants.keys))
+    # features: a burst that is a discovery among its tenant's tests.
+    tests = burst_tests(rt, rp, rating, ts, bursts, window_s, len(tenants.keys))
     u_tenant = np.zeros(len(reviewers.keys), dtype=np.int64)
     u_tenant[ru] = rt
     p_tenant = np.zeros(len(products.keys), dtype=np.int64)
     p_tenant[rp] = rt
     h_r = combine_priors(review_features, n, settings.prior_clip,
-                         [significant_burst(rating_burst, tests[rt])])
+                         [discovery_evidence(rating_burst, rt, tests)])
     h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip,
-                         [significant_burst(reviewer_rating_burst, tests[u_tenant])])
+                         [discovery_evidence(reviewer_rating_burst, u_tenant, tests)])
     h_p = combine_priors(product_features, len(p_states), settings.prior_clip,
-                         [significant_burst(product_rating_burst, tests[p_tenant])])
+                         [discovery_evidence(product_rating_burst, p_tenant, tests)])
     seeds = _label_seeds(labels, [rows[i] for i in order], reviewers, products)
     sorted_beliefs = collective_scores(ru, rp, h_r, h_u, h_p, seeds, settings)
     # back to input-row order
@@ -310,22 +310,29 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
                       sorted_beliefs.review_prior[inv], sorted_beliefs.reviewer_prior,
                       sorted_beliefs.product_prior)
     order_arr = np.asarray(order, dtype=np.int64)
-    in_rows = RatingBursts(bursts.surprise[inv], bursts.window[inv], bursts.same[inv], bursts.share[inv])
+    in_rows = RatingBursts(bursts.surprise[inv], bursts.window[inv], bursts.same[inv], bursts.share[inv],
+                           bursts.tested[inv])
     return ReviewAnalysis(rows, done, fold, reviewers, products, sellers, ru[inv], rp[inv], rs[inv], rings,
                           participation, in_rows, _input_rows(reviewer_burst_row, order_arr),
                           _input_rows(product_burst_row, order_arr), beliefs)
 
 
 def burst_tests(tenant: np.ndarray, product: np.ndarray, rating: np.ndarray, ts: np.ndarray,
-                surprise: np.ndarray, window_s: int, n_tenants: int) -> np.ndarray:
-    """Per tenant, the rating-burst hypotheses its run tested, for a Bonferroni correction:
-    each product, rating and disjoint window-wide time slot holding a review with a nonzero
-    surprise, once (the windows centred on the reviews of one burst overlap and test the same
-    thing; a product's bursts months apart are separate tests)."""
-    hit = surprise > 0
+                bursts: RatingBursts, window_s: int, n_tenants: int) -> list[np.ndarray]:
+    """Per tenant, the ``-log10 p`` surprises of the rating-burst hypotheses its run tested, for
+    :func:`signals.review_graph.discovery_evidence`: each product, rating and disjoint
+    window-wide time slot holding a tested review (an extreme rating with another review in its
+    window, whether or not any agreed), once, with the slot's largest surprise (the windows
+    centred on the reviews of one burst overlap and test the same thing; a product's bursts
+    months apart are separate tests). Untested reviews (middle ratings, lone reviews) are no
+    hypotheses: counting them would only make the bar higher for nothing."""
+    hit = np.flatnonzero(bursts.tested)
     slot = np.floor(np.asarray(ts, dtype=np.float64)[hit] / (2 * window_s + 1)).astype(np.int64)
-    tested = np.unique(np.stack([tenant[hit], product[hit], rating[hit], slot]), axis=1)
-    return np.bincount(tested[0], minlength=n_tenants).astype(np.float64)
+    keys = np.stack([tenant[hit], product[hit], rating[hit], slot])
+    uniq, inverse = np.unique(keys, axis=1, return_inverse=True)
+    best = np.zeros(uniq.shape[1])
+    np.maximum.at(best, inverse.ravel(), bursts.surprise[hit])
+    return [best[uniq[0] == t] for t in range(n_tenants)]
 
 
 def _worst(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

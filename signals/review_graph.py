@@ -30,10 +30,10 @@ Collective scores (``review.spam_score``, ``reviewer.spam_score``, ``product.spa
 SpEagle (Rayana and Akoglu, KDD 2015). Node priors are unsupervised: each behavioural
 feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type (in the
 direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
-then the node's rating burst joins as a probability (``1 - p`` after a Bonferroni correction
-over its tenant's tests, :func:`significant_burst` and
-:func:`signals.review_analysis.burst_tests`) in a noisy-or: one more rank in the
-mean would be outvoted by the profile features, whose literature directions camouflaged
+then the node's rating burst joins as a probability (``1 - q``, ``q`` its Benjamini-Hochberg
+q-value among its tenant's tests, when it is a discovery at :data:`DISCOVERY_FDR`:
+:func:`discovery_evidence` and :func:`signals.review_analysis.burst_tests`) in a noisy-or:
+one more rank in the mean would be outvoted by the profile features, whose literature directions camouflaged
 accounts invert (more reviews, longer spans, higher entropy than a fresh fake's);
 a pairwise Markov random field with homophilous compatibilities (flip probabilities
 ``eps_reviewer`` and ``eps_product`` of :class:`GraphSettings`) ties each review to its
@@ -176,6 +176,7 @@ class RatingBursts:
     window: np.ndarray    # reviews of the product within the window either side (the review included)
     same: np.ndarray      # of those, with the review's rating
     share: np.ndarray     # the product's share of that rating outside the window, shrunk toward the tenant's
+    tested: np.ndarray    # an extreme rating with another review in its window: a test, p = 1 when none agree
 
 
 PRIOR_REVIEWS = 5.0
@@ -210,7 +211,7 @@ def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, windo
         raise ValueError("product, ts, rating and tenant must have one row per review")
     if not n:
         z = np.zeros(0)
-        return RatingBursts(z, z.astype(np.int64), z.astype(np.int64), z)
+        return RatingBursts(z, z.astype(np.int64), z.astype(np.int64), z, z.astype(bool))
     if rating.min() < 1 or rating.max() > levels:
         raise ValueError(f"ratings must be 1..{levels}, got {int(rating.min())}..{int(rating.max())}")
     sec = np.floor(np.asarray(ts, dtype=np.float64)).astype(np.int64)
@@ -239,7 +240,7 @@ def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, windo
     p = betainc(np.maximum(others, 1).astype(np.float64), (window - others).astype(np.float64), share)
     extreme = (rating == 1) | (rating == levels)
     surprise = np.where(extreme & (others >= 1), -np.log10(np.maximum(p, 1e-300)), 0.0) + 0.0
-    return RatingBursts(surprise, window, same, share)
+    return RatingBursts(surprise, window, same, share, extreme & (window >= 2))
 
 
 def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
@@ -251,13 +252,48 @@ def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
     return s if high_is_suspicious else 1.0 - s + 1.0 / len(x)
 
 
-def significant_burst(surprise: np.ndarray, tests: np.ndarray | int) -> np.ndarray:
-    """``1 - p`` after a Bonferroni correction over ``tests`` hypotheses (one count, or one per
-    value), from ``-log10 p`` surprises: 0 for a burst chance explains among that many, near 1
-    for one it cannot."""
-    adjusted = (np.asarray(surprise, dtype=np.float64)
-                - np.log10(np.maximum(np.asarray(tests, dtype=np.float64), 1.0)))
-    return np.where(adjusted > 0, -np.expm1(-adjusted * math.log(10.0)), 0.0)
+DISCOVERY_FDR = 0.1
+"""The false discovery rate at which a rating burst counts as a discovery (:func:`discovery_evidence`)."""
+
+
+def discovery_evidence(surprise: np.ndarray, group: np.ndarray, tests: Sequence[np.ndarray],
+                       fdr: float = DISCOVERY_FDR) -> np.ndarray:
+    """``1 - q`` for each ``-log10 p`` surprise that is a discovery at false discovery rate
+    ``fdr`` among its group's tests, 0 otherwise.
+
+    ``q`` is the Benjamini-Hochberg q-value of ``p`` among ``tests[group]`` (the ``-log10 p``
+    surprises of every hypothesis the group's run tested, the ones chance explains, ``p = 1``,
+    included): ``min(1, min over j >= r of m * p_(j) / j)`` with ``m`` tests, ``p_(j)`` the
+    ``j``-th smallest, ``r`` the rank of ``p`` among them and ``p`` itself at rank ``r``. The level
+    keeps a weak burst from borrowing significance from a big campaign's many small ``p``: BH
+    alone would give a window of ``p = 0.2`` a ``q`` near 0.45 in a tenant whose tests are half a
+    campaign's. A group with no tests gives ``q = p``.
+    """
+    surprise = np.asarray(surprise, dtype=np.float64)
+    group = np.asarray(group, dtype=np.int64)
+    if len(group) != len(surprise):
+        raise ValueError("surprise and group must have one value per node")
+    if not 0.0 < fdr <= 1.0:
+        raise ValueError(f"fdr must be in (0, 1], got {fdr}")
+    if len(group) and (group.min() < 0 or group.max() >= len(tests)):
+        raise ValueError(f"groups must be 0..{len(tests) - 1}")
+    q = np.ones(len(surprise))
+    for g, t in enumerate(tests):
+        sel = np.flatnonzero(group == g)
+        if not len(sel):
+            continue
+        p = np.power(10.0, -surprise[sel])
+        pt = np.sort(np.power(10.0, -np.asarray(t, dtype=np.float64)))
+        m = len(pt)
+        if not m:
+            q[sel] = p
+            continue
+        bh = m * pt / np.arange(1, m + 1)
+        later = np.append(np.minimum.accumulate(bh[::-1])[::-1], np.inf)  # later[k]: min over j > k
+        rank = np.maximum(np.searchsorted(pt, p, side="right"), 1)
+        q[sel] = np.minimum(m * p / rank, later[rank])
+    q = np.minimum(q, 1.0)
+    return np.where(q <= fdr, 1.0 - q, 0.0)
 
 
 def combine_priors(features: Sequence[tuple[np.ndarray, bool]], n: int, clip: float,

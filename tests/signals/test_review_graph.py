@@ -11,12 +11,13 @@ from scipy.stats import binom
 from signals.review_analysis import ReviewRow, analyse_reviews, burst_tests
 from signals.review_graph import (
     GraphSettings,
+    RatingBursts,
     collective_scores,
     combine_priors,
+    discovery_evidence,
     ecdf_suspicion,
     rating_bursts,
     ring_scores,
-    significant_burst,
 )
 from signals.schemas import Label
 
@@ -142,6 +143,8 @@ def test_rating_bursts_hand_computed() -> None:
     assert (b.surprise[2:10] == 0).all()  # 3 stars: not an extreme rating
     assert b.surprise[0] == 0 and b.window[0] == 1  # alone in its window
     assert b.surprise[15] == 0  # a lone review of another product
+    # tests: the extreme ratings with another review in their window, agreeing or not
+    assert b.tested.tolist() == [False] * 10 + [True] * 5 + [False]
 
 
 def test_rating_burst_with_other_ratings_in_the_window_is_the_binomial_tail() -> None:
@@ -181,17 +184,71 @@ def test_rating_bursts_refuse_ratings_off_the_scale() -> None:
         rating_bursts(np.zeros(2, dtype=np.int64), np.zeros(3), np.array([5, 5]), 86400)
 
 
-def test_burst_tests_count_each_burst_once() -> None:
-    """Two bursts of one product months apart, each of several reviews, are two tests; the
-    other tenant's burst is its own tenant's test."""
+def test_burst_tests_count_each_burst_once_at_its_slots_largest_surprise() -> None:
+    """Two bursts of one product months apart, each of several reviews, are two tests, each
+    with the largest surprise of its slot; a window where no other review agreed is a test
+    with p = 1; the other tenant's burst is its own tenant's test; untested reviews are none."""
     day = 86400.0
-    tenant = np.array([0] * 7 + [1] * 2)
-    product = np.array([0] * 7 + [1] * 2)
-    rating = np.array([5] * 9)
-    ts = np.array([0, 3600, 7200, 100 * day, 100 * day + 60, 100 * day + 120, 300 * day, 0, 60.0])
-    surprise = np.array([2.0, 2.0, 2.0, 1.5, 1.5, 1.5, 0.0, 0.7, 0.7])
-    np.testing.assert_allclose(burst_tests(tenant, product, rating, ts, surprise, 3 * 86400, 3), [2, 1, 0])
-    assert significant_burst(np.array([5.0]), 0)[0] == pytest.approx(1 - 1e-5)  # no tests: no correction
+    tenant = np.array([0] * 9 + [1] * 2)
+    product = np.array([0] * 9 + [1] * 2)
+    rating = np.array([5] * 11)
+    ts = np.array([0, 3600, 7200, 100 * day, 100 * day + 60, 100 * day + 120, 200 * day, 302 * day,
+                   302 * day + 60, 0, 60.0])
+    surprise = np.array([2.0, 2.5, 2.0, 1.5, 1.0, 1.5, 0.0, 0.0, 0.0, 0.7, 0.7])
+    tested = np.array([True] * 6 + [False] + [True] * 4)  # review 6: alone in its window
+    bursts = RatingBursts(surprise, np.full(11, 3), np.full(11, 3), np.full(11, 0.5), tested)
+    tests = burst_tests(tenant, product, rating, ts, bursts, 3 * 86400, 3)
+    assert [sorted(t.tolist()) for t in tests] == [[0.0, 1.5, 2.5], [0.7], []]
+
+
+def _bh_q(p: np.ndarray) -> np.ndarray:
+    """The textbook BH q-values of a family of p-values, written out."""
+    m = len(p)
+    order = np.argsort(p)
+    q = np.empty(m)
+    for i, k in enumerate(order):
+        q[k] = min(1.0, min(m * p[order[j]] / (j + 1) for j in range(i, m)))
+    return q
+
+
+def test_discovery_evidence_is_one_minus_the_bh_q_value_of_the_discoveries() -> None:
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.uniform(size=40), 10.0 ** -rng.uniform(2, 6, size=10), [1.0, 1.0]])
+    s = -np.log10(p)
+    q = _bh_q(p)
+    for fdr in (0.05, 0.1, 1.0):
+        e = discovery_evidence(s, np.zeros(len(s), dtype=np.int64), [s], fdr)
+        np.testing.assert_allclose(e, np.where(q <= fdr, 1 - q, 0.0), atol=1e-12)
+    # a value that is not itself among the tests takes its rank among them
+    e = discovery_evidence(np.array([s[40] + 0.01]), np.zeros(1, dtype=np.int64), [s], 1.0)
+    brute = _bh_q(np.append(p, p[40] * 10 ** -0.01))[-1]
+    assert e[0] == pytest.approx(1 - brute, abs=0.02)  # one test fewer: m is 52, not 53
+    # groups are separate families; a group without tests keeps its p
+    e = discovery_evidence(np.array([3.0, 3.0]), np.array([0, 1]), [np.full(1000, 3.0) * 0, np.array([])])
+    assert e[0] == 0.0  # 1,000 tests at p = 1 make p = 0.001 at rank 1 q = 1
+    assert e[1] == pytest.approx(1 - 1e-3)
+
+
+def test_a_weak_window_borrows_no_significance_from_a_campaign() -> None:
+    """A tenant whose tests are half a campaign's (p = 1e-8) and half chance's (p = 1): BH alone
+    would call a window of p = 0.2 a discovery at q = 0.4; at the level it gets nothing."""
+    tests = np.concatenate([np.full(50, 8.0), np.zeros(49), [-np.log10(0.2)]])
+    weak = np.array([-np.log10(0.2)])
+    g = np.zeros(1, dtype=np.int64)
+    assert discovery_evidence(weak, g, [tests], 1.0)[0] == pytest.approx(1 - 0.2 * 100 / 51)
+    assert discovery_evidence(weak, g, [tests])[0] == 0.0
+    assert discovery_evidence(np.array([8.0]), g, [tests])[0] == pytest.approx(1 - 2e-8)
+
+
+def test_discovery_evidence_refuses_bad_groups_and_levels() -> None:
+    with pytest.raises(ValueError, match="groups must be"):
+        discovery_evidence(np.array([1.0]), np.array([-1]), [np.array([1.0])])
+    with pytest.raises(ValueError, match="groups must be"):
+        discovery_evidence(np.array([1.0]), np.array([1]), [np.array([1.0])])
+    with pytest.raises(ValueError, match="fdr"):
+        discovery_evidence(np.array([1.0]), np.array([0]), [np.array([1.0])], 0.0)
+    with pytest.raises(ValueError, match="one value per node"):
+        discovery_evidence(np.array([1.0, 2.0]), np.array([0]), [np.array([1.0])])
 
 
 def test_a_busy_window_of_the_usual_star_mix_is_no_rating_burst() -> None:
@@ -205,9 +262,10 @@ def test_a_busy_window_of_the_usual_star_mix_is_no_rating_burst() -> None:
     assert b.surprise.max() < 1.0
 
 
-def test_significant_burst_and_evidence_in_the_priors() -> None:
+def test_burst_evidence_in_the_priors() -> None:
     s = np.array([0.0, 2.0, 3.0, 5.0])
-    e = significant_burst(s, 1000)  # Bonferroni over 1,000 tests: log10 = 3
+    e = discovery_evidence(s, np.zeros(4, dtype=np.int64), [np.concatenate([s, np.zeros(996)])])
+    # among 1,000 tests: 1e-5 at rank 1 is q = 0.01; 1e-3 at rank 2 is q = 0.5
     np.testing.assert_allclose(e, [0.0, 0.0, 0.0, 0.99])
     x = np.array([1.0, 2.0, 3.0, 4.0])
     plain = combine_priors([(x, True)], 4, 0.01)
