@@ -82,10 +82,13 @@ class Catalogue:
         """One cell of ``meta.arrow`` (random access through the memory map)."""
         return self.meta.column(name)[int(row)].as_py()
 
-    def iter_rows(self, names: Sequence[str], chunk: int = 65_536) -> Iterator[tuple[Any, ...]]:
-        """Tuples of the named columns, row after row, ``chunk`` rows in memory at a time."""
-        for start in range(0, self.n, chunk):
-            part = self.meta.slice(start, chunk)
+    def iter_rows(self, names: Sequence[str], chunk: int = 65_536, start: int = 0,
+                  end: int | None = None) -> Iterator[tuple[Any, ...]]:
+        """Tuples of the named columns for rows ``start`` to ``end`` (default: all), row after
+        row, ``chunk`` rows in memory at a time."""
+        stop = self.n if end is None else min(end, self.n)
+        for at in range(max(0, start), stop, chunk):
+            part = self.meta.slice(at, min(chunk, stop - at))
             yield from zip(*(part.column(n).to_pylist() for n in names), strict=True)
 
     def image_id(self, i: int) -> str:

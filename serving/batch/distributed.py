@@ -6,8 +6,9 @@ every node mounts) and writing its result there atomically, so a killed job re-r
 skips what is done. The outputs are byte for byte those of the single-driver path
 (``batch.pairs_on: driver``, :mod:`serving.batch.job`), which stays as the reference.
 
-1. **indexes**: a task per tenant and modality builds its snapshot; one task parses
-   every record for the pair scorer (``work/pair_records.arrow``).
+1. **indexes**: a task per tenant and modality builds its snapshot; beside them, a task
+   per row range (the ``P`` ranges of step 3) parses its records for the pair scorer
+   (``work/pair_records/<r>-of-<P>.arrow``).
 2. **pairs**: query blocks (``batch.query_block``), one a task until there are many
    (:func:`search_task_blocks`); each task opens the snapshot once and writes each
    block's file, ``work/pairs/<t>/<m>/<block>.parquet``, exactly as the driver path does.
@@ -63,6 +64,7 @@ from serving.batch.pairs import (
     index_dir,
     modalities,
     open_index,
+    parse_part,
     parsed_records,
     search_blocks,
     tenants,
@@ -170,12 +172,15 @@ def run_pairs_and_outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, 
     icfg = config.indexes
     scored = (cat.kind == "listing" and any(m == "listing_text" for _, m in keys)
               and icfg.near_duplicates.pair_scorer != "none")
+    cpus = max(1.0, float(tasks.ray.cluster_resources().get("CPU", 1)))
+    parts = partitions(config, cat.n, cpus / tasks.cpus, out)
     stage = progress.stage("indexes", len(keys), "indexes")
     refs = [tasks.submit(_index_task, t, m) for t, m in keys]
-    parse_ref = tasks.submit(_parse_task) if scored else None
+    # the parse in row ranges, as tasks beside the index builds: one task took ~2 s of 20k rows
+    # while the other slots idled
+    parse_refs = [tasks.submit(_parse_task, r, parts) for r in range(parts)] if scored else []
     sizes = tasks.wait_all(refs, lambda _: stage.update(1))
-    if parse_ref is not None:
-        tasks.ray.get(parse_ref)
+    tasks.wait_all(parse_refs)
     stage.close()
 
     # pairs: the pending blocks of each (tenant, modality), in contiguous groups
@@ -187,16 +192,14 @@ def run_pairs_and_outputs(cat: Catalogue, config: MarketGuardConfig, out: Path, 
             for k, nb in blocks.items()}
     pending = sum(len(v) for v in todo.values())
     stage = progress.stage("pairs", total, "blocks", done=total - pending)
-    cpus = max(1.0, float(tasks.ray.cluster_resources().get("CPU", 1)))
     per_task = search_task_blocks(pending, cpus / tasks.cpus)
-    refs = [tasks.submit(_search_task, t, m, bs[i:i + per_task])
+    refs = [tasks.submit(_search_task, t, m, bs[i:i + per_task], parts)
             for (t, m), bs in todo.items() for i in range(0, len(bs), per_task)]
     tasks.wait_all(refs, lambda r: stage.update(r[0], r[1]))
     stage.close()
     timings["pairs_s"] = time.monotonic() - t0
 
     # shuffle: block files -> each range's canonical pairs
-    parts = partitions(config, cat.n, cpus / tasks.cpus, out)
     span = _span(cat.n, parts)
     groups = {k: _groups(nb, parts) for k, nb in blocks.items()}
     refs = [tasks.submit(_split_task, t, m, g, blocks_of, span)
@@ -313,16 +316,16 @@ def _index_task(out: str, kind: Kind, config_json: str, tenant: str, m: Modality
     return len(view)
 
 
-def _parse_task(out: str, kind: Kind, config_json: str) -> None:
+def _parse_task(out: str, kind: Kind, config_json: str, part: int, parts: int) -> None:
     root, cat, _ = _open(out, kind, config_json)
-    parsed_records(cat, _work(root, "pair_records.arrow"))
+    parse_part(cat, _work(root, "pair_records"), part, parts)
 
 
 # ------------------------------------------------------------------ 2. pairs
 def _search_task(out: str, kind: Kind, config_json: str, tenant: str, m: Modality,
-                 wanted: list[int]) -> tuple[int, int]:
+                 wanted: list[int], parse_parts: int) -> tuple[int, int]:
     """The blocks ``wanted`` of one tenant's modality, each written as it is done;
-    returns (blocks, queries) searched."""
+    returns (blocks, queries) searched. ``parse_parts``: the ranges the records were parsed in."""
     root, cat, config = _open(out, kind, config_json)
     icfg = config.indexes
     pairs_dir = _work(root, "pairs")
@@ -333,7 +336,7 @@ def _search_task(out: str, kind: Kind, config_json: str, tenant: str, m: Modalit
     text_rule = TextNearDuplicates.from_config(icfg) if m == "listing_text" else None
     parsed = None
     if text_rule is not None and text_rule.scorer is not None:
-        parsed = parsed_records(cat, _work(root, "pair_records.arrow"))
+        parsed = parsed_records(cat, _work(root, "pair_records"), parse_parts)
     index = open_index(view, icfg, index_dir(root / "indexes", tenant, m))
     queries = 0
     for b, q, found in search_blocks(view, icfg, index, text_rule, parsed, config.batch.query_block,

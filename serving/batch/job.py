@@ -348,7 +348,7 @@ def _search(cat: Catalogue, views: _Views, config: MarketGuardConfig, out: Path,
     parsed = None
     scored = text_rule is not None and text_rule.scorer is not None
     if scored and any(m == "listing_text" for _, m, _ in todo):
-        parsed = parsed_records(cat, out / "work" / "pair_records.arrow")
+        parsed = parsed_records(cat, out / "work" / "pair_records")
     stage = progress.stage("pairs", len(blocks), "blocks", done=len(blocks) - len(todo))
     for tenant, m, view in views:
         if not any(t == tenant and mm == m for t, mm, _ in todo):

@@ -10,7 +10,7 @@ compute cross-seller signals. ``marketguard serve --data-dir DIR`` opens them.
 Stage 4 queries each snapshot with the catalogue itself, ``batch.query_block``
 records at a time, and keeps what :mod:`indexes.near_duplicates` decides, the same
 rule the service applies to a new listing. For listing text with a pair scorer, every
-record is first parsed once into ``work/pair_records.arrow`` (:func:`parsed_records`).
+record is first parsed once into ``work/pair_records/`` (:func:`parsed_records`).
 Each block's pairs (record rows ``a < b``, score) go to
 ``work/pairs/<tenant>/<modality>/<block>.parquet`` atomically; a block whose file
 exists is not searched again. Memory: the index, one block of queries and its
@@ -243,23 +243,53 @@ def block_path(pairs_dir: Path, tenant: str, modality: Modality, block: int) -> 
     return pairs_dir / tenant / modality / f"{block:06d}.parquet"
 
 
-def parsed_records(cat: Catalogue, path: Path) -> ParsedRecords:
-    """Every record parsed once for the pair scorer, as ``path`` (an Arrow file read through
-    a memory map), parsed and written atomically unless it is already there.
+def parsed_part_path(directory: Path, part: int, parts: int) -> Path:
+    """Part ``part`` of ``parts``: its name carries the count, so runs cut differently (the
+    driver path parses in one part) never mix their files."""
+    return directory / f"{part:06d}-of-{parts:06d}.arrow"
+
+
+def parse_part(cat: Catalogue, directory: Path, part: int, parts: int) -> None:
+    """Parse the records of row range ``part`` of ``parts`` (equal ranges, the last one
+    shorter) for the pair scorer into its :func:`parsed_part_path`, atomically, unless it is
+    there: the ranges are independent, so the cluster path parses them as parallel tasks."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in 0..{parts - 1}")
+    path = parsed_part_path(directory, part, parts)
+    if path.exists():
+        return
+    span = max(1, -(-cat.n // parts))
+    start, end = part * span, min(cat.n, (part + 1) * span)
+
+    def write(f: Any) -> None:
+        with ipc.new_file(f, PARSED_SCHEMA) as writer:
+            rows_of = cat.iter_rows(["title", "text", "price"], start=start, end=end)
+            for rows in _chunks(rows_of, _PARSE_CHUNK):
+                records = [PairRecord(t or "", d or "", p) for t, d, p in rows]
+                writer.write_table(ParsedRecords.parse(records).table)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(path, write)
+
+
+def parsed_records(cat: Catalogue, directory: Path, parts: int = 1) -> ParsedRecords:
+    """Every record parsed once for the pair scorer, as the ``parts`` files of
+    :func:`parse_part` in ``directory`` (Arrow files read through memory maps), each parsed
+    unless it is already there.
 
     Row ``r`` is the catalogue's record row ``r``. The scorer then reads a candidate's
     parse instead of parsing it again for each of the (up to ``text_k``) queries that
     find it: one parse a record for the whole stage.
     """
-    if not path.exists():
-        def write(f: Any) -> None:
-            with ipc.new_file(f, PARSED_SCHEMA) as writer:
-                for rows in _chunks(cat.iter_rows(["title", "text", "price"]), _PARSE_CHUNK):
-                    records = [PairRecord(t or "", d or "", p) for t, d, p in rows]
-                    writer.write_table(ParsedRecords.parse(records).table)
-
-        write_file_atomic(path, write)
-    return ParsedRecords(ipc.open_file(pa.memory_map(str(path))).read_all())
+    for part in range(parts):
+        parse_part(cat, directory, part, parts)
+    tables = [ipc.open_file(pa.memory_map(str(parsed_part_path(directory, p, parts)))).read_all()
+              for p in range(parts)]
+    parsed = ParsedRecords(pa.concat_tables(tables))
+    if len(parsed) != cat.n:
+        raise InvalidInput("parsed", f"{directory} holds {len(parsed)} parsed records for {cat.n} "
+                                     "catalogue rows: delete it and run the job again")
+    return parsed
 
 
 def _chunks(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

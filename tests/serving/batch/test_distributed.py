@@ -174,7 +174,7 @@ def _extracted_copy(ref: Path, dest: Path, parsed: bool = True) -> Path:
     for folder in (dest / "indexes", dest / "work" / "pairs"):
         shutil.rmtree(folder)
     if parsed:  # listings: the records parsed for the pair scorer
-        (dest / "work" / "pair_records.arrow").unlink()
+        shutil.rmtree(dest / "work" / "pair_records")
     return dest
 
 

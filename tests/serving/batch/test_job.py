@@ -254,16 +254,39 @@ def test_pairs_are_what_the_service_would_decide(jsonl_run: tuple[Path, dict[str
 
 
 def test_each_record_is_parsed_once_for_the_pair_scorer(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
-    """The pairs stage reads one parse a record from work/pair_records.arrow, row for row."""
+    """The pairs stage reads one parse a record from work/pair_records/, row for row."""
     out, _, _ = jsonl_run
     from serving.batch.catalogue import load_catalogue
 
     cat = load_catalogue(out / "work" / "catalogue", "listing")
-    stored = ParsedRecords(ipc.open_file(pa.memory_map(str(out / "work" / "pair_records.arrow"))).read_all())
+    files = sorted((out / "work" / "pair_records").glob("*.arrow"))
+    assert files
+    stored = ParsedRecords.concat([ParsedRecords(ipc.open_file(pa.memory_map(str(f))).read_all())
+                                   for f in files])
     again = ParsedRecords.parse([PairRecord(t or "", d or "", p)
                                  for t, d, p in cat.iter_rows(["title", "text", "price"])])
     assert len(stored) == cat.n
     assert stored.table.combine_chunks().equals(again.table.combine_chunks())
+
+
+def test_records_parsed_in_ranges_are_the_records_parsed_whole(
+        jsonl_run: tuple[Path, dict[str, Any], Path], tmp_path: Path) -> None:
+    """The cluster path parses row ranges as parallel tasks: any cut gives the same rows, and
+    cuts never mix (a part's file names its count)."""
+    out, _, _ = jsonl_run
+    from serving.batch.catalogue import load_catalogue
+    from serving.batch.pairs import parse_part, parsed_part_path, parsed_records
+
+    cat = load_catalogue(out / "work" / "catalogue", "listing")
+    whole = parsed_records(cat, tmp_path / "whole").table.combine_chunks()
+    for parts in (2, 3, cat.n + 2):  # more parts than rows: the last ones are empty
+        for part in reversed(range(parts)):  # in any order, as tasks finish
+            parse_part(cat, tmp_path / "cut", part, parts)
+        assert parsed_part_path(tmp_path / "cut", parts - 1, parts).exists()
+        assert parsed_records(cat, tmp_path / "cut", parts).table.combine_chunks().equals(whole)
+    assert list(cat.iter_rows(["title"], start=2, end=4)) == list(cat.iter_rows(["title"]))[2:4]
+    with pytest.raises(ValueError, match="not in 0..2"):
+        parse_part(cat, tmp_path / "cut", 3, 3)
 
 
 def test_snapshots_load_in_the_service_layout(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
