@@ -37,9 +37,14 @@ class BatchConfig(BaseModel):
     unit_rows: int = Field(default=5000, ge=1, description="Parquet rows per checkpointed unit")
     batch_size: int = Field(default=64, ge=1, le=4096, description="records per extractor call")
     actors: int | None = Field(default=None, ge=1, le=10_000,
-                               description="extractor actors; default: the cluster's CPUs / actor_cpus, "
-                                           "less one CPU left for the read tasks")
+                               description="extractor actors; default: the cluster's CPUs less a "
+                                           "sixteenth (at least 0.25) left for the read tasks, "
+                                           "over actor_cpus, rounded")
     actor_cpus: float = Field(default=1.0, gt=0, le=64, description="logical CPUs reserved per actor")
+    actor_threads: int | None = Field(default=None, ge=1, le=256,
+                                      description="intra-op threads of each actor's models (text "
+                                                  "embedding, SSCD, OCR, NSFW); default: the CPUs "
+                                                  "the actor reserves, rounded, at least 1")
     query_block: int = Field(default=2048, ge=1, description="queries per block of the all-pairs search")
     top: int = Field(default=10, ge=1, le=1000, description="clusters and sellers listed in the summary")
     pairs_on: Literal["cluster", "driver"] = Field(

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from indexes.atomic import write_file_atomic
 from serving.batch.inputs import Unit, read_unit
 from serving.config import MarketGuardConfig, configure_process
+from signals.config import SignalsConfig
 from signals.errors import InvalidInput
 from signals.schemas import Listing, Review, parse_record
 
@@ -119,13 +120,13 @@ def _raw_id(data: Any, kind: Kind) -> str | None:
 class ExtractActor:
     """Ray Data actor: the service's extractor registry over validated rows."""
 
-    def __init__(self, config_json: str, kind: Kind, path_root: str) -> None:
+    def __init__(self, config_json: str, kind: Kind, path_root: str, threads: int) -> None:
         from serving.image_fetch import url_fetcher_for
         from signals.registry import build_registry
 
         config = MarketGuardConfig.model_validate_json(config_json)
         configure_process(config)  # once in each actor's process, before any model loads
-        signals_config = config.signals.model_copy(deep=True)
+        signals_config = with_threads(config.signals, threads).model_copy(deep=True)
         # Batch input names local or mounted image files; the HTTP path keeps this off. Unless
         # the config names the folders images may come from, that is the input's own folder.
         signals_config.images.decode.allow_paths = True
@@ -255,21 +256,51 @@ def part_path(directory: Path, unit: int) -> Path:
     return directory / f"{unit:06d}.parquet"
 
 
-READ_TASK_CPUS = 0.25
+READ_TASKS_PER_CPU = 1 / 16
+"""Read tasks at once per CPU of the cluster (at least two): a read task validates ~7k listings
+a second (20k in 2.9 s of two tasks, 2026-12-01), an extractor actor embeds ~110 a second a CPU,
+so one read task feeds ~60 actor CPUs; one per 16 CPUs leaves four times that margin."""
+
+
+def read_tasks_at_once(cpus: float) -> int:
+    return max(2, int(cpus * READ_TASKS_PER_CPU))
 
 
 def actor_pool(cpus: float, actor_cpus: float, wanted: int | None, units: int) -> tuple[int, float]:
-    """(actors, CPUs each) that always leave a read task room to run.
+    """(actors, CPUs each): as many actors as ``actor_cpus`` fit in ``cpus``, rounded to the
+    nearest (at least one), never more actors than units; where the wanted CPUs per actor do
+    not fit, each actor asks for a share instead.
 
-    An actor pool holding every CPU starves the read tasks and the job waits forever, so
-    the pool gets at most ``cpus - 1`` CPUs (``cpus - READ_TASK_CPUS`` on a one-CPU
-    machine), and never more actors than units. Where the wanted CPUs per actor do not
-    fit, each actor asks for a share instead (the models still use their own threads).
+    The read tasks reserve no CPU (their number at once is capped instead,
+    :func:`read_tasks_at_once`): a pool that held every CPU would otherwise starve them and
+    the job would wait forever, and any CPU set aside for them is either idle (one of two
+    cores, on a laptop) or, in fractions, stranded on a node where no read task fits (a pool
+    of 0.92-CPU actors on nodes of 1 and 2 CPUs hung). On 2 CPUs that is two actors, each
+    with one model thread (:func:`actor_threads`): an actor's Python (parsing, results to
+    rows) then runs beside the other's inference. One actor of two threads left a core idle
+    for that part (145 % CPU, 2026-12-01: extraction of 20k listings 80 s against 92-100 s).
     """
-    budget = max(0.05, cpus - 1 if cpus >= 2 else cpus - READ_TASK_CPUS)
-    actors = wanted or max(1, int(budget // actor_cpus))
+    actors = wanted or max(1, round(cpus / actor_cpus))
     actors = max(1, min(actors, units))
-    return actors, min(actor_cpus, budget / actors)
+    return actors, min(actor_cpus, cpus / actors)
+
+
+def actor_threads(config: MarketGuardConfig, actor_cpus: float) -> int:
+    """Intra-op threads of each extractor actor's models: ``batch.actor_threads``, or the CPUs
+    the actor reserves, rounded, at least one (the actors share the node's cores; the
+    service's ``signals.*.threads`` are for one replica alone on its cores)."""
+    wanted = config.batch.actor_threads
+    return wanted if wanted is not None else max(1, round(actor_cpus))
+
+
+def with_threads(signals: SignalsConfig, threads: int) -> SignalsConfig:
+    """``signals`` with every model's intra-op threads set to ``threads``."""
+    images = signals.images
+    return signals.model_copy(update={
+        "text_embedding": signals.text_embedding.model_copy(update={"threads": threads}),
+        "images": images.model_copy(update={
+            name: getattr(images, name).model_copy(update={"threads": threads})
+            for name in ("sscd", "ocr", "nsfw")})})
 
 
 def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_dir: Path,
@@ -290,14 +321,17 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
     cpus = min(float(ray.cluster_resources().get("CPU", 1)), float(ray.available_resources().get("CPU", 1)))
     cfg = config.batch
     actors, actor_cpus = actor_pool(cpus, cfg.actor_cpus, cfg.actors, len(units))
-    log.info("extract: %d units, %d extractor actors x %.2f CPU on a %.0f-CPU cluster",
-             len(units), actors, actor_cpus, cpus)
+    threads = actor_threads(config, actor_cpus)
+    log.info("extract: %d units, %d extractor actors x %.2f CPU (%d model threads) on a %.0f-CPU cluster",
+             len(units), actors, actor_cpus, threads, cpus)
     items = [{"unit": json.dumps(asdict(u))} for u in units]
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
     # Ray types a batch function as one-argument; fn_kwargs passes read_and_validate its ``kind``.
     ds = ds.map_batches(read_and_validate, fn_kwargs={"kind": kind},  # type: ignore[arg-type]  # see above
-                        batch_size=1, batch_format="pyarrow", num_cpus=0.25)
-    ds = ds.map_batches(ExtractActor, fn_constructor_args=(config.model_dump_json(), kind, str(path_root)),
+                        batch_size=1, batch_format="pyarrow", num_cpus=0,
+                        concurrency=read_tasks_at_once(cpus))
+    ds = ds.map_batches(ExtractActor,
+                        fn_constructor_args=(config.model_dump_json(), kind, str(path_root), threads),
                         batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,
                         compute=ray.data.ActorPoolStrategy(size=actors))
     writer = PartWriter(parts_dir, on_unit)

@@ -186,7 +186,8 @@ def _manifest(request: BatchRequest, config: MarketGuardConfig, files: list[Path
     # state lives, how many actors run it, nor the service's settings (sinks, store, shadow, ...):
     # configuring a webhook must not make a finished run's --publish look like another run.
     shaping = config.model_dump(mode="json", include={"signals": True, "indexes": True, "batch": True},
-                                exclude={"batch": {"actors", "actor_cpus", "top", "pairs_on", "task_cpus"}})
+                                exclude={"batch": {"actors", "actor_cpus", "actor_threads", "top", "pairs_on",
+                                                       "task_cpus"}})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     # Always a key, so a run begun with --labels is not resumed without them (None: no labels,
     # which is also what a manifest written before the key reads as).

@@ -570,20 +570,39 @@ def test_no_second_implementation_of_a_signal() -> None:
 
 
 @pytest.mark.parametrize(("cpus", "actor_cpus", "wanted", "units", "expected"), [
-    (2, 1.0, None, 100, (1, 1.0)),      # a 2-core laptop: one actor, one CPU left to the reads
-    (1, 1.0, None, 100, (1, 0.75)),     # one CPU: the actor asks for a share, reads still run
-    (2, 2.0, None, 100, (1, 1.0)),      # an actor wanting both cores gets one
+    (2, 1.0, None, 100, (2, 1.0)),      # a 2-core laptop: two actors, one a core
+    (1, 1.0, None, 100, (1, 1.0)),
+    (3, 2.0, None, 100, (2, 1.5)),      # 1.5 actors round to two, each asks for a share
+    (2, 2.0, None, 100, (1, 2.0)),
     (16, 1.0, None, 3, (3, 1.0)),       # never more actors than units
-    (4, 1.0, 8, 100, (8, 0.375)),       # an explicit count is kept, each asks for a share
-    (17, 2.0, None, 100, (8, 2.0)),
+    (4, 1.0, 8, 100, (8, 0.5)),         # an explicit count is kept, each asks for a share
+    (0.5, 1.0, None, 100, (1, 0.5)),
 ])
-def test_actor_pool_always_leaves_room_for_the_reads(cpus: float, actor_cpus: float, wanted: int | None,
-                                                     units: int, expected: tuple[int, float]) -> None:
-    from serving.batch.extract import READ_TASK_CPUS, actor_pool
+def test_actor_pool_fits_the_cpus(cpus: float, actor_cpus: float, wanted: int | None,
+                                  units: int, expected: tuple[int, float]) -> None:
+    from serving.batch.extract import actor_pool, read_tasks_at_once
 
     actors, each = actor_pool(cpus, actor_cpus, wanted, units)
     assert (actors, each) == expected
-    assert actors * each <= cpus - READ_TASK_CPUS
+    assert actors * each <= cpus
+    # the read tasks reserve no CPU (nothing to strand between actors); their number is capped
+    assert read_tasks_at_once(2) == 2 and read_tasks_at_once(160) == 10
+
+
+def test_each_actor_runs_its_models_on_the_cpus_it_reserves() -> None:
+    """Actors share a node's cores: one model thread an actor CPU (rounded, at least one),
+    unless batch.actor_threads says otherwise; every model's threads follow."""
+    from serving.batch.extract import actor_threads, with_threads
+    from serving.config import MarketGuardConfig
+
+    cfg = MarketGuardConfig()
+    assert [actor_threads(cfg, c) for c in (0.3, 0.875, 1.0, 1.99, 4.0)] == [1, 1, 1, 2, 4]
+    cfg.batch.actor_threads = 3
+    assert actor_threads(cfg, 0.875) == 3
+    sig = with_threads(cfg.signals, 1)
+    assert sig.text_embedding.threads == sig.images.sscd.threads == sig.images.ocr.threads == 1
+    assert sig.images.nsfw.threads == 1
+    assert cfg.signals.text_embedding.threads == 2  # the service's own are untouched
 
 
 def test_pairs_parquet_is_written_a_chunk_of_pairs_at_a_time(tmp_path: Path, monkeypatch) -> None:
