@@ -37,9 +37,8 @@ class BatchConfig(BaseModel):
     unit_rows: int = Field(default=5000, ge=1, description="Parquet rows per checkpointed unit")
     batch_size: int = Field(default=64, ge=1, le=4096, description="records per extractor call")
     actors: int | None = Field(default=None, ge=1, le=10_000,
-                               description="extractor actors; default: the cluster's CPUs less a "
-                                           "sixteenth (at least 0.25) left for the read tasks, "
-                                           "over actor_cpus, rounded")
+                               description="extractor actors; default: as many of actor_cpus as "
+                                           "the cluster's free CPUs hold (at least one)")
     actor_cpus: float = Field(default=1.0, gt=0, le=64, description="logical CPUs reserved per actor")
     actor_threads: int | None = Field(default=None, ge=1, le=256,
                                       description="intra-op threads of each actor's models (text "

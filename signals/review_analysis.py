@@ -332,7 +332,8 @@ def burst_tests(tenant: np.ndarray, product: np.ndarray, rating: np.ndarray, ts:
     uniq, inverse = np.unique(keys, axis=1, return_inverse=True)
     best = np.zeros(uniq.shape[1])
     np.maximum.at(best, inverse.ravel(), bursts.surprise[hit])
-    return [best[uniq[0] == t] for t in range(n_tenants)]
+    bounds = np.searchsorted(uniq[0], np.arange(n_tenants + 1))  # unique's columns sort by tenant first
+    return [best[bounds[t]:bounds[t + 1]] for t in range(n_tenants)]
 
 
 def _worst(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -266,7 +266,7 @@ def discovery_evidence(surprise: np.ndarray, group: np.ndarray, tests: Sequence[
     included): ``min(1, min over j >= r of m * p_(j) / j)`` with ``m`` tests, ``p_(j)`` the
     ``j``-th smallest, ``r`` the rank of ``p`` among them and ``p`` itself at rank ``r``. The level
     keeps a weak burst from borrowing significance from a big campaign's many small ``p``: BH
-    alone would give a window of ``p = 0.2`` a ``q`` near 0.45 in a tenant whose tests are half a
+    alone would give a window of ``p = 0.2`` a ``q`` near 0.4 in a tenant whose tests are half a
     campaign's. A group with no tests gives ``q = p``.
     """
     surprise = np.asarray(surprise, dtype=np.float64)
@@ -278,8 +278,10 @@ def discovery_evidence(surprise: np.ndarray, group: np.ndarray, tests: Sequence[
     if len(group) and (group.min() < 0 or group.max() >= len(tests)):
         raise ValueError(f"groups must be 0..{len(tests) - 1}")
     q = np.ones(len(surprise))
+    order = np.argsort(group, kind="stable")  # each group's nodes a slice: one pass, however many groups
+    bounds = np.searchsorted(group[order], np.arange(len(tests) + 1))
     for g, t in enumerate(tests):
-        sel = np.flatnonzero(group == g)
+        sel = order[bounds[g]:bounds[g + 1]]
         if not len(sel):
             continue
         p = np.power(10.0, -surprise[sel])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
@@ -267,9 +268,10 @@ def read_tasks_at_once(cpus: float) -> int:
 
 
 def actor_pool(cpus: float, actor_cpus: float, wanted: int | None, units: int) -> tuple[int, float]:
-    """(actors, CPUs each): as many actors as ``actor_cpus`` fit in ``cpus``, rounded to the
-    nearest (at least one), never more actors than units; where the wanted CPUs per actor do
-    not fit, each actor asks for a share instead.
+    """(actors, CPUs each): as many whole actors of ``actor_cpus`` as fit in ``cpus`` (at least
+    one), never more actors than units; where the wanted CPUs per actor do not fit (an
+    explicit count, or less than one actor's worth), each actor asks for a share instead,
+    rounded down to Ray's resource grain (1e-4) so that the shares always fit.
 
     The read tasks reserve no CPU (their number at once is capped instead,
     :func:`read_tasks_at_once`): a pool that held every CPU would otherwise starve them and
@@ -280,9 +282,9 @@ def actor_pool(cpus: float, actor_cpus: float, wanted: int | None, units: int) -
     rows) then runs beside the other's inference. One actor of two threads left a core idle
     for that part (145 % CPU, 2026-12-01: extraction of 20k listings 80 s against 92-100 s).
     """
-    actors = wanted or max(1, round(cpus / actor_cpus))
+    actors = wanted or max(1, int(cpus / actor_cpus + 1e-9))
     actors = max(1, min(actors, units))
-    return actors, min(actor_cpus, cpus / actors)
+    return actors, min(actor_cpus, math.floor(cpus / actors * 1e4) / 1e4)
 
 
 def actor_threads(config: MarketGuardConfig, actor_cpus: float) -> int:
@@ -316,8 +318,7 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
     ctx.enable_progress_bars = False  # the job draws its own (serving/batch/progress.py)
     ctx.enable_operator_progress_bars = False
     # What is free, not the cluster's total: CPUs another workload holds (a Serve app on the
-    # same cluster) would otherwise be counted, and a pool that takes every free CPU starves
-    # the read tasks: the job would hang.
+    # same cluster) would otherwise be counted, and actors sized for them would never start.
     cpus = min(float(ray.cluster_resources().get("CPU", 1)), float(ray.available_resources().get("CPU", 1)))
     cfg = config.batch
     actors, actor_cpus = actor_pool(cpus, cfg.actor_cpus, cfg.actors, len(units))
@@ -329,7 +330,7 @@ def run_extract(units: list[Unit], config: MarketGuardConfig, kind: Kind, parts_
     # Ray types a batch function as one-argument; fn_kwargs passes read_and_validate its ``kind``.
     ds = ds.map_batches(read_and_validate, fn_kwargs={"kind": kind},  # type: ignore[arg-type]  # see above
                         batch_size=1, batch_format="pyarrow", num_cpus=0,
-                        concurrency=read_tasks_at_once(cpus))
+                        compute=ray.data.TaskPoolStrategy(size=min(read_tasks_at_once(cpus), len(units))))
     ds = ds.map_batches(ExtractActor,
                         fn_constructor_args=(config.model_dump_json(), kind, str(path_root), threads),
                         batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus,

@@ -219,10 +219,15 @@ def test_discovery_evidence_is_one_minus_the_bh_q_value_of_the_discoveries() -> 
     for fdr in (0.05, 0.1, 1.0):
         e = discovery_evidence(s, np.zeros(len(s), dtype=np.int64), [s], fdr)
         np.testing.assert_allclose(e, np.where(q <= fdr, 1 - q, 0.0), atol=1e-12)
-    # a value that is not itself among the tests takes its rank among them
-    e = discovery_evidence(np.array([s[40] + 0.01]), np.zeros(1, dtype=np.int64), [s], 1.0)
-    brute = _bh_q(np.append(p, p[40] * 10 ** -0.01))[-1]
-    assert e[0] == pytest.approx(1 - brute, abs=0.02)  # one test fewer: m is 52, not 53
+    # a value that is not itself among the tests takes its rank among them, at its own p
+    for k in range(len(s)):
+        x = s[k] + 0.01
+        px = 10 ** -x
+        ps = np.sort(p)
+        r = max(1, int((ps <= px).sum()))
+        brute = min([1.0, len(ps) * px / r] + [len(ps) * ps[j - 1] / j for j in range(r + 1, len(ps) + 1)])
+        e = discovery_evidence(np.array([x]), np.zeros(1, dtype=np.int64), [s], 1.0)
+        assert e[0] == pytest.approx(1 - brute, abs=1e-12)
     # groups are separate families; a group without tests keeps its p
     e = discovery_evidence(np.array([3.0, 3.0]), np.array([0, 1]), [np.full(1000, 3.0) * 0, np.array([])])
     assert e[0] == 0.0  # 1,000 tests at p = 1 make p = 0.001 at rank 1 q = 1

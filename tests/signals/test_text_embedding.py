@@ -206,6 +206,18 @@ def test_vectors_do_not_depend_on_the_batch(quantization: Quantization,
                 np.testing.assert_array_equal(got, alone[j], err_msg=f"batch {i}: {text[:40]!r}")
 
 
+@pytest.mark.parametrize("quantization", ["int8", "fp32"])
+def test_vectors_do_not_depend_on_the_threads(quantization: Quantization, minilm_onnx_cache: Path) -> None:
+    """The batch job's actors run one model thread each (``batch.actor_threads``), the service's
+    replicas two: the same text must give the same bits, or a resumed run (the thread count is
+    not part of its settings) and the service would see other vectors."""
+    texts = INVARIANT_TEXTS + MATES
+    one = TextEmbedder(quantization=quantization, cache_dir=minilm_onnx_cache, threads=1).embed(texts)
+    for threads in (2, 3):
+        many = TextEmbedder(quantization=quantization, cache_dir=minilm_onnx_cache, threads=threads)
+        np.testing.assert_array_equal(many.embed(texts), one)
+
+
 # ---- model ids ----------------------------------------------------------------------
 
 

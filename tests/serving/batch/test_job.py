@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from indexes.near_duplicates import TextNearDuplicates
-from indexes.pair_features import PairRecord, ParsedRecords
+from indexes.pair_features import PARSED_SCHEMA, PairRecord, ParsedRecords
 from indexes.persistence import DurableIndex
 from indexes.vector import VectorIndex
 from serving.batch.job import BatchRequest, run_batch
@@ -287,6 +287,13 @@ def test_records_parsed_in_ranges_are_the_records_parsed_whole(
     assert list(cat.iter_rows(["title"], start=2, end=4)) == list(cat.iter_rows(["title"]))[2:4]
     with pytest.raises(ValueError, match="not in 0..2"):
         parse_part(cat, tmp_path / "cut", 3, 3)
+    # a part that lost its rows (a file from elsewhere) is refused, not read as the catalogue
+    empty = tmp_path / "stale"
+    parse_part(cat, empty, 0, 2)
+    with ipc.new_file(str(parsed_part_path(empty, 1, 2)), PARSED_SCHEMA):
+        pass
+    with pytest.raises(InvalidInput, match="parsed records for"):
+        parsed_records(cat, empty, 2)
 
 
 def test_snapshots_load_in_the_service_layout(jsonl_run: tuple[Path, dict[str, Any], Path]) -> None:
@@ -572,7 +579,8 @@ def test_no_second_implementation_of_a_signal() -> None:
 @pytest.mark.parametrize(("cpus", "actor_cpus", "wanted", "units", "expected"), [
     (2, 1.0, None, 100, (2, 1.0)),      # a 2-core laptop: two actors, one a core
     (1, 1.0, None, 100, (1, 1.0)),
-    (3, 2.0, None, 100, (2, 1.5)),      # 1.5 actors round to two, each asks for a share
+    (3, 2.0, None, 100, (1, 2.0)),      # whole actors only: a 1.5-CPU share may fit no node
+    (2, 1.0, 3, 100, (3, 0.6666)),      # shares rounded down to Ray's grain, so that they fit
     (2, 2.0, None, 100, (1, 2.0)),
     (16, 1.0, None, 3, (3, 1.0)),       # never more actors than units
     (4, 1.0, 8, 100, (8, 0.5)),         # an explicit count is kept, each asks for a share
@@ -587,6 +595,26 @@ def test_actor_pool_fits_the_cpus(cpus: float, actor_cpus: float, wanted: int | 
     assert actors * each <= cpus
     # the read tasks reserve no CPU (nothing to strand between actors); their number is capped
     assert read_tasks_at_once(2) == 2 and read_tasks_at_once(160) == 10
+
+
+def test_the_extractor_actor_builds_its_registry_with_its_threads(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    from serving.batch import extract
+    from serving.config import MarketGuardConfig
+
+    seen = []
+    monkeypatch.setattr(extract, "configure_process", lambda config: None)
+    monkeypatch.setattr("signals.registry.build_registry",
+                        lambda signals, data_dir, **kw: seen.append(signals) or _NoExtractors())
+    extract.ExtractActor(MarketGuardConfig(data_dir=tmp_path).model_dump_json(), "listing", str(tmp_path), 1)
+    (sig,) = seen
+    assert sig.text_embedding.threads == sig.images.sscd.threads == sig.images.ocr.threads == 1
+    assert sig.images.nsfw.threads == 1
+
+
+class _NoExtractors:
+    def for_kind(self, kind: str) -> list[object]:
+        return []
 
 
 def test_each_actor_runs_its_models_on_the_cpus_it_reserves() -> None:
