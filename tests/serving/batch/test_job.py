@@ -582,7 +582,10 @@ def test_no_second_implementation_of_a_signal() -> None:
     (3, 2.0, None, 100, (1, 2.0)),      # whole actors only: a 1.5-CPU share may fit no node
     (2, 1.0, 3, 100, (3, 0.6666)),      # shares rounded down to Ray's grain, so that they fit
     (2, 2.0, None, 100, (1, 2.0)),
-    (16, 1.0, None, 3, (3, 1.0)),       # never more actors than units
+    (2, 1.0, None, 1, (1, 2.0)),        # one unit on 2 CPUs: its actor takes both (node_cpus 2)
+    (100, 1.0, None, 3, (3, 16.0)),     # a few units on many nodes: at most a node each
+    (16, 1.0, None, 3, (3, 5.3333)),    # never more actors than units; they share the free CPUs
+    (16, 1.0, 2, 3, (2, 1.0)),          # an explicit count keeps actor_cpus
     (4, 1.0, 8, 100, (8, 0.5)),         # an explicit count is kept, each asks for a share
     (0.5, 1.0, None, 100, (1, 0.5)),
 ])
@@ -590,7 +593,7 @@ def test_actor_pool_fits_the_cpus(cpus: float, actor_cpus: float, wanted: int | 
                                   units: int, expected: tuple[int, float]) -> None:
     from serving.batch.extract import actor_pool, read_tasks_at_once
 
-    actors, each = actor_pool(cpus, actor_cpus, wanted, units)
+    actors, each = actor_pool(cpus, actor_cpus, wanted, units, node_cpus=16 if cpus >= 16 else cpus)
     assert (actors, each) == expected
     assert actors * each <= cpus
     # the read tasks reserve no CPU (nothing to strand between actors); their number is capped
