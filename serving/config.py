@@ -38,7 +38,8 @@ class BatchConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=4096, description="records per extractor call")
     actors: int | None = Field(default=None, ge=1, le=10_000,
                                description="extractor actors; default: as many of actor_cpus as "
-                                           "the cluster's free CPUs hold (at least one)")
+                                           "the cluster's free CPUs hold (at least one), never more "
+                                           "than units (then each takes a share, at most a node's)")
     actor_cpus: float = Field(default=1.0, gt=0, le=64, description="logical CPUs reserved per actor")
     actor_threads: int | None = Field(default=None, ge=1, le=256,
                                       description="intra-op threads of each actor's models (text "
