@@ -290,9 +290,9 @@ def actor_pool(cpus: float, actor_cpus: float, wanted: int | None, units: int,
     planned = wanted or max(1, int(cpus / actor_cpus + 1e-9))
     actors = max(1, min(planned, units))
     share = math.floor(cpus / actors * 1e4) / 1e4
-    if wanted is None and actors < planned:
-        return actors, max(min(actor_cpus, share), min(share, math.floor(node_cpus or actor_cpus)))
-    return actors, min(actor_cpus, share)
+    spread = wanted is None and actors < planned  # fewer units than actors: take the free CPUs
+    most = max(actor_cpus, math.floor(node_cpus or actor_cpus)) if spread else actor_cpus
+    return actors, min(most, share)
 
 
 def actor_threads(config: MarketGuardConfig, actor_cpus: float) -> int:
