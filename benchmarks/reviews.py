@@ -42,16 +42,21 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
+from itertools import chain
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from benchmarks.common import SHARED_DATA, finish, parse_args
 from benchmarks.review_farm import FarmParams, simulate
 from benchmarks.review_text import op_spam_figures
+
+if TYPE_CHECKING:
+    from signals.schemas import Label
 
 YELP = SHARED_DATA / "reviews" / "yelp_zip" / "metadata.gz"
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,21 +178,39 @@ def one_thread() -> Any:
 
 def _grouped_folds(x: np.ndarray, y: np.ndarray, groups: np.ndarray, boosted: np.ndarray,
                    linear: np.ndarray) -> None:
+    from sklearn.model_selection import GroupKFold
+
+    for train, test in GroupKFold(n_splits=5).split(x, y, groups):
+        boosted[test], linear[test] = _fit_predict(x, y, train, test)
+
+
+def _fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Boosted and linear probabilities for ``x[test]``, both fitted on ``x[train]`` (missing
+    values: the column's median)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    for train, test in GroupKFold(n_splits=5).split(x, y, groups):
-        gb = HistGradientBoostingClassifier(random_state=0).fit(x[train], y[train])
-        boosted[test] = gb.predict_proba(x[test])[:, 1]
-        lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
-        linear[test] = lr.predict_proba(x[test])[:, 1]
+    x = np.where(np.isnan(x), np.nanmedian(x, axis=0), x)
+    gb = HistGradientBoostingClassifier(random_state=0).fit(x[train], y[train])
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
+    return gb.predict_proba(x[test])[:, 1], lr.predict_proba(x[test])[:, 1]
 
 
 def baselines(raw: list[list[str]], y: np.ndarray) -> dict[str, Any]:
     """The issue's baselines from the raw rows (final counts, i.e. with look-ahead)."""
+    feats = baseline_features(raw)
+    n_u = feats[:, 0]
+    p = np.array([int(r[1]) for r in raw])
+    cv = grouped_cv(feats, y, p)
+    return {"reviewer_count_auc": round(1 - auc(y, n_u), 4), "features": feats.shape[1],
+            "boosted": cv["boosted"], "linear": cv["linear"]}
+
+
+def baseline_features(raw: list[list[str]]) -> np.ndarray:
+    """The baselines' 14 features, one row per raw row (the reviewer's review count first)."""
     from datetime import date
 
     u = np.array([int(r[0]) for r in raw])
@@ -220,9 +243,7 @@ def baselines(raw: list[list[str]], y: np.ndarray) -> dict[str, Any]:
     rank[order] = np.arange(len(p)) - starts + 1
     feats = np.stack([n_u, pos, neg, mdev, span, maxday[u], dev, (stars == 1) | (stars == 5), since, stars,
                       psize, cnt_pd[inv_pd], day, rank], axis=1).astype(float)
-    cv = grouped_cv(feats, y, p)
-    return {"reviewer_count_auc": round(1 - auc(y, n_u), 4), "features": feats.shape[1],
-            "boosted": cv["boosted"], "linear": cv["linear"]}
+    return feats
 
 
 def yelp(limit: int | None, tmp: Path) -> dict[str, Any]:
@@ -240,7 +261,7 @@ def yelp(limit: int | None, tmp: Path) -> dict[str, Any]:
     return {"reviews": len(records), "filtered": int(y.sum()), "job_wall_s": round(wall, 1),
             "job_peak_rss_mib_driver": round(peak, 1), "job_timings": summary.get("timings"),
             "signals_joined": len(names), "auc_per_signal": per_signal, "grouped_cv": cv,
-            "baselines": baselines(raw, y)}
+            "baselines": baselines(raw, y), "seeded": yelp_seeded(records, y, baseline_features(raw))}
 
 
 def _ap(y: np.ndarray, x: np.ndarray) -> float:
@@ -252,19 +273,82 @@ def _ap(y: np.ndarray, x: np.ndarray) -> float:
 REVIEWER_COMBINED = ("reviewer.spam_score",)
 
 
-def analysed_signals(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
-    """What the job's review analysis gives, without the job (as :func:`read_signals` reads it)."""
+def analysed_signals(records: list[dict[str, Any]], labels: Sequence[Label] = (), *,
+                     reviews: bool = False) -> dict[tuple[str, str], dict[str, float]]:
+    """What the job's review analysis gives, without the job (as :func:`read_signals` reads it):
+    the entity signals, and each review's own with ``reviews``; ``labels`` seed the
+    propagation as ``marketguard batch reviews --labels`` does."""
     from datetime import UTC, datetime
 
     from signals.review_analysis import ReviewRow, analyse_reviews
     from signals.schemas import Review
 
-    analysis = analyse_reviews([ReviewRow.of(Review.model_validate(r)) for r in records])
+    analysis = analyse_reviews([ReviewRow.of(Review.model_validate(r)) for r in records], labels)
+    now = datetime.now(UTC)
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for s in analysis.entity_signals(datetime.now(UTC)):
+    found = analysis.entity_signals(now)
+    if reviews:
+        found = chain(found, (s for i in range(len(records)) for s in analysis.review_signals(i, now)))
+    for s in found:
         if isinstance(s.value, int | float):
             out.setdefault((s.entity_type, s.name), {})[s.entity_id] = float(s.value)
     return out
+
+
+SPAM_SCORES = ("review:review.spam_score", "reviewer:reviewer.spam_score", "product:product.spam_score")
+
+
+def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarray,
+                rotations: int = 5) -> dict[str, Any]:
+    """SpEagle+ on YelpZip: Yelp's verdicts on some products' reviews seed the propagation.
+
+    The products are split in 5 folds by product (the folds of :func:`grouped_cv`). Rotation
+    ``k`` seeds the analysis with the labels of folds ``k+1`` and ``k+2`` (review labels, as
+    ``--labels`` takes them), trains the models on folds ``k+3`` and ``k+4``, whose labels the
+    analysis never saw, and scores fold ``k``: no label reaches the signals of the reviews a
+    model learns from or is scored on. The baseline gets the same seeds as two plain features
+    (the share of the reviewer's seeded reviews that were filtered, and their count).
+    """
+    from sklearn.model_selection import GroupKFold
+
+    from signals.schemas import Label
+
+    t0 = time.perf_counter()
+    groups = np.array([int(r["product_id"][1:]) for r in records])
+    reviewer = np.unique([r["reviewer_id"] for r in records], return_inverse=True)[1]
+    fold = np.empty(len(y), dtype=np.int64)
+    for k, (_, test) in enumerate(GroupKFold(n_splits=5).split(baseline, y, groups)):
+        fold[test] = k
+    scored = np.zeros(len(y), dtype=bool)
+    out = {name: np.zeros(len(y)) for name in ("boosted", "linear", "baseline_boosted", "baseline_linear")}
+    singles = {name: np.zeros(len(y)) for name in SPAM_SCORES}
+    names: list[str] = []
+    for k in range(rotations):
+        seeds = np.isin(fold, [(k + 1) % 5, (k + 2) % 5])
+        train = np.isin(fold, [(k + 3) % 5, (k + 4) % 5])
+        test = fold == k
+        labels = [Label(entity_type="review", entity_id=records[i]["review_id"],
+                        label="fraud" if y[i] else "legit") for i in np.flatnonzero(seeds)]
+        names, x = joined(records, analysed_signals(records, labels, reviews=True))
+        for name in SPAM_SCORES:
+            singles[name][test] = x[test, names.index(name)]
+        seeded_n = np.bincount(reviewer, weights=seeds.astype(float))[reviewer]
+        seeded_filtered = np.bincount(reviewer, weights=(seeds & (y == 1)).astype(float))[reviewer]
+        share = np.where(seeded_n > 0, seeded_filtered / np.maximum(seeded_n, 1), np.nan)
+        with one_thread():
+            for prefix, features in (("", x), ("baseline_", np.column_stack([baseline, share, seeded_n]))):
+                boosted, linear = _fit_predict(features, y, train, test)
+                out[prefix + "boosted"][test] = boosted
+                out[prefix + "linear"][test] = linear
+        scored |= test
+        print(json.dumps({"yelp_seeded_rotation": k, "elapsed_s": round(time.perf_counter() - t0, 1)}),
+              file=sys.stderr, flush=True)
+    return {"protocol": "seeds: 2 folds of products' review labels; models trained on 2 other folds; "
+                        "scored on the fifth; 5 rotations, pooled",
+            "rotations": rotations, "wall_s": round(time.perf_counter() - t0, 1),
+            "scored_reviews": int(scored.sum()), "signals_joined": len(names),
+            **{name: round(auc(y[scored], v[scored]), 4) for name, v in out.items()},
+            "spam_score_auc": {name: round(auc(y[scored], v[scored]), 4) for name, v in singles.items()}}
 
 
 def farm(params: FarmParams, tmp: Path, name: str, *, in_process: bool = False) -> dict[str, Any]:
@@ -345,6 +429,9 @@ def main() -> None:
     figures.update({
         "yelp_zip_auc": y["grouped_cv"]["boosted"],
         "yelp_zip_auc_linear": y["grouped_cv"]["linear"],
+        # Yelp's verdicts on two fifths of the products' reviews seed the propagation (SpEagle+)
+        "yelp_zip_auc_seeded": y["seeded"]["boosted"],
+        "yelp_zip_auc_seeded_baseline": y["seeded"]["baseline_boosted"],
         "op_spam_accuracy": figures["op_spam"]["op_spam_accuracy"],
         # the shipped, unsupervised combination; then a model learned on the farm's labels (out of fold)
         "farm_reviewer_ap": main_farm["combined"]["reviewer.spam_score"],

@@ -43,3 +43,56 @@ def test_join_takes_each_entitys_signals_and_drops_constant_ones() -> None:
     names, x = joined(records, signals)
     assert names == ["review:review.extremity", "reviewer:reviewer.review_count"]
     np.testing.assert_array_equal(x, [[1.0, 3.0], [0.0, 1.0]])
+
+
+def test_seeded_yelp_protocol_keeps_scored_and_training_labels_out_of_the_seeds(monkeypatch) -> None:
+    from benchmarks import reviews
+
+    rows, fake = simulate(SMALL)
+    y = np.array([r["reviewer_id"] in fake for r in rows], dtype=np.int8)
+    calls: list[set[str]] = []
+    real = reviews.analysed_signals
+
+    def spy(records, labels=(), *, reviews=False):  # type: ignore[no-untyped-def]
+        calls.append({lab.entity_id for lab in labels})
+        assert all(lab.entity_type == "review" for lab in labels)
+        return real(records, labels, reviews=reviews)
+
+    fitted: list[tuple[set[int], set[int]]] = []
+    real_fit = reviews._fit_predict
+
+    def fit_spy(x, yy, train, test):  # type: ignore[no-untyped-def]
+        fitted.append((set(np.flatnonzero(train).tolist()), set(np.flatnonzero(test).tolist())))
+        return real_fit(x, yy, train, test)
+
+    monkeypatch.setattr(reviews, "analysed_signals", spy)
+    monkeypatch.setattr(reviews, "_fit_predict", fit_spy)
+    baseline = np.random.default_rng(0).normal(size=(len(rows), 3))
+    out = reviews.yelp_seeded(rows, y, baseline)
+    assert len(calls) == 5 and out["scored_reviews"] == len(rows)
+    index = {r["review_id"]: i for i, r in enumerate(rows)}
+    scored: list[int] = []
+    for k, seeded in enumerate(calls):
+        seeded_rows = {index[i] for i in seeded}
+        for train, test in fitted[2 * k: 2 * k + 2]:  # the signals' models, then the baseline's
+            assert seeded_rows and train and test
+            assert not seeded_rows & train and not seeded_rows & test and not train & test
+        scored += sorted(fitted[2 * k][1])
+        # whole products: a product's reviews are all seeds, all training or all scored
+        for role in (seeded_rows, fitted[2 * k][0], fitted[2 * k][1]):
+            products = {rows[i]["product_id"] for i in role}
+            assert all(rows[i]["product_id"] not in products for i in set(range(len(rows))) - role)
+    assert sorted(scored) == list(range(len(rows)))
+    assert 0.5 < out["spam_score_auc"]["reviewer:reviewer.spam_score"] <= 1.0
+
+
+def test_analysed_signals_give_each_reviews_own_signals_on_request() -> None:
+    from benchmarks.reviews import analysed_signals
+
+    rows, _ = simulate(SMALL)
+    entity_only = analysed_signals(rows)
+    with_reviews = analysed_signals(rows, reviews=True)
+    assert not any(etype == "review" for etype, _ in entity_only)
+    assert len(with_reviews[("review", "review.spam_score")]) == len(rows)
+    key = ("reviewer", "reviewer.spam_score")
+    assert with_reviews[key] == entity_only[key]
