@@ -14,7 +14,16 @@ filter is reported (``auc``: the value as is, filtered = positive; ``auc_best`` 
 of the two directions), then a HistGradientBoostingClassifier and a LogisticRegression over
 all the joined signals, 5 folds grouped by product (no product in both training and test).
 The issue's baselines are computed from the raw file beside them: the reviewer's review
-count alone, and 15 simple behavioural features (with look-ahead: final counts).
+count alone, and 14 simple behavioural features (with look-ahead: final counts).
+
+Seeded (SpEagle+, :func:`yelp_seeded`): what Yelp's verdicts on some products' reviews are
+worth once they seed the propagation, as ``--labels`` and ``POST /v1/labels`` do. Over the same
+five product folds, rotation ``k`` seeds the analysis (the job's, in process) with folds
+``k+1`` and ``k+2``'s labels, trains the two models on folds ``k+3`` and ``k+4`` and scores
+fold ``k``, so no label *of* a review a model learns from or is scored on reaches a signal;
+the baseline gets the same seeds as two plain features (the reviewer's seeded reviews and the
+filtered share of them), and both are run without seeds under the same protocol too (two
+training folds, not four). ``yelp_zip_auc_seeded`` and ``yelp_zip_auc_seeded_baseline``.
 
 Farm (:mod:`benchmarks.review_farm`): the job over a simulated catalogue; average precision
 of every reviewer signal against the fake accounts (either direction: what the signal
@@ -304,15 +313,19 @@ def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarr
 
     The products are split in 5 folds by product (the folds of :func:`grouped_cv`). Rotation
     ``k`` seeds the analysis with the labels of folds ``k+1`` and ``k+2`` (review labels, as
-    ``--labels`` takes them), trains the models on folds ``k+3`` and ``k+4``, whose labels the
-    analysis never saw, and scores fold ``k``: no label reaches the signals of the reviews a
-    model learns from or is scored on. The baseline gets the same seeds as two plain features
-    (the share of the reviewer's seeded reviews that were filtered, and their count).
+    ``--labels`` takes them), trains the models on folds ``k+3`` and ``k+4`` and scores fold
+    ``k``: no label *of* a review a model learns from or is scored on reaches any signal. The
+    baseline gets the same seeds as two plain features (the share of the reviewer's seeded
+    reviews that were filtered, and their count). Beside them, the same rotations without
+    seeds (``unseeded_*``, ``baseline_unseeded_*``): the gain of the seeds is the difference
+    under one protocol (two training folds, not the four of :func:`grouped_cv`).
     """
     from sklearn.model_selection import GroupKFold
 
     from signals.schemas import Label
 
+    if not 1 <= rotations <= 5:
+        raise ValueError(f"rotations must be 1..5, not {rotations}")
     t0 = time.perf_counter()
     groups = np.array([int(r["product_id"][1:]) for r in records])
     reviewer = np.unique([r["reviewer_id"] for r in records], return_inverse=True)[1]
@@ -320,9 +333,11 @@ def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarr
     for k, (_, test) in enumerate(GroupKFold(n_splits=5).split(baseline, y, groups)):
         fold[test] = k
     scored = np.zeros(len(y), dtype=bool)
-    out = {name: np.zeros(len(y)) for name in ("boosted", "linear", "baseline_boosted", "baseline_linear")}
+    arms = ("", "unseeded_", "baseline_", "baseline_unseeded_")
+    out = {arm + kind: np.zeros(len(y)) for arm in arms for kind in ("boosted", "linear")}
     singles = {name: np.zeros(len(y)) for name in SPAM_SCORES}
-    names: list[str] = []
+    joined_counts: set[int] = set()
+    unseeded_names, unseeded = joined(records, analysed_signals(records, reviews=True))
     for k in range(rotations):
         seeds = np.isin(fold, [(k + 1) % 5, (k + 2) % 5])
         train = np.isin(fold, [(k + 3) % 5, (k + 4) % 5])
@@ -330,23 +345,27 @@ def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarr
         labels = [Label(entity_type="review", entity_id=records[i]["review_id"],
                         label="fraud" if y[i] else "legit") for i in np.flatnonzero(seeds)]
         names, x = joined(records, analysed_signals(records, labels, reviews=True))
+        joined_counts.add(len(names))
         for name in SPAM_SCORES:
             singles[name][test] = x[test, names.index(name)]
         seeded_n = np.bincount(reviewer, weights=seeds.astype(float))[reviewer]
         seeded_filtered = np.bincount(reviewer, weights=(seeds & (y == 1)).astype(float))[reviewer]
         share = np.where(seeded_n > 0, seeded_filtered / np.maximum(seeded_n, 1), np.nan)
+        features = {"": x, "unseeded_": unseeded, "baseline_": np.column_stack([baseline, share, seeded_n]),
+                    "baseline_unseeded_": baseline}
         with one_thread():
-            for prefix, features in (("", x), ("baseline_", np.column_stack([baseline, share, seeded_n]))):
-                boosted, linear = _fit_predict(features, y, train, test)
-                out[prefix + "boosted"][test] = boosted
-                out[prefix + "linear"][test] = linear
+            for arm in arms:
+                boosted, linear = _fit_predict(features[arm], y, train, test)
+                out[arm + "boosted"][test] = boosted
+                out[arm + "linear"][test] = linear
         scored |= test
         print(json.dumps({"yelp_seeded_rotation": k, "elapsed_s": round(time.perf_counter() - t0, 1)}),
               file=sys.stderr, flush=True)
-    return {"protocol": "seeds: 2 folds of products' review labels; models trained on 2 other folds; "
-                        "scored on the fifth; 5 rotations, pooled",
+    return {"protocol": "seeds: the review labels of 2 product folds; models trained on 2 other folds; "
+                        f"scored on the fifth; {rotations} rotations, pooled",
             "rotations": rotations, "wall_s": round(time.perf_counter() - t0, 1),
-            "scored_reviews": int(scored.sum()), "signals_joined": len(names),
+            "scored_reviews": int(scored.sum()), "signals_joined": sorted(joined_counts),
+            "signals_joined_unseeded": len(unseeded_names),
             **{name: round(auc(y[scored], v[scored]), 4) for name, v in out.items()},
             "spam_score_auc": {name: round(auc(y[scored], v[scored]), 4) for name, v in singles.items()}}
 
@@ -429,7 +448,7 @@ def main() -> None:
     figures.update({
         "yelp_zip_auc": y["grouped_cv"]["boosted"],
         "yelp_zip_auc_linear": y["grouped_cv"]["linear"],
-        # Yelp's verdicts on two fifths of the products' reviews seed the propagation (SpEagle+)
+        # Yelp's verdicts on two of the five product folds seed the propagation (SpEagle+)
         "yelp_zip_auc_seeded": y["seeded"]["boosted"],
         "yelp_zip_auc_seeded_baseline": y["seeded"]["baseline_boosted"],
         "op_spam_accuracy": figures["op_spam"]["op_spam_accuracy"],

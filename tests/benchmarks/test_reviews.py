@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from benchmarks.review_farm import FarmParams, simulate
 from benchmarks.reviews import joined
@@ -50,40 +51,55 @@ def test_seeded_yelp_protocol_keeps_scored_and_training_labels_out_of_the_seeds(
 
     rows, fake = simulate(SMALL)
     y = np.array([r["reviewer_id"] in fake for r in rows], dtype=np.int8)
-    calls: list[set[str]] = []
+    index = {r["review_id"]: i for i, r in enumerate(rows)}
+    calls: list[dict[int, str]] = []
     real = reviews.analysed_signals
 
     def spy(records, labels=(), *, reviews=False):  # type: ignore[no-untyped-def]
-        calls.append({lab.entity_id for lab in labels})
         assert all(lab.entity_type == "review" for lab in labels)
+        calls.append({index[lab.entity_id]: lab.label for lab in labels})
         return real(records, labels, reviews=reviews)
 
-    fitted: list[tuple[set[int], set[int]]] = []
+    fitted: list[tuple[np.ndarray, set[int], set[int]]] = []
     real_fit = reviews._fit_predict
 
     def fit_spy(x, yy, train, test):  # type: ignore[no-untyped-def]
-        fitted.append((set(np.flatnonzero(train).tolist()), set(np.flatnonzero(test).tolist())))
+        fitted.append((x, set(np.flatnonzero(train).tolist()), set(np.flatnonzero(test).tolist())))
         return real_fit(x, yy, train, test)
 
     monkeypatch.setattr(reviews, "analysed_signals", spy)
     monkeypatch.setattr(reviews, "_fit_predict", fit_spy)
     baseline = np.random.default_rng(0).normal(size=(len(rows), 3))
     out = reviews.yelp_seeded(rows, y, baseline)
-    assert len(calls) == 5 and out["scored_reviews"] == len(rows)
-    index = {r["review_id"]: i for i, r in enumerate(rows)}
+    # one unseeded analysis, then one a rotation; four models a rotation (signals seeded and not,
+    # baseline seeded and not), all on the same training and scored rows
+    assert len(calls) == 6 and not calls[0] and len(fitted) == 20
+    assert out["scored_reviews"] == len(rows)
+    reviewer = [r["reviewer_id"] for r in rows]
     scored: list[int] = []
-    for k, seeded in enumerate(calls):
-        seeded_rows = {index[i] for i in seeded}
-        for train, test in fitted[2 * k: 2 * k + 2]:  # the signals' models, then the baseline's
-            assert seeded_rows and train and test
-            assert not seeded_rows & train and not seeded_rows & test and not train & test
-        scored += sorted(fitted[2 * k][1])
+    for k, seeded in enumerate(calls[1:]):
+        assert seeded and all(label == ("fraud" if y[i] else "legit") for i, label in seeded.items())
+        arms = fitted[4 * k: 4 * k + 4]
+        train, test = arms[0][1], arms[0][2]
+        assert all(a[1] == train and a[2] == test for a in arms)
+        assert not set(seeded) & train and not set(seeded) & test and not train & test
+        assert set(seeded) | train | test == set(range(len(rows)))
+        # the baseline's seed features: the reviewer's seeded reviews and their filtered share
+        x = arms[2][0]
+        for i in range(0, len(rows), 37):
+            mine = [j for j in seeded if reviewer[j] == reviewer[i]]
+            assert x[i, -1] == len(mine)
+            if mine:
+                assert x[i, -2] == np.mean([y[j] for j in mine])
+        np.testing.assert_array_equal(arms[3][0], baseline)
+        scored += sorted(test)
         # whole products: a product's reviews are all seeds, all training or all scored
-        for role in (seeded_rows, fitted[2 * k][0], fitted[2 * k][1]):
+        for role in (set(seeded), train, test):
             products = {rows[i]["product_id"] for i in role}
             assert all(rows[i]["product_id"] not in products for i in set(range(len(rows))) - role)
     assert sorted(scored) == list(range(len(rows)))
-    assert 0.5 < out["spam_score_auc"]["reviewer:reviewer.spam_score"] <= 1.0
+    with pytest.raises(ValueError, match="rotations"):
+        reviews.yelp_seeded(rows, y, baseline, rotations=6)
 
 
 def test_analysed_signals_give_each_reviews_own_signals_on_request() -> None:
