@@ -166,7 +166,6 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, fl
     """Pooled out-of-fold AUC of boosting and logistic regression, 5 folds grouped by product."""
     from sklearn.metrics import roc_auc_score
 
-    x = np.where(np.isnan(x), np.nanmedian(x, axis=0), x)
     boosted = np.zeros(len(y))
     linear = np.zeros(len(y))
     with one_thread():
@@ -208,13 +207,10 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarr
     return gb.predict_proba(x[test])[:, 1], lr.predict_proba(x[test])[:, 1]
 
 
-def baselines(raw: list[list[str]], y: np.ndarray) -> dict[str, Any]:
-    """The issue's baselines from the raw rows (final counts, i.e. with look-ahead)."""
-    feats = baseline_features(raw)
-    n_u = feats[:, 0]
-    p = np.array([int(r[1]) for r in raw])
-    cv = grouped_cv(feats, y, p)
-    return {"reviewer_count_auc": round(1 - auc(y, n_u), 4), "features": feats.shape[1],
+def baselines(feats: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """The issue's baselines over :func:`baseline_features` (final counts, i.e. with look-ahead)."""
+    cv = grouped_cv(feats, y, groups)
+    return {"reviewer_count_auc": round(1 - auc(y, feats[:, 0]), 4), "features": feats.shape[1],
             "boosted": cv["boosted"], "linear": cv["linear"]}
 
 
@@ -267,10 +263,11 @@ def yelp(limit: int | None, tmp: Path) -> dict[str, Any]:
         per_signal[name] = {"auc": round(a, 4), "auc_best": round(max(a, 1 - a), 4)}
     groups = np.array([int(r["product_id"][1:]) for r in records])
     cv = grouped_cv(x, y, groups)
+    baseline = baseline_features(raw)
     return {"reviews": len(records), "filtered": int(y.sum()), "job_wall_s": round(wall, 1),
             "job_peak_rss_mib_driver": round(peak, 1), "job_timings": summary.get("timings"),
             "signals_joined": len(names), "auc_per_signal": per_signal, "grouped_cv": cv,
-            "baselines": baselines(raw, y), "seeded": yelp_seeded(records, y, baseline_features(raw))}
+            "baselines": baselines(baseline, y, groups), "seeded": yelp_seeded(records, y, baseline)}
 
 
 def _ap(y: np.ndarray, x: np.ndarray) -> float:
