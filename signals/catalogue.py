@@ -110,6 +110,9 @@ _SPECS: tuple[SignalSpec, ...] = (
     SignalSpec("reviewer.rating_entropy", ("reviewer",), "float", "entropy (bits) of its star ratings"),
     SignalSpec("reviewer.gap_entropy", ("reviewer",), "float",
                "entropy (bits) of the log2-binned gaps between its reviews"),
+    SignalSpec("reviewer.co_singleton_share", ("reviewer",), "ratio",
+               "the company it keeps: mean, over its reviews, of the share of the product's reviews so far "
+               "that were their account's first (fake accounts review the products other fresh accounts do)"),
     SignalSpec("reviewer.burst_participation", ("reviewer",), "float",
                "the worst burst (Poisson surprise, -log10 p, of the whole day) of a product the reviewer "
                "reviewed on that day"),

@@ -63,9 +63,9 @@ def test_seeded_yelp_protocol_keeps_scored_and_training_labels_out_of_the_seeds(
     fitted: list[tuple[np.ndarray, set[int], set[int]]] = []
     real_fit = reviews._fit_predict
 
-    def fit_spy(x, yy, train, test):  # type: ignore[no-untyped-def]
+    def fit_spy(x, yy, train, test, groups):  # type: ignore[no-untyped-def]
         fitted.append((x, set(np.flatnonzero(train).tolist()), set(np.flatnonzero(test).tolist())))
-        return real_fit(x, yy, train, test)
+        return real_fit(x, yy, train, test, groups)
 
     monkeypatch.setattr(reviews, "analysed_signals", spy)
     monkeypatch.setattr(reviews, "_fit_predict", fit_spy)
@@ -112,3 +112,20 @@ def test_analysed_signals_give_each_reviews_own_signals_on_request() -> None:
     assert len(with_reviews[("review", "review.spam_score")]) == len(rows)
     key = ("reviewer", "reviewer.spam_score")
     assert with_reviews[key] == entity_only[key]
+
+
+def test_validation_split_holds_out_whole_training_products_only() -> None:
+    from benchmarks.reviews import validation_split
+
+    groups = np.repeat(np.arange(50), 4)
+    train = groups % 5 != 0
+    fit, held = validation_split(train, groups)
+    assert not (fit & held).any() and ((fit | held) == train).all()
+    held_products = set(groups[held].tolist())
+    assert len(held_products) == 4  # a tenth of the 40 training products
+    assert not set(groups[fit].tolist()) & held_products
+    # index arrays (GroupKFold's) give the same split as a mask
+    fit2, held2 = validation_split(np.flatnonzero(train), groups)
+    assert (fit2 == fit).all() and (held2 == held).all()
+    with pytest.raises(ValueError, match="two training products"):
+        validation_split(groups == 3, groups)

@@ -134,6 +134,9 @@ def test_reviewer_signals_on_a_constructed_history() -> None:
     assert s["reviewer.rating_entropy"].value == pytest.approx(round(entropy([1, 0, 0, 1, 3]), 4))
     assert s["reviewer.gap_entropy"].evidence["gap_log2_days"][0] == 2  # two same-day gaps
     assert s["reviewer.burst"].value > 0
+    # its first review is P0's first review by a first-time account (share 1); the other four
+    # are not their account's first, on products nobody else reviewed (share 0)
+    assert s["reviewer.co_singleton_share"].value == pytest.approx(0.2)
     assert all(0 <= x.score <= 1 for x in s.values() if x.score is not None)
     assert reviewer_behaviour_signals("default", "U9", ReviewerState(), NOW) == []
 
@@ -156,6 +159,24 @@ def test_product_and_seller_signals() -> None:
     s = seller_behaviour_signals("default", "S2", fold.sellers[("default", "S2")], NOW)
     assert s[0].name == "seller.review_burst" and s[0].value > 3
     assert product_behaviour_signals("default", "P9", ProductState(), NOW) == []
+
+
+def test_co_singleton_share_is_the_company_an_account_keeps_as_of_each_review() -> None:
+    fold = BehaviourFold()
+    for k in range(3):  # three established accounts, then their reviews of P1
+        fold.add(review(f"A{k}", f"old{k}", f"P-old{k}", 4, 0))
+        fold.add(review(f"B{k}", f"old{k}", "P1", 4, 1 + k))
+    fold.add(review("F0", "fresh0", "P1", 5, 10))  # P1 now 4 reviews, 1 a first: 0.25
+    for k in range(4):  # a campaign of fresh accounts on a new product: 1/1, 2/2, 3/3, 4/4
+        fold.add(review(f"C{k}", f"camp{k}", "P2", 5, 20))
+    fold.add(review("C9", "camp0", "P1", 5, 21))  # camp0 on P1 too: 5 reviews, 1 first
+    value = {uid: by_name(reviewer_behaviour_signals(t, uid, u, NOW))["reviewer.co_singleton_share"].value
+             for (t, uid), u in fold.reviewers.items()}
+    assert value["old0"] == pytest.approx(0.5)  # P-old0 1/1, then P1 0/1
+    assert value["old2"] == pytest.approx((1 + 0) / 2)
+    assert value["fresh0"] == pytest.approx(0.25)
+    assert value["camp1"] == pytest.approx(1.0)
+    assert value["camp0"] == pytest.approx((1.0 + 1 / 5) / 2)  # as of each review: no look-ahead
 
 
 def _history(n: int, seed: int) -> list[Review]:
