@@ -174,8 +174,9 @@ class ReviewerState:
     gaps: list[int] = field(default_factory=lambda: [0] * GAP_BINS)
     burst: BurstTracker = field(default_factory=BurstTracker)
     last_age_days: float = 0.0
-    sum_co_singleton: float = 0.0
-    """Sum over its reviews of the product's share of first reviews just after the review."""
+    sum_co_singleton: float | None = 0.0
+    """Sum over its reviews of the product's share of first reviews just after the review;
+    ``None`` in a state stored before this field existed (until a recomputation rebuilds it)."""
 
 
 @dataclass
@@ -211,6 +212,8 @@ def state_to_json(state: AnyState) -> dict[str, Any]:
 def state_from_json(kind: type[AnyState], data: dict[str, Any]) -> Any:
     """A state from its JSON form (unknown keys refused: a state of another version is rebuilt)."""
     d = dict(data)
+    if kind is ReviewerState and "sum_co_singleton" not in d and d.get("n", 0) > 0:
+        d["sum_co_singleton"] = None  # a state older than the field: its history is unknown
     if "burst" in d:
         d["burst"] = BurstTracker(**d["burst"])
     return kind(**d)
@@ -322,7 +325,8 @@ class BehaviourFold:
         p.recent_mean = (float(rating) if p.n == 1
                          else (1 - SHIFT_ALPHA) * p.recent_mean + SHIFT_ALPHA * rating)
         p.singletons += int(first_of_reviewer)
-        u.sum_co_singleton += p.singletons / p.n
+        if u.sum_co_singleton is not None:
+            u.sum_co_singleton += p.singletons / p.n
         p_surprise, late_p = p.burst.add(day, PRIOR_DAILY_RATE["product"])
         s.n += 1
         s.burst.add(day, PRIOR_DAILY_RATE["seller"])
@@ -409,8 +413,8 @@ def reviewer_behaviour_signals(tenant: str, reviewer_id: str, u: ReviewerState,
              {"max_reviews_per_day": u.burst.max_count, "baseline_per_day": _r(u.burst.rate)}),
         make("reviewer.account_age_days_at_review", _r(u.last_age_days), math.exp(-u.last_age_days / 30.0),
              {"basis": "reviewer_created_at" if u.created_ts is not None else "first_seen"}),
-        make("reviewer.co_singleton_share", _r(u.sum_co_singleton / n), u.sum_co_singleton / n),
-    ]
+    ] + ([] if u.sum_co_singleton is None else
+         [make("reviewer.co_singleton_share", _r(u.sum_co_singleton / n), u.sum_co_singleton / n)])
 
 
 def _burst_evidence(b: BurstTracker) -> dict[str, Any]:

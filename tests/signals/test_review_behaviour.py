@@ -179,6 +179,24 @@ def test_co_singleton_share_is_the_company_an_account_keeps_as_of_each_review() 
     assert value["camp0"] == pytest.approx((1.0 + 1 / 5) / 2)  # as of each review: no look-ahead
 
 
+def test_a_reviewer_state_stored_before_co_singleton_share_does_not_publish_it() -> None:
+    """A state written before the running sum existed has no history for it: the signal is left
+    out (not a wrong value) until the periodic recomputation rewrites the state."""
+    fold = BehaviourFold()
+    fold.add(review("R0", "U1", "P0", 5, 0))
+    old = state_to_json(fold.reviewers[("default", "U1")])
+    del old["sum_co_singleton"]
+    u = state_from_json(ReviewerState, old)
+    again = BehaviourFold()
+    again.reviewers[("default", "U1")] = u
+    again.add(review("R1", "U1", "P1", 5, 1))
+    names = [s.name for s in reviewer_behaviour_signals("default", "U1", u, NOW)]
+    assert "reviewer.co_singleton_share" not in names and "reviewer.review_count" in names
+    fresh = state_from_json(ReviewerState, {k: v for k, v in state_to_json(ReviewerState()).items()
+                                            if k != "sum_co_singleton"})
+    assert fresh.sum_co_singleton == 0.0  # a new account has no history to miss
+
+
 def _history(n: int, seed: int) -> list[Review]:
     rng = random.Random(seed)
     out = []
