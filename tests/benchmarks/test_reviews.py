@@ -129,3 +129,36 @@ def test_validation_split_holds_out_whole_training_products_only() -> None:
     assert (fit2 == fit).all() and (held2 == held).all()
     with pytest.raises(ValueError, match="two training products"):
         validation_split(groups == 3, groups)
+
+
+def test_fit_predict_stops_on_held_training_products_and_never_sees_scored_rows(monkeypatch) -> None:
+    """The boosted model is fitted on the training rows less a tenth of the training products and
+    stopped on that tenth; the scored rows reach neither (column 0 carries each row's index)."""
+    import sklearn.ensemble
+
+    from benchmarks import reviews
+
+    seen: dict[str, set[int]] = {}
+    real_fit = sklearn.ensemble.HistGradientBoostingClassifier.fit
+
+    def fit(self, x, y, sample_weight=None, **kw):  # type: ignore[no-untyped-def]
+        if kw.get("X_val") is not None:
+            seen["fit"], seen["val"] = set(x[:, 0].astype(int)), set(kw["X_val"][:, 0].astype(int))
+        else:
+            seen["default"] = set(x[:, 0].astype(int))
+        return real_fit(self, x, y, sample_weight, **kw)
+
+    monkeypatch.setattr(sklearn.ensemble.HistGradientBoostingClassifier, "fit", fit)
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), 10)
+    y = (rng.random(len(groups)) < 0.3).astype(int)
+    x = np.column_stack([np.arange(len(groups)), y + rng.normal(size=len(groups))])
+    test = groups % 5 == 0
+    train = ~test
+    out = reviews._fit_predict(x, y, train, test, groups, default=True)
+    assert set(out) == {"boosted", "linear", "boosted_default"}
+    assert all(len(v) == test.sum() for v in out.values())
+    scored = set(np.flatnonzero(test).tolist())
+    assert not (seen["fit"] | seen["val"]) & scored and not seen["fit"] & seen["val"]
+    assert seen["fit"] | seen["val"] == set(np.flatnonzero(train).tolist()) == seen["default"]
+    assert len({int(groups[i]) for i in seen["val"]}) == 5  # a tenth of the 48 training products
