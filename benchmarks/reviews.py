@@ -11,10 +11,11 @@ them. Sellers are synthetic (``s{product // 5}``: five consecutive product ids a
 and peak RSS are measured); its ``signals.jsonl`` is joined per review (the review's own
 signals, its reviewer's, its product's and its seller's) and each signal's AUC against the
 filter is reported (``auc``: the value as is, filtered = positive; ``auc_best`` the better
-of the two directions), then a HistGradientBoostingClassifier (:data:`BOOSTED_MODEL`: 255
-leaves, stopped early on a tenth of the training products; scikit-learn's defaults beside it
-as ``boosted_default``) and a LogisticRegression over all the joined signals, 5 folds grouped
-by product (no product in both training and test).
+of the two directions), then a HistGradientBoostingClassifier (:data:`BOOSTED_MODEL`: 63 or
+255 leaves, chosen in each fold on a tenth of its training products and stopped early on them;
+scikit-learn's defaults beside it as ``boosted_default``) and a LogisticRegression over all
+the joined signals, 5 folds grouped by product (no product in both training and test); a
+missing value is its column's median over the training rows.
 The issue's baselines are computed from the raw file beside them: the reviewer's review
 count alone, and 14 simple behavioural features (with look-ahead: final counts).
 
@@ -54,7 +55,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -164,18 +165,23 @@ def auc(y: np.ndarray, x: np.ndarray) -> float:
     return float(roc_auc_score(y, x))
 
 
-def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
     """Pooled out-of-fold AUC of boosting and logistic regression, 5 folds grouped by product
-    (``boosted_default``: scikit-learn's default boosting, 100 rounds of 31 leaves, beside)."""
+    (``boosted_default``: scikit-learn's default boosting, 100 rounds of 31 leaves, beside;
+    ``boosted_leaves``: the size each fold's held-out training products chose)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
     pooled = {kind: np.zeros(len(y)) for kind in ("boosted", "linear", "boosted_default")}
+    leaves = []
     with one_thread():
         for train, test in GroupKFold(n_splits=5).split(x, y, groups):
-            for kind, v in _fit_predict(x, y, train, test, groups, default=True).items():
+            fitted = _fit_predict(x, y, train, test, groups, default=True)
+            leaves.append(fitted.leaves)
+            for kind, v in fitted.scores.items():
                 pooled[kind][test] = v
-    return {kind: round(float(roc_auc_score(y, v)), 4) for kind, v in pooled.items()}
+    return {**{kind: round(float(roc_auc_score(y, v)), 4) for kind, v in pooled.items()},
+            "boosted_leaves": leaves}
 
 
 def one_thread() -> Any:
@@ -188,38 +194,68 @@ def one_thread() -> Any:
     return threadpool_limits(1)
 
 
-BOOSTED_MODEL: dict[str, Any] = {"max_leaf_nodes": 255, "min_samples_leaf": 40, "learning_rate": 0.1,
-                                 "max_iter": 3000, "early_stopping": True, "n_iter_no_change": 50}
+BOOSTED_MODEL: dict[str, Any] = {"learning_rate": 0.1, "max_iter": 3000, "early_stopping": True,
+                                 "n_iter_no_change": 50}
 """The boosted model over YelpZip's 600k rows: trees are added until the loss on a held-out
-tenth of the training products (:data:`VALIDATION_PRODUCTS`) has not improved for 50 rounds.
-scikit-learn's defaults (100 rounds of 31 leaves) underfit half a million rows. The size was
-chosen once, by the AUC on the validation products of fold 0's training folds (2026-12-01, the
-34 signals of that day: 63 leaves 0.870, 255 leaves with 40 reviews a leaf 0.877): products
-that the other four folds score, so the choice between the two saw rows the pooled figure
-reports. Every arm, the baselines included, gets the same model."""
+tenth of the training products (:data:`VALIDATION_PRODUCTS`) has not improved for 50 rounds,
+at one of the :data:`BOOSTED_SIZES`. scikit-learn's defaults (100 rounds of 31 leaves) underfit
+half a million rows. Every arm, the baselines included, gets the same procedure."""
+BOOSTED_SIZES: tuple[dict[str, int], ...] = ({"max_leaf_nodes": 63, "min_samples_leaf": 20},
+                                             {"max_leaf_nodes": 255, "min_samples_leaf": 40})
+"""The tree sizes tried in each fit: the one with the lower log loss on that fit's own held-out
+training products is kept (nested: no scored row takes part in the choice)."""
 VALIDATION_PRODUCTS = 0.1
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """What :func:`_fit_predict` gives: each model's probabilities for the scored rows, and the
+    size (leaves) of the boosted model that its held-out products chose."""
+
+    scores: dict[str, np.ndarray]
+    leaves: int
+
+
 def _fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, groups: np.ndarray,
-                 *, default: bool = False) -> dict[str, np.ndarray]:
-    """Probabilities for ``x[test]`` of the models fitted on ``x[train]`` (missing values: the
-    column's median): ``boosted`` (:data:`BOOSTED_MODEL`, stopped on a tenth of the training
-    products), ``linear`` and, with ``default``, ``boosted_default`` (scikit-learn's defaults)."""
+                 *, default: bool = False) -> Fitted:
+    """Probabilities for ``x[test]`` of the models fitted on ``x[train]`` (a missing value: its
+    column's median over the training rows): ``boosted`` (:data:`BOOSTED_MODEL` at each of the
+    :data:`BOOSTED_SIZES`, fitted on the training rows less a tenth of the training products and
+    stopped on that tenth; the size with the lower log loss there is kept), ``linear`` and, with
+    ``default``, ``boosted_default`` (scikit-learn's defaults, on all the training rows)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = np.where(np.isnan(x), np.nanmedian(x, axis=0), x)
+    x = fill_missing(x, train)
     fit, held = validation_split(train, groups)
-    gb = HistGradientBoostingClassifier(random_state=0, **BOOSTED_MODEL).fit(
-        x[fit], y[fit], X_val=x[held], y_val=y[held])
+    best: tuple[float, int, Any] | None = None
+    for size in BOOSTED_SIZES:
+        gb = HistGradientBoostingClassifier(random_state=0, **BOOSTED_MODEL, **size).fit(
+            x[fit], y[fit], X_val=x[held], y_val=y[held])
+        loss = float(log_loss(y[held], gb.predict_proba(x[held])[:, 1], labels=[0, 1]))
+        if best is None or loss < best[0]:
+            best = (loss, size["max_leaf_nodes"], gb)
+    if best is None:
+        raise ValueError("BOOSTED_SIZES is empty")
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], y[train])
-    out = {"boosted": gb.predict_proba(x[test])[:, 1], "linear": lr.predict_proba(x[test])[:, 1]}
+    scores = {"boosted": best[2].predict_proba(x[test])[:, 1], "linear": lr.predict_proba(x[test])[:, 1]}
     if default:
-        out["boosted_default"] = HistGradientBoostingClassifier(random_state=0).fit(
+        scores["boosted_default"] = HistGradientBoostingClassifier(random_state=0).fit(
             x[train], y[train]).predict_proba(x[test])[:, 1]
-    return out
+    return Fitted(scores, best[1])
+
+
+def fill_missing(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``x`` with each missing value replaced by its column's median over the ``train`` rows (0
+    where a column has no training value): the scored rows' values do not reach the fill."""
+    rows = x[train]
+    has = ~np.isnan(rows).all(axis=0)
+    fill = np.zeros(x.shape[1])
+    fill[has] = np.nanmedian(rows[:, has], axis=0)
+    return np.where(np.isnan(x), fill, x)
 
 
 def validation_split(train: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +276,8 @@ def baselines(feats: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str,
     """The issue's baselines over :func:`baseline_features` (final counts, i.e. with look-ahead)."""
     cv = grouped_cv(feats, y, groups)
     return {"reviewer_count_auc": round(1 - auc(y, feats[:, 0]), 4), "features": feats.shape[1],
-            "boosted": cv["boosted"], "linear": cv["linear"], "boosted_default": cv["boosted_default"]}
+            "boosted": cv["boosted"], "linear": cv["linear"], "boosted_default": cv["boosted_default"],
+            "boosted_leaves": cv["boosted_leaves"]}
 
 
 def baseline_features(raw: list[list[str]]) -> np.ndarray:
@@ -361,6 +398,7 @@ def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarr
     scored = np.zeros(len(y), dtype=bool)
     arms = ("", "unseeded_", "baseline_", "baseline_unseeded_")
     out = {arm + kind: np.zeros(len(y)) for arm in arms for kind in ("boosted", "linear")}
+    leaves: dict[str, list[int]] = {arm + "boosted": [] for arm in arms}
     singles = {name: np.zeros(len(y)) for name in SPAM_SCORES}
     joined_counts: set[int] = set()
     unseeded_names, unseeded = joined(records, analysed_signals(records, reviews=True))
@@ -381,7 +419,9 @@ def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarr
                     "baseline_unseeded_": baseline}
         with one_thread():
             for arm in arms:
-                for kind, v in _fit_predict(features[arm], y, train, test, groups).items():
+                fitted = _fit_predict(features[arm], y, train, test, groups)
+                leaves[arm + "boosted"].append(fitted.leaves)
+                for kind, v in fitted.scores.items():
                     out[arm + kind][test] = v
         scored |= test
         print(json.dumps({"yelp_seeded_rotation": k, "elapsed_s": round(time.perf_counter() - t0, 1)}),
@@ -392,6 +432,7 @@ def yelp_seeded(records: list[dict[str, Any]], y: np.ndarray, baseline: np.ndarr
             "scored_reviews": int(scored.sum()), "signals_joined": sorted(joined_counts),
             "signals_joined_unseeded": len(unseeded_names),
             **{name: round(auc(y[scored], v[scored]), 4) for name, v in out.items()},
+            "boosted_leaves": leaves,
             "spam_score_auc": {name: round(auc(y[scored], v[scored]), 4) for name, v in singles.items()}}
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from benchmarks.review_farm import FarmParams, simulate
 from benchmarks.reviews import joined
@@ -155,10 +156,39 @@ def test_fit_predict_stops_on_held_training_products_and_never_sees_scored_rows(
     x = np.column_stack([np.arange(len(groups)), y + rng.normal(size=len(groups))])
     test = groups % 5 == 0
     train = ~test
-    out = reviews._fit_predict(x, y, train, test, groups, default=True)
+    out = reviews._fit_predict(x, y, train, test, groups, default=True).scores
     assert set(out) == {"boosted", "linear", "boosted_default"}
     assert all(len(v) == test.sum() for v in out.values())
     scored = set(np.flatnonzero(test).tolist())
     assert not (seen["fit"] | seen["val"]) & scored and not seen["fit"] & seen["val"]
     assert seen["fit"] | seen["val"] == set(np.flatnonzero(train).tolist()) == seen["default"]
     assert len({int(groups[i]) for i in seen["val"]}) == 5  # a tenth of the 48 training products
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_fit_predict_keeps_the_size_its_held_products_prefer(monkeypatch, flip: bool) -> None:
+    """Of two sizes, one that cannot split (a leaf needs more rows than there are) and one that
+    can, the held-out products choose the one that learns, whichever comes first."""
+    from benchmarks import reviews
+
+    stump = {"max_leaf_nodes": 2, "min_samples_leaf": 10**6}
+    grown = {"max_leaf_nodes": 7, "min_samples_leaf": 5}
+    monkeypatch.setattr(reviews, "BOOSTED_SIZES", (grown, stump) if flip else (stump, grown))
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(80), 10)
+    y = (rng.random(len(groups)) < 0.4).astype(int)
+    x = np.column_stack([y + rng.normal(scale=0.5, size=len(groups)), rng.normal(size=len(groups))])
+    test = groups % 5 == 0
+    fitted = reviews._fit_predict(x, y, ~test, test, groups)
+    assert fitted.leaves == 7
+    assert roc_auc_score(y[test], fitted.scores["boosted"]) > 0.8
+
+
+def test_missing_values_are_filled_from_the_training_rows_only() -> None:
+    from benchmarks.reviews import fill_missing
+
+    x = np.array([[1.0, np.nan], [3.0, np.nan], [np.nan, np.nan], [100.0, 7.0], [np.nan, 9.0]])
+    train = np.array([True, True, True, False, False])
+    filled = fill_missing(x, train)
+    # column 0: the training rows' median (2), not all rows' (3); column 1: no training value, 0
+    np.testing.assert_array_equal(filled, [[1, 0], [3, 0], [2, 0], [100, 7], [2, 9]])
