@@ -133,23 +133,36 @@ def test_validation_split_holds_out_whole_training_products_only() -> None:
 
 
 def test_fit_predict_stops_on_held_training_products_and_never_sees_scored_rows(monkeypatch) -> None:
-    """The boosted model is fitted on the training rows less a tenth of the training products and
-    stopped on that tenth; the scored rows reach neither (column 0 carries each row's index)."""
+    """Each size of the boosted model is fitted on the training rows less a tenth of the training
+    products, stopped on that tenth and judged there; the scored rows reach none of it, only the
+    chosen model's prediction (column 0 carries each row's index)."""
     import sklearn.ensemble
+    import sklearn.metrics
 
     from benchmarks import reviews
 
-    seen: dict[str, set[int]] = {}
-    real_fit = sklearn.ensemble.HistGradientBoostingClassifier.fit
+    gb = sklearn.ensemble.HistGradientBoostingClassifier
+    fits: list[tuple[set[int], set[int] | None]] = []
+    predicted: list[set[int]] = []
+    judged: list[int] = []
+    real_fit, real_predict, real_loss = gb.fit, gb.predict_proba, sklearn.metrics.log_loss
 
     def fit(self, x, y, sample_weight=None, **kw):  # type: ignore[no-untyped-def]
-        if kw.get("X_val") is not None:
-            seen["fit"], seen["val"] = set(x[:, 0].astype(int)), set(kw["X_val"][:, 0].astype(int))
-        else:
-            seen["default"] = set(x[:, 0].astype(int))
+        val = kw.get("X_val")
+        fits.append((set(x[:, 0].astype(int)), None if val is None else set(val[:, 0].astype(int))))
         return real_fit(self, x, y, sample_weight, **kw)
 
-    monkeypatch.setattr(sklearn.ensemble.HistGradientBoostingClassifier, "fit", fit)
+    def predict_proba(self, x):  # type: ignore[no-untyped-def]
+        predicted.append(set(x[:, 0].astype(int)))
+        return real_predict(self, x)
+
+    def log_loss(y_true, y_pred, **kw):  # type: ignore[no-untyped-def]
+        judged.append(len(y_true))
+        return real_loss(y_true, y_pred, **kw)
+
+    monkeypatch.setattr(gb, "fit", fit)
+    monkeypatch.setattr(gb, "predict_proba", predict_proba)
+    monkeypatch.setattr(sklearn.metrics, "log_loss", log_loss)
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(60), 10)
     y = (rng.random(len(groups)) < 0.3).astype(int)
@@ -160,9 +173,39 @@ def test_fit_predict_stops_on_held_training_products_and_never_sees_scored_rows(
     assert set(out) == {"boosted", "linear", "boosted_default"}
     assert all(len(v) == test.sum() for v in out.values())
     scored = set(np.flatnonzero(test).tolist())
-    assert not (seen["fit"] | seen["val"]) & scored and not seen["fit"] & seen["val"]
-    assert seen["fit"] | seen["val"] == set(np.flatnonzero(train).tolist()) == seen["default"]
-    assert len({int(groups[i]) for i in seen["val"]}) == 5  # a tenth of the 48 training products
+    training = set(np.flatnonzero(train).tolist())
+    sized = [(f, v) for f, v in fits if v is not None]
+    assert len(sized) == len(reviews.BOOSTED_SIZES) == 2
+    for fit_rows, val_rows in sized:
+        assert fit_rows == sized[0][0] and val_rows == sized[0][1]
+        assert not (fit_rows | val_rows) & scored and not fit_rows & val_rows
+        assert fit_rows | val_rows == training
+    held = sized[0][1]
+    assert held is not None and len({int(groups[i]) for i in held}) == 5  # a tenth of 48 products
+    assert [f for f, v in fits if v is None] == [training]  # the defaults' model
+    # each size judged on the held rows alone, then the chosen one and the defaults' score
+    assert predicted == [held, held, scored, scored] and judged == [len(held), len(held)]
+
+
+def test_fit_predict_fills_missing_values_without_the_scored_rows() -> None:
+    """A scored row's missing value is filled from the training rows: changing the other scored
+    rows' values does not move its score."""
+    from benchmarks.reviews import _fit_predict
+
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(60), 10)
+    y = (rng.random(len(groups)) < 0.3).astype(int)
+    x = np.column_stack([y + rng.normal(size=len(groups)), rng.normal(size=len(groups))])
+    test = groups % 5 == 0
+    gap = np.flatnonzero(test)[:20]
+    x[gap, 0] = np.nan
+    moved = x.copy()
+    others = np.flatnonzero(test)[20:]
+    moved[others, 0] += 50.0
+    a = _fit_predict(x, y, ~test, test, groups).scores
+    b = _fit_predict(moved, y, ~test, test, groups).scores
+    for kind in ("boosted", "linear"):
+        np.testing.assert_array_equal(a[kind][:20], b[kind][:20])
 
 
 @pytest.mark.parametrize("flip", [False, True])
