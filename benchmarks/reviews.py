@@ -166,10 +166,11 @@ def auc(y: np.ndarray, x: np.ndarray) -> float:
     return float(roc_auc_score(y, x))
 
 
-def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
     """Pooled out-of-fold AUC of boosting and logistic regression, 5 folds grouped by product
     (``boosted_default``: scikit-learn's default boosting, 100 rounds of 31 leaves, beside;
-    ``boosted_leaves``: the size each fold's held-out training products chose)."""
+    ``boosted_leaves``: the size each fold's held-out training products chose), and the boosted
+    model's pooled out-of-fold probabilities."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
@@ -181,8 +182,49 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, An
             leaves.append(fitted.leaves)
             for kind, v in fitted.scores.items():
                 pooled[kind][test] = v
-    return {**{kind: round(float(roc_auc_score(y, v)), 4) for kind, v in pooled.items()},
-            "boosted_leaves": leaves}
+    return ({**{kind: round(float(roc_auc_score(y, v)), 4) for kind, v in pooled.items()},
+             "boosted_leaves": leaves}, pooled["boosted"])
+
+
+def weighted_auc(y: np.ndarray, order: np.ndarray, ties: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC with row weights (ties count a half), in O(n): ``order`` sorts the scores
+    ascending and ``ties[k]`` numbers the distinct score of the ``k``-th sorted row (0, 1, ...)."""
+    w = weights[order]
+    pos = np.bincount(ties, weights=w * y[order])
+    neg = np.bincount(ties, weights=w * (1 - y[order]))
+    below = np.cumsum(neg) - neg
+    total = pos.sum() * neg.sum()
+    if total == 0:
+        raise ValueError("AUC needs weight on both classes")
+    return float((pos * (below + neg / 2)).sum() / total)
+
+
+def product_bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], groups: np.ndarray,
+                      rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """95 % percentile intervals of each score's AUC, and of the first score's AUC minus each
+    other's, from resampling whole products with replacement (a product's reviews are not
+    independent draws; every score sees the same resamples, so the differences are paired)."""
+    _, product = np.unique(groups, return_inverse=True)
+    n = int(product.max()) + 1
+    prepared = {}
+    for name, s in scores.items():
+        order = np.argsort(s, kind="stable")
+        ties = np.concatenate([[0], np.cumsum(np.diff(s[order]) != 0)])
+        prepared[name] = (order, ties)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in scores}
+    for _ in range(rounds):
+        weights = np.bincount(rng.integers(0, n, size=n), minlength=n)[product].astype(float)
+        for name, (order, ties) in prepared.items():
+            draws[name].append(weighted_auc(y, order, ties, weights))
+    first = next(iter(scores))
+    out: dict[str, Any] = {"rounds": rounds, "resampled": "products"}
+    for name, values in draws.items():
+        out[name] = [round(float(q), 4) for q in np.percentile(values, [2.5, 97.5])]
+        if name != first:
+            diff = np.array(draws[first]) - np.array(values)
+            out[f"{first}_minus_{name}"] = [round(float(q), 4) for q in np.percentile(diff, [2.5, 97.5])]
+    return out
 
 
 def one_thread() -> Any:
@@ -274,12 +316,13 @@ def validation_split(train: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray,
     return rows & ~held, held
 
 
-def baselines(feats: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """The issue's baselines over :func:`baseline_features` (final counts, i.e. with look-ahead)."""
-    cv = grouped_cv(feats, y, groups)
-    return {"reviewer_count_auc": round(1 - auc(y, feats[:, 0]), 4), "features": feats.shape[1],
-            "boosted": cv["boosted"], "linear": cv["linear"], "boosted_default": cv["boosted_default"],
-            "boosted_leaves": cv["boosted_leaves"]}
+def baselines(feats: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """The issue's baselines over :func:`baseline_features` (final counts, i.e. with look-ahead),
+    and the boosted model's pooled out-of-fold probabilities."""
+    cv, boosted = grouped_cv(feats, y, groups)
+    return ({"reviewer_count_auc": round(1 - auc(y, feats[:, 0]), 4), "features": feats.shape[1],
+             "boosted": cv["boosted"], "linear": cv["linear"], "boosted_default": cv["boosted_default"],
+             "boosted_leaves": cv["boosted_leaves"]}, boosted)
 
 
 def baseline_features(raw: list[list[str]]) -> np.ndarray:
@@ -330,12 +373,16 @@ def yelp(limit: int | None, tmp: Path) -> dict[str, Any]:
         a = auc(y, x[:, k])
         per_signal[name] = {"auc": round(a, 4), "auc_best": round(max(a, 1 - a), 4)}
     groups = np.array([int(r["product_id"][1:]) for r in records])
-    cv = grouped_cv(x, y, groups)
+    cv, boosted = grouped_cv(x, y, groups)
     baseline = baseline_features(raw)
+    base, base_boosted = baselines(baseline, y, groups)
+    # how far the pooled figures could move with other products: the signals', the baseline's,
+    # and the signals' lead over the baseline
+    cv["ci95"] = product_bootstrap(y, {"signals": boosted, "baseline": base_boosted}, groups)
     return {"reviews": len(records), "filtered": int(y.sum()), "job_wall_s": round(wall, 1),
             "job_peak_rss_mib_driver": round(peak, 1), "job_timings": summary.get("timings"),
             "signals_joined": len(names), "auc_per_signal": per_signal, "grouped_cv": cv,
-            "baselines": baselines(baseline, y, groups), "seeded": yelp_seeded(records, y, baseline)}
+            "baselines": base, "seeded": yelp_seeded(records, y, baseline)}
 
 
 def _ap(y: np.ndarray, x: np.ndarray) -> float:
