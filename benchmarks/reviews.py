@@ -4,8 +4,10 @@
 
 YelpZip (``../shared/data/reviews/yelp_zip/metadata.gz``: 608,598 reviews with Yelp's filter
 as labels, no text): the file lists each product's recommended reviews before its filtered
-ones, so the rows are shuffled (seed 0) and given fresh ids (``r0``...) before anything sees
-them. Sellers are synthetic (``s{product // 5}``: five consecutive product ids a seller);
+ones, so the rows are shuffled (seed 0) and given fresh ids before anything sees them: reviews
+``r0``... in the shuffled order, reviewers ``u0``... and products ``p0``... in order of first
+appearance there (the file's own numbers follow its order). Sellers are synthetic
+(``s{product // 5}``: five consecutive fresh product numbers a seller);
 ``created_at`` is the review's date at 00:00 UTC; there is no ``reviewer_created_at``.
 ``marketguard batch reviews`` runs over them (the real CLI, in a subprocess: its wall time
 and peak RSS are measured); its ``signals.jsonl`` is joined per review (the review's own
@@ -55,7 +57,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -97,11 +99,23 @@ def yelp_rows(limit: int | None, seed: int = 0) -> tuple[list[dict[str, Any]], n
             keep.add(u)
             total += count[u]
         raw = [r for r in raw if r[0] in keep]
-    records = [{"review_id": f"r{i}", "product_id": f"p{p}", "seller_id": f"s{int(p) // 5}",
-                "reviewer_id": f"u{u}", "rating": int(float(r)), "created_at": f"{d}T00:00:00Z"}
+    # fresh reviewer and product numbers too, in order of first appearance in the shuffled rows:
+    # the file's own numbers follow its order (filtered reviews are listed last)
+    reviewer = fresh_numbers(r[0] for r in raw)
+    product = fresh_numbers(r[1] for r in raw)
+    records = [{"review_id": f"r{i}", "product_id": f"p{product[p]}", "seller_id": f"s{product[p] // 5}",
+                "reviewer_id": f"u{reviewer[u]}", "rating": int(float(r)), "created_at": f"{d}T00:00:00Z"}
                for i, (u, p, r, _, d) in enumerate(raw)]
     labels = np.array([1 if row[3] == "-1" else 0 for row in raw], dtype=np.int8)
     return records, labels, raw
+
+
+def fresh_numbers(keys: Iterable[str]) -> dict[str, int]:
+    """0, 1, 2, ... for each distinct key, in the order the keys first appear."""
+    out: dict[str, int] = {}
+    for key in keys:
+        out.setdefault(key, len(out))
+    return out
 
 
 def run_job(records: list[dict[str, Any]], work: Path) -> tuple[Path, float, float]:

@@ -270,3 +270,34 @@ def test_product_bootstrap_resamples_whole_products_and_pairs_the_scores() -> No
     d_lo, d_hi = out["signals_minus_baseline"]
     assert -0.02 < d_lo <= d_hi < 0.02
     assert product_bootstrap(y, {"signals": s}, groups, rounds=300)["signals"] == out["signals"]
+
+
+def test_yelp_rows_renumber_reviews_reviewers_and_products(tmp_path, monkeypatch) -> None:
+    """Fresh ids for everything: the file's numbers follow its order (filtered reviews last)."""
+    import gzip
+
+    from benchmarks import reviews
+
+    lines = [f"{900 + k % 7}\t{500 + k % 3}\t{1 + k % 5}.0\t{'-1' if k >= 15 else '1'}\t2014-0{1 + k % 9}-01"
+             for k in range(20)]
+    path = tmp_path / "metadata.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    monkeypatch.setattr(reviews, "YELP", path)
+    records, y, raw = reviews.yelp_rows(None)
+    assert [r["review_id"] for r in records] == [f"r{i}" for i in range(20)]
+    # the same raw account or product is the same fresh one; first appearances count 0, 1, ...
+    for key, col, prefix in (("reviewer_id", 0, "u"), ("product_id", 1, "p")):
+        pairs = {(row[col], rec[key]) for row, rec in zip(raw, records, strict=True)}
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+        order = list(dict.fromkeys(rec[key] for rec in records))
+        assert order == [f"{prefix}{i}" for i in range(len(order))]
+    assert all(r["seller_id"] == f"s{int(r['product_id'][1:]) // 5}" for r in records)
+    assert list(y) == [1 if row[3] == "-1" else 0 for row in raw] and sum(y) == 5
+    assert [row[0] for row in raw] != [f"{900 + k % 7}" for k in range(20)]  # shuffled
+
+
+def test_fresh_numbers_count_in_order_of_first_appearance() -> None:
+    from benchmarks.reviews import fresh_numbers
+
+    assert fresh_numbers(["b", "a", "b", "c", "a"]) == {"b": 0, "a": 1, "c": 2}
