@@ -23,8 +23,9 @@ Formats:
 - ThreatExchange/HMA CSV of PDQ hashes (``hash, id, timestamp, tags``): a ``.csv`` FILE
   into an ``image_pdq`` bank; ``export`` of a PDQ bank to a ``.csv`` FILE writes it.
 
-``--kind`` (``fraud`` by default) is the kind of a new bank; an existing bank keeps its own
-and refuses lines of the other kind. After an import into a review bank, the review text
+``--kind`` (``fraud`` by default) is the kind of a new bank; an existing bank keeps its own:
+a ``--kind`` that is not it is an error (known-good reviews must never land in a fraud bank),
+and so is a line of the other kind. ``export --kind`` checks the bank's kind the same way. After an import into a review bank, the review text
 model (:meth:`indexes.banks.BankStore.review_text_model`) is fitted at once, so a service
 started on the data dir has it, and its calibration is printed.
 """
@@ -87,10 +88,10 @@ def _guess_modality(path: Path) -> Modality:
     raise InvalidInput("FILE", f"{str(path)!r} holds no items")
 
 
-def import_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind = "fraud",
+def import_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind | None = None,
                 modality: Modality | None = None) -> dict[str, Any]:
-    """Import FILE into the bank (created if new) of every shard; returns counts (and the review
-    text model's calibration for a review bank)."""
+    """Import FILE into the bank (created if new, of ``kind``: fraud by default) of every shard;
+    returns counts (and the review text model's calibration for a review bank)."""
     if modality is not None and modality not in get_args(Modality):
         raise InvalidInput("--modality", f"must be one of {', '.join(get_args(Modality))}")
     stores = [BankStore(root, config.indexes.banks, config.indexes.thresholds) for root in bank_roots(config)]
@@ -99,7 +100,11 @@ def import_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind
         if existing is not None:
             if modality is not None and modality != existing.modality:
                 raise InvalidInput("--modality", f"bank {bank!r} holds {existing.modality}, not {modality}")
+            if kind is not None and kind != existing.kind:
+                raise InvalidInput("--kind", f"bank {bank!r} is a {existing.kind} bank, not {kind}")
             modality, kind = existing.modality, existing.kind
+        if kind is None:
+            kind = "fraud"
         if modality is None:
             modality = _guess_modality(path)
         signals_config = config.signals.model_copy(deep=True)
@@ -162,15 +167,17 @@ def _import_into(stores: list[BankStore], bank: str, path: Path, modality: Modal
     return total
 
 
-def export_bank(config: MarketGuardConfig, bank: str, path: Path) -> dict[str, Any]:
+def export_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind | None = None) -> dict[str, Any]:
     """Write the bank (of the first shard: every shard holds the same) as JSONL, or as HMA CSV
-    for a PDQ bank and a ``.csv`` FILE."""
+    for a PDQ bank and a ``.csv`` FILE; ``kind``, when given, must be the bank's."""
     root = bank_roots(config)[0]
     if not (root / bank / "bank.json").exists():
         raise InvalidInput("BANK", f"no bank named {bank!r} in {str(root)!r}", "not_found")
     store = BankStore(root, config.indexes.banks, config.indexes.thresholds)
     try:
         info = store.get(bank).info
+        if kind is not None and kind != info.kind:
+            raise InvalidInput("--kind", f"bank {bank!r} is a {info.kind} bank, not {kind}")
         if path.suffix.lower() == ".csv":
             n = store.export_hma_csv(bank, path)
         else:

@@ -133,8 +133,9 @@ def _parser() -> argparse.ArgumentParser:
                     "of PDQ hashes (.csv).")
     bank_import.add_argument("bank", metavar="BANK")
     bank_import.add_argument("file", type=Path, metavar="FILE")
-    bank_import.add_argument("--kind", choices=["fraud", "benign"], default="fraud",
-                             help="a new bank's kind (default fraud: known bad)")
+    bank_import.add_argument("--kind", choices=["fraud", "benign"], default=None,
+                             help="a new bank's kind (default fraud: known bad); an existing bank's "
+                                  "must match")
     bank_import.add_argument("--modality", default=None,
                              choices=["listing_text", "review_text", "image_pdq", "image_sscd"],
                              help="a new bank's modality (default: told by FILE's first line)")
@@ -143,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         "export", parents=[common], help="write a bank's items to a file (JSONL; HMA CSV for PDQ to .csv)")
     bank_export.add_argument("bank", metavar="BANK")
     bank_export.add_argument("file", type=Path, metavar="FILE")
+    bank_export.add_argument("--kind", choices=["fraud", "benign"], default=None,
+                             help="check that the bank is of this kind (an error if not)")
     bank_export.set_defaults(handler=_cmd_bank_export)
 
     sinks = sub.add_parser("sinks", help="the publishing outbox: dead letters",
@@ -355,7 +358,7 @@ def _cmd_bank_export(args: argparse.Namespace, config: MarketGuardConfig,
                      out: TextIO, err: TextIO) -> int:
     from serving.bank_command import export_bank
 
-    out.write(json.dumps(export_bank(config, args.bank, args.file)) + "\n")
+    out.write(json.dumps(export_bank(config, args.bank, args.file, args.kind)) + "\n")
     return EXIT_OK
 
 

@@ -295,12 +295,13 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     u_tenant[ru] = rt
     p_tenant = np.zeros(len(products.keys), dtype=np.int64)
     p_tenant[rp] = rt
+    # ranks among the tenant's own entities: one tenant's reviews never move another's scores
     h_r = combine_priors(review_features, n, settings.prior_clip,
-                         [discovery_evidence(rating_burst, rt, tests)])
+                         [discovery_evidence(rating_burst, rt, tests)], rt)
     h_u = combine_priors(reviewer_features, len(u_states), settings.prior_clip,
-                         [discovery_evidence(reviewer_rating_burst, u_tenant, tests)])
+                         [discovery_evidence(reviewer_rating_burst, u_tenant, tests)], u_tenant)
     h_p = combine_priors(product_features, len(p_states), settings.prior_clip,
-                         [discovery_evidence(product_rating_burst, p_tenant, tests)])
+                         [discovery_evidence(product_rating_burst, p_tenant, tests)], p_tenant)
     seeds = _label_seeds(labels, [rows[i] for i in order], reviewers, products)
     sorted_beliefs = collective_scores(ru, rp, h_r, h_u, h_p, seeds, settings)
     # back to input-row order

@@ -243,11 +243,23 @@ def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, windo
     return RatingBursts(surprise, window, same, share, extreme & (window >= 2))
 
 
-def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool) -> np.ndarray:
-    """Each value's empirical CDF among its node type (ties averaged), flipped when low is suspicious."""
+def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool, group: np.ndarray | None = None) -> np.ndarray:
+    """Each value's empirical CDF among its node type (ties averaged), flipped when low is
+    suspicious; with ``group`` (one label a value: the tenant), among its own group's values only."""
     x = np.asarray(x, dtype=np.float64)
+    if group is not None and np.shape(group) != x.shape:
+        raise ValueError(f"group has shape {np.shape(group)}, the values {x.shape}")
     if not len(x):
         return x
+    if group is not None:
+        out = np.empty_like(x)
+        order = np.argsort(group, kind="stable")
+        by_group = np.asarray(group)[order]
+        starts = np.flatnonzero(np.r_[True, by_group[1:] != by_group[:-1]])
+        for lo, hi in zip(starts, np.r_[starts[1:], len(x)], strict=True):
+            rows = order[lo:hi]
+            out[rows] = ecdf_suspicion(x[rows], high_is_suspicious)
+        return out
     s = rankdata(x, method="average") / len(x)
     return s if high_is_suspicious else 1.0 - s + 1.0 / len(x)
 
@@ -299,13 +311,14 @@ def discovery_evidence(surprise: np.ndarray, group: np.ndarray, tests: Sequence[
 
 
 def combine_priors(features: Sequence[tuple[np.ndarray, bool]], n: int, clip: float,
-                   evidence: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """SpEagle's prior ``1 - sqrt(mean((1 - s_k)^2))`` over the features' suspiciousness ``s_k``,
-    then a noisy-or with each ``evidence`` probability ``e_j``: ``1 - (1 - prior) * prod(1 - e_j)``."""
+                   evidence: Sequence[np.ndarray] = (), group: np.ndarray | None = None) -> np.ndarray:
+    """SpEagle's prior ``1 - sqrt(mean((1 - s_k)^2))`` over the features' suspiciousness ``s_k``
+    (ranks within each ``group``, the tenant, when given), then a noisy-or with each
+    ``evidence`` probability ``e_j``: ``1 - (1 - prior) * prod(1 - e_j)``."""
     if features:
         acc = np.zeros(n)
         for x, high in features:
-            acc += (1.0 - ecdf_suspicion(x, high)) ** 2
+            acc += (1.0 - ecdf_suspicion(x, high, group)) ** 2
         prior = 1.0 - np.sqrt(acc / len(features))
     else:
         prior = np.full(n, 0.5)

@@ -181,6 +181,19 @@ def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path) -> 
     with pytest.raises(InvalidInput, match="'fraud' item in 'benign' bank"):
         import_bank(cfg, "genuine-reviews", write_jsonl(tmp_path / "x.jsonl", [
             {"review_id": "X", "text": "a text", "kind": "fraud"}]))
+    # a --kind that is not the existing bank's is refused, nothing added: genuine reviews must
+    # never land in a fraud bank (and export --kind checks the same)
+    genuine_more = write_jsonl(tmp_path / "g.jsonl", [{"review_id": "G9", "text": "lovely stay, kind staff"}])
+    with pytest.raises(InvalidInput, match="'fake-reviews' is a fraud bank, not benign"):
+        import_bank(cfg, "fake-reviews", genuine_more, "benign")
+    assert export_bank(cfg, "fake-reviews", tmp_path / "f.jsonl", "fraud")["exported"] == len(FAKES)
+    with pytest.raises(InvalidInput, match="--kind"):
+        export_bank(cfg, "genuine-reviews", tmp_path / "f.jsonl", "fraud")
+    assert main(["bank", "export", "genuine-reviews", str(tmp_path / "g2.jsonl"), "--kind", "benign",
+                 "--data-dir", str(data_dir)]) == 0
+    assert main(["bank", "import", "genuine-reviews", str(genuine_more), "--kind", "fraud",
+                 "--data-dir", str(data_dir)]) == 2
+    assert main(["bank", "import", "genuine-reviews", str(genuine_more), "--data-dir", str(data_dir)]) == 0
     # listings, and PDQ through the ThreatExchange/HMA CSV, by the console command
     listings = write_jsonl(tmp_path / "scams.jsonl",
                            [{"listing_id": "L1", "title": "iPhone 14 sealed, WhatsApp me"}])

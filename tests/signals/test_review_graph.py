@@ -76,6 +76,13 @@ def test_ecdf_and_priors() -> None:
     np.testing.assert_allclose(ecdf_suspicion(x, False), [1.0, 0.75, 0.5, 0.25])
     prior = combine_priors([(x, True), (x, True)], 4, 0.01)
     assert np.all(np.diff(prior) > 0) and prior[-1] == pytest.approx(0.99)
+    # per group: each tenant's values ranked among its own, in any row order
+    group = np.array(["b", "a", "b", "a"])
+    np.testing.assert_allclose(ecdf_suspicion(x, True, group), [0.5, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(ecdf_suspicion(x, False, group), [1.0, 1.0, 0.5, 0.5])
+    assert len(ecdf_suspicion(np.array([]), True, np.array([]))) == 0
+    with pytest.raises(ValueError, match="shape"):
+        ecdf_suspicion(x, True, group[:3])
 
 
 def test_belief_propagation_spreads_suspicion_along_edges() -> None:
@@ -346,3 +353,25 @@ def test_rating_bursts_of_a_tenant_do_not_depend_on_other_tenants_or_on_order() 
     shuffled = [both[i] for i in np.random.default_rng(0).permutation(len(both))]
     assert bursts(both) == alone
     assert bursts(shuffled) == alone
+
+
+def test_every_signal_of_a_tenant_is_the_same_alone_and_beside_another() -> None:
+    """The batch job analyses every tenant of a run together and the service one tenant at a time
+    (its periodic recomputation): neither a review's signals nor an entity's may depend on another
+    tenant's reviews, the collective scores' priors (ranks among the tenant's own) included."""
+    a_rows, b_rows = _campaign_rows("a", 1), _campaign_rows("b", 2)
+    # b: another population (more, harsher reviews) that would move a's ranks if they were shared
+    b_rows += [ReviewRow("b", f"B{k}", f"V{k % 50}", f"P{k % 5}", "S2", 1, float(k) * 3600.0)
+               for k in range(400)]
+
+    def signals(rows: list[ReviewRow]) -> dict[tuple[str, str, str], object]:
+        a = analyse_reviews(rows)
+        found = list(a.entity_signals(NOW))
+        found += [s for i in range(len(rows)) for s in a.review_signals(i, NOW)]
+        return {(s.entity_type, s.entity_id, s.name): (s.value, s.evidence)
+                for s in found if s.tenant == "a"}
+
+    alone = signals(a_rows)
+    assert ("review", "F0", "review.spam_score") in alone
+    assert ("reviewer", "X0", "reviewer.spam_score") in alone
+    assert signals(b_rows + a_rows) == alone
