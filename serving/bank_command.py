@@ -25,9 +25,10 @@ Formats:
 
 ``--kind`` (``fraud`` by default) is the kind of a new bank; an existing bank keeps its own:
 a ``--kind`` that is not it is an error (known-good reviews must never land in a fraud bank),
-and so is a line of the other kind. ``export --kind`` checks the bank's kind the same way. After an import into a review bank, the review text
-model (:meth:`indexes.banks.BankStore.review_text_model`) is fitted at once, so a service
-started on the data dir has it, and its calibration is printed.
+and so is a line of the other kind. ``export --kind`` checks the bank's kind the same way.
+After an import into a review bank, the review text model
+(:meth:`indexes.banks.BankStore.review_text_model`) is fitted at once, so a service started on
+the data dir has it, and its calibration is printed.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def _import_into(stores: list[BankStore], bank: str, path: Path, modality: Modal
     return total
 
 
-def export_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind | None = None) -> dict[str, Any]:
+def export_bank(config: MarketGuardConfig, bank: str, path: Path,
+                kind: BankKind | None = None) -> dict[str, Any]:
     """Write the bank (of the first shard: every shard holds the same) as JSONL, or as HMA CSV
     for a PDQ bank and a ``.csv`` FILE; ``kind``, when given, must be the bank's."""
     root = bank_roots(config)[0]

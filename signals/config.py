@@ -221,6 +221,11 @@ class ReviewGraphConfig(_Config):
     ring_max_neighbours: int = Field(default=10, ge=1, le=1000,
                                      description="earlier reviews of its product a review is paired with "
                                                  "(bounds memory on products with huge review counts)")
+    ring_product_reviews: int = Field(
+        default=2000, ge=1, le=1_000_000,
+        description="the service's per-review ring update reads the last this many stored reviews of "
+                    "each product the reviewer reviewed (bounds memory and time on products with huge "
+                    "review counts; the periodic recomputation reads them all)")
     eps_reviewer: float = Field(default=0.1, gt=0.0, lt=0.5)
     eps_product: float = Field(default=0.3, gt=0.0, lt=0.5)
     iterations: int = Field(default=10, ge=1, le=100)

@@ -96,7 +96,9 @@ def open_engine(config: MarketGuardConfig, models: dict[Modality, str], dims: di
                              auto_bank=config.labels.banks(),
                              index_shards=index_shards, split_tenants=config.service.index_shards.tenants,
                              deep=deep_queue(config), shadow=shadow_near_duplicates(config),
-                             review_behaviour=[StoredReviewBehaviour(graph)], review_graph=graph)
+                             review_behaviour=[StoredReviewBehaviour(
+                                 graph, config.signals.review_graph.ring_product_reviews)],
+                             review_graph=graph)
     engine.reconcile()
     engine.indexes.shards_restarted()  # records the index shards' boots
     store.deep_release()  # the previous process's deep workers are gone: their jobs are free again

@@ -66,8 +66,10 @@ class StoredReviewBehaviour:
     """The ``review_behaviour`` seam over the store's key-value table (see the module doc).
 
     Besides the fold, the reviewer's ``reviewer.ring_score`` is updated from its neighbourhood:
-    every stored review of the products it reviewed (the latest ``max_product_reviews`` of a
-    product with more), the co-reviewers' counts from their states.
+    every stored review of the products it reviewed (of a product with more, the last
+    ``max_product_reviews`` stored: ``signals.review_graph.ring_product_reviews``, read with a
+    ``LIMIT``, so a product's size bounds neither the memory nor the parsing), the co-reviewers'
+    counts from their states.
     """
 
     def __init__(self, settings: GraphSettings | None = None, max_product_reviews: int = 2000) -> None:
@@ -115,9 +117,9 @@ class StoredReviewBehaviour:
         rows = [ReviewRow.of(review)]
         for product in sorted(products):
             items = [ReviewRow.of(Review.model_validate_json(it.record))
-                     for it in store.items_of_group(t, "review", product) if it.item_id != review.review_id]
-            items.sort(key=lambda r: (r.ts, r.review_id))
-            rows += items[-self.max_product_reviews:]
+                     for it in store.items_of_group(t, "review", product, limit=self.max_product_reviews)
+                     if it.item_id != review.review_id]
+            rows += sorted(items, key=lambda r: (r.ts, r.review_id))
         counts: dict[tuple[str, str], int] = {(t, review.reviewer_id): own_count}
         for uid in sorted({r.reviewer_id for r in rows} - {review.reviewer_id}):
             raw = store.get_meta(state_key(t, "reviewer", uid))

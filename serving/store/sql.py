@@ -569,10 +569,16 @@ class SqlSignalStore:
     def items_of_owner(self, tenant: str, kind: ItemKind, owner: str) -> list[StoredItem]:
         return self._items("tenant=? AND kind=? AND owner=? ORDER BY seq", (tenant, kind, owner), False)
 
-    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None) -> list[StoredItem]:
-        return self._items(
-            f"tenant=? AND kind=? AND grp {self.NULL_SAFE_EQ} ? ORDER BY seq", (tenant, kind, group), False
-        )
+    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None,
+                       limit: int | None = None) -> list[StoredItem]:
+        """The group's items in the order they were first stored; with ``limit``, only the last
+        ``limit`` of them (the database sorts, only those rows come back)."""
+        where = f"tenant=? AND kind=? AND grp {self.NULL_SAFE_EQ} ?"
+        if limit is None:
+            return self._items(f"{where} ORDER BY seq", (tenant, kind, group), False)
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        return self._items(f"{where} ORDER BY seq DESC LIMIT ?", (tenant, kind, group, limit), False)[::-1]
 
     def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]:
         rows = self._rows(

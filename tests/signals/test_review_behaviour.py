@@ -141,6 +141,25 @@ def test_reviewer_signals_on_a_constructed_history() -> None:
     assert reviewer_behaviour_signals("default", "U9", ReviewerState(), NOW) == []
 
 
+def test_rating_deviations_and_gap_entropy_hand_computed() -> None:
+    """U1 is third on P1 (two 5s before: deviation 4, weight 3^-1.5), then first on P2 and P3,
+    measured against the tenant's mean so far (11/3, then 4); gaps of 4 days and 1 day fall in
+    the log2-day bins 3 and 1: one bit."""
+    fold = BehaviourFold()
+    fold.add(review("A", "UA", "P1", 5, 0))
+    fold.add(review("B", "UB", "P1", 5, 1))
+    fold.add(review("R1", "U1", "P1", 1, 2))
+    fold.add(review("R2", "U1", "P2", 5, 6))
+    fold.add(review("R3", "U1", "P3", 3, 7))
+    s = by_name(reviewer_behaviour_signals("default", "U1", fold.reviewers[("default", "U1")], NOW))
+    w = 3 ** -1.5
+    assert s["reviewer.mean_rating_deviation"].value == pytest.approx((4 + 4 / 3 + 1) / 3, abs=1e-4)
+    assert s["reviewer.weighted_rating_deviation"].value == pytest.approx(
+        (4 * w + 4 / 3 + 1) / (w + 2), abs=1e-4)
+    assert s["reviewer.gap_entropy"].value == pytest.approx(1.0)
+    assert s["reviewer.gap_entropy"].evidence["gap_log2_days"] == [0, 1, 0, 1] + [0] * 8
+
+
 def test_product_and_seller_signals() -> None:
     fold = BehaviourFold()
     for k in range(10):

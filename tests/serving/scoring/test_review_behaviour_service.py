@@ -192,3 +192,30 @@ def test_batch_labels_file(tmp_path: Path) -> None:
     bad.write_text('{"entity_type": "reviewer", "entity_id": "U1", "label": "fraud"}\n{"label": "maybe"}\n')
     with pytest.raises(InvalidInput, match="line 2"):
         read_labels(bad)
+
+
+def test_the_per_review_ring_update_reads_a_bounded_slice_of_each_product(data_dir: Path) -> None:
+    """``signals.review_graph.ring_product_reviews`` reaches the store's query: a product with
+    more stored reviews hands the ring update only its last ones, whatever its size."""
+    cfg = text_only(data_dir)
+    cfg.signals.review_graph.ring_product_reviews = 3
+    ex = FastExtraction.build(cfg.signals, data_dir)
+    models, dims = ex.models()
+    engine = open_engine(cfg, models, dims)
+    asked: list[tuple[int | None, int]] = []
+    real = engine.store.items_of_group
+
+    def spy(tenant, kind, group, limit=None):  # type: ignore[no-untyped-def]
+        got = real(tenant, kind, group, limit)
+        if kind == "review" and limit is not None:  # the ring update's reads (the roll-up counts all)
+            asked.append((limit, len(got)))
+        return got
+
+    engine.store.items_of_group = spy  # type: ignore[method-assign]
+    for k in range(8):
+        r = Review(review_id=f"R{k}", product_id="P1", seller_id="S1", reviewer_id=f"U{k}", rating=5,
+                   created_at=T0 + timedelta(hours=k))
+        assert engine.score_reviews(ex.extract("review", [r]))[0].error is None
+    assert len(asked) == 8 and all(limit == 3 and n <= 3 for limit, n in asked)
+    assert max(n for _, n in asked) == 3  # the product did outgrow the bound
+    engine.close()

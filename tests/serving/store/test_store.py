@@ -209,3 +209,17 @@ def test_postgres_a_connection_lost_mid_transaction_is_not_retried(postgres: Any
     store.write(batch)
     assert [s["value"] for s in store.latest("default", "listing", "L1")] == [1]
     store.close()
+
+
+def test_a_groups_last_items_come_back_in_stored_order(open_store: Callable[..., SqlSignalStore]) -> None:
+    store = open_store()
+    for k in range(6):
+        store.write(WriteBatch("default", "listing", upsert=[item(f"L{k}")]))
+    every = [it.item_id for it in store.items_of_group("default", "listing", "audio")]
+    assert every == [f"L{k}" for k in range(6)]
+    assert [it.item_id for it in store.items_of_group("default", "listing", "audio", limit=2)] == ["L4", "L5"]
+    assert store.items_of_group("default", "listing", "audio", limit=0) == []
+    assert len(store.items_of_group("default", "listing", "audio", limit=99)) == 6
+    with pytest.raises(ValueError, match="limit"):
+        store.items_of_group("default", "listing", "audio", limit=-1)
+    store.close()
