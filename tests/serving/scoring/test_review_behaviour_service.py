@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,68 @@ def test_the_per_review_ring_update_reads_a_bounded_slice_of_each_product(data_d
     assert len(asked) == 8 and all(limit == 3 and n <= 3 for limit, n in asked)
     assert max(n for _, n in asked) == 3  # the product did outgrow the bound
     engine.close()
+
+
+def test_the_maintenance_timer_recomputes_the_review_graph_on_its_period(data_dir: Path) -> None:
+    """The catalogue replica's timer: index repair and snapshot every round, the review graph's
+    recomputation once ``recompute_s`` has passed (not every round), retention when it is set,
+    and a failing round does not stop the next."""
+    import asyncio
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from serving.deployments.catalogue import Catalogue
+
+    cfg = text_only(data_dir)
+    cfg.service.catalogue.compact_interval_s = 0.02
+    cfg.signals.review_graph.recompute_s = 0.15
+    cfg.service.retention_days = 30
+    calls: list[str] = []
+
+    class Engine:
+        def repair(self) -> None:
+            calls.append("repair")
+            if calls.count("repair") == 2:
+                raise RuntimeError("a bad round")
+
+        def compact(self) -> None:
+            calls.append("compact")
+
+        def recompute_reviews(self) -> int:
+            calls.append("recompute_reviews")
+            return 0
+
+        def expire(self, before: datetime) -> int:
+            assert before < datetime.now(UTC) - timedelta(days=29)
+            calls.append("expire")
+            return 0
+
+    replica = Catalogue.func_or_class.__new__(Catalogue.func_or_class)
+    replica.config = cfg
+    replica._writer = ThreadPoolExecutor(1)
+    replica._timer = None
+    opened: Future[Any] = Future()
+    opened.set_result(Engine())
+    replica._opening = opened
+
+    async def run() -> float:
+        start = time.monotonic()
+        task = asyncio.get_running_loop().create_task(replica._maintain())
+        replica._timer = task  # as the first write would have started it
+        await asyncio.sleep(1.0)
+        task.cancel()
+        return time.monotonic() - start
+
+    elapsed = asyncio.run(run())
+    replica._writer.shutdown(wait=True)
+    rounds: list[list[str]] = []
+    for call in calls:
+        if call == "repair":
+            rounds.append([])
+        rounds[-1].append(call)
+    done = rounds[:-1]  # the last round may have been cut by the cancel
+    assert len(done) >= 5
+    assert done[1] == ["repair"]  # the failed round stopped there; the next ran
+    plain, full = ["repair", "compact", "expire"], ["repair", "compact", "recompute_reviews", "expire"]
+    assert all(r in (plain, full) for k, r in enumerate(done) if k != 1)
+    recomputed = sum(r == full for r in done)
+    assert 1 <= recomputed <= elapsed / 0.15 + 1 and recomputed < len(done) / 2
