@@ -1,7 +1,7 @@
 """A whole set of reviews analysed at once: the behavioural fold, rings and collective scores.
 
 The batch job calls :func:`analyse_reviews` over every review of its run; the service calls
-it over every review in its store at each periodic recomputation (``reviews.recompute_s``).
+it over every review in its store at each periodic recomputation (``signals.review_graph.recompute_s``).
 Same reviews, same labels, same settings: same signals, whichever path (tested).
 
 Reviews are folded in ``(created_at, tenant, review_id)`` order, whatever order they came in.

@@ -28,8 +28,8 @@ a second product (rings cannot see a single-target campaign), and their other re
 
 Collective scores (``review.spam_score``, ``reviewer.spam_score``, ``product.spam_score``):
 SpEagle (Rayana and Akoglu, KDD 2015). Node priors are unsupervised: each behavioural
-feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type (in the
-direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
+feature becomes a suspiciousness in 0..1 by its empirical CDF over the node type within its
+tenant (in the direction the literature found suspicious), combined as ``1 - sqrt(mean((1 - s)^2))``;
 then the node's rating burst joins as a probability (``1 - q``, ``q`` its Benjamini-Hochberg
 q-value among its tenant's tests, when it is a discovery at :data:`DISCOVERY_FDR`:
 :func:`discovery_evidence` and :func:`signals.review_analysis.burst_tests`) in a noisy-or:
@@ -252,13 +252,23 @@ def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool, group: np.ndarray | 
     if not len(x):
         return x
     if group is not None:
+        # one pass for every group (a run may hold thousands of small tenants): sort by group,
+        # then value; a value's rank is the mean position of its ties, counted from its group's start
+        n = len(x)
+        order = np.lexsort((x, group))
+        g, v = np.asarray(group)[order], x[order]
+        new_group = np.r_[True, g[1:] != g[:-1]]
+        new_tie = new_group | np.r_[True, v[1:] != v[:-1]]
+        group_first = np.flatnonzero(new_group)
+        group_of = np.cumsum(new_group) - 1
+        size = (np.r_[group_first[1:], n] - group_first)[group_of]
+        tie_first = np.flatnonzero(new_tie)
+        tie_of = np.cumsum(new_tie) - 1
+        tie_last = np.r_[tie_first[1:], n] - 1
+        rank = (tie_first[tie_of] + tie_last[tie_of]) / 2.0 - group_first[group_of] + 1.0
+        s = rank / size
         out = np.empty_like(x)
-        order = np.argsort(group, kind="stable")
-        by_group = np.asarray(group)[order]
-        starts = np.flatnonzero(np.r_[True, by_group[1:] != by_group[:-1]])
-        for lo, hi in zip(starts, np.r_[starts[1:], len(x)], strict=True):
-            rows = order[lo:hi]
-            out[rows] = ecdf_suspicion(x[rows], high_is_suspicious)
+        out[order] = s if high_is_suspicious else 1.0 - s + 1.0 / size
         return out
     s = rankdata(x, method="average") / len(x)
     return s if high_is_suspicious else 1.0 - s + 1.0 / len(x)

@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from serving.store.base import SignalStore
+from signals.config import ReviewGraphConfig
 from signals.review_analysis import ReviewRow, analyse_reviews, neighbourhood_rings
 from signals.review_behaviour import (
     AnyState,
@@ -67,12 +68,13 @@ class StoredReviewBehaviour:
 
     Besides the fold, the reviewer's ``reviewer.ring_score`` is updated from its neighbourhood:
     every stored review of the products it reviewed (of a product with more, the last
-    ``max_product_reviews`` stored: ``signals.review_graph.ring_product_reviews``, read with a
-    ``LIMIT``, so a product's size bounds neither the memory nor the parsing), the co-reviewers'
-    counts from their states.
+    ``max_product_reviews`` stored: ``signals.review_graph.ring_product_reviews``, read through
+    an index with a ``LIMIT``, so a product's size bounds neither the reads, the memory nor the
+    parsing), the co-reviewers' counts from their states.
     """
 
-    def __init__(self, settings: GraphSettings | None = None, max_product_reviews: int = 2000) -> None:
+    def __init__(self, settings: GraphSettings | None = None,
+                 max_product_reviews: int = ReviewGraphConfig().ring_product_reviews) -> None:
         self.settings = settings or GraphSettings()
         self.max_product_reviews = max_product_reviews
 

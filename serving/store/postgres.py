@@ -78,6 +78,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
     # a label's money at stake (``marketguard report``), also kept in its record JSON
     "ALTER TABLE labels ADD COLUMN loss_amount DOUBLE PRECISION",
     "ALTER TABLE labels ADD COLUMN currency TEXT",
+]), (4, [
+    # a product's last reviews in stored order (the per-review ring update's LIMIT)
+    "CREATE INDEX items_group_seq ON items (tenant, kind, grp, seq)",
 ])]
 
 WRITER_LOCK_WAIT_S = 60.0

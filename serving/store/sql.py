@@ -573,12 +573,16 @@ class SqlSignalStore:
                        limit: int | None = None) -> list[StoredItem]:
         """The group's items in the order they were first stored; with ``limit``, only the last
         ``limit`` of them (the database sorts, only those rows come back)."""
-        where = f"tenant=? AND kind=? AND grp {self.NULL_SAFE_EQ} ?"
+        # ``grp = ?`` rather than a NULL-safe comparison when there is a group: PostgreSQL's
+        # IS NOT DISTINCT FROM cannot use an index, and (tenant, kind, grp, seq) serves both the
+        # filter and the order, so a LIMIT reads only the rows it returns
+        grp, args = ("grp IS NULL", (tenant, kind)) if group is None else ("grp = ?", (tenant, kind, group))
+        where = f"tenant=? AND kind=? AND {grp}"
         if limit is None:
-            return self._items(f"{where} ORDER BY seq", (tenant, kind, group), False)
+            return self._items(f"{where} ORDER BY seq", args, False)
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
-        return self._items(f"{where} ORDER BY seq DESC LIMIT ?", (tenant, kind, group, limit), False)[::-1]
+        return self._items(f"{where} ORDER BY seq DESC LIMIT ?", (*args, limit), False)[::-1]
 
     def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]:
         rows = self._rows(

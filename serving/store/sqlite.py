@@ -67,6 +67,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, [
     # a label's money at stake (``marketguard report``), also kept in its record JSON
     "ALTER TABLE labels ADD COLUMN loss_amount REAL",
     "ALTER TABLE labels ADD COLUMN currency TEXT",
+]), (4, [
+    # a product's last reviews in stored order (the per-review ring update's LIMIT)
+    "CREATE INDEX IF NOT EXISTS items_group_seq ON items (tenant, kind, grp, seq)",
 ])]
 
 

@@ -167,7 +167,8 @@ def test_batch_and_service_give_the_same_review_text_signals(data_dir: Path, tmp
     assert ("review", "R9", "review.fake_text_score") in batch
 
 
-def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path) -> None:
+def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     cfg = text_only(data_dir)
     seed_banks(cfg, tmp_path)
     exported = export_bank(cfg, "genuine-reviews", tmp_path / "genuine-export.jsonl")
@@ -193,7 +194,10 @@ def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path) -> 
                  "--data-dir", str(data_dir)]) == 0
     assert main(["bank", "import", "genuine-reviews", str(genuine_more), "--kind", "fraud",
                  "--data-dir", str(data_dir)]) == 2
+    assert "--kind" in capsys.readouterr().err
     assert main(["bank", "import", "genuine-reviews", str(genuine_more), "--data-dir", str(data_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "benign"  # the bank's own kind
+    assert export_bank(cfg, "genuine-reviews", tmp_path / "g3.jsonl")["exported"] == len(GENUINE) + 1
     # listings, and PDQ through the ThreatExchange/HMA CSV, by the console command
     listings = write_jsonl(tmp_path / "scams.jsonl",
                            [{"listing_id": "L1", "title": "iPhone 14 sealed, WhatsApp me"}])

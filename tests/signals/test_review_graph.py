@@ -85,6 +85,21 @@ def test_ecdf_and_priors() -> None:
         ecdf_suspicion(x, True, group[:3])
 
 
+def test_grouped_ecdf_is_each_groups_own_and_one_group_is_the_plain_ecdf() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = int(rng.integers(1, 300))
+        x = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # ties
+        group = rng.integers(0, int(rng.integers(1, 6)), size=n).astype(str)
+        for high in (True, False):
+            expected = np.empty(n)
+            for g in np.unique(group):
+                expected[group == g] = ecdf_suspicion(x[group == g], high)
+            np.testing.assert_array_equal(ecdf_suspicion(x, high, group), expected)
+            # a single tenant's run: bit for bit what it was before tenants were told apart
+            np.testing.assert_array_equal(ecdf_suspicion(x, high, np.zeros(n)), ecdf_suspicion(x, high))
+
+
 def test_belief_propagation_spreads_suspicion_along_edges() -> None:
     # reviewer 0 writes reviews 0-3 (three very suspicious), reviewer 1 writes review 4;
     # every review is of product 0 or 1

@@ -335,9 +335,10 @@ def test_reviews_on_the_cluster_write_the_driver_paths_bytes(tmp_path: Path,
             "review.rating_deviation"} <= names
     # the label seeded the propagation: R1's prior is the label's 0.99, not its features'; R3,
     # like R1 a templated five-star review by a one-off account that day, has no label
-    spam = {rec["entity_id"]: rec["value"] for rec in map(json.loads, (out / "signals.jsonl").open())
+    spam = {rec["entity_id"]: rec for rec in map(json.loads, (out / "signals.jsonl").open())
             if rec["name"] == "review.spam_score"}
-    assert spam["R1"] > 0.9 > spam["R3"]
+    assert spam["R1"]["evidence"]["prior"] == 0.99 != spam["R3"]["evidence"]["prior"]
+    assert spam["R1"]["value"] > 0.9 > spam["R3"]["value"]
 
 
 def test_a_range_asks_the_review_banks_for_the_whole_runs_batches(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -225,7 +225,8 @@ def test_the_per_review_ring_update_reads_a_bounded_slice_of_each_product(data_d
 def test_the_maintenance_timer_recomputes_the_review_graph_on_its_period(data_dir: Path) -> None:
     """The catalogue replica's timer: index repair and snapshot every round, the review graph's
     recomputation once ``recompute_s`` has passed (not every round), retention when it is set,
-    and a failing round does not stop the next."""
+    and a failing round does not stop the next. Judged by the calls' own times, so a slow box
+    makes fewer rounds, not a failure."""
     import asyncio
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -235,30 +236,31 @@ def test_the_maintenance_timer_recomputes_the_review_graph_on_its_period(data_di
     cfg.service.catalogue.compact_interval_s = 0.02
     cfg.signals.review_graph.recompute_s = 0.15
     cfg.service.retention_days = 30
-    calls: list[str] = []
+    calls: list[tuple[str, float]] = []
 
     class Engine:
+        def _call(self, name: str) -> int:
+            calls.append((name, time.monotonic()))
+            return 0
+
         def repair(self) -> None:
-            calls.append("repair")
-            if calls.count("repair") == 2:
+            self._call("repair")
+            if sum(c == "repair" for c, _ in calls) == 2:
                 raise RuntimeError("a bad round")
 
         def compact(self) -> None:
-            calls.append("compact")
+            self._call("compact")
 
         def recompute_reviews(self) -> int:
-            calls.append("recompute_reviews")
-            return 0
+            return self._call("recompute_reviews")
 
         def expire(self, before: datetime) -> int:
             assert before < datetime.now(UTC) - timedelta(days=29)
-            calls.append("expire")
-            return 0
+            return self._call("expire")
 
     replica = Catalogue.func_or_class.__new__(Catalogue.func_or_class)
     replica.config = cfg
     replica._writer = ThreadPoolExecutor(1)
-    replica._timer = None
     opened: Future[Any] = Future()
     opened.set_result(Engine())
     replica._opening = opened
@@ -267,21 +269,23 @@ def test_the_maintenance_timer_recomputes_the_review_graph_on_its_period(data_di
         start = time.monotonic()
         task = asyncio.get_running_loop().create_task(replica._maintain())
         replica._timer = task  # as the first write would have started it
-        await asyncio.sleep(1.0)
+        while sum(c == "recompute_reviews" for c, _ in calls) < 3 and time.monotonic() - start < 60:
+            await asyncio.sleep(0.01)
         task.cancel()
-        return time.monotonic() - start
+        return start
 
-    elapsed = asyncio.run(run())
+    start = asyncio.run(run())
     replica._writer.shutdown(wait=True)
     rounds: list[list[str]] = []
-    for call in calls:
+    for call, _ in calls:
         if call == "repair":
             rounds.append([])
         rounds[-1].append(call)
     done = rounds[:-1]  # the last round may have been cut by the cancel
-    assert len(done) >= 5
     assert done[1] == ["repair"]  # the failed round stopped there; the next ran
     plain, full = ["repair", "compact", "expire"], ["repair", "compact", "recompute_reviews", "expire"]
     assert all(r in (plain, full) for k, r in enumerate(done) if k != 1)
-    recomputed = sum(r == full for r in done)
-    assert 1 <= recomputed <= elapsed / 0.15 + 1 and recomputed < len(done) / 2
+    assert plain in done[2:]  # some rounds did not recompute
+    at = [t for c, t in calls if c == "recompute_reviews"]
+    assert len(at) >= 3 and at[0] - start >= 0.15
+    assert all(b - a >= 0.12 for a, b in zip(at, at[1:], strict=False))  # about recompute_s apart
