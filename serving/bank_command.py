@@ -23,7 +23,8 @@ Formats:
 - ThreatExchange/HMA CSV of PDQ hashes (``hash, id, timestamp, tags``): a ``.csv`` FILE
   into an ``image_pdq`` bank; ``export`` of a PDQ bank to a ``.csv`` FILE writes it.
 
-``--kind`` (``fraud`` by default) is the kind of a new bank; an existing bank keeps its own:
+``--kind`` is the kind of a new bank (by default the kind its FILE's first line names, as an
+export's lines do, else ``fraud``); an existing bank keeps its own:
 a ``--kind`` that is not it is an error (known-good reviews must never land in a fraud bank),
 and so is a line of the other kind. ``export --kind`` checks the bank's kind the same way.
 After an import into a review bank, the review text model
@@ -36,7 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from indexes.banks import BankStore
 from indexes.config import Modality
@@ -89,6 +90,20 @@ def _guess_modality(path: Path) -> Modality:
     raise InvalidInput("FILE", f"{str(path)!r} holds no items")
 
 
+def _file_kind(path: Path) -> BankKind | None:
+    """The kind a FILE's first line names (an export's lines carry their bank's), or None."""
+    if path.suffix.lower() == ".csv":
+        return None
+    for lineno, rec in _lines(path):
+        found = rec.get("kind")
+        if found is None:
+            return None
+        if found not in ("fraud", "benign"):
+            raise InvalidInput(f"line {lineno}.kind", f"must be fraud or benign, not {found!r}")
+        return cast(BankKind, found)
+    return None
+
+
 def import_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind | None = None,
                 modality: Modality | None = None) -> dict[str, Any]:
     """Import FILE into the bank (created if new, of ``kind``: fraud by default) of every shard;
@@ -104,8 +119,8 @@ def import_bank(config: MarketGuardConfig, bank: str, path: Path, kind: BankKind
             if kind is not None and kind != existing.kind:
                 raise InvalidInput("--kind", f"bank {bank!r} is a {existing.kind} bank, not {kind}")
             modality, kind = existing.modality, existing.kind
-        if kind is None:
-            kind = "fraud"
+        if kind is None:  # a new bank: the kind its FILE's lines name (an export's), else fraud
+            kind = _file_kind(path) or "fraud"
         if modality is None:
             modality = _guess_modality(path)
         signals_config = config.signals.model_copy(deep=True)

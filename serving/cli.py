@@ -134,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     bank_import.add_argument("bank", metavar="BANK")
     bank_import.add_argument("file", type=Path, metavar="FILE")
     bank_import.add_argument("--kind", choices=["fraud", "benign"], default=None,
-                             help="a new bank's kind (default fraud: known bad); an existing bank's "
-                                  "must match")
+                             help="a new bank's kind (default: the kind FILE's lines name, as an "
+                                  "export's do, else fraud: known bad); an existing bank's must match")
     bank_import.add_argument("--modality", default=None,
                              choices=["listing_text", "review_text", "image_pdq", "image_sscd"],
                              help="a new bank's modality (default: told by FILE's first line)")

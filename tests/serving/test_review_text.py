@@ -177,8 +177,12 @@ def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path,
     lines = [json.loads(x) for x in (tmp_path / "genuine-export.jsonl").read_text().splitlines()]
     assert lines[0]["text"] in GENUINE and lines[0]["reason"] == "verified stay"
     assert len(lines[0]["vector"]) == 384
-    again = import_bank(cfg, "genuine-copy", tmp_path / "genuine-export.jsonl", "benign")
-    assert again["added"] == 6 and again["modality"] == "review_text"
+    # an export names its kind on every line: imported into a new bank, it stays benign
+    again = import_bank(cfg, "genuine-copy", tmp_path / "genuine-export.jsonl")
+    assert again["added"] == 6 and again["modality"] == "review_text" and again["kind"] == "benign"
+    with pytest.raises(InvalidInput, match="line 1.kind"):
+        import_bank(cfg, "odd", write_jsonl(tmp_path / "odd.jsonl",
+                                            [{"review_id": "Z", "text": "t", "kind": "meh"}]))
     with pytest.raises(InvalidInput, match="'fraud' item in 'benign' bank"):
         import_bank(cfg, "genuine-reviews", write_jsonl(tmp_path / "x.jsonl", [
             {"review_id": "X", "text": "a text", "kind": "fraud"}]))
