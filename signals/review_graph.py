@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import betainc, expit
-from scipy.stats import rankdata
 
 from signals.derived import DerivedSource
 
@@ -244,34 +243,36 @@ def rating_bursts(product: np.ndarray, ts: np.ndarray, rating: np.ndarray, windo
 
 
 def ecdf_suspicion(x: np.ndarray, high_is_suspicious: bool, group: np.ndarray | None = None) -> np.ndarray:
-    """Each value's empirical CDF among its node type (ties averaged), flipped when low is
-    suspicious; with ``group`` (one label a value: the tenant), among its own group's values only."""
+    """Each value's empirical CDF among its node type (ties averaged: scipy's ``rankdata``
+    ``average``, over the count), flipped when low is suspicious; with ``group`` (one label a
+    value: the tenant), among its own group's values only."""
     x = np.asarray(x, dtype=np.float64)
     if group is not None and np.shape(group) != x.shape:
         raise ValueError(f"group has shape {np.shape(group)}, the values {x.shape}")
     if not len(x):
         return x
+    # one pass for every group (a run may hold thousands of small tenants): sort by group, then
+    # value; a value's rank is the mean position of its ties, counted from its group's start
+    n = len(x)
+    order = np.lexsort((x,)) if group is None else np.lexsort((x, group))
+    v = x[order]
+    new_group = np.zeros(n, dtype=bool)
+    new_group[0] = True
     if group is not None:
-        # one pass for every group (a run may hold thousands of small tenants): sort by group,
-        # then value; a value's rank is the mean position of its ties, counted from its group's start
-        n = len(x)
-        order = np.lexsort((x, group))
-        g, v = np.asarray(group)[order], x[order]
-        new_group = np.r_[True, g[1:] != g[:-1]]
-        new_tie = new_group | np.r_[True, v[1:] != v[:-1]]
-        group_first = np.flatnonzero(new_group)
-        group_of = np.cumsum(new_group) - 1
-        size = (np.r_[group_first[1:], n] - group_first)[group_of]
-        tie_first = np.flatnonzero(new_tie)
-        tie_of = np.cumsum(new_tie) - 1
-        tie_last = np.r_[tie_first[1:], n] - 1
-        rank = (tie_first[tie_of] + tie_last[tie_of]) / 2.0 - group_first[group_of] + 1.0
-        s = rank / size
-        out = np.empty_like(x)
-        out[order] = s if high_is_suspicious else 1.0 - s + 1.0 / size
-        return out
-    s = rankdata(x, method="average") / len(x)
-    return s if high_is_suspicious else 1.0 - s + 1.0 / len(x)
+        g = np.asarray(group)[order]
+        new_group[1:] = g[1:] != g[:-1]
+    new_tie = new_group | np.r_[True, v[1:] != v[:-1]]
+    group_first = np.flatnonzero(new_group)
+    group_of = np.cumsum(new_group) - 1
+    size = (np.r_[group_first[1:], n] - group_first)[group_of]
+    tie_first = np.flatnonzero(new_tie)
+    tie_of = np.cumsum(new_tie) - 1
+    tie_last = np.r_[tie_first[1:], n] - 1
+    rank = (tie_first[tie_of] + tie_last[tie_of]) / 2.0 - group_first[group_of] + 1.0
+    s = rank / size
+    out = np.empty_like(x)
+    out[order] = s if high_is_suspicious else 1.0 - s + 1.0 / size
+    return out
 
 
 DISCOVERY_FDR = 0.1
