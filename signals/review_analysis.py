@@ -30,6 +30,7 @@ from signals.review_behaviour import (
 )
 from signals.review_graph import (
     DEFAULT_GRAPH,
+    GROUP_INDICATORS,
     REVIEW_GRAPH,
     Beliefs,
     GraphSettings,
@@ -190,24 +191,30 @@ def ring_signal(tenant: str, reviewer_id: str, rings: Rings, i: int, keys: Seque
         tenant=tenant, entity_type="reviewer", entity_id=reviewer_id, name="reviewer.ring_score",
         value=round(float(rings.score[i]), 4), score=float(rings.score[i]),
         evidence={"partners": int(rings.partners[i]), "max_shared_products": int(rings.max_shared[i]),
-                  "top_partner": keys[top][1] if top >= 0 else None},
+                  "top_partner": keys[top][1] if top >= 0 else None,
+                  "group_size": int(rings.group_size[i]), "group_products": int(rings.group_products[i]),
+                  "group_indicators": {k: round(float(v), 4)
+                                       for k, v in zip(GROUP_INDICATORS, rings.indicators[i], strict=True)}},
         observed_at=observed_at)
 
 
-def neighbourhood_rings(rows: Sequence[ReviewRow], counts: dict[tuple[str, str], int], tenant: str,
-                        reviewer_id: str, settings: GraphSettings, observed_at: datetime) -> Signal:
+def neighbourhood_rings(rows: Sequence[ReviewRow], own_count: int, tenant: str, reviewer_id: str,
+                        settings: GraphSettings, observed_at: datetime) -> Signal:
     """``reviewer.ring_score`` of one reviewer from every review of the products it reviewed
-    (``rows``) and every reviewer's review count (``counts``): what the full graph gives it, when
-    ``rows`` hold all those products' reviews (the service's per-review update)."""
+    (``rows``) and its own review count (``own_count``): what the full graph gives it, when
+    ``rows`` hold all those products' reviews (the service's per-review update). A group is who
+    was there each time a pair met, so nothing beyond those products counts."""
     order = sorted(range(len(rows)), key=lambda i: (rows[i].ts, rows[i].tenant, rows[i].review_id))
     codes = _Codes()
     products = _Codes()
     ru = np.array([codes.code((rows[i].tenant, rows[i].reviewer_id)) for i in order], dtype=np.int64)
     rp = np.array([products.code((rows[i].tenant, rows[i].product_id)) for i in order], dtype=np.int64)
     day = np.array([math.floor(rows[i].ts / 86400.0) for i in order], dtype=np.int64)
-    n = np.array([counts.get(k, 1) for k in codes.keys], dtype=np.int64)
-    rings = ring_scores(ru, rp, day, len(codes.keys), settings, review_counts=n)
+    stars = np.array([rows[i].rating for i in order], dtype=np.int64)
     own = codes.index[(tenant, reviewer_id)]
+    n = np.bincount(ru, minlength=len(codes.keys))
+    n[own] = own_count
+    rings = ring_scores(ru, rp, day, stars, len(codes.keys), settings, review_counts=n)
     return ring_signal(tenant, reviewer_id, rings, own, codes.keys, observed_at)
 
 
@@ -237,7 +244,8 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
         rp[k] = products.code((r.tenant, r.product_id))
         rs[k] = sellers.code((r.tenant, r.seller_id))
         day[k] = math.floor(r.ts / 86400.0)
-    rings = ring_scores(ru, rp, day, len(reviewers.keys), settings)
+    rating = np.array([rows[i].rating for i in order], dtype=np.int64)
+    rings = ring_scores(ru, rp, day, rating, len(reviewers.keys), settings)
     # Burst context (whole-run view, for the collective scores): each review's product-day count at
     # the END of its day against the product's baseline then; a reviewer's is its worst review's.
     sorted_facts0 = [done[i] for i in order]
@@ -247,7 +255,6 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
     participation = np.zeros(len(reviewers.keys))
     np.maximum.at(participation, ru, context)
     # Rating bursts (whole-run view): a product's reviews of one extreme rating bunched in the window.
-    rating = np.array([rows[i].rating for i in order], dtype=np.int64)
     tenants = _Codes()
     rt = np.array([tenants.code((rows[i].tenant, "")) for i in order], dtype=np.int64)
     window_s = settings.ring_window_days * 86400

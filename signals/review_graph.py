@@ -53,9 +53,6 @@ from scipy.special import betainc, expit
 
 from signals.derived import DerivedSource
 
-RING_PARTNER_SCALE = 3.0
-"""Ring score ``strongest pair * (1 - exp(-partners / RING_PARTNER_SCALE))``."""
-
 
 @dataclass(frozen=True)
 class GraphSettings:
@@ -76,95 +73,153 @@ class GraphSettings:
 
 DEFAULT_GRAPH = GraphSettings()
 
-REVIEW_GRAPH = DerivedSource("review_graph", 2, (
+REVIEW_GRAPH = DerivedSource("review_graph", 3, (
     "reviewer.ring_score", "reviewer.burst_participation", "review.rating_burst", "reviewer.rating_burst",
     "product.rating_burst", "review.spam_score", "reviewer.spam_score", "product.spam_score",
     "seller.review_spam_share"))
 
 
+GROUP_INDICATORS = ("time_window", "rating_deviation", "size_ratio", "size", "support")
+"""GSRank's group indicators that :func:`ring_scores` computes, in the columns of :attr:`Rings.indicators`."""
+GROUP_SIZE_MIDPOINT = 3.0
+"""Group size indicator ``1 / (1 + exp(-(members - GROUP_SIZE_MIDPOINT)))`` (GSRank's)."""
+GROUP_SUPPORT_SCALE = 2.0
+"""Group support indicator ``1 - exp(-(products - 1) / GROUP_SUPPORT_SCALE)``."""
+
+
 @dataclass(frozen=True)
 class Rings:
-    score: np.ndarray       # (n_reviewers,) 0..1
-    partners: np.ndarray    # (n_reviewers,) accounts with >= 2 co-reviewed products
-    max_shared: np.ndarray  # (n_reviewers,) most products co-reviewed with one account
-    top_partner: np.ndarray  # (n_reviewers,) index of the strongest partner, -1 when none
+    """Per reviewer, its strongest co-review group (:func:`ring_scores`); zeros and -1 when none."""
+
+    score: np.ndarray          # (n_reviewers,) 0..1
+    partners: np.ndarray       # accounts it co-reviewed >= 2 products with (its frequent pairs)
+    max_shared: np.ndarray     # most products co-reviewed with one account
+    top_partner: np.ndarray    # the other end of the pair whose group scored best, -1 when none
+    group_size: np.ndarray     # members of that group, the reviewer included
+    group_products: np.ndarray  # products that pair co-reviewed, the group with it each time
+    indicators: np.ndarray     # (n_reviewers, len(GROUP_INDICATORS)) that group's indicators
 
 
-def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, n_reviewers: int,
-                settings: GraphSettings = DEFAULT_GRAPH, review_counts: np.ndarray | None = None) -> Rings:
-    """Ring scores of every reviewer from one row per review (rows in a fixed order: the
-    batch job's ``(created_at, review_id)``; ties in day are broken by that order).
+def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rating: np.ndarray,
+                n_reviewers: int, settings: GraphSettings = DEFAULT_GRAPH,
+                review_counts: np.ndarray | None = None, levels: int = 5) -> Rings:
+    """Co-review groups and each reviewer's ring score from one row per review (rows in a fixed
+    order: the batch job's ``(created_at, review_id)``; ties in day are broken by that order).
 
     ``review_counts``: each reviewer's review count when the rows are only part of the graph
-    (the service's neighbourhood update); default: counted from the rows."""
+    (the service's neighbourhood update: every review of the products one reviewer reviewed);
+    default: counted from the rows. A reviewer's score depends only on the reviews of the
+    products it reviewed and on review counts, so such a neighbourhood gives it its full-graph
+    value.
+    """
     reviewer = np.asarray(reviewer, dtype=np.int64)
     product = np.asarray(product, dtype=np.int64)
     day = np.asarray(day, dtype=np.int64)
+    rating = np.asarray(rating, dtype=np.int64)
     n = len(reviewer)
-    if not (len(product) == len(day) == n):
-        raise ValueError("reviewer, product and day must have one row per review")
-    score = np.zeros(n_reviewers)
-    partners = np.zeros(n_reviewers, dtype=np.int64)
-    max_shared = np.zeros(n_reviewers, dtype=np.int64)
-    top = np.full(n_reviewers, -1, dtype=np.int64)
+    if not (len(product) == len(day) == len(rating) == n):
+        raise ValueError("reviewer, product, day and rating must have one row per review")
+    out = Rings(np.zeros(n_reviewers), np.zeros(n_reviewers, dtype=np.int64),
+                np.zeros(n_reviewers, dtype=np.int64), np.full(n_reviewers, -1, dtype=np.int64),
+                np.zeros(n_reviewers, dtype=np.int64), np.zeros(n_reviewers, dtype=np.int64),
+                np.zeros((n_reviewers, len(GROUP_INDICATORS))))
     if n < 2:
-        return Rings(score, partners, max_shared, top)
+        return out
     order = np.lexsort((np.arange(n), day, product))
-    r, p, d = reviewer[order], product[order], day[order]
-    # How busy the product was around each review: reviews of it within the window either side.
-    span = int(d.max()) - int(d.min()) + 2 * settings.ring_window_days + 2
-    pos = p * span + (d - int(d.min()) + settings.ring_window_days + 1)
-    busy = (np.searchsorted(pos, pos + settings.ring_window_days, side="right")
-            - np.searchsorted(pos, pos - settings.ring_window_days, side="left"))
-    keys: list[np.ndarray] = []
-    prods: list[np.ndarray] = []
-    weights: list[np.ndarray] = []
-    for k in range(1, settings.ring_max_neighbours + 1):
-        if k >= n:
-            break
+    r, p, d, s = reviewer[order], product[order], day[order], rating[order]
+    # one int64 axis, sorted, on which each product's reviews are a stretch ``span`` days from the next's
+    d0 = int(d.min())
+    span = int(d.max()) - d0 + 2 * settings.ring_window_days + 2
+    pos = p * span + (d - d0 + settings.ring_window_days + 1)
+    # co-reviews: each review with the ring_max_neighbours reviews of its product just before it
+    ends_a: list[np.ndarray] = []
+    ends_b: list[np.ndarray] = []
+    on: list[np.ndarray] = []
+    first_day: list[np.ndarray] = []
+    second_day: list[np.ndarray] = []
+    for k in range(1, min(settings.ring_max_neighbours, n - 1) + 1):
         i = np.arange(k, n)
         j = i - k
         ok = (p[i] == p[j]) & (d[i] - d[j] <= settings.ring_window_days) & (r[i] != r[j])
-        a, b = np.minimum(r[i][ok], r[j][ok]), np.maximum(r[i][ok], r[j][ok])
-        keys.append(a * n_reviewers + b)
-        prods.append(p[i][ok])
-        weights.append(1.0 / np.log2(1.0 + np.maximum(busy[i][ok], busy[j][ok])))
-    key = np.concatenate(keys)
-    prod = np.concatenate(prods)
-    weight = np.concatenate(weights)
-    if not len(key):
-        return Rings(score, partners, max_shared, top)
-    # one (pair, product) counted once, at its rarest meeting (Adamic-Adar: a meeting on a
-    # quiet product says more than one on a product with dozens of reviews that week)
-    o = np.lexsort((-weight, prod, key))
-    first = np.ones(len(o), dtype=bool)
-    first[1:] = (key[o][1:] != key[o][:-1]) | (prod[o][1:] != prod[o][:-1])
-    key, weight = key[o][first], weight[o][first]
-    pair, start, shared = np.unique(key, return_index=True, return_counts=True)
-    support = np.add.reduceat(weight, start) if len(start) else np.zeros(0)
-    keep = shared >= 2
-    pair, shared, support = pair[keep], shared[keep], support[keep]
-    if not len(pair):
-        return Rings(score, partners, max_shared, top)
-    a, b = pair // n_reviewers, pair % n_reviewers
+        ends_a.append(np.minimum(r[i][ok], r[j][ok]))
+        ends_b.append(np.maximum(r[i][ok], r[j][ok]))
+        on.append(p[i][ok])
+        first_day.append(d[j][ok])
+        second_day.append(d[i][ok])
+    ea, eb, ep = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(on)
+    ed, ed2 = np.concatenate(first_day), np.concatenate(second_day)
+    if not len(ea):
+        return out
+    # frequent pairs: co-reviews of >= 2 distinct products (each (pair, product) counted once,
+    # at its first meeting in (day, order) order)
+    key = ea * n_reviewers + eb
+    o = np.lexsort((ed, ep, key))
+    key, ep, ed, ed2 = key[o], ep[o], ed[o], ed2[o]
+    keep = np.r_[True, (key[1:] != key[:-1]) | (ep[1:] != ep[:-1])]
+    pair_key, met_on, met_lo, met_hi = key[keep], ep[keep], ed[keep], ed2[keep]
+    pair, start, shared = np.unique(pair_key, return_index=True, return_counts=True)
+    frequent = shared >= 2
+    if not frequent.any():
+        return out
+    fa, fb = pair[frequent] // n_reviewers, pair[frequent] % n_reviewers
+    ends = np.concatenate([fa, fb])
+    np.add.at(out.partners, ends, 1)
+    np.maximum.at(out.max_shared, ends, np.concatenate([shared[frequent]] * 2))
+    n_prod = np.bincount(p)
+    sum_prod = np.bincount(p, weights=s)
     count = (np.bincount(reviewer, minlength=n_reviewers) if review_counts is None
              else np.maximum(np.asarray(review_counts, dtype=np.int64), 1))
-    strength = np.sqrt(shared / np.minimum(count[a], count[b])) * (1.0 - np.exp(-support))
-    strength = np.clip(strength, 0.0, 1.0)
-    ends = np.concatenate([a, b])
-    other = np.concatenate([b, a])
-    s2 = np.concatenate([strength, strength])
-    c2 = np.concatenate([shared, shared])
-    partners = np.bincount(ends, minlength=n_reviewers)
-    np.maximum.at(max_shared, ends, c2)
-    # strongest partner: sort by (end, -strength, other) and take the first of each end
-    o = np.lexsort((other, -s2, ends))
-    first = np.ones(len(o), dtype=bool)
-    first[1:] = ends[o][1:] != ends[o][:-1]
-    best = o[first]
-    top[ends[best]] = other[best]
-    score[ends[best]] = s2[best] * (1.0 - np.exp(-partners[ends[best]] / RING_PARTNER_SCALE))
-    return Rings(score, partners, max_shared, top)
+    w = settings.ring_window_days
+    for a, b, st, ln in zip(fa.tolist(), fb.tolist(), start[frequent].tolist(), shared[frequent].tolist(),
+                            strict=True):
+        # the group: every account that was there each time the pair met, i.e. reviewed each of
+        # the pair's products within the window of both its members' reviews
+        meetings = []
+        for k in range(st, st + ln):
+            q = int(met_on[k])
+            meetings.append((q, int(np.searchsorted(pos, q * span + (int(met_hi[k]) - d0 + 1), side="left")),
+                             int(np.searchsorted(pos, q * span + (int(met_lo[k]) - d0 + 2 * w + 1),
+                                                 side="right"))))
+        group = set(r[meetings[0][1]:meetings[0][2]].tolist())
+        for _, first, last in meetings[1:]:
+            group.intersection_update(r[first:last].tolist())
+        ind = _group_indicators(np.array(sorted(group), dtype=np.int64), meetings, r, d, s, n_prod, sum_prod,
+                                settings, levels)
+        spam = float(np.mean(ind))
+        for end, other in ((a, b), (b, a)):
+            value = spam * math.sqrt(min(1.0, ln / count[end]))
+            if value > out.score[end] or (value == out.score[end] and 0 <= other < out.top_partner[end]):
+                out.score[end] = value
+                out.top_partner[end] = other
+                out.group_size[end] = len(group)
+                out.group_products[end] = ln
+                out.indicators[end] = ind
+    return out
+
+
+def _group_indicators(members: np.ndarray, meetings: list[tuple[int, int, int]], r: np.ndarray,
+                      d: np.ndarray, s: np.ndarray, n_prod: np.ndarray, sum_prod: np.ndarray,
+                      settings: GraphSettings, levels: int) -> np.ndarray:
+    """GSRank's group indicators (Mukherjee, Liu and Glance, WWW 2012) of one group, each in
+    0..1 (:data:`GROUP_INDICATORS`), over its meetings: ``(product, lo, hi)``, the rows
+    ``lo:hi`` of ``r, d, s`` (reviewer, day, rating, sorted by product and day) that are the
+    product's reviews in the meeting's window."""
+    tw = dev = ratio = 0.0
+    for q, lo, hi in meetings:
+        rr = r[lo:hi]
+        mine = np.isin(rr, members)
+        days, stars = d[lo:hi][mine], s[lo:hi][mine]
+        # time window: how close together the group's reviews of the product are
+        tw = max(tw, 1.0 - (int(days.max()) - int(days.min())) / (2.0 * settings.ring_window_days + 1.0))
+        others = int(n_prod[q]) - len(stars)
+        if others > 0:  # rating deviation: the group's mean against the product's other reviews
+            rest = (float(sum_prod[q]) - float(stars.sum())) / others
+            dev = max(dev, abs(float(stars.mean()) - rest) / (levels - 1))
+        # size ratio: the group's share of the accounts reviewing the product in the window
+        ratio += len(members) / float(len(np.unique(rr)))
+    size = 1.0 / (1.0 + math.exp(-(len(members) - GROUP_SIZE_MIDPOINT)))
+    support = 1.0 - math.exp(-(len(meetings) - 1) / GROUP_SUPPORT_SCALE)
+    return np.array([tw, dev, ratio / len(meetings), size, support])
 
 
 @dataclass(frozen=True)

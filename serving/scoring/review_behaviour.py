@@ -70,7 +70,7 @@ class StoredReviewBehaviour:
     every stored review of the products it reviewed (of a product with more, the last
     ``max_product_reviews`` stored: ``signals.review_graph.ring_product_reviews``, read through
     an index with a ``LIMIT``, so a product's size bounds neither the reads, the memory nor the
-    parsing), the co-reviewers' counts from their states.
+    parsing) and its own review count from its state.
     """
 
     def __init__(self, settings: GraphSettings | None = None,
@@ -122,11 +122,7 @@ class StoredReviewBehaviour:
                      for it in store.items_of_group(t, "review", product, limit=self.max_product_reviews)
                      if it.item_id != review.review_id]
             rows += sorted(items, key=lambda r: (r.ts, r.review_id))
-        counts: dict[tuple[str, str], int] = {(t, review.reviewer_id): own_count}
-        for uid in sorted({r.reviewer_id for r in rows} - {review.reviewer_id}):
-            raw = store.get_meta(state_key(t, "reviewer", uid))
-            counts[(t, uid)] = int(json.loads(raw)["n"]) if raw is not None else 1
-        return neighbourhood_rings(rows, counts, t, review.reviewer_id, self.settings, observed_at)
+        return neighbourhood_rings(rows, own_count, t, review.reviewer_id, self.settings, observed_at)
 
 
 def recompute_reviews(store: SignalStore, tenant: str, settings: GraphSettings,

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from signals.review_analysis import ReviewRow, analyse_reviews, burst_tests
+from signals.review_analysis import ReviewRow, analyse_reviews, burst_tests, neighbourhood_rings
 from signals.review_graph import (
+    DEFAULT_GRAPH,
+    GROUP_INDICATORS,
     GraphSettings,
     RatingBursts,
     collective_scores,
@@ -24,36 +26,116 @@ from signals.schemas import Label
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def ring_graph() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Reviewers 0-4: a ring reviewing products 0, 1, 2 within a day each; reviewers 5-24:
-    organic, each reviewing two popular products (10, 11) weeks apart; 25: reviews the
-    ring's products months later."""
-    rows: list[tuple[int, int, int]] = []
+def ring_graph() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Reviewers 0-4: a ring 5-starring products 0, 1, 2 within a day each; reviewers 5-24:
+    organic, each reviewing two popular products (10, 11) weeks apart; 25: 2-stars the ring's
+    products months later. Columns: reviewer, product, day, rating."""
+    rows: list[tuple[int, int, int, int]] = []
     for p, day in ((0, 100), (1, 130), (2, 160)):
-        rows += [(u, p, day + (u % 2)) for u in range(5)]
+        rows += [(u, p, day + (u % 2), 5) for u in range(5)]
     for u in range(5, 25):
-        rows += [(u, 10, 7 * u), (u, 11, 7 * u + 30 + u)]
-    rows += [(25, 0, 300), (25, 1, 330), (25, 2, 360)]
-    r, p, d = (np.array(x) for x in zip(*rows, strict=True))
-    return r, p, d, 26
+        rows += [(u, 10, 7 * u, 3 + u % 2), (u, 11, 7 * u + 30 + u, 4)]
+    rows += [(25, 0, 300, 2), (25, 1, 330, 2), (25, 2, 360, 2)]
+    r, p, d, s = (np.array(x) for x in zip(*rows, strict=True))
+    return r, p, d, s, 26
 
 
 def test_a_ring_scores_and_organic_accounts_do_not() -> None:
-    r, p, d, n = ring_graph()
-    rings = ring_scores(r, p, d, n)
+    r, p, d, s, n = ring_graph()
+    rings = ring_scores(r, p, d, s, n)
     assert (rings.score[:5] > 0.5).all()
     assert (rings.partners[:5] == 4).all() and (rings.max_shared[:5] == 3).all()
+    assert (rings.group_size[:5] == 5).all() and (rings.group_products[:5] == 3).all()
     assert (rings.score[5:] == 0).all()  # same products, but weeks apart or only one in common
-    assert rings.top_partner[0] in {1, 2, 3, 4}
+    assert (rings.group_size[5:] == 0).all() and (rings.indicators[5:] == 0).all()
+    assert rings.top_partner[0] == 1  # every partner's group is the same: the lowest number
     assert rings.top_partner[25] == -1
 
 
 def test_ring_scores_do_not_depend_on_reviewer_numbering() -> None:
-    r, p, d, n = ring_graph()
+    r, p, d, s, n = ring_graph()
     perm = np.random.default_rng(0).permutation(n)
-    again = ring_scores(perm[r], p, d, n)
-    base = ring_scores(r, p, d, n)
+    again = ring_scores(perm[r], p, d, s, n)
+    base = ring_scores(r, p, d, s, n)
     np.testing.assert_allclose(again.score[perm], base.score)
+    np.testing.assert_array_equal(again.group_size[perm], base.group_size)
+    np.testing.assert_allclose(again.indicators[perm], base.indicators)
+
+
+def test_a_group_is_every_account_at_each_of_its_pairs_meetings() -> None:
+    """Accounts 0, 1, 2 meet on products 0 (days 10, 10, 12) and 1 (days 50, 51, 51); account 3
+    is at the first meeting only, account 4 at both but the second 10 days late, account 5 at
+    the second only (day 52): none of them is in the group. Product 0 has two later 2-star
+    reviews. GSRank's indicators by hand (window 3 days: the meeting's window is every review
+    within 3 days of both the pair's):
+
+    - time window, each product ``1 - spread / 7``, the most: 1 - 1/7 on product 1;
+    - rating deviation, the group's mean against the rest of the product's reviews, over 4, the
+      most: product 0, (5 - 2.75) / 4 (its rest: 2, 5, 2, 2 stars);
+    - size ratio, the group's share of the accounts in the window, averaged: (3/5 + 3/4) / 2
+      (accounts 3 and 4 are in the first window, 5 in the second);
+    - size ``1 / (1 + exp(-(3 - 3)))``; support ``1 - exp(-(2 - 1) / 2)``."""
+    rows = [(0, 0, 10, 5), (1, 0, 10, 5), (2, 0, 12, 5), (3, 0, 11, 2), (4, 0, 9, 5),
+            (0, 1, 50, 5), (1, 1, 51, 5), (2, 1, 51, 4), (4, 1, 61, 5), (5, 1, 52, 3),
+            (6, 0, 100, 2), (7, 0, 200, 2)]
+    r, p, d, s = (np.array(x) for x in zip(*rows, strict=True))
+    rings = ring_scores(r, p, d, s, 8)
+    assert list(rings.group_size[:3]) == [3, 3, 3] and list(rings.group_products[:3]) == [2, 2, 2]
+    expected = [1 - 1 / 7, (5 - 2.75) / 4, (3 / 5 + 3 / 4) / 2, 0.5, 1 - np.exp(-0.5)]
+    for u in range(3):
+        np.testing.assert_allclose(rings.indicators[u], expected)
+        assert rings.score[u] == pytest.approx(np.mean(expected))  # every review is in the group's products
+    assert list(rings.top_partner[:3]) == [1, 0, 0]
+    assert (rings.score[3:] == 0).all() and (rings.group_size[3:] == 0).all()
+    # a heavy account in the same group: its 2 products are a small part of its 50 reviews
+    heavy = rows + [(2, 100 + k, 1000 + 40 * k, 4) for k in range(48)]
+    r, p, d, s = (np.array(x) for x in zip(*heavy, strict=True))
+    rings = ring_scores(r, p, d, s, 8)
+    assert rings.score[2] == pytest.approx(np.mean(expected) * np.sqrt(2 / 50))
+    assert rings.score[0] == pytest.approx(np.mean(expected))
+    with pytest.raises(ValueError, match="one row per review"):
+        ring_scores(r, p, d, s[:-1], 8)
+
+
+def test_a_meetings_window_is_every_review_within_the_window_of_both_ends() -> None:
+    """Accounts 0 and 1 review products 0 and 1 on day 20. On product 0, accounts 2 and 3 are
+    at the window's edges (days 17, 23), 4 and 5 a day beyond (16, 24); on product 1 all four
+    are there on day 20. The pair's group: 0-3, at both meetings."""
+    rows = [(0, 0, 20), (1, 0, 20), (2, 0, 17), (3, 0, 23), (4, 0, 16), (5, 0, 24),
+            *[(u, 1, 20) for u in range(6)]]
+    r, p, d = (np.array(x) for x in zip(*rows, strict=True))
+    rings = ring_scores(r, p, d, np.full(len(r), 4), 6)
+    assert rings.group_size[1] == 4  # account 1's best group: its pair with 0 (no bigger one exists)
+    assert rings.indicators[1, GROUP_INDICATORS.index("size_ratio")] == pytest.approx((4 / 4 + 4 / 6) / 2)
+
+
+def test_a_reviewers_ring_from_its_neighbourhood_is_its_full_graph_ring() -> None:
+    """The service's per-review update: every review of the products one reviewer reviewed,
+    and every reviewer's review count, give it the ring score and evidence of the whole graph."""
+    rng = np.random.default_rng(3)
+    rows: list[ReviewRow] = []
+    for k in range(400):
+        u, q = int(rng.integers(0, 60)), int(rng.integers(0, 25))
+        rows.append(ReviewRow("t", f"R{k}", f"U{u}", f"P{q}", "S", int(rng.integers(1, 6)),
+                              float(rng.integers(0, 40)) * 86400.0 + k))
+    for q in range(4):  # a ring of six on four products
+        rows += [ReviewRow("t", f"G{q}-{m}", f"X{m}", f"P{q}", "S", 5, (100.0 + 20 * q + m % 2) * 86400.0)
+                 for m in range(6)]
+    full = analyse_reviews(rows)
+    grouped = 0
+    for _, uid in full.reviewers.keys:
+        mine = {row.product_id for row in rows if row.reviewer_id == uid}
+        near = [row for row in rows if row.product_id in mine]
+        own = sum(row.reviewer_id == uid for row in rows)
+        got = neighbourhood_rings(near, own, "t", uid, DEFAULT_GRAPH, NOW)
+        want = full.ring_signal("t", uid, NOW)
+        assert (got.value, got.evidence) == (want.value, want.evidence), uid
+        if want.evidence["group_size"]:
+            grouped += 1
+            # the own count is the service's (its state's), not the slice's: more reviews, less coupled
+            diluted = neighbourhood_rings(near, 100 * own, "t", uid, DEFAULT_GRAPH, NOW)
+            assert diluted.score < want.score
+    assert grouped >= 10  # the ring and chance meetings among the random reviews
 
 
 def test_huge_product_pairs_are_bounded() -> None:
@@ -62,11 +144,12 @@ def test_huge_product_pairs_are_bounded() -> None:
     r = np.arange(n)
     p = np.zeros(n, dtype=np.int64)
     d = np.zeros(n, dtype=np.int64)
-    rings = ring_scores(r, p, d, n, GraphSettings(ring_max_neighbours=5))
+    s = np.full(n, 5)
+    rings = ring_scores(r, p, d, s, n, GraphSettings(ring_max_neighbours=5))
     assert (rings.score == 0).all()  # one product in common is not a ring
     # two products, the same 1,000 accounts: pairs only with the 5 nearest either side
-    rings = ring_scores(np.concatenate([r, r]), np.concatenate([p, p + 1]), np.concatenate([d, d]), n,
-                        GraphSettings(ring_max_neighbours=5))
+    rings = ring_scores(np.concatenate([r, r]), np.concatenate([p, p + 1]), np.concatenate([d, d]),
+                        np.concatenate([s, s]), n, GraphSettings(ring_max_neighbours=5))
     assert rings.partners.max() <= 10
 
 
@@ -135,9 +218,9 @@ def test_labels_seed_the_propagation() -> None:
 
 
 def _rows() -> list[ReviewRow]:
-    r, p, d, _ = ring_graph()
-    return [ReviewRow("default", f"R{k}", f"U{u}", f"P{q}", f"S{q % 3}", 5 if u < 5 else 3 + (k % 3),
-                      day * 86400.0 + k) for k, (u, q, day) in enumerate(zip(r, p, d, strict=True))]
+    r, p, d, s, _ = ring_graph()
+    return [ReviewRow("default", f"R{k}", f"U{u}", f"P{q}", f"S{q % 3}", int(stars), day * 86400.0 + k)
+            for k, (u, q, day, stars) in enumerate(zip(r, p, d, s, strict=True))]
 
 
 def test_analysis_signals_rings_and_labels() -> None:
