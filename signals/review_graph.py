@@ -10,13 +10,20 @@ huge review counts, each review is paired only with the ``ring_max_neighbours`` 
 the same product just before it in ``(day, input order)`` order (deterministic; a review
 pairs with at most that many partners, so pairs are O(reviews)). A pair of accounts that
 co-reviewed ``c >= 2`` distinct products is a frequent co-review pair (the 2-itemsets of
-frequent-itemset mining, GSRank's candidate groups), with strength
-``sqrt(c / min(n_a, n_b)) * (1 - exp(-support))``: ``n`` the accounts' review counts (heavy
-reviewers meet many people by chance), ``support`` the sum over the shared products of
-``1 / log2(1 + the product's reviews within the window)`` (Adamic-Adar: a meeting on a quiet
-product says more). A reviewer's ring score is its strongest pair times
-``1 - exp(-partners / RING_PARTNER_SCALE)`` (partners: accounts it forms such pairs with:
-bigger rings score higher).
+frequent-itemset mining). Its *group* is every account that was there each time the pair met:
+that reviewed each of the pair's ``c`` products within the window of both the pair's reviews
+of it (the closure of the pair over its meetings: an itemset of any size whose support is the
+pair's). The group is scored by GSRank's group indicators (Mukherjee, Liu and Glance, WWW
+2012; :data:`GROUP_INDICATORS`): rating deviation from the rest of the products' reviews,
+share of the accounts in the meetings' windows, size, support; their mean is the group's
+spamicity. GSRank's time window is the group's definition here, not a score; its early time
+frame and content similarities are not used (the first lowered the ring's AP on the farm
+simulator's tuning seed and on YelpZip; text is :mod:`signals.review_text`'s). A member's
+score from a group is the spamicity times ``sqrt(min(1, c / n))``, ``n`` its review count
+(heavy reviewers meet people by chance: on YelpZip, accounts in frequent pairs are mostly
+elite reviewers at the same events); its ring score is the best over its own pairs' groups.
+A reviewer's score depends only on the reviews of the products it reviewed and on its own
+count, so the service's per-review update from that neighbourhood gives its full-graph value.
 
 Rating bursts (``review.rating_burst``, ``reviewer.rating_burst``, ``product.rating_burst``):
 a product's reviews within ``ring_window_days`` of a review, and how improbable their star
@@ -79,7 +86,7 @@ REVIEW_GRAPH = DerivedSource("review_graph", 3, (
     "seller.review_spam_share"))
 
 
-GROUP_INDICATORS = ("time_window", "rating_deviation", "size_ratio", "size", "support")
+GROUP_INDICATORS = ("rating_deviation", "size_ratio", "size", "support")
 """GSRank's group indicators that :func:`ring_scores` computes, in the columns of :attr:`Rings.indicators`."""
 GROUP_SIZE_MIDPOINT = 3.0
 """Group size indicator ``1 / (1 + exp(-(members - GROUP_SIZE_MIDPOINT)))`` (GSRank's)."""
@@ -135,8 +142,8 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
     ends_a: list[np.ndarray] = []
     ends_b: list[np.ndarray] = []
     on: list[np.ndarray] = []
-    first_day: list[np.ndarray] = []
-    second_day: list[np.ndarray] = []
+    lo_day: list[np.ndarray] = []
+    hi_day: list[np.ndarray] = []
     for k in range(1, min(settings.ring_max_neighbours, n - 1) + 1):
         i = np.arange(k, n)
         j = i - k
@@ -144,10 +151,10 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
         ends_a.append(np.minimum(r[i][ok], r[j][ok]))
         ends_b.append(np.maximum(r[i][ok], r[j][ok]))
         on.append(p[i][ok])
-        first_day.append(d[j][ok])
-        second_day.append(d[i][ok])
+        lo_day.append(d[j][ok])
+        hi_day.append(d[i][ok])
     ea, eb, ep = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(on)
-    ed, ed2 = np.concatenate(first_day), np.concatenate(second_day)
+    ed, ed2 = np.concatenate(lo_day), np.concatenate(hi_day)
     if not len(ea):
         return out
     # frequent pairs: co-reviews of >= 2 distinct products (each (pair, product) counted once,
@@ -183,8 +190,8 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
         group = set(r[meetings[0][1]:meetings[0][2]].tolist())
         for _, first, last in meetings[1:]:
             group.intersection_update(r[first:last].tolist())
-        ind = _group_indicators(np.array(sorted(group), dtype=np.int64), meetings, r, d, s, n_prod, sum_prod,
-                                settings, levels)
+        ind = _group_indicators(np.array(sorted(group), dtype=np.int64), meetings, r, s, n_prod, sum_prod,
+                                levels)
         spam = float(np.mean(ind))
         for end, other in ((a, b), (b, a)):
             value = spam * math.sqrt(min(1.0, ln / count[end]))
@@ -198,19 +205,16 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
 
 
 def _group_indicators(members: np.ndarray, meetings: list[tuple[int, int, int]], r: np.ndarray,
-                      d: np.ndarray, s: np.ndarray, n_prod: np.ndarray, sum_prod: np.ndarray,
-                      settings: GraphSettings, levels: int) -> np.ndarray:
+                      s: np.ndarray, n_prod: np.ndarray, sum_prod: np.ndarray, levels: int) -> np.ndarray:
     """GSRank's group indicators (Mukherjee, Liu and Glance, WWW 2012) of one group, each in
     0..1 (:data:`GROUP_INDICATORS`), over its meetings: ``(product, lo, hi)``, the rows
-    ``lo:hi`` of ``r, d, s`` (reviewer, day, rating, sorted by product and day) that are the
-    product's reviews in the meeting's window."""
-    tw = dev = ratio = 0.0
+    ``lo:hi`` of ``r, s`` (reviewer, rating, sorted by product and day) that are the product's
+    reviews in the meeting's window."""
+    dev = ratio = 0.0
     for q, lo, hi in meetings:
         rr = r[lo:hi]
         mine = np.isin(rr, members)
-        days, stars = d[lo:hi][mine], s[lo:hi][mine]
-        # time window: how close together the group's reviews of the product are
-        tw = max(tw, 1.0 - (int(days.max()) - int(days.min())) / (2.0 * settings.ring_window_days + 1.0))
+        stars = s[lo:hi][mine]
         others = int(n_prod[q]) - len(stars)
         if others > 0:  # rating deviation: the group's mean against the product's other reviews
             rest = (float(sum_prod[q]) - float(stars.sum())) / others
@@ -219,7 +223,7 @@ def _group_indicators(members: np.ndarray, meetings: list[tuple[int, int, int]],
         ratio += len(members) / float(len(np.unique(rr)))
     size = 1.0 / (1.0 + math.exp(-(len(members) - GROUP_SIZE_MIDPOINT)))
     support = 1.0 - math.exp(-(len(meetings) - 1) / GROUP_SUPPORT_SCALE)
-    return np.array([tw, dev, ratio / len(meetings), size, support])
+    return np.array([dev, ratio / len(meetings), size, support])
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,6 @@ def test_a_group_is_every_account_at_each_of_its_pairs_meetings() -> None:
     reviews. GSRank's indicators by hand (window 3 days: the meeting's window is every review
     within 3 days of both the pair's):
 
-    - time window, each product ``1 - spread / 7``, the most: 1 - 1/7 on product 1;
     - rating deviation, the group's mean against the rest of the product's reviews, over 4, the
       most: product 0, (5 - 2.75) / 4 (its rest: 2, 5, 2, 2 stars);
     - size ratio, the group's share of the accounts in the window, averaged: (3/5 + 3/4) / 2
@@ -81,7 +80,7 @@ def test_a_group_is_every_account_at_each_of_its_pairs_meetings() -> None:
     r, p, d, s = (np.array(x) for x in zip(*rows, strict=True))
     rings = ring_scores(r, p, d, s, 8)
     assert list(rings.group_size[:3]) == [3, 3, 3] and list(rings.group_products[:3]) == [2, 2, 2]
-    expected = [1 - 1 / 7, (5 - 2.75) / 4, (3 / 5 + 3 / 4) / 2, 0.5, 1 - np.exp(-0.5)]
+    expected = [(5 - 2.75) / 4, (3 / 5 + 3 / 4) / 2, 0.5, 1 - np.exp(-0.5)]
     for u in range(3):
         np.testing.assert_allclose(rings.indicators[u], expected)
         assert rings.score[u] == pytest.approx(np.mean(expected))  # every review is in the group's products
