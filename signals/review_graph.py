@@ -142,8 +142,8 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
     ends_a: list[np.ndarray] = []
     ends_b: list[np.ndarray] = []
     on: list[np.ndarray] = []
-    lo_day: list[np.ndarray] = []
-    hi_day: list[np.ndarray] = []
+    earlier: list[np.ndarray] = []
+    later: list[np.ndarray] = []
     for k in range(1, min(settings.ring_max_neighbours, n - 1) + 1):
         i = np.arange(k, n)
         j = i - k
@@ -151,19 +151,19 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
         ends_a.append(np.minimum(r[i][ok], r[j][ok]))
         ends_b.append(np.maximum(r[i][ok], r[j][ok]))
         on.append(p[i][ok])
-        lo_day.append(d[j][ok])
-        hi_day.append(d[i][ok])
+        earlier.append(j[ok])
+        later.append(i[ok])
     ea, eb, ep = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(on)
-    ed, ed2 = np.concatenate(lo_day), np.concatenate(hi_day)
+    ej, ei = np.concatenate(earlier), np.concatenate(later)  # the two reviews' rows, ej < ei
     if not len(ea):
         return out
     # frequent pairs: co-reviews of >= 2 distinct products (each (pair, product) counted once,
     # at its first meeting in (day, order) order)
     key = ea * n_reviewers + eb
-    o = np.lexsort((ed, ep, key))
-    key, ep, ed, ed2 = key[o], ep[o], ed[o], ed2[o]
+    o = np.lexsort((ei, ej, ep, key))
+    key, ep, ej, ei = key[o], ep[o], ej[o], ei[o]
     keep = np.r_[True, (key[1:] != key[:-1]) | (ep[1:] != ep[:-1])]
-    pair_key, met_on, met_lo, met_hi = key[keep], ep[keep], ed[keep], ed2[keep]
+    pair_key, met_on, met_j, met_i = key[keep], ep[keep], ej[keep], ei[keep]
     pair, start, shared = np.unique(pair_key, return_index=True, return_counts=True)
     frequent = shared >= 2
     if not frequent.any():
@@ -176,20 +176,21 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
     sum_prod = np.bincount(p, weights=s)
     count = (np.bincount(reviewer, minlength=n_reviewers) if review_counts is None
              else np.maximum(np.asarray(review_counts, dtype=np.int64), 1))
-    w = settings.ring_window_days
+    w, near = settings.ring_window_days, settings.ring_max_neighbours
+    # each meeting's window: the product's reviews within ring_window_days of both the pair's
+    lo = np.searchsorted(pos, pos[met_i] - w, side="left")
+    hi = np.searchsorted(pos, pos[met_j] + w, side="right")
+    # ...of which, for a bounded cost on busy days, the ring_max_neighbours either side of the pair
+    first = np.maximum(lo, met_j - near)
+    last = np.minimum(hi, met_i + near + 1)
     for a, b, st, ln in zip(fa.tolist(), fb.tolist(), start[frequent].tolist(), shared[frequent].tolist(),
                             strict=True):
-        # the group: every account that was there each time the pair met, i.e. reviewed each of
-        # the pair's products within the window of both its members' reviews
-        meetings = []
-        for k in range(st, st + ln):
-            q = int(met_on[k])
-            meetings.append((q, int(np.searchsorted(pos, q * span + (int(met_hi[k]) - d0 + 1), side="left")),
-                             int(np.searchsorted(pos, q * span + (int(met_lo[k]) - d0 + 2 * w + 1),
-                                                 side="right"))))
+        # the group: every account that was there each time the pair met
+        meetings = [(int(met_on[k]), int(first[k]), int(last[k]), int(hi[k] - lo[k]))
+                    for k in range(st, st + ln)]
         group = set(r[meetings[0][1]:meetings[0][2]].tolist())
-        for _, first, last in meetings[1:]:
-            group.intersection_update(r[first:last].tolist())
+        for _, f0, f1, _ in meetings[1:]:
+            group.intersection_update(r[f0:f1].tolist())
         ind = _group_indicators(np.array(sorted(group), dtype=np.int64), meetings, r, s, n_prod, sum_prod,
                                 levels)
         spam = float(np.mean(ind))
@@ -204,23 +205,22 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
     return out
 
 
-def _group_indicators(members: np.ndarray, meetings: list[tuple[int, int, int]], r: np.ndarray,
+def _group_indicators(members: np.ndarray, meetings: list[tuple[int, int, int, int]], r: np.ndarray,
                       s: np.ndarray, n_prod: np.ndarray, sum_prod: np.ndarray, levels: int) -> np.ndarray:
     """GSRank's group indicators (Mukherjee, Liu and Glance, WWW 2012) of one group, each in
-    0..1 (:data:`GROUP_INDICATORS`), over its meetings: ``(product, lo, hi)``, the rows
-    ``lo:hi`` of ``r, s`` (reviewer, rating, sorted by product and day) that are the product's
-    reviews in the meeting's window."""
+    0..1 (:data:`GROUP_INDICATORS`), over its meetings: ``(product, first, last, window)``, the
+    rows ``first:last`` of ``r, s`` (reviewer, rating, sorted by product and day) that are the
+    product's reviews near the meeting, of ``window`` reviews in its window."""
     dev = ratio = 0.0
-    for q, lo, hi in meetings:
-        rr = r[lo:hi]
-        mine = np.isin(rr, members)
-        stars = s[lo:hi][mine]
+    for q, first, last, window in meetings:
+        mine = np.isin(r[first:last], members)
+        stars = s[first:last][mine]
         others = int(n_prod[q]) - len(stars)
         if others > 0:  # rating deviation: the group's mean against the product's other reviews
             rest = (float(sum_prod[q]) - float(stars.sum())) / others
             dev = max(dev, abs(float(stars.mean()) - rest) / (levels - 1))
-        # size ratio: the group's share of the accounts reviewing the product in the window
-        ratio += len(members) / float(len(np.unique(rr)))
+        # size ratio: the group's share of the product's reviews in the window
+        ratio += len(stars) / float(window)
     size = 1.0 / (1.0 + math.exp(-(len(members) - GROUP_SIZE_MIDPOINT)))
     support = 1.0 - math.exp(-(len(meetings) - 1) / GROUP_SUPPORT_SCALE)
     return np.array([dev, ratio / len(meetings), size, support])

@@ -150,6 +150,9 @@ def test_huge_product_pairs_are_bounded() -> None:
     rings = ring_scores(np.concatenate([r, r]), np.concatenate([p, p + 1]), np.concatenate([d, d]),
                         np.concatenate([s, s]), n, GraphSettings(ring_max_neighbours=5))
     assert rings.partners.max() <= 10
+    # a group is sought among the 5 reviews either side of its pair's meeting: at most 3 * 5 + 1
+    # accounts, however many reviewed the product that day
+    assert 5 < rings.group_size.max() <= 16
 
 
 def test_ecdf_and_priors() -> None:
