@@ -45,6 +45,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                "signal_lines"),
     "latency": ("p50_ms_c1", "p99_ms_c1", "throughput_rps_c16", "overhead_ratio", "throughput_ratio_16",
                 "errors", "freshness_ms", "deep_tier_slowdown"),
+    "review_writes": ("p50_ms_small", "p50_ms_big_product", "p50_ms_heavy_reviewer"),
     "reviews": ("yelp_zip_auc", "yelp_zip_auc_linear", "yelp_zip_auc_seeded", "yelp_zip_auc_seeded_baseline",
                 "op_spam_accuracy", "farm_reviewer_ap", "farm_reviewer_ap_learned",
                 "farm_reviewer_ap_best_single"),

@@ -95,7 +95,8 @@ _SPECS: tuple[SignalSpec, ...] = (
                "reviews bunched in one day against the reviewer's own baseline (Poisson surprise, -log10 p)"),
     SignalSpec("reviewer.ring_score", ("reviewer",), "float",
                "co-review collusion: the strongest group the account met with on several products within "
-               "days, by GSRank's group indicators (rating deviation, size ratio, size, support), 0..1"),
+               "days, by GSRank's group indicators (rating deviation, size ratio, size, support), "
+               "discounted by sqrt(shared products / the account's reviews), 0..1"),
     SignalSpec("reviewer.account_age_days_at_review", ("review", "reviewer"), "days",
                "age of the account when it wrote the review (the reviewer: at its latest review); from "
                "reviewer_created_at, else from the account's first review seen"),

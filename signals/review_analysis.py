@@ -10,7 +10,7 @@ Reviews are folded in ``(created_at, tenant, review_id)`` order, whatever order 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -82,6 +82,12 @@ class _Codes:
             i = self.index[key] = len(self.keys)
             self.keys.append(key)
         return i
+
+    def rank(self) -> np.ndarray:
+        """Each code's place in key order: an order that does not depend on the coding."""
+        out = np.empty(len(self.keys), dtype=np.int64)
+        out[sorted(range(len(self.keys)), key=self.keys.__getitem__)] = np.arange(len(self.keys))
+        return out
 
 
 @dataclass
@@ -199,11 +205,13 @@ def ring_signal(tenant: str, reviewer_id: str, rings: Rings, i: int, keys: Seque
 
 
 def neighbourhood_rings(rows: Sequence[ReviewRow], own_count: int, tenant: str, reviewer_id: str,
-                        settings: GraphSettings, observed_at: datetime) -> Signal:
-    """``reviewer.ring_score`` of one reviewer from every review of the products it reviewed
-    (``rows``) and its own review count (``own_count``): what the full graph gives it, when
-    ``rows`` hold all those products' reviews (the service's per-review update). A group is who
-    was there each time a pair met, so nothing beyond those products counts."""
+                        settings: GraphSettings, observed_at: datetime,
+                        product_totals: Mapping[str, tuple[int, float]] | None = None) -> Signal:
+    """``reviewer.ring_score`` of one reviewer from the reviews of the products it reviewed
+    (``rows``), its own review count and those products' review counts and rating sums
+    (``product_totals``, by product id; default: counted from ``rows``): what the full graph
+    gives it when ``rows`` hold every review of those products in the windows of its meetings
+    (the service's per-review update)."""
     order = sorted(range(len(rows)), key=lambda i: (rows[i].ts, rows[i].tenant, rows[i].review_id))
     codes = _Codes()
     products = _Codes()
@@ -212,9 +220,15 @@ def neighbourhood_rings(rows: Sequence[ReviewRow], own_count: int, tenant: str, 
     day = np.array([math.floor(rows[i].ts / 86400.0) for i in order], dtype=np.int64)
     stars = np.array([rows[i].rating for i in order], dtype=np.int64)
     own = codes.index[(tenant, reviewer_id)]
-    n = np.bincount(ru, minlength=len(codes.keys))
+    n = np.zeros(len(codes.keys), dtype=np.int64)
     n[own] = own_count
-    rings = ring_scores(ru, rp, day, stars, len(codes.keys), settings, review_counts=n)
+    totals = (np.bincount(rp, minlength=len(products.keys)).astype(np.float64),
+              np.bincount(rp, weights=stars, minlength=len(products.keys)))
+    for k, (_, pid) in enumerate(products.keys):
+        if product_totals is not None and pid in product_totals:
+            totals[0][k], totals[1][k] = product_totals[pid]
+    rings = ring_scores(ru, rp, day, stars, len(codes.keys), settings, review_counts=n, product_totals=totals,
+                        rank=codes.rank(), focus=own)
     return ring_signal(tenant, reviewer_id, rings, own, codes.keys, observed_at)
 
 
@@ -245,7 +259,7 @@ def analyse_reviews(rows: Sequence[ReviewRow], labels: Sequence[Label] = (),
         rs[k] = sellers.code((r.tenant, r.seller_id))
         day[k] = math.floor(r.ts / 86400.0)
     rating = np.array([rows[i].rating for i in order], dtype=np.int64)
-    rings = ring_scores(ru, rp, day, rating, len(reviewers.keys), settings)
+    rings = ring_scores(ru, rp, day, rating, len(reviewers.keys), settings, rank=reviewers.rank())
     # Burst context (whole-run view, for the collective scores): each review's product-day count at
     # the END of its day against the product's baseline then; a reviewer's is its worst review's.
     sorted_facts0 = [done[i] for i in order]

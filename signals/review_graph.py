@@ -11,19 +11,19 @@ the same product just before it in ``(day, input order)`` order (deterministic; 
 pairs with at most that many partners, so pairs are O(reviews)). A pair of accounts that
 co-reviewed ``c >= 2`` distinct products is a frequent co-review pair (the 2-itemsets of
 frequent-itemset mining). Its *group* is every account that was there each time the pair met:
-that reviewed each of the pair's ``c`` products within the window of both the pair's reviews
-of it (the closure of the pair over its meetings: an itemset of any size whose support is the
-pair's). The group is scored by GSRank's group indicators (Mukherjee, Liu and Glance, WWW
-2012; :data:`GROUP_INDICATORS`): rating deviation from the rest of the products' reviews,
-share of the accounts in the meetings' windows, size, support; their mean is the group's
-spamicity. GSRank's time window is the group's definition here, not a score; its early time
-frame and content similarities are not used (the first lowered the ring's AP on the farm
-simulator's tuning seed and on YelpZip; text is :mod:`signals.review_text`'s). A member's
-score from a group is the spamicity times ``sqrt(min(1, c / n))``, ``n`` its review count
-(heavy reviewers meet people by chance: on YelpZip, accounts in frequent pairs are mostly
-elite reviewers at the same events); its ring score is the best over its own pairs' groups.
-A reviewer's score depends only on the reviews of the products it reviewed and on its own
-count, so the service's per-review update from that neighbourhood gives its full-graph value.
+that reviewed each of the pair's ``c`` products within the window of both the pair's reviews of
+it, at their first meeting there, looked for among the ``ring_max_neighbours`` reviews either
+side of the pair's (the closure of the pair over its meetings: an itemset of up to
+``3 * ring_max_neighbours + 1`` accounts whose support is the pair's). The group is scored by
+GSRank's group indicators (Mukherjee, Liu and Glance, WWW 2012; :data:`GROUP_INDICATORS`):
+rating deviation from the rest of its products' reviews, share of the reviews in the meetings'
+windows, size, support; their mean is the group's spamicity. GSRank's time window is the
+group's definition here, not a score; its early time frame and content similarities are not
+used (the first lowered the ring's AP on the farm simulator's tuning seed and on YelpZip; text
+is :mod:`signals.review_text`'s). A member's score from a group is the spamicity times
+``sqrt(min(1, c / n))``, ``n`` its review count (heavy reviewers meet people by chance: on
+YelpZip, accounts in frequent pairs are mostly elite reviewers at the same events); its ring
+score is the best over its own pairs' groups, ties broken by a coding-free rank.
 
 Rating bursts (``review.rating_burst``, ``reviewer.rating_burst``, ``product.rating_burst``):
 a product's reviews within ``ring_window_days`` of a review, and how improbable their star
@@ -66,7 +66,8 @@ class GraphSettings:
     ring_window_days: int = 3
     """Two reviews of a product this many days apart or less are a co-review."""
     ring_max_neighbours: int = 10
-    """A review is paired with at most this many earlier reviews of its product (memory bound)."""
+    """A review is paired with at most this many earlier reviews of its product, and a group is
+    looked for among this many reviews either side of its pair's (bounds on memory and time)."""
     eps_reviewer: float = 0.1
     """P(review state differs from its reviewer's state) in the compatibility matrix."""
     eps_product: float = 0.3
@@ -108,16 +109,23 @@ class Rings:
 
 
 def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rating: np.ndarray,
-                n_reviewers: int, settings: GraphSettings = DEFAULT_GRAPH,
-                review_counts: np.ndarray | None = None, levels: int = 5) -> Rings:
+                n_reviewers: int, settings: GraphSettings = DEFAULT_GRAPH, *,
+                review_counts: np.ndarray | None = None,
+                product_totals: tuple[np.ndarray, np.ndarray] | None = None,
+                rank: np.ndarray | None = None, focus: int | None = None, levels: int = 5) -> Rings:
     """Co-review groups and each reviewer's ring score from one row per review (rows in a fixed
     order: the batch job's ``(created_at, review_id)``; ties in day are broken by that order).
 
-    ``review_counts``: each reviewer's review count when the rows are only part of the graph
-    (the service's neighbourhood update: every review of the products one reviewer reviewed);
-    default: counted from the rows. A reviewer's score depends only on the reviews of the
-    products it reviewed and on review counts, so such a neighbourhood gives it its full-graph
-    value.
+    A reviewer's score depends only on the reviews of the products it reviewed, its own review
+    count and those products' review counts and rating sums, so the service's update from that
+    neighbourhood gives it its full-graph value when it passes:
+
+    - ``review_counts``: each reviewer's review count (default: counted from the rows); only
+      the scored reviewers' counts are read;
+    - ``product_totals``: each product's review count and rating sum (default: from the rows);
+    - ``rank``: each reviewer's place in an order that does not depend on the coding (its id),
+      which breaks ties between equally strong partners (default: the codes);
+    - ``focus``: the one reviewer to score; the others' scores are left at 0.
     """
     reviewer = np.asarray(reviewer, dtype=np.int64)
     product = np.asarray(product, dtype=np.int64)
@@ -132,98 +140,114 @@ def ring_scores(reviewer: np.ndarray, product: np.ndarray, day: np.ndarray, rati
                 np.zeros((n_reviewers, len(GROUP_INDICATORS))))
     if n < 2:
         return out
+    if reviewer.min() < 0 or reviewer.max() >= n_reviewers or product.min() < 0:
+        raise ValueError(f"reviewer codes must be 0..{n_reviewers - 1} and product codes >= 0")
+    if rating.min() < 1 or rating.max() > levels:
+        raise ValueError(f"ratings must be 1..{levels}, got {int(rating.min())}..{int(rating.max())}")
     order = np.lexsort((np.arange(n), day, product))
     r, p, d, s = reviewer[order], product[order], day[order], rating[order]
     # one int64 axis, sorted, on which each product's reviews are a stretch ``span`` days from the next's
+    w, near = settings.ring_window_days, settings.ring_max_neighbours
     d0 = int(d.min())
-    span = int(d.max()) - d0 + 2 * settings.ring_window_days + 2
-    pos = p * span + (d - d0 + settings.ring_window_days + 1)
-    # co-reviews: each review with the ring_max_neighbours reviews of its product just before it
-    ends_a: list[np.ndarray] = []
-    ends_b: list[np.ndarray] = []
-    on: list[np.ndarray] = []
-    earlier: list[np.ndarray] = []
-    later: list[np.ndarray] = []
-    for k in range(1, min(settings.ring_max_neighbours, n - 1) + 1):
-        i = np.arange(k, n)
+    span = int(d.max()) - d0 + 2 * w + 2
+    if (int(p.max()) + 1) * span >= 2**62:
+        raise ValueError(f"reviews span {span} days over {int(p.max()) + 1} products: too wide to index")
+    pos = p * span + (d - d0 + w + 1)
+    # co-reviews: each review with the ring_max_neighbours reviews of its product just before it,
+    # kept as the two rows (earlier, later)
+    rows = np.int32 if n < 2**31 else np.int64
+    pairs_j: list[np.ndarray] = []
+    pairs_i: list[np.ndarray] = []
+    for k in range(1, min(near, n - 1) + 1):
+        i = np.arange(k, n, dtype=rows)
         j = i - k
-        ok = (p[i] == p[j]) & (d[i] - d[j] <= settings.ring_window_days) & (r[i] != r[j])
-        ends_a.append(np.minimum(r[i][ok], r[j][ok]))
-        ends_b.append(np.maximum(r[i][ok], r[j][ok]))
-        on.append(p[i][ok])
-        earlier.append(j[ok])
-        later.append(i[ok])
-    ea, eb, ep = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(on)
-    ej, ei = np.concatenate(earlier), np.concatenate(later)  # the two reviews' rows, ej < ei
-    if not len(ea):
+        ok = (p[i] == p[j]) & (d[i] - d[j] <= w) & (r[i] != r[j])
+        pairs_j.append(j[ok])
+        pairs_i.append(i[ok])
+    ej, ei = np.concatenate(pairs_j), np.concatenate(pairs_i)
+    if not len(ej):
         return out
     # frequent pairs: co-reviews of >= 2 distinct products (each (pair, product) counted once,
     # at its first meeting in (day, order) order)
-    key = ea * n_reviewers + eb
-    o = np.lexsort((ei, ej, ep, key))
-    key, ep, ej, ei = key[o], ep[o], ej[o], ei[o]
-    keep = np.r_[True, (key[1:] != key[:-1]) | (ep[1:] != ep[:-1])]
-    pair_key, met_on, met_j, met_i = key[keep], ep[keep], ej[keep], ei[keep]
-    pair, start, shared = np.unique(pair_key, return_index=True, return_counts=True)
+    key = np.minimum(r[ej], r[ei]) * n_reviewers + np.maximum(r[ej], r[ei])
+    o = np.lexsort((ei, ej, p[ej], key))
+    key, ej, ei = key[o], ej[o], ei[o]
+    del o
+    keep = np.r_[True, (key[1:] != key[:-1]) | (p[ej][1:] != p[ej][:-1])]
+    key, ej, ei = key[keep], ej[keep], ei[keep]
+    pair, start, shared = np.unique(key, return_index=True, return_counts=True)
+    del key
     frequent = shared >= 2
+    fa, fb = pair[frequent] // n_reviewers, pair[frequent] % n_reviewers
+    if focus is not None:
+        frequent[frequent] = (fa == focus) | (fb == focus)
+        fa, fb = pair[frequent] // n_reviewers, pair[frequent] % n_reviewers
     if not frequent.any():
         return out
-    fa, fb = pair[frequent] // n_reviewers, pair[frequent] % n_reviewers
     ends = np.concatenate([fa, fb])
     np.add.at(out.partners, ends, 1)
     np.maximum.at(out.max_shared, ends, np.concatenate([shared[frequent]] * 2))
-    n_prod = np.bincount(p)
-    sum_prod = np.bincount(p, weights=s)
-    count = (np.bincount(reviewer, minlength=n_reviewers) if review_counts is None
-             else np.maximum(np.asarray(review_counts, dtype=np.int64), 1))
-    w, near = settings.ring_window_days, settings.ring_max_neighbours
-    # each meeting's window: the product's reviews within ring_window_days of both the pair's
+    # the frequent pairs' meetings, each pair's a run
+    met = np.repeat(frequent, shared)
+    met_j, met_i = ej[met].astype(np.int64), ei[met].astype(np.int64)
+    run = np.r_[0, np.cumsum(shared[frequent])]
+    # each meeting's window: the product's reviews within ring_window_days of both the pair's;
     lo = np.searchsorted(pos, pos[met_i] - w, side="left")
     hi = np.searchsorted(pos, pos[met_j] + w, side="right")
     # ...of which, for a bounded cost on busy days, the ring_max_neighbours either side of the pair
     first = np.maximum(lo, met_j - near)
     last = np.minimum(hi, met_i + near + 1)
-    for a, b, st, ln in zip(fa.tolist(), fb.tolist(), start[frequent].tolist(), shared[frequent].tolist(),
-                            strict=True):
+    totals = (np.bincount(p), np.bincount(p, weights=s)) if product_totals is None else product_totals
+    n_prod, sum_prod = (np.asarray(x, dtype=np.float64) for x in totals)
+    count = (np.bincount(reviewer, minlength=n_reviewers) if review_counts is None
+             else np.maximum(np.asarray(review_counts, dtype=np.int64), 1))
+    place = np.arange(n_reviewers) if rank is None else np.asarray(rank)
+    r_list, s_list = r.tolist(), s.tolist()
+    for x, (a, b) in enumerate(zip(fa.tolist(), fb.tolist(), strict=True)):
         # the group: every account that was there each time the pair met
-        meetings = [(int(met_on[k]), int(first[k]), int(last[k]), int(hi[k] - lo[k]))
-                    for k in range(st, st + ln)]
-        group = set(r[meetings[0][1]:meetings[0][2]].tolist())
+        meetings = [(int(p[met_j[k]]), int(first[k]), int(last[k]), int(hi[k] - lo[k]))
+                    for k in range(run[x], run[x + 1])]
+        group = set(r_list[meetings[0][1]:meetings[0][2]])
         for _, f0, f1, _ in meetings[1:]:
-            group.intersection_update(r[f0:f1].tolist())
-        ind = _group_indicators(np.array(sorted(group), dtype=np.int64), meetings, r, s, n_prod, sum_prod,
-                                levels)
-        spam = float(np.mean(ind))
+            group.intersection_update(r_list[f0:f1])
+        ind = _group_indicators(group, meetings, r_list, s_list, n_prod, sum_prod, levels)
+        spam = sum(ind) / len(ind)
         for end, other in ((a, b), (b, a)):
-            value = spam * math.sqrt(min(1.0, ln / count[end]))
-            if value > out.score[end] or (value == out.score[end] and 0 <= other < out.top_partner[end]):
+            if focus is not None and end != focus:
+                continue
+            value = spam * math.sqrt(min(1.0, len(meetings) / count[end]))
+            top = out.top_partner[end]
+            if value > out.score[end] or (value == out.score[end] and top >= 0 and place[other] < place[top]):
                 out.score[end] = value
                 out.top_partner[end] = other
                 out.group_size[end] = len(group)
-                out.group_products[end] = ln
+                out.group_products[end] = len(meetings)
                 out.indicators[end] = ind
     return out
 
 
-def _group_indicators(members: np.ndarray, meetings: list[tuple[int, int, int, int]], r: np.ndarray,
-                      s: np.ndarray, n_prod: np.ndarray, sum_prod: np.ndarray, levels: int) -> np.ndarray:
+def _group_indicators(members: set[int], meetings: list[tuple[int, int, int, int]], r: list[int],
+                      s: list[int], n_prod: np.ndarray, sum_prod: np.ndarray, levels: int) -> list[float]:
     """GSRank's group indicators (Mukherjee, Liu and Glance, WWW 2012) of one group, each in
     0..1 (:data:`GROUP_INDICATORS`), over its meetings: ``(product, first, last, window)``, the
     rows ``first:last`` of ``r, s`` (reviewer, rating, sorted by product and day) that are the
-    product's reviews near the meeting, of ``window`` reviews in its window."""
+    product's reviews near the meeting, of ``window`` reviews in its window.
+
+    Rating deviation: the members' reviews there against every other review of the product
+    (the product's totals less those); a product with no other review adds none. Size ratio:
+    the members' reviews there over the window's reviews (a member's second review of the
+    product in the window counts twice)."""
     dev = ratio = 0.0
     for q, first, last, window in meetings:
-        mine = np.isin(r[first:last], members)
-        stars = s[first:last][mine]
-        others = int(n_prod[q]) - len(stars)
+        stars = [s[k] for k in range(first, last) if r[k] in members]
+        others = float(n_prod[q]) - len(stars)
         if others > 0:  # rating deviation: the group's mean against the product's other reviews
-            rest = (float(sum_prod[q]) - float(stars.sum())) / others
-            dev = max(dev, abs(float(stars.mean()) - rest) / (levels - 1))
-        # size ratio: the group's share of the product's reviews in the window
-        ratio += len(stars) / float(window)
+            rest = (float(sum_prod[q]) - sum(stars)) / others
+            dev = max(dev, abs(sum(stars) / len(stars) - rest) / (levels - 1))
+        ratio += len(stars) / float(window)  # size ratio: the group's share of the window's reviews
     size = 1.0 / (1.0 + math.exp(-(len(members) - GROUP_SIZE_MIDPOINT)))
     support = 1.0 - math.exp(-(len(meetings) - 1) / GROUP_SUPPORT_SCALE)
-    return np.array([dev, ratio / len(meetings), size, support])
+    return [dev, ratio / len(meetings), size, support]
 
 
 @dataclass(frozen=True)

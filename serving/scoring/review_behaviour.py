@@ -70,7 +70,8 @@ class StoredReviewBehaviour:
     every stored review of the products it reviewed (of a product with more, the last
     ``max_product_reviews`` stored: ``signals.review_graph.ring_product_reviews``, read through
     an index with a ``LIMIT``, so a product's size bounds neither the reads, the memory nor the
-    parsing) and its own review count from its state.
+    parsing), its own review count and those products' review counts and rating sums from their
+    states.
     """
 
     def __init__(self, settings: GraphSettings | None = None,
@@ -109,20 +110,27 @@ class StoredReviewBehaviour:
                *seller_behaviour_signals(t, review.seller_id, s, observed_at)]
         meta = {keys["reviewer"][1]: _dump(u), keys["product"][1]: _dump(p), keys["seller"][1]: _dump(s),
                 tenant_key: _dump(fold.tenants[t])}
-        out.append(self._ring(review, store, u.n, observed_at))
+        out.append(self._ring(review, store, u.n, p, observed_at))
         return out, meta
 
-    def _ring(self, review: Review, store: SignalStore, own_count: int, observed_at: datetime) -> Signal:
+    def _ring(self, review: Review, store: SignalStore, own_count: int, product: ProductState,
+              observed_at: datetime) -> Signal:
         t = review.tenant
         products = {it.group for it in store.items_of_owner(t, "review", review.reviewer_id)
                     if it.group is not None} | {review.product_id}
         rows = [ReviewRow.of(review)]
-        for product in sorted(products):
+        # each product's review count and rating sum from its state (the slice may hold fewer)
+        totals = {review.product_id: (product.n, product.sum_rating)}
+        for pid in sorted(products):
             items = [ReviewRow.of(Review.model_validate_json(it.record))
-                     for it in store.items_of_group(t, "review", product, limit=self.max_product_reviews)
+                     for it in store.items_of_group(t, "review", pid, limit=self.max_product_reviews)
                      if it.item_id != review.review_id]
             rows += sorted(items, key=lambda r: (r.ts, r.review_id))
-        return neighbourhood_rings(rows, own_count, t, review.reviewer_id, self.settings, observed_at)
+            raw = store.get_meta(state_key(t, "product", pid)) if pid != review.product_id else None
+            if raw is not None:
+                state = state_from_json(ProductState, json.loads(raw))
+                totals[pid] = (state.n, state.sum_rating)
+        return neighbourhood_rings(rows, own_count, t, review.reviewer_id, self.settings, observed_at, totals)
 
 
 def recompute_reviews(store: SignalStore, tenant: str, settings: GraphSettings,

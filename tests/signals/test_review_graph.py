@@ -71,7 +71,7 @@ def test_a_group_is_every_account_at_each_of_its_pairs_meetings() -> None:
 
     - rating deviation, the group's mean against the rest of the product's reviews, over 4, the
       most: product 0, (5 - 2.75) / 4 (its rest: 2, 5, 2, 2 stars);
-    - size ratio, the group's share of the accounts in the window, averaged: (3/5 + 3/4) / 2
+    - size ratio, the group's share of the reviews in the window, averaged: (3/5 + 3/4) / 2
       (accounts 3 and 4 are in the first window, 5 in the second);
     - size ``1 / (1 + exp(-(3 - 3)))``; support ``1 - exp(-(2 - 1) / 2)``."""
     rows = [(0, 0, 10, 5), (1, 0, 10, 5), (2, 0, 12, 5), (3, 0, 11, 2), (4, 0, 9, 5),
@@ -108,33 +108,74 @@ def test_a_meetings_window_is_every_review_within_the_window_of_both_ends() -> N
     assert rings.indicators[1, GROUP_INDICATORS.index("size_ratio")] == pytest.approx((4 / 4 + 4 / 6) / 2)
 
 
-def test_a_reviewers_ring_from_its_neighbourhood_is_its_full_graph_ring() -> None:
-    """The service's per-review update: every review of the products one reviewer reviewed,
-    and every reviewer's review count, give it the ring score and evidence of the whole graph."""
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize("seed", range(8))
+def test_a_reviewers_ring_from_its_neighbourhood_is_its_full_graph_ring(seed: int) -> None:
+    """The service's per-review update: the reviews of the products one reviewer reviewed, its
+    own count and those products' totals give it the ring score and evidence of the whole graph,
+    ties between equally strong partners included (a ring's pairs all share one group); and so
+    do only the products' latest reviews, the older ones outside every meeting's window left
+    out (the service's slice), when the products' totals come from their states."""
+    rng = np.random.default_rng(seed)
     rows: list[ReviewRow] = []
-    for k in range(400):
-        u, q = int(rng.integers(0, 60)), int(rng.integers(0, 25))
+    for k in range(300):
+        u, q = int(rng.integers(0, 40)), int(rng.integers(0, 15))
         rows.append(ReviewRow("t", f"R{k}", f"U{u}", f"P{q}", "S", int(rng.integers(1, 6)),
-                              float(rng.integers(0, 40)) * 86400.0 + k))
+                              float(rng.integers(0, 30)) * 86400.0 + k))
     for q in range(4):  # a ring of six on four products
         rows += [ReviewRow("t", f"G{q}-{m}", f"X{m}", f"P{q}", "S", 5, (100.0 + 20 * q + m % 2) * 86400.0)
                  for m in range(6)]
     full = analyse_reviews(rows)
+    totals: dict[str, tuple[int, float]] = {}
+    for row in rows:
+        n0, s0 = totals.get(row.product_id, (0, 0.0))
+        totals[row.product_id] = (n0 + 1, s0 + row.rating)
     grouped = 0
     for _, uid in full.reviewers.keys:
         mine = {row.product_id for row in rows if row.reviewer_id == uid}
         near = [row for row in rows if row.product_id in mine]
         own = sum(row.reviewer_id == uid for row in rows)
-        got = neighbourhood_rings(near, own, "t", uid, DEFAULT_GRAPH, NOW)
         want = full.ring_signal("t", uid, NOW)
+        got = neighbourhood_rings(near, own, "t", uid, DEFAULT_GRAPH, NOW)
         assert (got.value, got.evidence) == (want.value, want.evidence), uid
+        # the ring's products, sliced to the reviews from day 95 on: the totals make up for it
+        sliced = [row for row in near
+                  if not (row.product_id in {"P0", "P1", "P2", "P3"} and row.ts < 95 * 86400)]
+        if uid.startswith("X"):
+            got = neighbourhood_rings(sliced, own, "t", uid, DEFAULT_GRAPH, NOW, totals)
+            assert (got.value, got.evidence) == (want.value, want.evidence), uid
+            assert want.evidence["group_indicators"]["rating_deviation"] > 0
         if want.evidence["group_size"]:
             grouped += 1
             # the own count is the service's (its state's), not the slice's: more reviews, less coupled
             diluted = neighbourhood_rings(near, 100 * own, "t", uid, DEFAULT_GRAPH, NOW)
             assert diluted.score < want.score
-    assert grouped >= 10  # the ring and chance meetings among the random reviews
+    assert grouped >= 6  # the ring, and chance meetings among the random reviews
+
+
+def test_a_pairs_group_is_from_its_first_meeting_on_each_product() -> None:
+    """Accounts 0 and 1 meet on product 0 on days 10 (account 2 there too) and 40, and on
+    product 1 on day 70: the first product-0 meeting counts, where they were 2 of 3 reviews."""
+    rows = [(0, 0, 10), (1, 0, 10), (2, 0, 11), (0, 0, 40), (1, 0, 40), (0, 1, 70), (1, 1, 70)]
+    r, p, d = (np.array(x) for x in zip(*rows, strict=True))
+    rings = ring_scores(r, p, d, np.full(len(r), 3), 3)
+    assert list(rings.group_size) == [2, 2, 0] and rings.group_products[0] == 2
+    assert rings.indicators[0, GROUP_INDICATORS.index("size_ratio")] == pytest.approx((2 / 3 + 2 / 2) / 2)
+
+
+def test_a_co_review_is_within_the_window_edges_included() -> None:
+    r, p, d = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), np.array([10, 13, 50, 53])
+    assert list(ring_scores(r, p, d, np.full(4, 5), 2).partners) == [1, 1]
+    assert list(ring_scores(r, p, d + np.array([0, 1, 0, 1]), np.full(4, 5), 2).partners) == [0, 0]
+
+
+def test_ring_scores_refuse_bad_codes_and_ratings() -> None:
+    r, p, d = np.array([0, 4, 0, 4]), np.array([0, 0, 1, 1]), np.array([1, 1, 5, 5])
+    with pytest.raises(ValueError, match="reviewer codes"):
+        ring_scores(r, p, d, np.full(4, 5), 3)
+    with pytest.raises(ValueError, match="ratings must be 1..5"):
+        ring_scores(r, p, d, np.array([5, 9, 5, 5]), 5)
+    with pytest.raises(ValueError, match="product codes"):
+        ring_scores(r, -p, d, np.full(4, 5), 5)
 
 
 def test_huge_product_pairs_are_bounded() -> None:
@@ -151,8 +192,11 @@ def test_huge_product_pairs_are_bounded() -> None:
                         np.concatenate([s, s]), n, GraphSettings(ring_max_neighbours=5))
     assert rings.partners.max() <= 10
     # a group is sought among the 5 reviews either side of its pair's meeting: at most 3 * 5 + 1
-    # accounts, however many reviewed the product that day
-    assert 5 < rings.group_size.max() <= 16
+    # accounts, however many reviewed the product that day. Account 500's strongest pair is with
+    # 495 (or 505): rows 490-505 on both products; account 0's with 5: rows 0-10.
+    assert rings.group_size.max() == 16 and rings.group_size[500] == 16 and rings.group_size[0] == 11
+    # its share of the window: 16 of the day's 1,000 reviews, on both products
+    assert rings.indicators[500, GROUP_INDICATORS.index("size_ratio")] == pytest.approx(16 / 1000)
 
 
 def test_ecdf_and_priors() -> None:
