@@ -115,7 +115,9 @@ def _fmt(v: object) -> str:
     if v is None:  # a headline the run did not measure (its results file says why)
         return "not measured"
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        # scores under 1 (AUCs, APs, shares) at 4 significant digits: 3 would show 0.8799 as
+        # 0.88, the goal it misses
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)
 
 

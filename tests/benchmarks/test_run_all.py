@@ -36,6 +36,14 @@ def test_table_rows_carry_headline_figures_machine_and_date(tmp_path: Path) -> N
     ]
 
 
+def test_scores_under_one_keep_four_digits() -> None:
+    """0.8799 against a goal of 0.88 must not read as 0.88."""
+    from benchmarks.run_all import _fmt
+
+    assert [_fmt(x) for x in (0.8799, 0.906, 0.0138, 1.082, 61.94, 6077.5)] == [
+        "0.8799", "0.906", "0.0138", "1.08", "61.9", "6,078"]
+
+
 def test_refresh_replaces_only_the_marked_block(tmp_path: Path) -> None:
     res = tmp_path / "results"
     _result(res, "index", {"recall_at_10": 0.953}, "2026-11-24T00:00:00Z")
