@@ -30,6 +30,7 @@ committed in the review's transaction); rings and collective scores are recomput
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -210,6 +211,14 @@ class ShadowNearDuplicates:
 
 
 SHADOW_NEAR_DUPLICATE_EXCLUDED = frozenset({"near_duplicate.cluster_size"})
+
+PRODUCT_TALLY_PREFIX = "product_review_tally\x1f"
+
+
+def product_tally_key(tenant: str, product: str) -> str:
+    """The store's meta key of a product's review tally (``product.templated_review_share``'s
+    counts, kept with every review write that changes them)."""
+    return f"{PRODUCT_TALLY_PREFIX}{tenant}\x1f{product}"
 """Live-only near-duplicate signals: a cluster needs the candidate's edges of every listing."""
 
 
@@ -736,11 +745,12 @@ class CatalogueEngine:
                             facts={"bank_hits": [_hit_dict(h) for h in hits], **verdict_facts})
         old_partners = {e.b for e in self.store.edges_of(t, "review", [rid])[rid]} if old else set()
         best = _best_edges(edges)
-        signals, facts = self._rebuild_reviews(t, rid, stored, {e.b for e in best} | old_partners, best, now,
-                                               old.group if old is not None else None)
+        old_group = old.group if old is not None else None
+        touched = {e.b for e in best} | old_partners
+        signals, facts, tallies = self._rebuild_reviews(t, rid, stored, touched, best, now, old_group)
         if rid in facts:
             stored.facts.update(facts.pop(rid))
-        state: dict[str, str] = {}
+        state: dict[str, str] = dict(tallies)
         for behaviour in self.review_behaviour:
             extra, written = behaviour.signals(review, self.store, now)
             signals += extra
@@ -759,9 +769,13 @@ class CatalogueEngine:
 
     def _rebuild_reviews(self, t: str, rid: str, new_item: StoredItem | None, partners: set[str],
                          new_edges: list[Edge], now: datetime, old_product: str | None
-                         ) -> tuple[list[Signal], dict[str, dict[str, Any]]]:
+                         ) -> tuple[list[Signal], dict[str, dict[str, Any]], dict[str, str]]:
+        """The text signals of review ``rid`` (``new_item``; None: deleted) and of its partners,
+        and their products' roll-ups. Returns the signals, the reviews' new facts and the
+        products' tallies to store with them."""
         targets = sorted(partners | ({rid} if new_item is not None else set()))
-        items = self.store.get_items(t, "review", targets)
+        stored = self.store.get_items(t, "review", sorted({*targets, rid}))
+        items = {k: v for k, v in stored.items() if k in targets}
         if new_item is not None:
             items[rid] = new_item
         else:
@@ -798,18 +812,42 @@ class CatalogueEngine:
                 products.add(it.group)
         if old_product is not None:
             products.add(old_product)
+        # each product's tally moved by what this write changes: the reviews here as stored and
+        # as they will be (O(partners), however many reviews the product has)
+        delta: dict[str, list[int]] = {}
+        for r in sorted({*targets, rid}):
+            was, now_item = stored.get(r), items.get(r)
+            if was is not None and was.group is not None:
+                d = delta.setdefault(was.group, [0, 0])
+                d[0] -= 1
+                d[1] -= int(int(was.facts.get("near_duplicates", 0)) >= 1)
+            if now_item is not None and now_item.group is not None:
+                d = delta.setdefault(now_item.group, [0, 0])
+                d[0] += 1
+                d[1] += int(int(facts.get(r, now_item.facts).get("near_duplicates", 0)) >= 1)
+        tallies: dict[str, str] = {}
         for product in sorted(products):
-            stats = ProductStats(t, product)
-            listed = {x.item_id: x for x in self.store.items_of_group(t, "review", product)}
-            if new_item is not None and new_item.group == product:
-                listed[rid] = new_item
-            if new_item is None or new_item.group != product:
-                listed.pop(rid, None)
-            for x_id, x in sorted(listed.items()):
-                f = facts.get(x_id, x.facts)
-                stats.add_review(near_duplicates=int(f.get("near_duplicates", 0)))
+            change = delta.get(product, [0, 0])
+            raw = self.store.get_meta(product_tally_key(t, product))
+            tally = json.loads(raw) if raw is not None else None
+            moved = (None if tally is None
+                     else (tally["reviews"] + change[0], tally["templated_reviews"] + change[1]))
+            if moved is not None and min(moved) >= 0:
+                stats = ProductStats(t, product, *moved)
+            else:  # no tally yet (a store from before tallies, a backfill): count the stored reviews once
+                stats = ProductStats(t, product)
+                listed = {x.item_id: x for x in self.store.items_of_group(t, "review", product)}
+                if new_item is not None and new_item.group == product:
+                    listed[rid] = new_item
+                if new_item is None or new_item.group != product:
+                    listed.pop(rid, None)
+                for x_id, x in sorted(listed.items()):
+                    f = facts.get(x_id, x.facts)
+                    stats.add_review(near_duplicates=int(f.get("near_duplicates", 0)))
+            tallies[product_tally_key(t, product)] = json.dumps(
+                {"reviews": stats.reviews, "templated_reviews": stats.templated_reviews}, sort_keys=True)
             signals += product_rollup_signals(stats, now)
-        return signals, facts
+        return signals, facts, tallies
 
     # ---------------------------------------------------------------- deletes
     def delete(self, tenant: str, kind: ItemKind, item_id: str) -> bool:
@@ -824,13 +862,15 @@ class CatalogueEngine:
         if kind == "listing":
             pending: dict[str, list[Edge]] = {item_id: []}
             signals, facts, emptied = self._rebuild_listings(tenant, item_id, None, partners, pending, now)
+            tallies: dict[str, str] = {}
         else:
-            signals, facts = self._rebuild_reviews(tenant, item_id, None, partners, [], now, old.group)
+            signals, facts, tallies = self._rebuild_reviews(tenant, item_id, None, partners, [], now,
+                                                            old.group)
             emptied = []
         facts.pop(item_id, None)
         retract: list[tuple[EntityType, str]] = [(entity, item_id), *(("seller", s) for s in emptied)]
         self.store.write(WriteBatch(tenant, kind, delete=[item_id], facts=facts, signals=signals,
-                                    retract=retract))
+                                    retract=retract, meta=tallies))
         self._unindex(old)
         return True
 
