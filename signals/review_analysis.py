@@ -9,6 +9,7 @@ Reviews are folded in ``(created_at, tenant, review_id)`` order, whatever order 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ class ReviewRow:
         return cls(review.tenant, review.review_id, review.reviewer_id, review.product_id, review.seller_id,
                    review.rating, review.created_at.timestamp(),
                    None if created is None else created.timestamp())
+
+    @classmethod
+    def of_stored(cls, record: str) -> ReviewRow:
+        """The row of a review record as the service stored it (``Review.model_dump_json`` of a
+        review it validated when it took it), read without validating it again."""
+        r = json.loads(record)
+        created = r.get("reviewer_created_at")
+        return cls(r.get("tenant", "default"), r["review_id"], r["reviewer_id"], r["product_id"],
+                   r["seller_id"], int(r["rating"]), datetime.fromisoformat(r["created_at"]).timestamp(),
+                   None if created is None else datetime.fromisoformat(created).timestamp())
 
 
 class _Codes:

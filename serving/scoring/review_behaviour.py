@@ -122,9 +122,8 @@ class StoredReviewBehaviour:
         # each product's review count and rating sum from its state (the slice may hold fewer)
         totals = {review.product_id: (product.n, product.sum_rating)}
         for pid in sorted(products):
-            items = [ReviewRow.of(Review.model_validate_json(it.record))
-                     for it in store.items_of_group(t, "review", pid, limit=self.max_product_reviews)
-                     if it.item_id != review.review_id]
+            stored = store.group_records(t, "review", pid, limit=self.max_product_reviews)
+            items = [ReviewRow.of_stored(record) for item_id, record in stored if item_id != review.review_id]
             rows += sorted(items, key=lambda r: (r.ts, r.review_id))
             raw = store.get_meta(state_key(t, "product", pid)) if pid != review.product_id else None
             if raw is not None:

@@ -569,20 +569,37 @@ class SqlSignalStore:
     def items_of_owner(self, tenant: str, kind: ItemKind, owner: str) -> list[StoredItem]:
         return self._items("tenant=? AND kind=? AND owner=? ORDER BY seq", (tenant, kind, owner), False)
 
-    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None,
-                       limit: int | None = None) -> list[StoredItem]:
-        """The group's items in the order they were first stored; with ``limit``, only the last
-        ``limit`` of them (the database sorts, only those rows come back)."""
+    def _group_query(self, tenant: str, kind: ItemKind, group: str | None,
+                     limit: int | None) -> tuple[str, tuple[Any, ...], bool]:
+        """The WHERE clause (order and limit included) of a group's items, its arguments, and
+        whether the rows come back newest first."""
         # ``grp = ?`` rather than a NULL-safe comparison when there is a group: PostgreSQL's
         # IS NOT DISTINCT FROM cannot use an index, and (tenant, kind, grp, seq) serves both the
         # filter and the order, so a LIMIT reads only the rows it returns
         grp, args = ("grp IS NULL", (tenant, kind)) if group is None else ("grp = ?", (tenant, kind, group))
         where = f"tenant=? AND kind=? AND {grp}"
         if limit is None:
-            return self._items(f"{where} ORDER BY seq", args, False)
+            return f"{where} ORDER BY seq", args, False
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
-        return self._items(f"{where} ORDER BY seq DESC LIMIT ?", (*args, limit), False)[::-1]
+        return f"{where} ORDER BY seq DESC LIMIT ?", (*args, limit), True
+
+    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None,
+                       limit: int | None = None) -> list[StoredItem]:
+        """The group's items in the order they were first stored; with ``limit``, only the last
+        ``limit`` of them (the database sorts, only those rows come back)."""
+        where, args, newest_first = self._group_query(tenant, kind, group, limit)
+        found = self._items(where, args, False)
+        return found[::-1] if newest_first else found
+
+    def group_records(self, tenant: str, kind: ItemKind, group: str | None,
+                      limit: int | None = None) -> list[tuple[str, str]]:
+        """``(item_id, record)`` of the items :meth:`items_of_group` gives, nothing else read or
+        decoded (the per-review ring update reads thousands of them)."""
+        where, args, newest_first = self._group_query(tenant, kind, group, limit)
+        found = self._rows(f"SELECT item_id, record FROM items WHERE {where}", args)
+        rows = [(str(i), str(r)) for i, r in found]
+        return rows[::-1] if newest_first else rows
 
     def group_prices(self, tenant: str, group: str | None, currency: str, limit: int) -> list[float]:
         rows = self._rows(

@@ -152,6 +152,21 @@ def test_a_reviewers_ring_from_its_neighbourhood_is_its_full_graph_ring(seed: in
     assert grouped >= 6  # the ring, and chance meetings among the random reviews
 
 
+def test_a_stored_review_record_reads_back_as_its_row() -> None:
+    """The service's ring update reads stored records without validating them again."""
+    from datetime import timedelta, timezone
+
+    from signals.schemas import Review
+
+    reviews = [Review(review_id="R1", product_id="P1", seller_id="S1", reviewer_id="U1", rating=4,
+                      created_at=NOW),
+               Review(review_id="R2", product_id="P2", seller_id="S2", reviewer_id="U2", rating=1,
+                      tenant="acme", created_at=datetime(2026, 5, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5))),
+                      reviewer_created_at=datetime(2025, 1, 2, tzinfo=UTC))]
+    for r in reviews:
+        assert ReviewRow.of_stored(r.model_dump_json()) == ReviewRow.of(r)
+
+
 def test_a_pairs_group_is_from_its_first_meeting_on_each_product() -> None:
     """Accounts 0 and 1 meet on product 0 on days 10 (account 2 there too) and 40, and on
     product 1 on day 70: the first product-0 meeting counts, where they were 2 of 3 reviews."""

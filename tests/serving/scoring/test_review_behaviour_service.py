@@ -204,15 +204,15 @@ def test_the_per_review_ring_update_reads_a_bounded_slice_of_each_product(data_d
     models, dims = ex.models()
     engine = open_engine(cfg, models, dims)
     asked: list[tuple[int | None, int]] = []
-    real = engine.store.items_of_group
+    real = engine.store.group_records
 
     def spy(tenant, kind, group, limit=None):  # type: ignore[no-untyped-def]
         got = real(tenant, kind, group, limit)
-        if kind == "review" and limit is not None:  # the ring update's reads (the roll-up counts all)
+        if kind == "review":
             asked.append((limit, len(got)))
         return got
 
-    engine.store.items_of_group = spy  # type: ignore[method-assign]
+    engine.store.group_records = spy  # type: ignore[method-assign]
     for k in range(8):
         r = Review(review_id=f"R{k}", product_id="P1", seller_id="S1", reviewer_id=f"U{k}", rating=5,
                    created_at=T0 + timedelta(hours=k))

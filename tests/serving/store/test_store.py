@@ -222,4 +222,11 @@ def test_a_groups_last_items_come_back_in_stored_order(open_store: Callable[...,
     assert len(store.items_of_group("default", "listing", "audio", limit=99)) == 6
     with pytest.raises(ValueError, match="limit"):
         store.items_of_group("default", "listing", "audio", limit=-1)
+    # the records alone, the same items in the same order
+    for limit in (None, 0, 2, 99):
+        assert store.group_records("default", "listing", "audio", limit) == [
+            (it.item_id, it.record) for it in store.items_of_group("default", "listing", "audio", limit)]
+    assert [i for i, _ in store.group_records("default", "listing", "audio", 2)] == ["L4", "L5"]
+    with pytest.raises(ValueError, match="limit"):
+        store.group_records("default", "listing", "audio", limit=-1)
     store.close()
