@@ -161,7 +161,8 @@ def test_a_stored_review_record_reads_back_as_its_row() -> None:
     reviews = [Review(review_id="R1", product_id="P1", seller_id="S1", reviewer_id="U1", rating=4,
                       created_at=NOW),
                Review(review_id="R2", product_id="P2", seller_id="S2", reviewer_id="U2", rating=1,
-                      tenant="acme", created_at=datetime(2026, 5, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5))),
+                      tenant="acme",
+                      created_at=datetime(2026, 5, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5))),
                       reviewer_created_at=datetime(2025, 1, 2, tzinfo=UTC))]
     for r in reviews:
         assert ReviewRow.of_stored(r.model_dump_json()) == ReviewRow.of(r)
