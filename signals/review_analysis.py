@@ -78,8 +78,15 @@ class ReviewRow:
         r = json.loads(record)
         created = r.get("reviewer_created_at")
         return cls(r.get("tenant", "default"), r["review_id"], r["reviewer_id"], r["product_id"],
-                   r["seller_id"], int(r["rating"]), datetime.fromisoformat(r["created_at"]).timestamp(),
-                   None if created is None else datetime.fromisoformat(created).timestamp())
+                   r["seller_id"], int(r["rating"]), _aware_ts(r["created_at"]),
+                   None if created is None else _aware_ts(created))
+
+
+def _aware_ts(text: str) -> float:
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise ValueError(f"a stored review time without a UTC offset: {text!r}")
+    return t.timestamp()
 
 
 class _Codes:

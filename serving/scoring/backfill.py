@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from indexes.config import Modality
 from serving.batch.catalogue import Catalogue, load_catalogue
-from serving.scoring.engine import PDQ_FEATURES
+from serving.scoring.engine import PDQ_FEATURES, product_tallies, product_tally_key, tally_json
 from serving.scoring.indexes import MODEL_STAMP
 from serving.store.base import Edge, ItemKind, StoredItem, WriteBatch
 from serving.store.sql import SqlSignalStore
@@ -105,6 +105,11 @@ def import_batch_run(run_dir: Path, root: Path, models: dict[Modality, str],
         cat = load_catalogue(run_dir / "work" / "catalogue", kind)
         facts = _facts(run_dir, kind)
         items = _import_items(store, cat, kind, facts)
+        if kind == "review":  # each product's review tally, which the service's writes then move
+            for tenant in store.tenants():
+                tallies = product_tallies(store, tenant)
+                store.write(WriteBatch(tenant, "review", meta={
+                    product_tally_key(tenant, p): tally_json(stats) for p, stats in tallies.items()}))
         edges = _import_edges(store, run_dir / "pairs.parquet", kind)
         signals = _import_signals(store, run_dir / "signals.jsonl", kind)
         snapshots = [(t, m, src) for t, m, src in snapshots if not split(t)]

@@ -30,6 +30,7 @@ committed in the review's transaction); rings and collective scores are recomput
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import deque
@@ -219,6 +220,23 @@ def product_tally_key(tenant: str, product: str) -> str:
     """The store's meta key of a product's review tally (``product.templated_review_share``'s
     counts, kept with every review write that changes them)."""
     return f"{PRODUCT_TALLY_PREFIX}{tenant}\x1f{product}"
+
+
+def tally_json(stats: ProductStats) -> str:
+    """A tally as the meta table keeps it."""
+    return json.dumps({"reviews": stats.reviews, "templated_reviews": stats.templated_reviews},
+                      sort_keys=True)
+
+
+def product_tallies(store: SignalStore, tenant: str) -> dict[str, ProductStats]:
+    """Every product's tally counted from the tenant's stored reviews (the periodic repair, and
+    a batch import's start)."""
+    out: dict[str, ProductStats] = {}
+    for it in store.iter_items(tenant, "review", with_features=False):
+        if it.group is not None:
+            stats = out.setdefault(it.group, ProductStats(tenant, it.group))
+            stats.add_review(near_duplicates=int(it.facts.get("near_duplicates", 0)))
+    return out
 """Live-only near-duplicate signals: a cluster needs the candidate's edges of every listing."""
 
 
@@ -832,7 +850,7 @@ class CatalogueEngine:
             tally = json.loads(raw) if raw is not None else None
             moved = (None if tally is None
                      else (tally["reviews"] + change[0], tally["templated_reviews"] + change[1]))
-            if moved is not None and min(moved) >= 0:
+            if moved is not None and 0 <= moved[1] <= moved[0]:
                 stats = ProductStats(t, product, *moved)
             else:  # no tally yet (a store from before tallies, a backfill): count the stored reviews once
                 stats = ProductStats(t, product)
@@ -844,8 +862,7 @@ class CatalogueEngine:
                 for x_id, x in sorted(listed.items()):
                     f = facts.get(x_id, x.facts)
                     stats.add_review(near_duplicates=int(f.get("near_duplicates", 0)))
-            tallies[product_tally_key(t, product)] = json.dumps(
-                {"reviews": stats.reviews, "templated_reviews": stats.templated_reviews}, sort_keys=True)
+            tallies[product_tally_key(t, product)] = tally_json(stats)
             signals += product_rollup_signals(stats, now)
         return signals, facts, tallies
 
@@ -944,7 +961,15 @@ class CatalogueEngine:
         written. Committed ``chunk`` signals a transaction, the states with the last one."""
         written = 0
         for tenant in self.store.tenants():
-            signals, state = recompute_reviews(self.store, tenant, self.review_graph, self.clock())
+            now = self.clock()
+            signals, state = recompute_reviews(self.store, tenant, self.review_graph, now)
+            # the products' review tallies counted again: one that went wrong (a write by a release
+            # without tallies, a restored store) is repaired here, and its share published again
+            for product, stats in product_tallies(self.store, tenant).items():
+                key = product_tally_key(tenant, product)
+                if self.store.get_meta(key) != tally_json(stats):
+                    state[key] = tally_json(stats)
+                    signals = itertools.chain(signals, product_rollup_signals(stats, now))
             pending: list[Signal] = []
             for s in signals:
                 pending.append(s)

@@ -165,6 +165,23 @@ def test_batch_and_service_give_the_same_review_text_signals(data_dir: Path, tmp
     assert not differences, differences
     assert batch[("review", "R2", "review.near_duplicate_count")]["value"] == 2  # not vacuously equal
     assert ("review", "R9", "review.fake_text_score") in batch
+    # the service started from this run (--from-batch) holds each product's review tally, which
+    # its writes then move: the batch's counts
+    from serving.scoring.backfill import import_batch_run
+    from serving.scoring.engine import product_tally_key
+    from serving.store.sqlite import SqliteSignalStore
+
+    fresh = tmp_path / "from-batch"
+    fresh.mkdir()
+    import_batch_run(out, fresh, models)
+    store = SqliteSignalStore(fresh / "store.sqlite3")
+    try:
+        shares = {k[1]: s["evidence"] for k, s in batch.items() if k[2] == "product.templated_review_share"}
+        assert shares and any(e["templated_reviews"] for e in shares.values())
+        for product, evidence in shares.items():
+            assert json.loads(store.get_meta(product_tally_key("default", product)) or "{}") == evidence
+    finally:
+        store.close()
 
 
 def test_bank_command_round_trips_every_kind(data_dir: Path, tmp_path: Path,

@@ -166,6 +166,9 @@ def test_a_stored_review_record_reads_back_as_its_row() -> None:
                       reviewer_created_at=datetime(2025, 1, 2, tzinfo=UTC))]
     for r in reviews:
         assert ReviewRow.of_stored(r.model_dump_json()) == ReviewRow.of(r)
+    naive = reviews[0].model_dump_json().replace('"2026-06-01T00:00:00Z"', '"2026-06-01T00:00:00"')
+    with pytest.raises(ValueError, match="UTC offset"):
+        ReviewRow.of_stored(naive)
 
 
 def test_a_pairs_group_is_from_its_first_meeting_on_each_product() -> None:
