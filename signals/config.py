@@ -219,8 +219,10 @@ class ReviewGraphConfig(_Config):
     ring_window_days: int = Field(default=3, ge=0, le=365,
                                   description="two reviews of a product this many days apart co-review it")
     ring_max_neighbours: int = Field(default=10, ge=1, le=1000,
-                                     description="earlier reviews of its product a review is paired with "
-                                                 "(bounds memory on products with huge review counts)")
+                                     description="earlier reviews of its product a review is paired "
+                                                 "with, and reviews either side of a pair's where its group "
+                                                 "is looked for (bounds memory and time on products with "
+                                                 "huge review counts)")
     ring_product_reviews: int = Field(
         default=2000, ge=1, le=1_000_000,
         description="the service's per-review ring update reads the last this many stored reviews of "

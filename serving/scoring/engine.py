@@ -212,6 +212,8 @@ class ShadowNearDuplicates:
 
 
 SHADOW_NEAR_DUPLICATE_EXCLUDED = frozenset({"near_duplicate.cluster_size"})
+"""Live-only near-duplicate signals: a cluster needs the candidate's edges of every listing."""
+
 
 PRODUCT_TALLY_PREFIX = "product_review_tally\x1f"
 
@@ -237,7 +239,6 @@ def product_tallies(store: SignalStore, tenant: str) -> dict[str, ProductStats]:
             stats = out.setdefault(it.group, ProductStats(tenant, it.group))
             stats.add_review(near_duplicates=int(it.facts.get("near_duplicates", 0)))
     return out
-"""Live-only near-duplicate signals: a cluster needs the candidate's edges of every listing."""
 
 
 class CatalogueEngine:
@@ -966,9 +967,9 @@ class CatalogueEngine:
             # the products' review tallies counted again: one that went wrong (a write by a release
             # without tallies, a restored store) is repaired here, and its share published again
             for product, stats in product_tallies(self.store, tenant).items():
-                key = product_tally_key(tenant, product)
-                if self.store.get_meta(key) != tally_json(stats):
-                    state[key] = tally_json(stats)
+                key, counted = product_tally_key(tenant, product), tally_json(stats)
+                if self.store.get_meta(key) != counted:
+                    state[key] = counted
                     signals = itertools.chain(signals, product_rollup_signals(stats, now))
             pending: list[Signal] = []
             for s in signals:

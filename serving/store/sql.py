@@ -584,18 +584,16 @@ class SqlSignalStore:
             raise ValueError(f"limit must be >= 0, not {limit}")
         return f"{where} ORDER BY seq DESC LIMIT ?", (*args, limit), True
 
-    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None,
-                       limit: int | None = None) -> list[StoredItem]:
-        """The group's items in the order they were first stored; with ``limit``, only the last
-        ``limit`` of them (the database sorts, only those rows come back)."""
-        where, args, newest_first = self._group_query(tenant, kind, group, limit)
-        found = self._items(where, args, False)
-        return found[::-1] if newest_first else found
+    def items_of_group(self, tenant: str, kind: ItemKind, group: str | None) -> list[StoredItem]:
+        """The group's items in the order they were first stored."""
+        where, args, _ = self._group_query(tenant, kind, group, None)
+        return self._items(where, args, False)
 
     def group_records(self, tenant: str, kind: ItemKind, group: str | None,
                       limit: int | None = None) -> list[tuple[str, str]]:
-        """``(item_id, record)`` of the items :meth:`items_of_group` gives, nothing else read or
-        decoded (the per-review ring update reads thousands of them)."""
+        """``(item_id, record)`` of the group's items in the order they were first stored, nothing
+        else read or decoded (the per-review ring update reads thousands of them); with
+        ``limit``, only the last ``limit`` of them (the database sorts, only those rows come back)."""
         where, args, newest_first = self._group_query(tenant, kind, group, limit)
         found = self._rows(f"SELECT item_id, record FROM items WHERE {where}", args)
         rows = [(str(i), str(r)) for i, r in found]

@@ -119,10 +119,9 @@ def test_a_write_reads_the_products_reviews_only_when_it_has_no_tally(
     whole: list[str | None] = []
     real = eng.store.items_of_group
 
-    def spy(tenant: str, kind: Any, group: str | None, limit: int | None = None) -> Any:
-        if limit is None:
-            whole.append(group)
-        return real(tenant, kind, group, limit)
+    def spy(tenant: str, kind: Any, group: str | None) -> Any:
+        whole.append(group)
+        return real(tenant, kind, group)
 
     monkeypatch.setattr(eng.store, "items_of_group", spy)
 
