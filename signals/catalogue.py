@@ -115,6 +115,12 @@ _SPECS: tuple[SignalSpec, ...] = (
     SignalSpec("reviewer.co_singleton_share", ("reviewer",), "ratio",
                "the company it keeps: mean, over its reviews, of the share of the product's reviews so far "
                "that were their account's first (fake accounts review the products other fresh accounts do)"),
+    SignalSpec("reviewer.typical_product_rank", ("reviewer",), "float",
+               "geometric mean, over its reviews, of the review's rank among the product's reviews when "
+               "written (1 = the product's first): how early in products' histories the account reviews"),
+    SignalSpec("reviewer.typical_product_age_days", ("reviewer",), "days",
+               "geometric mean, over its reviews, of 1 + the days since the product's first review when "
+               "written, less 1: how new the products it reviews were"),
     SignalSpec("reviewer.burst_participation", ("reviewer",), "float",
                "the worst burst (Poisson surprise, -log10 p, of the whole day) of a product the reviewer "
                "reviewed on that day"),

@@ -33,7 +33,9 @@ the product at the time all speak about an account with a single review, and so 
 company it keeps: ``reviewer.co_singleton_share``, the mean over its reviews of the share of
 the product's reviews up to that one that were their account's first (campaigns' fresh
 accounts review the same products; on YelpZip about +0.003 AUC to the boosted model, see
-docs/reviews.md).
+docs/reviews.md), and its habit of reviewing early in products' histories:
+``reviewer.typical_product_rank`` and ``reviewer.typical_product_age_days``, geometric means
+over its reviews of the rank and of 1 + the product's age in days when written (less 1).
 
 Out-of-order arrival (the service only: a review older than its entity's latest day)
 is folded into the counts and histograms, and into the burst tracker's current day
@@ -83,7 +85,8 @@ REVIEWER_BEHAVIOUR = DerivedSource("reviewer_behaviour", 1, (
     "reviewer.review_count", "reviewer.max_reviews_per_day", "reviewer.positive_share",
     "reviewer.negative_share", "reviewer.mean_rating_deviation", "reviewer.weighted_rating_deviation",
     "reviewer.activity_span_days", "reviewer.rating_entropy", "reviewer.gap_entropy", "reviewer.velocity",
-    "reviewer.burst", "reviewer.account_age_days_at_review", "reviewer.co_singleton_share"))
+    "reviewer.burst", "reviewer.account_age_days_at_review", "reviewer.co_singleton_share",
+    "reviewer.typical_product_rank", "reviewer.typical_product_age_days"))
 PRODUCT_BEHAVIOUR = DerivedSource("product_behaviour", 1, (
     "product.review_count", "product.review_burst", "product.rating_shift", "product.singleton_share"))
 SELLER_BEHAVIOUR = DerivedSource("seller_behaviour", 1, ("seller.review_burst",))
@@ -178,6 +181,12 @@ class ReviewerState:
     sum_co_singleton: float | None = 0.0
     """Sum over its reviews of the product's share of first reviews just after the review;
     ``None`` in a state stored before this field existed (until a recomputation rebuilds it)."""
+    sum_log_rank: float | None = 0.0
+    """Sum over its reviews of ``log(rank)``, the review's rank among the product's reviews when
+    written (1 = the first); ``None`` in a state stored before this field existed."""
+    sum_log_product_age: float | None = 0.0
+    """Sum over its reviews of ``log(1 + days since the product's first review)`` when written;
+    ``None`` in a state stored before this field existed."""
 
 
 @dataclass
@@ -204,6 +213,10 @@ class TenantState:
 
 
 AnyState = ReviewerState | ProductState | SellerState | TenantState
+LATER_REVIEWER_SUMS = ("sum_co_singleton", "sum_log_rank", "sum_log_product_age")
+"""Running sums added to :class:`ReviewerState` after states were first stored: a stored state
+without one has no history for it (``None``), and its signal is left out until a
+recomputation rewrites the state."""
 
 
 def state_to_json(state: AnyState) -> dict[str, Any]:
@@ -213,8 +226,9 @@ def state_to_json(state: AnyState) -> dict[str, Any]:
 def state_from_json(kind: type[AnyState], data: dict[str, Any]) -> Any:
     """A state from its JSON form (unknown keys refused: a state of another version is rebuilt)."""
     d = dict(data)
-    if kind is ReviewerState and "sum_co_singleton" not in d and d.get("n", 0) > 0:
-        d["sum_co_singleton"] = None  # a state older than the field: its history is unknown
+    if kind is ReviewerState and d.get("n", 0) > 0:
+        for name in LATER_REVIEWER_SUMS:
+            d.setdefault(name, None)  # a state older than the field: its history is unknown
     if "burst" in d:
         d["burst"] = BurstTracker(**d["burst"])
     return kind(**d)
@@ -328,6 +342,10 @@ class BehaviourFold:
         p.singletons += int(first_of_reviewer)
         if u.sum_co_singleton is not None:
             u.sum_co_singleton += p.singletons / p.n
+        if u.sum_log_rank is not None:
+            u.sum_log_rank += math.log(rank)
+        if u.sum_log_product_age is not None:
+            u.sum_log_product_age += math.log1p(since_first)
         p_surprise, late_p = p.burst.add(day, PRIOR_DAILY_RATE["product"])
         s.n += 1
         s.burst.add(day, PRIOR_DAILY_RATE["seller"])
@@ -398,7 +416,7 @@ def reviewer_behaviour_signals(tenant: str, reviewer_id: str, u: ReviewerState,
                                          name=name, value=value, score=score,
                                          evidence={**ev, **(extra or {})}, observed_at=observed_at)
 
-    return [
+    out = [
         make("reviewer.review_count", n, 1.0 / n),
         make("reviewer.max_reviews_per_day", u.burst.max_count,
              1.0 - math.exp(-(u.burst.max_count - 1) / 2.0)),
@@ -414,8 +432,15 @@ def reviewer_behaviour_signals(tenant: str, reviewer_id: str, u: ReviewerState,
              {"max_reviews_per_day": u.burst.max_count, "baseline_per_day": _r(u.burst.rate)}),
         make("reviewer.account_age_days_at_review", _r(u.last_age_days), math.exp(-u.last_age_days / 30.0),
              {"basis": "reviewer_created_at" if u.created_ts is not None else "first_seen"}),
-    ] + ([] if u.sum_co_singleton is None else
-         [make("reviewer.co_singleton_share", _r(u.sum_co_singleton / n), u.sum_co_singleton / n)])
+    ]
+    # sums a state stored before they existed lacks (None): left out until a recomputation
+    if u.sum_co_singleton is not None:
+        out.append(make("reviewer.co_singleton_share", _r(u.sum_co_singleton / n), u.sum_co_singleton / n))
+    if u.sum_log_rank is not None:
+        out.append(make("reviewer.typical_product_rank", _r(math.exp(u.sum_log_rank / n)), None))
+    if u.sum_log_product_age is not None:
+        out.append(make("reviewer.typical_product_age_days", _r(math.expm1(u.sum_log_product_age / n)), None))
+    return out
 
 
 def _burst_evidence(b: BurstTracker) -> dict[str, Any]:

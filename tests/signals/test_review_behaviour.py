@@ -15,6 +15,8 @@ from signals.review_analysis import ReviewRow, analyse_reviews
 from signals.review_behaviour import (
     BEHAVIOUR_SOURCES,
     DAY_S,
+    LATER_REVIEWER_SUMS,
+    REVIEWER_BEHAVIOUR,
     BehaviourFold,
     BurstTracker,
     ProductState,
@@ -198,22 +200,50 @@ def test_co_singleton_share_is_the_company_an_account_keeps_as_of_each_review() 
     assert value["camp0"] == pytest.approx((1.0 + 1 / 5) / 2)  # as of each review: no look-ahead
 
 
-def test_a_reviewer_state_stored_before_co_singleton_share_does_not_publish_it() -> None:
+def test_typical_product_rank_and_age_are_geometric_means_as_of_each_review() -> None:
+    """U1 is third on P1 (day 2, P1 two days old), first on P2 (day 6) and second on P3 (day 7,
+    P3 three days old): ranks 3, 1, 2 and ages 2, 0, 3 days. Later reviews of those products
+    change nothing (no look-ahead)."""
+    fold = BehaviourFold()
+    fold.add(review("A", "UA", "P1", 5, 0))
+    fold.add(review("B", "UB", "P1", 5, 1))
+    fold.add(review("R1", "U1", "P1", 4, 2))
+    fold.add(review("C", "UC", "P3", 4, 4))
+    fold.add(review("R2", "U1", "P2", 5, 6))
+    fold.add(review("R3", "U1", "P3", 3, 7))
+    for k in range(5):
+        fold.add(review(f"L{k}", f"UL{k}", f"P{1 + k % 3}", 5, 9 + k))
+    s = by_name(reviewer_behaviour_signals("default", "U1", fold.reviewers[("default", "U1")], NOW))
+    assert s["reviewer.typical_product_rank"].value == pytest.approx(6 ** (1 / 3), abs=1e-4)
+    assert s["reviewer.typical_product_age_days"].value == pytest.approx((3 * 1 * 4) ** (1 / 3) - 1, abs=1e-4)
+    ua = by_name(reviewer_behaviour_signals("default", "UA", fold.reviewers[("default", "UA")], NOW))
+    assert ua["reviewer.typical_product_rank"].value == 1.0  # always first
+    assert ua["reviewer.typical_product_age_days"].value == 0.0
+
+
+@pytest.mark.parametrize(("field", "signal"), [
+    ("sum_co_singleton", "reviewer.co_singleton_share"),
+    ("sum_log_rank", "reviewer.typical_product_rank"),
+    ("sum_log_product_age", "reviewer.typical_product_age_days"),
+])
+def test_a_state_stored_before_a_running_sum_does_not_publish_its_signal(field: str, signal: str) -> None:
     """A state written before the running sum existed has no history for it: the signal is left
     out (not a wrong value) until the periodic recomputation rewrites the state."""
+    assert field in LATER_REVIEWER_SUMS
     fold = BehaviourFold()
     fold.add(review("R0", "U1", "P0", 5, 0))
     old = state_to_json(fold.reviewers[("default", "U1")])
-    del old["sum_co_singleton"]
+    del old[field]
     u = state_from_json(ReviewerState, old)
     again = BehaviourFold()
     again.reviewers[("default", "U1")] = u
     again.add(review("R1", "U1", "P1", 5, 1))
     names = [s.name for s in reviewer_behaviour_signals("default", "U1", u, NOW)]
-    assert "reviewer.co_singleton_share" not in names and "reviewer.review_count" in names
+    assert signal not in names and "reviewer.review_count" in names
+    assert len(names) == len(REVIEWER_BEHAVIOUR.emits) - 1
     fresh = state_from_json(ReviewerState, {k: v for k, v in state_to_json(ReviewerState()).items()
-                                            if k != "sum_co_singleton"})
-    assert fresh.sum_co_singleton == 0.0  # a new account has no history to miss
+                                            if k != field})
+    assert getattr(fresh, field) == 0.0  # a new account has no history to miss
 
 
 def _history(n: int, seed: int) -> list[Review]:
